@@ -1,0 +1,1 @@
+"""Apache Beam job entry points (thin: logic lives in tfnegseq.data.beam)."""

@@ -1,0 +1,1 @@
+"""Data: simulator, source adapters, rules, sample building, Beam transforms, tf.data input."""

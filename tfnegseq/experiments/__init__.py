@@ -1,0 +1,1 @@
+"""Sweeps, ablations, analyses, plots."""

@@ -1,0 +1,1 @@
+"""Keras 3 layers (backend-agnostic, keras.ops only)."""

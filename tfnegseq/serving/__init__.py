@@ -1,0 +1,1 @@
+"""TF Serving REST client and the local TF-Serving-compatible server."""
