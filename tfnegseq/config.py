@@ -135,13 +135,16 @@ class SamplesConfig:
     item_features: list[str] = field(default_factory=list)
     # sequential task: keep only users/items with at least this many events (SINE: 10)
     min_core: int = 0
+    # rounds of iterative k-core filtering in the Beam job (the manifest says if more
+    # would still have removed events)
+    min_core_rounds: int = 10
     # sequential task: longest kept sequence (most recent events)
     max_sequence: int = 200
     # samples per Arrow batch inside one user (bounds memory for very long users)
     batch_size: int = 2048
 
     def validate(self, where: str) -> None:
-        for name in ("max_history", "lifelong_length", "min_core"):
+        for name in ("max_history", "lifelong_length", "min_core", "min_core_rounds"):
             if getattr(self, name) < 0:
                 raise ConfigError(
                     f"{where}.{name}: must be >= 0. Received: {getattr(self, name)}"

@@ -1,0 +1,224 @@
+"""Per-user sample building against hand-worked examples and a brute-force reference."""
+
+import numpy as np
+import pytest
+
+from tfnegseq.config import SamplesConfig, SplitConfig
+from tfnegseq.data.events import EventChunk
+from tfnegseq.data.samples import (
+    SideTables,
+    SplitAssigner,
+    UserStats,
+    build_ctr_samples,
+    build_sequential_sample,
+    history_cut,
+    kcore_mask,
+    ragged_windows,
+)
+from tfnegseq.schema import PAD_ID
+
+
+def make_events(user, items, ts_s, pols, labels=None, lines=None, values=None):
+    n = len(items)
+    pols = np.asarray(pols)
+    return EventChunk(
+        user_id=np.full(n, user),
+        item_id=items,
+        timestamp=np.asarray(ts_s) * 1000,
+        value=values if values is not None else np.arange(n, dtype=float),
+        file_index=np.zeros(n),
+        line=lines if lines is not None else np.arange(1, n + 1),
+        label=labels if labels is not None else (pols == 1).astype(int),
+        polarity=pols,
+    )
+
+
+def all_rows(events, cfg, split_cfg=None, side=None, stats=None):
+    splitter = SplitAssigner(split_cfg or SplitConfig(kind="user", valid_fraction=0, test_fraction=0))
+    rows = []
+    for split, batch in build_ctr_samples(events, cfg, splitter, side, stats):
+        for r in batch.to_pylist():
+            rows.append({k: (v[0] if len(v) == 1 and not k.startswith(("pos", "neg", "life")) else v)
+                         for k, v in r.items()} | {"split": split})
+    return sorted(rows, key=lambda r: r["order"])
+
+
+def test_hand_worked_example_timestamp_rule():
+    # items 100..104 at t = 10, 20, 20, 30, 40 with polarity +, -, +, neutral, -
+    ev = make_events(7, [100, 101, 102, 103, 104], [10, 20, 20, 30, 40], [1, -1, 1, 0, -1])
+    rows = all_rows(ev, SamplesConfig(max_history=10))
+    assert [r["item_id"] for r in rows] == [100, 101, 102, 103, 104]
+    assert [r["order"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["pos_item_id"] for r in rows] == [[], [100], [100], [100, 102], [100, 102]]
+    assert [r["neg_item_id"] for r in rows] == [[], [], [], [101], [101]]
+    assert rows[4]["pos_order"] == [1, 3] and rows[4]["neg_order"] == [2]
+    # the tie at t=20: neither tied event sees the other
+    assert 101 not in rows[2]["neg_item_id"] and 102 not in rows[1]["pos_item_id"]
+    assert [r["label"] for r in rows] == [1, 0, 1, 0, 0]
+
+
+def test_hand_worked_example_order_rule():
+    ev = make_events(7, [100, 101, 102, 103, 104], [10, 20, 20, 30, 40], [1, -1, 1, 0, -1])
+    rows = all_rows(ev, SamplesConfig(max_history=10, before="order"))
+    # with "order", the tie is broken by input order: event 3 (item 102) sees item 101
+    assert rows[2]["neg_item_id"] == [101]
+    assert rows[1]["pos_item_id"] == [100]
+
+
+def test_input_order_breaks_ties_in_the_timeline():
+    # same timestamps, lines given out of order: the sort must follow (timestamp, line)
+    ev = make_events(1, [5, 6, 7], [10, 10, 10], [1, 1, 1], lines=[3, 1, 2])
+    rows = all_rows(ev, SamplesConfig(max_history=10, before="order"))
+    assert [r["item_id"] for r in rows] == [6, 7, 5]
+    assert rows[2]["pos_item_id"] == [6, 7]
+
+
+def brute_force(items, ts, pols, h, before, life=0, values=None):
+    order = sorted(range(len(items)), key=lambda i: (ts[i], i))
+    out = []
+    for rank, j in enumerate(order):
+        prior = [
+            i for r, i in enumerate(order)
+            if (ts[i] < ts[j] if before == "timestamp" else r < rank)
+        ]
+        pos = [i for i in prior if pols[i] == 1][-h:]
+        neg = [i for i in prior if pols[i] == -1][-h:]
+        rec = {
+            "item_id": items[j],
+            "pos_item_id": [items[i] for i in pos],
+            "neg_item_id": [items[i] for i in neg],
+            "pos_order": [order.index(i) + 1 for i in pos],
+            "neg_order": [order.index(i) + 1 for i in neg],
+        }
+        if life:
+            ll = prior[-life:]
+            rec["life_item_id"] = [items[i] for i in ll]
+            rec["life_polarity"] = [pols[i] for i in ll]
+            rec["life_value"] = [values[i] for i in ll]
+        out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("before", ["timestamp", "order"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_brute_force_and_never_leaks(before, seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    items = rng.integers(0, 50, n)
+    ts = np.sort(rng.integers(0, 120, n))  # many ties
+    pols = rng.choice([1, -1, 0], n, p=[0.3, 0.5, 0.2])
+    values = rng.random(n).astype(np.float32)
+    cfg = SamplesConfig(max_history=7, lifelong_length=5, before=before, batch_size=64)
+    rows = all_rows(make_events(3, items, ts, pols, values=values), cfg)
+    ref = brute_force(items.tolist(), ts.tolist(), pols.tolist(), 7, before, 5, values.tolist())
+    assert len(rows) == n
+    for got, want in zip(rows, ref, strict=True):
+        for k in want:
+            if k == "life_value":
+                np.testing.assert_allclose(got[k], want[k], rtol=1e-6)
+            else:
+                assert got[k] == want[k], k
+        # leakage: nothing at or after the target
+        for o in got["pos_order"] + got["neg_order"] + got["life_order"]:
+            assert o < got["order"]
+            if before == "timestamp":
+                assert ts[np.argsort(ts, kind="stable")][o - 1] < got["timestamp"] // 1000
+
+
+def test_batch_size_does_not_change_samples():
+    rng = np.random.default_rng(5)
+    n = 257
+    ev = make_events(1, rng.integers(0, 30, n), np.sort(rng.integers(0, 500, n)),
+                     rng.choice([1, -1], n))
+    a = all_rows(ev, SamplesConfig(max_history=20, batch_size=10))
+    b = all_rows(ev, SamplesConfig(max_history=20, batch_size=10_000))
+    assert a == b
+
+
+def test_ragged_windows():
+    offsets, idx = ragged_windows(np.array([0, 3, 5, 1]), 2)
+    assert offsets.tolist() == [0, 0, 2, 4, 5]
+    assert idx.tolist() == [1, 2, 3, 4, 0]
+
+
+def test_history_cut_rejects_unknown_rule():
+    with pytest.raises(ValueError, match="before"):
+        history_cut(np.array([1, 2]), "sometime")
+
+
+def test_splits_disjoint_and_complete_temporal():
+    rng = np.random.default_rng(0)
+    ts = np.sort(rng.integers(0, 1000, 200))
+    ev = make_events(1, rng.integers(0, 9, 200), ts, rng.choice([1, -1], 200))
+    # span 0..999,000 ms: the last 10% is test, the 10% before it valid
+    vs, te = SplitAssigner.temporal_cutoffs(SplitConfig(), 0, 999_000)
+    assert (vs, te) == (799_200, 899_100)
+    splitter = SplitAssigner(SplitConfig(kind="temporal"), vs, te)
+    seen = {}
+    for split, batch in build_ctr_samples(ev, SamplesConfig(), splitter):
+        for o, t in zip(batch.column("order").flatten().to_pylist(),
+                        batch.column("timestamp").flatten().to_pylist(), strict=True):
+            assert o not in seen
+            seen[o] = split
+            assert split == (2 if t >= te else 1 if t >= vs else 0)
+    assert sorted(seen) == list(range(1, 201))
+    assert set(seen.values()) == {0, 1, 2}
+
+
+def test_user_split_puts_whole_users_in_one_split_at_expected_rates():
+    cfg = SplitConfig(kind="user", valid_fraction=0.2, test_fraction=0.3)
+    s = SplitAssigner(cfg)
+    got = np.array([s.assign(u, np.zeros(4))[0] for u in range(4000)])
+    assert all(len(set(s.assign(u, np.zeros(4)))) == 1 for u in range(50))
+    assert abs((got == 2).mean() - 0.3) < 0.03 and abs((got == 1).mean() - 0.2) < 0.03
+
+
+def test_last_k_split():
+    s = SplitAssigner(SplitConfig(kind="last_k", k=2))
+    assert s.assign(1, np.arange(7)).tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert s.assign(1, np.arange(3)).tolist() == [1, 2, 2]
+
+
+def test_side_features_and_stats():
+    ev = make_events(4, [1, 2, 3], [1, 2, 3], [1, -1, 1])
+    side = SideTables(users={4: {"age": 30}}, items={1: {"genre": 5}, 3: {"genre": 7}})
+    stats = UserStats()
+    rows = all_rows(ev, SamplesConfig(user_features=["age"], item_features=["genre"]),
+                    side=side, stats=stats)
+    assert [r["user_age"] for r in rows] == [30, 30, 30]
+    assert [r["item_genre"] for r in rows] == [5, PAD_ID, 7]
+    assert stats.samples.tolist() == [3, 0, 0] and stats.positives.tolist() == [2, 0, 0]
+    assert stats.pos_len_max == 1 and stats.neg_len_sum == 1
+
+
+def test_sequential_leave_last_two():
+    # polarities: + - + 0 + - +   -> positives at 0,2,4,6; test = 6, valid = 4
+    ev = make_events(9, [10, 11, 12, 13, 14, 15, 16], [1, 2, 3, 4, 5, 6, 7], [1, -1, 1, 0, 1, -1, 1])
+    cfg = SamplesConfig(task="sequential", max_sequence=10)
+    r = build_sequential_sample(ev, cfg).to_pylist()[0]
+    assert r["seq_item_id"] == [10, 11, 12, 14, 15]  # neutral 13 dropped, test 16 excluded
+    assert r["seq_polarity"] == [1, -1, 1, 1, -1]
+    assert r["valid_index"] == [3] and r["valid_item_id"] == [14] and r["test_item_id"] == [16]
+    stats = UserStats()
+    few = make_events(9, [1, 2], [1, 2], [1, 1])
+    assert build_sequential_sample(few, cfg, stats=stats) is None
+    assert stats.excluded == {"fewer_than_3_positives": 1}
+
+
+def test_kcore_mask_matches_brute_force():
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, 40, 600)
+    items = rng.integers(0, 60, 600)
+    keep = kcore_mask(users, items, 8)
+    # brute force: repeat removal until fixpoint
+    alive = set(range(600))
+    while True:
+        uc, ic = {}, {}
+        for i in alive:
+            uc[users[i]] = uc.get(users[i], 0) + 1
+            ic[items[i]] = ic.get(items[i], 0) + 1
+        drop = {i for i in alive if uc[users[i]] < 8 or ic[items[i]] < 8}
+        if not drop:
+            break
+        alive -= drop
+    assert set(np.flatnonzero(keep).tolist()) == alive

@@ -1,0 +1,376 @@
+"""Pure per-user sample building (no Beam, no TensorFlow): unit-tested directly.
+
+Given one user's events (an `EventChunk` with `label` and `polarity` filled), this
+module sorts the timeline, assigns ranks and splits, and builds the samples of the
+sample contract (`tfnegseq.schema`) as Arrow RecordBatches, `batch_size` targets at a
+time, so a user with 100,000+ events needs memory for that user's events plus one
+batch, never more.
+
+Timeline: stable sort by (timestamp, file_index, line), i.e. timestamp then input
+order. Event `order` = 1-based rank in that sort.
+
+"Before" (the leakage rule), per `SamplesConfig.before`:
+    "timestamp" (default): history of target j = events with timestamp strictly
+        smaller than j's. Events that tie with the target, including the target
+        itself, are never in its history, whatever their input order.
+    "order": history = events with a smaller order (ties broken by input order).
+
+History lists: the most recent `max_history` positives (polarity +1) and negatives
+(polarity -1) before the target, oldest first, with their orders. Neutral events are
+targets but never history tokens. Lifelong list: the most recent `lifelong_length`
+events of any polarity (neutral included, polarity 0) with their values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfnegseq.config import SamplesConfig, SplitConfig
+from tfnegseq.data.events import EventChunk
+from tfnegseq.schema import PAD_ID, fingerprint64
+
+SPLITS = ("train", "valid", "test")
+
+
+# ------------------------------------------------------------------------ timeline
+
+
+def sort_timeline(events: EventChunk) -> EventChunk:
+    """Events in (timestamp, file_index, line) order: stable and input-order tie-break."""
+    idx = np.lexsort((events.line, events.file_index, events.timestamp))
+    return events.take(idx)
+
+
+def history_cut(timestamps: np.ndarray, before: str) -> np.ndarray:
+    """For each event j of a sorted timeline, the number of events in its history
+    window: events at indices < cut[j] are "before" j."""
+    n = len(timestamps)
+    if before == "order":
+        return np.arange(n, dtype=np.int64)
+    if before == "timestamp":
+        return np.searchsorted(timestamps, timestamps, side="left").astype(np.int64)
+    raise ValueError(f"`before` must be 'timestamp' or 'order'. Received: before={before!r}")
+
+
+def ragged_windows(ends: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row offsets and flat indices of windows `[end - min(end, width), end)`.
+
+    Returns (offsets [n+1] int64, idx [total] int64): row j's indices are
+    idx[offsets[j]:offsets[j+1]], increasing (oldest first).
+    """
+    ends = np.asarray(ends, dtype=np.int64)
+    lens = np.minimum(ends, width)
+    offsets = np.zeros(len(ends) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    starts = ends - lens
+    idx = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1] - starts, lens)
+    return offsets, idx
+
+
+# -------------------------------------------------------------------------- splits
+
+
+@dataclass
+class SplitAssigner:
+    """Maps targets to 0 (train), 1 (valid), 2 (test) according to `SplitConfig`.
+
+    For `temporal` splits with fractions, the Beam job computes the global time span
+    first and passes `valid_start` / `test_start` (ms) explicitly.
+    """
+
+    cfg: SplitConfig
+    valid_start: int | None = None
+    test_start: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.valid_start is None and self.cfg.valid_start is not None:
+            self.valid_start = self.cfg.valid_start
+            self.test_start = self.cfg.test_start
+
+    @staticmethod
+    def temporal_cutoffs(cfg: SplitConfig, t_min: int, t_max: int) -> tuple[int, int]:
+        """Cut-offs (ms) from the global span: the last fractions of time are valid / test."""
+        if cfg.valid_start is not None and cfg.test_start is not None:
+            return cfg.valid_start, cfg.test_start
+        span = t_max - t_min
+        test_start = t_min + int(np.ceil(span * (1.0 - cfg.test_fraction)))
+        valid_start = t_min + int(np.ceil(span * (1.0 - cfg.test_fraction - cfg.valid_fraction)))
+        if cfg.test_fraction == 0:
+            test_start = t_max + 1
+        if cfg.valid_fraction == 0:
+            valid_start = test_start
+        return valid_start, test_start
+
+    def user_bucket(self, user_id: int) -> float:
+        """Stable position of a user in [0, 1) (salted fingerprint)."""
+        return (fingerprint64(f"{self.cfg.salt}:{user_id}") % 1_000_000) / 1_000_000.0
+
+    def assign(self, user_id: int, timestamps: np.ndarray) -> np.ndarray:
+        n = len(timestamps)
+        out = np.zeros(n, dtype=np.int8)
+        kind = self.cfg.kind
+        if kind == "temporal":
+            if self.valid_start is None or self.test_start is None:
+                raise ValueError("temporal split needs valid_start / test_start")
+            out[timestamps >= self.valid_start] = 1
+            out[timestamps >= self.test_start] = 2
+        elif kind == "user":
+            b = self.user_bucket(user_id)
+            if b < self.cfg.test_fraction:
+                out[:] = 2
+            elif b < self.cfg.test_fraction + self.cfg.valid_fraction:
+                out[:] = 1
+        elif kind == "last_k":
+            k = self.cfg.k
+            out[max(n - 2 * k, 0) : max(n - k, 0)] = 1
+            out[max(n - k, 0) :] = 2
+        else:  # pragma: no cover - config validation prevents it
+            raise ValueError(f"unknown split kind {kind!r}")
+        return out
+
+
+# ------------------------------------------------------------------ side features
+
+
+@dataclass
+class SideTables:
+    """Profile features per user and side features per item, by raw id.
+
+    Missing users / items / values give `PAD_ID`. An item feature absent from the
+    item table is taken from the target event's column of the same name when the
+    source carries it per event (Taobao's category, say).
+    """
+
+    users: dict[int, dict[str, int]] = field(default_factory=dict)
+    items: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def user_values(self, user_id: int, names: list[str]) -> dict[str, int]:
+        row = self.users.get(int(user_id), {})
+        return {n: int(row.get(n, PAD_ID)) for n in names}
+
+    def item_values(self, item_ids: np.ndarray, name: str, events: EventChunk | None,
+                    idx: np.ndarray | None) -> np.ndarray:
+        if self.items and any(name in r for r in self.items.values()):
+            return np.fromiter(
+                (self.items.get(int(i), {}).get(name, PAD_ID) for i in item_ids),
+                dtype=np.int64, count=len(item_ids),
+            )
+        if events is not None and idx is not None and name in events.columns:
+            col = events.columns[name][idx]
+            return np.where(np.isfinite(col), col, PAD_ID).astype(np.int64)
+        return np.full(len(item_ids), PAD_ID, dtype=np.int64)
+
+
+# ------------------------------------------------------------------- CTR samples
+
+
+@dataclass
+class UserStats:
+    """What one user contributed, for the manifest."""
+
+    samples: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))
+    positives: np.ndarray = field(default_factory=lambda: np.zeros(3, np.int64))
+    pos_len_sum: int = 0
+    neg_len_sum: int = 0
+    pos_len_max: int = 0
+    neg_len_max: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: UserStats) -> UserStats:
+        ex = dict(self.excluded)
+        for k, v in other.excluded.items():
+            ex[k] = ex.get(k, 0) + v
+        return UserStats(
+            self.samples + other.samples,
+            self.positives + other.positives,
+            self.pos_len_sum + other.pos_len_sum,
+            self.neg_len_sum + other.neg_len_sum,
+            max(self.pos_len_max, other.pos_len_max),
+            max(self.neg_len_max, other.neg_len_max),
+            ex,
+        )
+
+
+def _list_array(offsets: np.ndarray, values: np.ndarray, pa_type):
+    import pyarrow as pa
+
+    return pa.ListArray.from_arrays(
+        pa.array(offsets.astype(np.int32), pa.int32()), pa.array(values, pa_type)
+    )
+
+
+def _scalar_array(values: np.ndarray, pa_type):
+    return _list_array(np.arange(len(values) + 1), values, pa_type)
+
+
+def build_ctr_samples(
+    user_events: EventChunk,
+    cfg: SamplesConfig,
+    splitter: SplitAssigner,
+    side: SideTables | None = None,
+    stats: UserStats | None = None,
+) -> Iterator[tuple[int, object]]:
+    """Yields (split index, pyarrow.RecordBatch) for one user's events.
+
+    `user_events` must hold one user's events (any order; sorted here) with labels
+    and polarities. Batches have the columns of `tfnegseq.schema.arrow_schema(cfg)`.
+    """
+    import pyarrow as pa
+
+    from tfnegseq.schema import arrow_schema
+
+    if not len(user_events):
+        return
+    side = side or SideTables()
+    ev = sort_timeline(user_events)
+    n = len(ev)
+    user_id = int(ev.user_id[0])
+    cut = history_cut(ev.timestamp, cfg.before)
+    pos_idx = np.flatnonzero(ev.polarity == 1)
+    neg_idx = np.flatnonzero(ev.polarity == -1)
+    n_pos_before = np.searchsorted(pos_idx, cut, side="left")
+    n_neg_before = np.searchsorted(neg_idx, cut, side="left")
+    split = splitter.assign(user_id, ev.timestamp)
+    order = np.arange(1, n + 1, dtype=np.int64)
+    schema = arrow_schema(cfg)
+    user_vals = side.user_values(user_id, cfg.user_features)
+    h, life = cfg.max_history, cfg.lifelong_length
+    i64, f32 = pa.int64(), pa.float32()
+
+    for start in range(0, n, cfg.batch_size):
+        t = np.arange(start, min(start + cfg.batch_size, n))
+        m = len(t)
+        cols: dict[str, object] = {
+            "user_id": _scalar_array(np.full(m, user_id, np.int64), i64),
+            "item_id": _scalar_array(ev.item_id[t], i64),
+            "timestamp": _scalar_array(ev.timestamp[t], i64),
+            "order": _scalar_array(order[t], i64),
+            "label": _scalar_array(ev.label[t].astype(np.int64), i64),
+        }
+        for name, idx_all, counts in (
+            ("pos", pos_idx, n_pos_before[t]),
+            ("neg", neg_idx, n_neg_before[t]),
+        ):
+            offsets, flat = ragged_windows(counts, h)
+            ev_idx = idx_all[flat]
+            cols[f"{name}_item_id"] = _list_array(offsets, ev.item_id[ev_idx], i64)
+            cols[f"{name}_order"] = _list_array(offsets, order[ev_idx], i64)
+            if stats is not None:
+                lens = np.diff(offsets)
+                if name == "pos":
+                    stats.pos_len_sum += int(lens.sum())
+                    stats.pos_len_max = max(stats.pos_len_max, int(lens.max(initial=0)))
+                else:
+                    stats.neg_len_sum += int(lens.sum())
+                    stats.neg_len_max = max(stats.neg_len_max, int(lens.max(initial=0)))
+        if life > 0:
+            offsets, ev_idx = ragged_windows(cut[t], life)
+            cols["life_item_id"] = _list_array(offsets, ev.item_id[ev_idx], i64)
+            cols["life_order"] = _list_array(offsets, order[ev_idx], i64)
+            cols["life_polarity"] = _list_array(offsets, ev.polarity[ev_idx].astype(np.int64), i64)
+            cols["life_value"] = _list_array(offsets, ev.value[ev_idx].astype(np.float32), f32)
+        for f in cfg.user_features:
+            cols[f"user_{f}"] = _scalar_array(np.full(m, user_vals[f], np.int64), i64)
+        for f in cfg.item_features:
+            cols[f"item_{f}"] = _scalar_array(side.item_values(ev.item_id[t], f, ev, t), i64)
+
+        sp = split[t]
+        for s in range(3):
+            sel = np.flatnonzero(sp == s)
+            if not len(sel):
+                continue
+            if stats is not None:
+                stats.samples[s] += len(sel)
+                stats.positives[s] += int(ev.label[t][sel].sum())
+            arrays = [cols[f.name] for f in schema]
+            batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+            if len(sel) != m:
+                batch = batch.take(pa.array(sel))
+            yield s, batch
+
+
+# ------------------------------------------------------------ sequential samples
+
+
+def build_sequential_sample(
+    user_events: EventChunk,
+    cfg: SamplesConfig,
+    side: SideTables | None = None,
+    stats: UserStats | None = None,
+) -> object | None:
+    """One sample per user for next-item recommendation (SINE §5.1 protocol).
+
+    The user's last positive is the test target, the second-to-last the validation
+    target (leave-last-two). `seq_*` holds the most recent `max_sequence` positive and
+    negative events strictly before the test target in timeline order (neutral events
+    dropped), and `valid_index` is the validation positive's position in it. Users with
+    fewer than 3 positives, or whose validation positive falls outside the window, are
+    excluded and counted in `stats.excluded`. Returns a one-row RecordBatch or None.
+    """
+    import pyarrow as pa
+
+    from tfnegseq.schema import arrow_schema
+
+    side = side or SideTables()
+    ev = sort_timeline(user_events)
+    keep = np.flatnonzero(ev.polarity != 0)
+    pos = keep[ev.polarity[keep] == 1]
+    if len(pos) < 3:
+        if stats is not None:
+            stats.excluded["fewer_than_3_positives"] = (
+                stats.excluded.get("fewer_than_3_positives", 0) + 1
+            )
+        return None
+    test_i, valid_i = pos[-1], pos[-2]
+    window = keep[keep < test_i][-cfg.max_sequence :]
+    where = np.flatnonzero(window == valid_i)
+    if not len(where):
+        if stats is not None:
+            stats.excluded["valid_beyond_max_sequence"] = (
+                stats.excluded.get("valid_beyond_max_sequence", 0) + 1
+            )
+        return None
+    order = np.arange(1, len(ev) + 1, dtype=np.int64)
+    i64 = pa.int64()
+    one = np.array([0, len(window)])
+    cols = {
+        "user_id": _scalar_array(ev.user_id[:1], i64),
+        "seq_item_id": _list_array(one, ev.item_id[window], i64),
+        "seq_order": _list_array(one, order[window], i64),
+        "seq_polarity": _list_array(one, ev.polarity[window].astype(np.int64), i64),
+        "seq_timestamp": _list_array(one, ev.timestamp[window], i64),
+        "valid_index": _scalar_array(where[:1].astype(np.int64), i64),
+        "valid_item_id": _scalar_array(ev.item_id[[valid_i]], i64),
+        "test_item_id": _scalar_array(ev.item_id[[test_i]], i64),
+    }
+    user_vals = side.user_values(int(ev.user_id[0]), cfg.user_features)
+    for f in cfg.user_features:
+        cols[f"user_{f}"] = _scalar_array(np.array([user_vals[f]], np.int64), i64)
+    for f in cfg.item_features:
+        cols[f"item_{f}"] = _scalar_array(
+            side.item_values(ev.item_id[[test_i]], f, ev, np.array([test_i])), i64
+        )
+    schema = arrow_schema(cfg)
+    if stats is not None:
+        stats.samples[2] += 1
+        stats.positives[2] += 1
+    return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of interactions kept by iterative k-core filtering: every kept user
+    and item has at least `k` kept interactions."""
+    keep = np.ones(len(users), dtype=bool)
+    if k <= 1:
+        return keep
+    while True:
+        u, ui = np.unique(users[keep], return_inverse=True)
+        i, ii = np.unique(items[keep], return_inverse=True)
+        ok = (np.bincount(ui)[ui] >= k) & (np.bincount(ii)[ii] >= k)
+        if ok.all():
+            return keep
+        idx = np.flatnonzero(keep)
+        keep[idx[~ok]] = False
