@@ -1,0 +1,43 @@
+# tfnegseq: `make demo` and `make test` are the two commands a new user needs.
+# Both create .venv on first use (Python 3.11, pinned dependencies from pyproject.toml).
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tfnegseq-installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test test-slow bench lint clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; otherwise a no-op.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "tfnegseq needs Python 3.11, found " + sys.version)'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install -e ".[test,lint]"
+	@touch $@
+
+demo: setup
+	$(BIN)/python -m tfnegseq.demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow
+
+bench: setup
+	$(BIN)/python benchmarks/bench_build_samples.py
+	$(BIN)/python benchmarks/bench_input.py
+
+lint: setup
+	$(BIN)/ruff check tfnegseq beam_jobs benchmarks tests
+	$(BIN)/mypy tfnegseq
+
+clean:
+	rm -rf build runs .pytest_cache

@@ -1,0 +1,126 @@
+"""tf.data input over the Beam job's TFRecord shards.
+
+The parse spec comes from `tfnegseq.schema` (no second feature list). Each batch is a
+`(features, label)` pair with fixed shapes, so XLA compiles once:
+
+    scalars            [B]                 int64 (ids looked up to embedding rows)
+    lists              [B, max_len]        left-padded, most recent last; truncated to
+                                           the most recent `max_len` when longer;
+                                           ids padded with PAD_ID -> row 0, other
+                                           lists padded with 0
+    label              [B]                 float32
+
+Example:
+    ds = make_dataset("build/samples/synthetic", "train", cfg, batch_size=2048,
+                      training=True)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import tensorflow as tf
+
+from tfnegseq import schema
+from tfnegseq.config import Config
+from tfnegseq.data.vocab import Vocabulary, load_vocabularies
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def split_files(data_dir: str, split: str) -> list[str]:
+    pattern = os.path.join(data_dir, split, "*.tfrecord.gz")
+    files = sorted(tf.io.gfile.glob(pattern) if "://" in data_dir else glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(
+            f"no TFRecord shards match {pattern}; run python -m beam_jobs.build_samples first"
+        )
+    return files
+
+
+def left_pad(rt: tf.RaggedTensor, max_len: int, pad_value: Any) -> tf.Tensor:
+    """[B, None] ragged -> [B, max_len] dense, most recent (last) values at the right end.
+
+    Rows longer than `max_len` keep their last `max_len` values.
+    """
+    rt = rt[:, -max_len:]  # most recent max_len
+    lengths = rt.row_lengths()  # [B]
+    dense = rt.to_tensor(default_value=pad_value, shape=[None, max_len])  # [B, max_len]
+    shift = tf.cast(max_len, tf.int64) - lengths  # [B]
+    src = tf.range(max_len, dtype=tf.int64)[None, :] - shift[:, None]  # [B, max_len]
+    gathered = tf.gather(dense, tf.maximum(src, 0), batch_dims=1)  # [B, max_len]
+    return tf.where(src >= 0, gathered, tf.cast(pad_value, dense.dtype))
+
+
+class FeatureProcessor:
+    """Parses serialized tf.Examples into model-ready tensors (pad, truncate, look up).
+
+    Built once per data directory and config; used by `make_dataset` and by the
+    export's `score_examples` signature, so both parse the same way.
+    """
+
+    def __init__(self, cfg: Config, vocabularies: dict[str, Vocabulary],
+                 max_lengths: dict[str, int] | None = None):
+        self.cfg = cfg
+        self.features = schema.features(cfg.samples)
+        self.spec = schema.parse_spec(cfg.samples)
+        self.vocabularies = vocabularies
+        self.lookups = {name: v.lookup_layer() for name, v in vocabularies.items()}
+        self.max_lengths = {f.name: f.max_len for f in self.features if f.is_list}
+        self.max_lengths.update(max_lengths or {})
+
+    @classmethod
+    def from_data_dir(cls, data_dir: str, cfg: Config, **kw: Any) -> FeatureProcessor:
+        return cls(cfg, load_vocabularies(data_dir, schema.vocab_names(cfg.samples), cfg.vocab),
+                   **kw)
+
+    def __call__(self, serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        parsed = tf.io.parse_example(serialized, self.spec)
+        out: dict[str, tf.Tensor] = {}
+        for f in self.features:
+            x = parsed[f.name]
+            if f.is_list:
+                pad = schema.PAD_ID if f.vocab else 0
+                x = left_pad(x, self.max_lengths[f.name], tf.cast(pad, x.dtype))
+            if f.vocab:
+                x = tf.cast(self.lookups[f.vocab](x), tf.int64)
+            out[f.name] = x
+        label = tf.cast(out.pop("label"), tf.float32) if "label" in out else None
+        return out, label
+
+
+def make_dataset(
+    data_dir: str,
+    split: str,
+    cfg: Config,
+    batch_size: int,
+    training: bool = False,
+    processor: FeatureProcessor | None = None,
+    repeat: bool = False,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of `(features, label)` from `<data_dir>/<split>/*.tfrecord.gz`.
+
+    training=True shuffles files and examples (buffer `cfg.train.shuffle_buffer`) and
+    drops the last partial batch (fixed shapes for XLA); evaluation keeps every example.
+    """
+    files = split_files(data_dir, split)
+    processor = processor or FeatureProcessor.from_data_dir(data_dir, cfg)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(len(files), 4),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=not training,
+    )
+    if training and cfg.train.shuffle_buffer > 1:
+        ds = ds.shuffle(cfg.train.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    ds = ds.map(processor, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,157 @@
+"""The mixed-polarity CTR model, assembled from `ModelConfig`.
+
+    pos/neg histories --MixedPolaritySequence(L, r, mode)--> items [B,L], polarity [B,L]
+    items --item embedding (shared with the target)--> + position embedding -> tokens
+    polarity encoding: none | pbe (eq. 2) | tapf (PBE then TAPF, eq. 3-5)
+    backbone: din (target attention, sum pooling) | transformer (encoder over tokens
+              and the target token)
+    head: MLP over [user interest, target, user id, profile and side features] -> p(click)
+
+Inputs are looked-up ids (rows of the embedding tables; 0 = padding), produced by the
+tf.data pipeline or, at serving time, by the lookups in the exported graph. Written with
+`keras.ops` only, so the same model runs on TensorFlow and on JAX.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from tfnegseq.api_export import register
+from tfnegseq.config import ModelConfig
+from tfnegseq.layers.attention import DinAttention
+from tfnegseq.layers.polarity import (
+    MixedPolaritySequence,
+    PolarityBiasEmbedding,
+    TargetAwarePolarityFusion,
+)
+from tfnegseq.layers.transformer import TransformerEncoder
+
+
+@register
+class CtrModel(keras.Model):
+    """Mixed-polarity sequence CTR model.
+
+    Args:
+        vocab_sizes: dict. Embedding rows per id feature name (`item_id`, `user_id`,
+            `user_<f>`, `item_<f>`), from `Vocabulary.size`.
+        model: dict. A `ModelConfig` as a dict (so the model serializes to plain JSON).
+        side_features: list of str. Names of scalar profile / side features to embed.
+
+    Call arguments:
+        inputs: dict with `user_id`, `item_id` [B]; `pos_item_id`, `pos_order`,
+            `neg_item_id`, `neg_order` [B, H]; and every name in `side_features` [B].
+
+    Returns:
+        dict with `probability` [B] (float32) and `logit` [B].
+    """
+
+    def __init__(self, vocab_sizes: dict[str, int], model: dict[str, Any],
+                 side_features: list[str] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.vocab_sizes = dict(vocab_sizes)
+        self.model_config = dict(model)
+        self.side_features = list(side_features or [])
+        m = ModelConfig(**self.model_config)
+        self.m = m
+        d = m.embedding_dim
+        self.sequence = MixedPolaritySequence(m.sequence_length, m.positive_ratio, mode=m.mode,
+                                              name="sequence")
+        self.item_embedding = keras.layers.Embedding(
+            vocab_sizes["item_id"], d, name="item_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
+        )
+        self.user_embedding = keras.layers.Embedding(
+            vocab_sizes["user_id"], d, name="user_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
+        )
+        self.position_embedding = keras.layers.Embedding(
+            m.sequence_length, d, name="position_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
+        )
+        self.side_embeddings = {
+            name: keras.layers.Embedding(vocab_sizes[name], max(4, d // 4), name=f"emb_{name}")
+            for name in self.side_features
+        }
+        self.pbe = PolarityBiasEmbedding(name="pbe") if m.polarity in ("pbe", "tapf") else None
+        self.tapf = (
+            TargetAwarePolarityFusion(
+                use_polarity_embedding=m.tapf_polarity_embedding,
+                use_gating=m.tapf_gating,
+                use_polarity_sign=m.tapf_polarity_sign,
+                use_residual=m.tapf_residual,
+                use_target_interaction=m.tapf_target_interaction,
+                name="tapf",
+            )
+            if m.polarity == "tapf"
+            else None
+        )
+        if m.backbone == "din":
+            self.backbone = DinAttention(units=tuple(m.attention_units), name="din_attention")
+        elif m.backbone == "transformer":
+            self.backbone = TransformerEncoder(
+                num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=2 * d,
+                dropout=m.dropout, name="transformer",
+            )
+        else:
+            raise ValueError(
+                f"backbone {m.backbone!r} is not available yet; choose 'din' or 'transformer'"
+            )
+        self.mlp = [keras.layers.Dense(u, activation="relu", name=f"mlp_{i}")
+                    for i, u in enumerate(m.mlp_units)]
+        self.dropout = keras.layers.Dropout(m.dropout) if m.dropout else None
+        self.out = keras.layers.Dense(1, name="logit", dtype="float32")
+
+    def encode_sequence(self, inputs: dict[str, Any], training: bool | None = None):
+        """Tokens [B,L,d], target [B,d], polarity [B,L], mask [B,L] (shared with analyses)."""
+        items, polarity = self.sequence(
+            inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"], inputs["neg_order"]
+        )
+        tokens = self.item_embedding(items)  # [B, L, d]
+        positions = ops.arange(self.m.sequence_length)[None, :]  # [1, L]
+        tokens = tokens + self.position_embedding(positions)
+        target = self.item_embedding(inputs["item_id"])  # [B, d]
+        if self.pbe is not None:
+            tokens = self.pbe(tokens, polarity)
+        if self.tapf is not None:
+            tokens = self.tapf(tokens, target, polarity)
+        mask = ops.not_equal(polarity, 0)  # [B, L]
+        return tokens, target, polarity, mask
+
+    def call(self, inputs: dict[str, Any], training: bool | None = None):
+        tokens, target, _, mask = self.encode_sequence(inputs, training)
+        if self.m.backbone == "din":
+            interest = self.backbone(tokens, target, mask)  # [B, d]
+        else:
+            interest = self.backbone(tokens, target, mask, training=training)  # [B, d]
+        parts = [interest, target, self.user_embedding(inputs["user_id"])]
+        parts += [self.side_embeddings[n](inputs[n]) for n in self.side_features]
+        x = ops.concatenate(parts, axis=-1)
+        for layer in self.mlp:
+            x = layer(x)
+            if self.dropout is not None:
+                x = self.dropout(x, training=training)
+        logit = ops.squeeze(ops.cast(self.out(x), "float32"), axis=-1)  # [B]
+        return {"probability": ops.sigmoid(logit), "logit": logit}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Binary cross-entropy on the logit (numerically stable), via the compiled loss."""
+        logit = y_pred["logit"] if isinstance(y_pred, dict) else y_pred
+        return super().compute_loss(x, y, logit, sample_weight, training)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            vocab_sizes=self.vocab_sizes,
+            model=self.model_config,
+            side_features=self.side_features,
+        )
+        return config
+
+
+def model_inputs(model_cfg: ModelConfig, side_features: list[str]) -> list[str]:
+    """The feature names `CtrModel` reads."""
+    return ["user_id", "item_id", "pos_item_id", "pos_order", "neg_item_id", "neg_order",
+            *side_features]
