@@ -92,6 +92,21 @@ def finalize(cfg: Config, seconds: float) -> dict[str, Any]:
     return manifest
 
 
+def _direct_runner(options: Any) -> Any:
+    """Beam's FnApiRunner, which DirectRunner would pick for this pipeline after first
+    trying to download the Prism binary (a network fetch this job must not depend on).
+    Honours `--direct_running_mode` and `--direct_num_workers`."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    )
+    return fn_runner.FnApiRunner(provision_info=info)
+
+
 def run(cfg: Config, beam_args: list[str] | None = None) -> dict[str, Any]:
     """Runs the job (DirectRunner unless `beam_args` say otherwise); returns the manifest."""
     import apache_beam as beam
@@ -102,15 +117,15 @@ def run(cfg: Config, beam_args: list[str] | None = None) -> dict[str, Any]:
 
     require_source(cfg)
     options = PipelineOptions(beam_args or [])
-    if not options.view_as(StandardOptions).runner:
-        options.view_as(StandardOptions).runner = "DirectRunner"
+    runner_name = options.view_as(StandardOptions).runner
+    runner = _direct_runner(options) if runner_name in (None, "DirectRunner") else None
     files = make_source(cfg.source).log_files()
     if not files:
         raise FileNotFoundError(f"source.path {cfg.source.path!r}: no log files found")
     _clear_previous(cfg.output.dir)
     log.info("building samples from %d file(s) into %s", len(files), cfg.output.dir)
     start = time.perf_counter()
-    with beam.Pipeline(options=options) as p:
+    with beam.Pipeline(runner=runner, options=options) as p:
         outputs = (
             p
             | "ListFiles" >> beam.Create(list(enumerate(files)))
