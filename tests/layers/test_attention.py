@@ -1,0 +1,138 @@
+"""Tests for tfnegseq.layers.attention.DinAttention (DIN activation unit + pooling)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from tests.layers.test_polarity import (
+    assert_config_round_trip,
+    assert_save_load_equal,
+    eager_call,
+    to_numpy,
+    xla_call,
+)
+from tfnegseq.layers.attention import DinAttention
+
+
+def _activation(name):
+    return {
+        "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+        "relu": lambda x: np.maximum(x, 0.0),
+    }[name]
+
+
+def din_reference(keys, query, mask, weights, activation):
+    """Literal DIN: MLP([k, q, k - q, k * q]) -> score, no softmax, masked weighted sum."""
+    k = keys.astype("float64")
+    q = np.broadcast_to(query[:, None, :], k.shape)
+    x = np.concatenate([k, q, k - q, k * q], axis=-1)  # [B, L, 4d]
+    *hidden, (w_out, b_out) = weights
+    for w, b in hidden:
+        x = _activation(activation)(x @ w + b)
+    scores = (x @ w_out + b_out)[..., 0] * mask  # [B, L]
+    return np.einsum("bl,bld->bd", scores, k), scores
+
+
+def random_inputs(rng, batch=4, length=6, dim=8):
+    keys = rng.normal(size=(batch, length, dim)).astype("float32")
+    query = rng.normal(size=(batch, dim)).astype("float32")
+    mask = np.ones((batch, length), bool)
+    for b in range(batch):
+        mask[b, : min(b, length - 1)] = False  # left padding, row 0 unpadded
+    return keys, query, mask
+
+
+def check_din(seed=0, units=(6, 5), activation="sigmoid", call=eager_call, dtype=None, atol=1e-5):
+    rng = np.random.default_rng(seed)
+    keys, query, mask = random_inputs(rng)
+    layer = DinAttention(units=units, activation=activation, dtype=dtype)
+    layer(keys, query, mask)
+    weights = []
+    for sublayer in [*layer.hidden_layers, layer.score]:
+        values = [(rng.normal(size=w.shape) * 0.5).astype("float32") for w in sublayer.weights]
+        sublayer.set_weights(values)
+        weights.append(values)
+    pooled, scores = to_numpy(call(layer, keys, query, mask, return_attention_scores=True))
+    want_pooled, want_scores = din_reference(keys, query, mask, weights, activation)
+    np.testing.assert_allclose(scores.astype("float32"), want_scores, atol=atol, rtol=atol)
+    np.testing.assert_allclose(pooled.astype("float32"), want_pooled, atol=atol, rtol=atol)
+    return pooled, scores
+
+
+@pytest.mark.parametrize(
+    "units, activation", [((6, 5), "sigmoid"), ((7,), "relu"), ((4, 4, 3), "sigmoid")]
+)
+def test_din_matches_reference(units, activation):
+    check_din(seed=len(units), units=units, activation=activation)
+
+
+def test_din_sublayer_names_and_shapes():
+    layer = DinAttention(units=(6, 5))
+    layer(*random_inputs(np.random.default_rng(0)))
+    assert [s.name for s in layer.hidden_layers] == ["hidden_0", "hidden_1"]
+    assert tuple(layer.hidden_layers[0].kernel.shape) == (4 * 8, 6)
+    assert tuple(layer.score.kernel.shape) == (5, 1)
+
+
+def test_din_without_mask_and_plain_output():
+    keys, query, _ = random_inputs(np.random.default_rng(1))
+    layer = DinAttention(units=(4,))
+    full = to_numpy(layer(keys, query, np.ones(keys.shape[:2], bool)))
+    np.testing.assert_allclose(to_numpy(layer(keys, query)), full, atol=1e-6)
+    assert full.shape == (4, 8)
+
+
+def test_din_padding_changes_nothing():
+    rng = np.random.default_rng(2)
+    keys, query, mask = random_inputs(rng)
+    layer = DinAttention(units=(6, 5))
+    pooled, scores = to_numpy(layer(keys, query, mask, return_attention_scores=True))
+    assert (scores[~mask] == 0).all()
+    garbage = np.where(mask[..., None], keys, rng.normal(size=keys.shape) * 9).astype("float32")
+    extra = np.concatenate([rng.normal(size=(4, 3, 8)).astype("float32"), garbage], axis=1)
+    extra_mask = np.concatenate([np.zeros((4, 3), bool), mask], axis=1)
+    pooled2, scores2 = to_numpy(layer(extra, query, extra_mask, return_attention_scores=True))
+    np.testing.assert_allclose(pooled2, pooled, atol=1e-5)
+    np.testing.assert_allclose(scores2[:, 3:], scores, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"units": ()}, "`units` must be a non-empty sequence of positive integers"),
+        ({"units": (8, 0)}, r"Received: units=\(8, 0\)"),
+        ({"units": 8}, "`units` must be a non-empty sequence"),
+        ({"activation": "dice"}, "`activation` must be a Keras activation name"),
+    ],
+)
+def test_din_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DinAttention(**kwargs)
+
+
+def test_din_query_dimension_validation():
+    keys, query, mask = random_inputs(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="`query` must have the key dimension"):
+        DinAttention()(keys, query[:, :3], mask)
+
+
+def test_din_serialization(tmp_path):
+    layer = DinAttention(units=[6, 5], activation="relu", bias_initializer="ones", name="din")
+    assert_config_round_trip(layer)
+    assert layer.get_config()["units"] == [6, 5]
+    inputs = list(random_inputs(np.random.default_rng(3)))
+    assert_save_load_equal(layer, inputs, tmp_path, ["float32", "float32", "bool"])
+
+
+def test_din_xla():
+    want = check_din(seed=4)
+    got = check_din(seed=4, call=xla_call)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_din_mixed_bfloat16():
+    pooled, _ = check_din(seed=5, dtype="mixed_bfloat16", atol=1e-1)
+    assert keras.backend.standardize_dtype(pooled.dtype) == "bfloat16"

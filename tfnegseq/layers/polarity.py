@@ -1,0 +1,409 @@
+"""Mixed-polarity sequences and polarity-aware token calibration (PBE and TAPF).
+
+Implements §3.3-3.4 of "Implicit negatives as first-class sequence tokens":
+
+- `MixedPolaritySequence` builds the chronologically interleaved mixed-polarity
+  sequence from a positive and an implicit-negative history (§3.3).
+- `PolarityBiasEmbedding` adds a learnable polarity-type vector to every token
+  (PBE, eq. 2).
+- `TargetAwarePolarityFusion` calibrates every token against the target item with a
+  gated, signed residual (TAPF, eq. 3-5), with a switch for every row of Table 3.
+
+Polarity is an int tensor with +1 (positive), -1 (negative) and 0 (padding). Every
+layer here leaves padding tokens untouched, so downstream masked computation never
+sees a learned padding value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from tfnegseq.api_export import register
+
+_MODES = ("interleaved", "grouped")
+
+
+def _floor_share(ratio: float, length: int) -> int:
+    """`floor(ratio * length)`, robust to float error (0.29 * 100 gives 28.999...)."""
+    return int(math.floor(round(ratio * length, 6)))
+
+
+@register
+class MixedPolaritySequence(keras.layers.Layer):
+    """Builds the mixed-polarity behaviour sequence of §3.3.
+
+    From a positive history and an implicit-negative history it takes the most recent
+    `floor(positive_ratio * length)` positives and the most recent
+    `floor((1 - positive_ratio) * length)` negatives (fewer when the user has fewer)
+    and merges them by order (timestamp) into one sequence of `length` tokens with a
+    polarity of +1 (positive) or -1 (negative).
+
+    Inputs are left-padded: a slot whose item is 0 is empty, real slots sit at the
+    right end, the most recent last, and their orders increase strictly. Order values
+    in empty slots are ignored. Because of the left padding, only the last
+    `floor(r * L)` (resp. `floor((1 - r) * L)`) columns of each history are read, so
+    the cost does not depend on `max_history`.
+
+    The output is left-padded too: the `T` chosen tokens occupy the last `T` positions,
+    the most recent last, and the first `length - T` positions hold item 0 with
+    polarity 0. In `"interleaved"` mode the tokens are in chronological order; when a
+    positive and a negative have the same order, the positive comes first. In
+    `"grouped"` mode all chosen positives (in order) come before all chosen negatives
+    (in order). `positive_ratio=1.0` gives the positive-only sequence.
+
+    The merge is vectorised and XLA friendly: a token's position is its index in its
+    own list plus the number of chosen tokens of the other list that precede it (one
+    `[B, kp, kn]` comparison), and tokens are placed with a one-hot selection; no sort
+    and no loop over the batch.
+
+    Args:
+        length: int. Sequence length budget `L` of the output, at least 1.
+        positive_ratio: float. Share `r` of the budget given to positives, in [0, 1].
+        mode: str. `"interleaved"` (chronological merge, §3.3) or `"grouped"`
+            (positives block, then negatives block). Defaults to `"interleaved"`.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        pos_item: int tensor `[B, H+]`. Positive item ids, 0 for an empty slot.
+        pos_order: int tensor `[B, H+]`. Order (e.g. timestamp) of each positive.
+        neg_item: int tensor `[B, H-]`. Negative (skipped) item ids, 0 for empty.
+        neg_order: int tensor `[B, H-]`. Order of each negative.
+
+    Returns:
+        A tuple `(items, polarity)`: `items` is `[B, length]` with the dtype of
+        `pos_item` (JAX without `jax_enable_x64` holds int64 ids as int32);
+        `polarity` is `[B, length]` int32 with +1, -1 and 0 for padding.
+
+    Example:
+
+    ```python
+    layer = MixedPolaritySequence(length=4, positive_ratio=0.5)
+    items, polarity = layer(
+        np.array([[0, 7, 8]]), np.array([[0, 1, 5]]),
+        np.array([[3, 4, 9]]), np.array([[2, 3, 6]]),
+    )
+    # items    -> [[7, 4, 8, 9]]  (orders 1, 3, 5, 6: two most recent of each)
+    # polarity -> [[1, -1, 1, -1]]
+    ```
+    """
+
+    def __init__(self, length, positive_ratio, mode="interleaved", **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(f"`length` must be an integer >= 1. Received: length={length}")
+        if not 0.0 <= positive_ratio <= 1.0:
+            raise ValueError(
+                f"`positive_ratio` must be in [0, 1]. Received: positive_ratio={positive_ratio}"
+            )
+        if mode not in _MODES:
+            raise ValueError(f"`mode` must be one of {_MODES}. Received: mode={mode}")
+        self.length = length
+        self.positive_ratio = positive_ratio
+        self.mode = mode
+        self.num_positive = _floor_share(positive_ratio, length)
+        self.num_negative = _floor_share(1.0 - positive_ratio, length)
+        self.built = True
+
+    @staticmethod
+    def _most_recent(item, order, k):
+        """The last `k` columns: items, orders, chosen mask, own index, count."""
+        if item.shape[1] is not None:
+            k = min(k, item.shape[1])
+        item = item[:, -k:]  # [B, k]
+        order = order[:, -k:]  # [B, k]
+        chosen = ops.not_equal(item, 0)
+        chosen_int = ops.cast(chosen, "int32")
+        own_index = ops.cumsum(chosen_int, axis=1) - 1
+        count = ops.sum(chosen_int, axis=1, keepdims=True)  # [B, 1]
+        return item, order, chosen, own_index, count
+
+    def call(self, pos_item, pos_order, neg_item, neg_order):
+        item_dtype = pos_item.dtype
+        parts = []
+        if self.num_positive > 0:
+            parts.append((1, *self._most_recent(pos_item, pos_order, self.num_positive)))
+        if self.num_negative > 0:
+            parts.append((-1, *self._most_recent(neg_item, neg_order, self.num_negative)))
+        ranks = [own_index for _, _, _, _, own_index, _ in parts]
+
+        if len(parts) == 2:
+            (_, _, p_order, p_chosen, _, p_count), (_, _, n_order, n_chosen, _, _) = parts
+            if self.mode == "interleaved":
+                # neg_before[b, i, j]: negative j precedes positive i (ties: positive first).
+                neg_before = ops.less(
+                    ops.expand_dims(n_order, 1), ops.expand_dims(p_order, 2)
+                )  # [B, kp, kn]
+                ranks[0] = ranks[0] + ops.sum(
+                    ops.cast(ops.logical_and(neg_before, ops.expand_dims(n_chosen, 1)), "int32"),
+                    axis=2,
+                )
+                ranks[1] = ranks[1] + ops.sum(
+                    ops.cast(
+                        ops.logical_and(ops.logical_not(neg_before), ops.expand_dims(p_chosen, 2)),
+                        "int32",
+                    ),
+                    axis=1,
+                )
+            else:
+                ranks[1] = ranks[1] + p_count
+
+        total = sum(count for _, _, _, _, _, count in parts)  # [B, 1]
+        items = ops.concatenate([ops.cast(p[1], item_dtype) for p in parts], axis=1)  # [B, K]
+        chosen = ops.concatenate([p[3] for p in parts], axis=1)  # [B, K]
+        signs = ops.concatenate(
+            [ops.ones_like(p[1], dtype="int32") * p[0] for p in parts], axis=1
+        )  # [B, K]
+        target = ops.where(chosen, self.length - total + ops.concatenate(ranks, axis=1), -1)
+        place = ops.equal(
+            ops.expand_dims(target, 2),
+            ops.reshape(ops.arange(self.length, dtype="int32"), (1, 1, -1)),
+        )  # [B, K, L]
+        zero_item = ops.zeros((), dtype=item_dtype)
+        out_items = ops.sum(ops.where(place, ops.expand_dims(items, 2), zero_item), axis=1)
+        out_polarity = ops.sum(
+            ops.where(place, ops.expand_dims(signs, 2), ops.zeros((), dtype="int32")), axis=1
+        )
+        return ops.cast(out_items, item_dtype), ops.cast(out_polarity, "int32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"length": self.length, "positive_ratio": self.positive_ratio, "mode": self.mode}
+        )
+        return config
+
+
+@register
+class PolarityBiasEmbedding(keras.layers.Layer):
+    """Polarity Bias Embedding (PBE, eq. 2): adds a learnable polarity vector per token.
+
+    `h_k = e_k + b_{p_k}` where `b_{+1}` and `b_{-1}` are rows of a zero-initialised
+    `Embedding` sublayer named `embeddings` (3 rows, indexed by `polarity + 1`). The
+    positional term `pos_k` of eq. 2 is left to the caller. Padding tokens
+    (polarity 0) come out unchanged: the added bias is multiplied by the non-padding
+    mask, so the padding row (row 1) is never used and receives no gradient.
+
+    Args:
+        embeddings_initializer: str or `keras.initializers.Initializer`. Initializer of
+            the polarity rows. Defaults to `"zeros"` (the paper's choice).
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        tokens: float tensor `[B, L, d]`. Token embeddings `e_k`.
+        polarity: int tensor `[B, L]`. +1, -1, or 0 for padding.
+
+    Returns:
+        Float tensor `[B, L, d]`: `tokens + b_polarity`, `tokens` where polarity is 0.
+
+    Example:
+
+    ```python
+    layer = PolarityBiasEmbedding()
+    out = layer(np.zeros((2, 5, 8), "float32"), np.array([[0, 1, -1, 1, 1]] * 2))
+    out.shape  # (2, 5, 8)
+    ```
+    """
+
+    def __init__(self, embeddings_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+
+    def build(self, tokens_shape, polarity_shape):
+        self.embeddings = keras.layers.Embedding(
+            3,
+            tokens_shape[-1],
+            embeddings_initializer=self.embeddings_initializer,
+            dtype=self.dtype_policy,
+            name="embeddings",
+        )
+        self.embeddings.build(polarity_shape)
+        self.built = True
+
+    def call(self, tokens, polarity):
+        polarity = ops.cast(polarity, "int32")
+        bias = self.embeddings(polarity + 1)  # [B, L, d]
+        real = ops.cast(ops.expand_dims(ops.not_equal(polarity, 0), -1), bias.dtype)  # [B, L, 1]
+        return tokens + bias * real
+
+    def get_config(self):
+        config = super().get_config()
+        config["embeddings_initializer"] = keras.initializers.serialize(self.embeddings_initializer)
+        return config
+
+
+@register
+class TargetAwarePolarityFusion(keras.layers.Layer):
+    """Target-Aware Polarity Fusion (TAPF, eq. 3-5): target-conditioned signed residual.
+
+    For each token `h_k` and target embedding `e_v`:
+
+    - eq. 3: `e_k = ReLU(W_int (h_k * e_v))` (sublayer `interaction`, Dense d, ReLU);
+    - eq. 4: `g_k = sigmoid(W_g [h_k || e_k || b_{p_k}])` (sublayer `gate`, Dense d,
+      sigmoid, kernel `[2d + d_p, d]`; `b_p` from the sublayer `polarity_embedding`,
+      3 rows indexed by `polarity + 1`);
+    - eq. 5: `h'_k = h_k + p_k * (2 g_k - 1) * e_k`.
+
+    Padding tokens (polarity 0) come out unchanged. The switches remove one component
+    each, matching the rows of Table 3; `use_target_interaction=False` together with
+    `use_gating=False` is the "target interaction & gating" row.
+
+    For speed the gate's concat is never materialised: `W_g` is split into its `h`,
+    `e` and `b_p` blocks, and the polarity share `W_g,p b_p + bias` is computed once
+    per polarity value (a `[3, d]` table) and gathered per token. The `gate` sublayer
+    still holds one `[2d + d_p, d]` kernel, so weights read as in eq. 4.
+
+    Args:
+        polarity_dim: int or None. Dimension `d_p` of the gate's polarity embedding;
+            None uses the token dimension `d`. Defaults to None.
+        use_polarity_embedding: bool. Feed `b_p` to the gate (eq. 4); False gates on
+            `[h || e]` only and creates no `polarity_embedding`. Defaults to True.
+        use_gating: bool. Use the gate; False fixes `2g - 1 = 1` and creates neither
+            `gate` nor `polarity_embedding`. Defaults to True.
+        use_polarity_sign: bool. Multiply by the sign `p_k`; False uses `m = +1` for
+            every real token. Defaults to True.
+        use_residual: bool. Add `h_k` back (eq. 5); False outputs
+            `p_k (2g - 1) e_k` for real tokens. Defaults to True.
+        use_target_interaction: bool. Multiply by the target in eq. 3; False uses
+            `e_k = ReLU(W_int h_k)` (the target is then unused). Defaults to True.
+        kernel_initializer: str or initializer for the Dense kernels. Defaults to
+            `"glorot_uniform"`.
+        bias_initializer: str or initializer for the Dense biases. Defaults to
+            `"zeros"`.
+        polarity_initializer: str or initializer for `polarity_embedding`. Defaults
+            to `"uniform"`.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        tokens: float tensor `[B, L, d]`. Sequence tokens `h_k`.
+        target: float tensor `[B, d]`. Target item embedding `e_v`.
+        polarity: int tensor `[B, L]`. +1, -1, or 0 for padding.
+
+    Returns:
+        Float tensor `[B, L, d]`: the calibrated tokens `h'_k`.
+
+    Example:
+
+    ```python
+    layer = TargetAwarePolarityFusion()
+    out = layer(np.ones((2, 5, 8), "float32"), np.ones((2, 8), "float32"),
+                np.array([[0, 1, -1, 1, 1]] * 2))
+    out.shape  # (2, 5, 8)
+    ```
+    """
+
+    def __init__(
+        self,
+        polarity_dim=None,
+        use_polarity_embedding=True,
+        use_gating=True,
+        use_polarity_sign=True,
+        use_residual=True,
+        use_target_interaction=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        polarity_initializer="uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if polarity_dim is not None and (
+            isinstance(polarity_dim, bool) or not isinstance(polarity_dim, int) or polarity_dim < 1
+        ):
+            raise ValueError(
+                "`polarity_dim` must be None or an integer >= 1. "
+                f"Received: polarity_dim={polarity_dim}"
+            )
+        self.polarity_dim = polarity_dim
+        self.use_polarity_embedding = bool(use_polarity_embedding)
+        self.use_gating = bool(use_gating)
+        self.use_polarity_sign = bool(use_polarity_sign)
+        self.use_residual = bool(use_residual)
+        self.use_target_interaction = bool(use_target_interaction)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.polarity_initializer = keras.initializers.get(polarity_initializer)
+
+    def build(self, tokens_shape, target_shape, polarity_shape):
+        dim = tokens_shape[-1]
+        if target_shape[-1] != dim:
+            raise ValueError(
+                "`target` must have the token dimension. "
+                f"Received: tokens_shape={tokens_shape}, target_shape={target_shape}"
+            )
+        self._dim = dim
+        dense_kwargs = {
+            "kernel_initializer": self.kernel_initializer,
+            "bias_initializer": self.bias_initializer,
+            "dtype": self.dtype_policy,
+        }
+        self.interaction = keras.layers.Dense(
+            dim, activation="relu", name="interaction", **dense_kwargs
+        )
+        self.interaction.build((None, dim))
+        self.gate = None
+        self.polarity_embedding = None
+        if self.use_gating:
+            gate_in = 2 * dim
+            if self.use_polarity_embedding:
+                polarity_dim = self.polarity_dim or dim
+                gate_in += polarity_dim
+                self.polarity_embedding = keras.layers.Embedding(
+                    3,
+                    polarity_dim,
+                    embeddings_initializer=self.polarity_initializer,
+                    dtype=self.dtype_policy,
+                    name="polarity_embedding",
+                )
+                self.polarity_embedding.build(polarity_shape)
+            self.gate = keras.layers.Dense(dim, activation="sigmoid", name="gate", **dense_kwargs)
+            self.gate.build((None, gate_in))
+        self.built = True
+
+    def call(self, tokens, target, polarity):
+        dim = self._dim
+        dtype = self.compute_dtype
+        polarity = ops.cast(polarity, "int32")
+        if self.use_target_interaction:
+            interaction = self.interaction(tokens * ops.expand_dims(target, 1))  # eq. 3
+        else:
+            interaction = self.interaction(tokens)
+        update = interaction  # [B, L, d]
+        if self.use_gating:
+            # eq. 4 with W_g = [W_h; W_e; W_p]: h @ W_h + e @ W_e + (b_p @ W_p + bias)[p].
+            kernel = ops.cast(self.gate.kernel, dtype)  # [2d + dp, d]
+            logits = ops.matmul(tokens, kernel[:dim]) + ops.matmul(
+                interaction, kernel[dim : 2 * dim]
+            )
+            bias = ops.cast(self.gate.bias, dtype)
+            if self.use_polarity_embedding:
+                table = ops.cast(self.polarity_embedding.embeddings, dtype)  # [3, dp]
+                table = ops.matmul(table, kernel[2 * dim :]) + bias  # [3, d]
+                logits = logits + ops.take(table, polarity + 1, axis=0)  # [B, L, d]
+            else:
+                logits = logits + bias
+            update = (2.0 * ops.sigmoid(logits) - 1.0) * update
+        real = ops.not_equal(polarity, 0)
+        sign = polarity if self.use_polarity_sign else real
+        update = update * ops.expand_dims(ops.cast(sign, dtype), -1)  # [B, L, 1] sign
+        if self.use_residual:
+            return tokens + update  # eq. 5; padding: sign 0 -> tokens
+        return ops.where(ops.expand_dims(real, -1), update, tokens)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "polarity_dim": self.polarity_dim,
+                "use_polarity_embedding": self.use_polarity_embedding,
+                "use_gating": self.use_gating,
+                "use_polarity_sign": self.use_polarity_sign,
+                "use_residual": self.use_residual,
+                "use_target_interaction": self.use_target_interaction,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "polarity_initializer": keras.initializers.serialize(self.polarity_initializer),
+            }
+        )
+        return config
