@@ -152,6 +152,8 @@ def run_config(cfg: Config, verbose: int | str = "auto") -> dict[str, Any]:
                             processor=processor, seed=tc.seed)
     eval_ds = make_dataset(data_dir, tc.eval_split, cfg, tc.batch_size, processor=processor)
     model = build_model(cfg, vocab_sizes)
+    sample_features, _ = next(iter(eval_ds.take(1)))
+    model(sample_features)  # build weights (BackupAndRestore needs a built model)
     model.compile(
         optimizer=keras.optimizers.Adam(tc.learning_rate),
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
