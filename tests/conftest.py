@@ -18,3 +18,22 @@ def ml100k_dir():
     if not (ML100K / "u.data").exists():
         pytest.skip(f"MovieLens-100K not found at {ML100K} (set TFNEGSEQ_ML100K); it may not be redistributed")
     return ML100K
+
+
+@pytest.fixture(scope="session")
+def tiny_samples(tmp_path_factory):
+    """A small simulated log turned into samples by the Beam job: (config, data_dir)."""
+    from tfnegseq.config import load_config
+    from tfnegseq.data import job
+    from tfnegseq.data.simulate import simulate_to_dir
+
+    root = tmp_path_factory.mktemp("tiny")
+    sets = [f"source.path={root}/log", f"output.dir={root}/samples", "simulate.num_users=60",
+            "simulate.num_items=300", "simulate.events_per_user_min=20",
+            "simulate.events_per_user_max=200", "samples.max_history=20",
+            "model.sequence_length=20", "model.embedding_dim=16", "train.batch_size=256",
+            "train.shuffle_buffer=1000", f"train.run_dir={root}/run"]
+    cfg = load_config(REPO / "configs" / "synthetic.yaml", sets)
+    simulate_to_dir(cfg.simulate, cfg.source.path)
+    job.run(cfg)
+    return cfg, sets, str(root)

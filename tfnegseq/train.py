@@ -134,7 +134,8 @@ def evaluate(model, dataset) -> dict[str, float]:
     }
 
 
-def run_config(cfg: Config, verbose: int | str = "auto") -> dict[str, Any]:
+def run_config(cfg: Config, verbose: int | str = "auto",
+               extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Trains and evaluates one seed; writes `<run_dir>/metrics.json`; returns metrics."""
     import keras
 
@@ -168,6 +169,7 @@ def run_config(cfg: Config, verbose: int | str = "auto") -> dict[str, Any]:
         ),
         keras.callbacks.TensorBoard(os.path.join(tc.run_dir, "tensorboard"), update_freq=50),
         throughput,
+        *(extra_callbacks or []),
     ]
     os.makedirs(os.path.join(tc.run_dir, "checkpoints"), exist_ok=True)
     model.fit(
