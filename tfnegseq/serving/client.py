@@ -1,0 +1,221 @@
+"""A small client for TF Serving's REST API (and the local server that speaks it).
+
+Example:
+    >>> client = ServingClient("http://127.0.0.1:8501", "recommender", label="stable")
+    >>> client.predict(instances=[{"x": [1.0, 2.0, 3.0]}])  # doctest: +SKIP
+    [[0.3, 0.7]]
+    >>> client.score(7, [11, 12], [1, 3], [21], [2], candidates=[1, 2, 3])  # doctest: +SKIP
+    [0.78, 0.83, 0.86]
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+
+class ServingError(Exception):
+    """An error answer from the server, or a transport failure.
+
+    Args:
+        status: int or None. The HTTP status; None when no answer came back.
+        message: str. The server's `error` message, or a description.
+    """
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status is not None else message)
+        self.status = status
+        self.message = message
+
+
+class ServingTimeout(ServingError):
+    """No answer within the client's timeout (not retried)."""
+
+
+class ServingUnavailable(ServingError):
+    """The server could not be reached, after all retries."""
+
+
+def to_json(value: Any) -> Any:
+    """Plain Python / numpy data -> JSON-ready data; bytes become `{"b64": ...}`."""
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return to_json(value.tolist())
+    return value
+
+
+class ServingClient:
+    """Addresses one model (by name, and optionally version or label) over REST.
+
+    Args:
+        base_url: str. Server root, e.g. `http://127.0.0.1:8501`.
+        model_name: str. The model's name.
+        version: int or None. A version to pin. Defaults to None (latest).
+        label: str or None. A version label (e.g. "stable"). Defaults to None.
+        timeout: float. Seconds to wait for each attempt. Defaults to 5.0.
+        retries: int. Extra attempts after a connection error or a 503; never after
+            another status or a read timeout. Defaults to 2.
+        backoff: float. Sleep before retry k is `backoff * 2**k` seconds.
+            Defaults to 0.1.
+        session: requests.Session or None. Defaults to a new session.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str,
+        version: int | None = None,
+        label: str | None = None,
+        timeout: float = 5.0,
+        retries: int = 2,
+        backoff: float = 0.1,
+        session: requests.Session | None = None,
+    ) -> None:
+        if version is not None and label is not None:
+            raise ValueError(
+                f"Give `version` or `label`, not both. Received: version={version}, label={label}"
+            )
+        if retries < 0:
+            raise ValueError(f"`retries` must be >= 0. Received: retries={retries}")
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model_name
+        self.version = version
+        self.label = label
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.session = session or requests.Session()
+
+    @property
+    def model_url(self) -> str:
+        """`.../v1/models/NAME[/versions/N|/labels/L]`."""
+        url = f"{self.base_url}/v1/models/{quote(self.model_name, safe='')}"
+        if self.version is not None:
+            url += f"/versions/{int(self.version)}"
+        elif self.label is not None:
+            url += f"/labels/{quote(self.label, safe='')}"
+        return url
+
+    def status(self) -> dict[str, Any]:
+        """`GET .../NAME[...]`: the `model_version_status` reply."""
+        return self._request("GET", self.model_url)
+
+    def metadata(self) -> dict[str, Any]:
+        """`GET .../metadata`: `model_spec` and the signature defs."""
+        return self._request("GET", f"{self.model_url}/metadata")
+
+    def predict(
+        self,
+        instances: Sequence[Any] | None = None,
+        inputs: Any = None,
+        signature_name: str | None = None,
+    ) -> Any:
+        """`POST ...:predict` in row (`instances`) or columnar (`inputs`) format.
+
+        Returns:
+            The `predictions` (row format) or `outputs` (columnar format) value.
+        """
+        if (instances is None) == (inputs is None):
+            raise ValueError("Give exactly one of `instances` (row) and `inputs` (columnar).")
+        body: dict[str, Any] = {}
+        if signature_name is not None:
+            body["signature_name"] = signature_name
+        if instances is not None:
+            body["instances"] = to_json(list(instances))
+        else:
+            body["inputs"] = to_json(inputs)
+        reply = self._request("POST", f"{self.model_url}:predict", body)
+        return reply["predictions"] if instances is not None else reply["outputs"]
+
+    def score(
+        self,
+        user_id: int,
+        pos_items: Sequence[int],
+        pos_orders: Sequence[int],
+        neg_items: Sequence[int],
+        neg_orders: Sequence[int],
+        candidates: Sequence[int],
+        **profile: int,
+    ) -> list[float]:
+        """Scores candidates for one user with the recommender's `serving_default`.
+
+        Histories are sent as they are (any length up to the trained maximum; the
+        model pads). `profile` features go in as `user_<name>` (a name already
+        starting with `user_` is kept).
+
+        Returns:
+            One probability per candidate.
+        """
+        if len(pos_items) != len(pos_orders) or len(neg_items) != len(neg_orders):
+            raise ValueError(
+                "Each history needs one order per item. Received: "
+                f"{len(pos_items)} pos items, {len(pos_orders)} pos orders, "
+                f"{len(neg_items)} neg items, {len(neg_orders)} neg orders"
+            )
+        instance: dict[str, Any] = {
+            "user_id": user_id,
+            "pos_item_id": list(pos_items),
+            "pos_order": list(pos_orders),
+            "neg_item_id": list(neg_items),
+            "neg_order": list(neg_orders),
+            "item_id": list(candidates),
+        }
+        for name, value in profile.items():
+            instance[name if name.startswith("user_") else f"user_{name}"] = value
+        prediction = self.predict(instances=[instance])[0]
+        if isinstance(prediction, dict):
+            prediction = prediction["probability"]
+        return [float(p) for p in prediction]
+
+    def close(self) -> None:
+        """Closes the HTTP session."""
+        self.session.close()
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, url: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self.session.request(
+                    method, url, data=data, headers=headers, timeout=self.timeout
+                )
+            except requests.ConnectionError as e:  # includes ConnectTimeout
+                if last:
+                    raise ServingUnavailable(None, f"{method} {url}: {e}") from e
+            except requests.Timeout as e:
+                raise ServingTimeout(None, f"{method} {url}: no answer in {self.timeout}s") from e
+            else:
+                if response.status_code == 200:
+                    return response.json()
+                if response.status_code != 503 or last:
+                    raise ServingError(response.status_code, _error_message(response))
+            time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text or response.reason or ""
+    if isinstance(payload, dict) and "error" in payload:
+        return str(payload["error"])
+    return response.text
