@@ -1,0 +1,207 @@
+"""The paper's Table 2 structure: 4 sequence settings x backbones x seeds on one dataset.
+
+    python -m tfnegseq.experiments.table2 --config configs/movielens_100k.yaml \
+        [--seeds 0,1,2,3,4] [--backbones din,transformer] [--set k=v ...]
+
+Settings (paper §4.1.2; L = 100 for all, so negatives *replace* positives):
+    Pos Seq          r = 1.0, no polarity encoding
+    Pos Seq + TAPF   r = 1.0, TAPF
+    Mix Seq + PB     r = 0.5, polarity bias embedding (eq. 2)
+    Mix Seq + TAPF   r = 0.5, TAPF (eq. 3-5)
+
+Every run trains from the config (same data, epochs, optimizer for all settings) and
+appends one record (backbone, setting, seed, auc, gauc, logloss, ...) to
+`docs/results/table2_<dataset>.json` as soon as it ends, so an interrupted sweep resumes
+where it stopped. At the end it writes `table2_<dataset>.md` (mean ± std, absolute and
+relative improvement over Pos Seq of the same backbone) and `table2_<dataset>.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+from typing import Any
+
+import numpy as np
+
+from tfnegseq.config import load_config
+
+SETTINGS: dict[str, list[str]] = {
+    "Pos Seq": ["model.positive_ratio=1.0", "model.polarity=none"],
+    "Pos Seq + TAPF": ["model.positive_ratio=1.0", "model.polarity=tapf"],
+    "Mix Seq + PB": ["model.positive_ratio=0.5", "model.polarity=pbe"],
+    "Mix Seq + TAPF": ["model.positive_ratio=0.5", "model.polarity=tapf"],
+}
+METRICS = ("auc", "gauc", "logloss")
+
+
+def _load(path: str) -> dict[str, Any]:
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"records": []}
+
+
+def _save(path: str, data: dict[str, Any]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(backbone, setting) -> {metric: (mean, std, n)}."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["backbone"], r["setting"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        out[key] = {}
+        for m in METRICS:
+            v = np.array([r[m] for r in rs], dtype=np.float64)
+            out[key][m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v))
+    return out
+
+
+def markdown(dataset: str, data: dict[str, Any]) -> str:
+    summ = summarize(data["records"])
+    backbones = sorted({b for b, _ in summ}, key=lambda b: ["din", "transformer"].index(b)
+                       if b in ("din", "transformer") else 9)
+    lines = [
+        f"# Table 2 structure on {dataset}",
+        "",
+        f"Command: `{data.get('command', '')}`  ",
+        f"Seeds: {data.get('seeds')}; epochs: {data.get('epochs')}; machine: "
+        f"{data.get('machine', {}).get('processor', '')} ({data.get('machine', {}).get('cores')} cores); "
+        f"finished {data.get('finished', 'in progress')}.",
+        "",
+        "Mean ± sample std over seeds. Δ and Δ% are the AUC change against Pos Seq of the "
+        "same backbone.",
+        "",
+        "| Backbone | Setting | AUC | Δ AUC | Δ% | GAUC | Δ GAUC | logloss | runs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for b in backbones:
+        base = summ.get((b, "Pos Seq"))
+        for s in SETTINGS:
+            if (b, s) not in summ:
+                continue
+            r = summ[(b, s)]
+            auc, gauc, ll = r["auc"], r["gauc"], r["logloss"]
+            if base and s != "Pos Seq":
+                d = auc[0] - base["auc"][0]
+                dg = gauc[0] - base["gauc"][0]
+                delta = f"{d:+.4f} | {100 * d / base['auc'][0]:+.2f}% | "
+                dgs = f"{dg:+.4f}"
+            else:
+                delta, dgs = "— | — | ", "—"
+            lines.append(
+                f"| {b} | {s} | {auc[0]:.4f} ± {auc[1]:.4f} | {delta}"
+                f"{gauc[0]:.4f} ± {gauc[1]:.4f} | {dgs} | {ll[0]:.4f} ± {ll[1]:.4f} | {auc[2]} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(dataset: str, data: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summ = summarize(data["records"])
+    backbones = sorted({b for b, _ in summ})
+    fig, axes = plt.subplots(1, len(backbones), figsize=(5.5 * len(backbones), 4), squeeze=False)
+    colors = ["#9e9e9e", "#64b5f6", "#ffb74d", "#e53935"]
+    for ax, b in zip(axes[0], backbones, strict=True):
+        names = [s for s in SETTINGS if (b, s) in summ]
+        means = [summ[(b, s)]["auc"][0] for s in names]
+        stds = [summ[(b, s)]["auc"][1] for s in names]
+        x = np.arange(len(names))
+        ax.bar(x, means, yerr=stds, capsize=4, color=colors[: len(names)])
+        for xi, (s, m) in enumerate(zip(names, means, strict=True)):
+            seeds = [r["auc"] for r in data["records"] if r["backbone"] == b and r["setting"] == s]
+            ax.scatter([xi] * len(seeds), seeds, color="black", s=8, zorder=3)
+            ax.text(xi, m, f"{m:.4f}", ha="center", va="bottom", fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.7, "lw": 0})
+        lo = min(min(means) - 2 * max(stds + [0.002]), min(means) - 0.01)
+        hi = max(means) + 2 * max(stds + [0.002])
+        ax.set_ylim(lo, hi)
+        ax.set_xticks(x, names, rotation=20, ha="right")
+        ax.set_ylabel("test AUC (mean ± std, dots = seeds)")
+        ax.set_title(f"{dataset}: {b}")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tfnegseq.experiments.table2")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--backbones", default="din,transformer")
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--results-dir", default="docs/results")
+    ap.add_argument("--runs-dir", default="runs/table2")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+
+    import keras
+
+    from tfnegseq.train import run_config, versions
+
+    base = load_config(args.config, args.overrides)
+    dataset = base.name
+    os.makedirs(args.results_dir, exist_ok=True)
+    path = os.path.join(args.results_dir, f"table2_{dataset}.json")
+    data = _load(path)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    settings = [s for s in args.settings.split(",") if s]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        ap.error(f"unknown setting(s) {unknown}; known: {list(SETTINGS)}")
+    data.update(
+        dataset=dataset, config=args.config, overrides=args.overrides, seeds=seeds,
+        epochs=base.train.epochs,
+        command="python -m tfnegseq.experiments.table2 " + " ".join(argv or sys.argv[1:]),
+        machine={"processor": platform.processor() or platform.machine(),
+                 "cores": os.cpu_count()},
+    )
+    done = {(r["backbone"], r["setting"], r["seed"]) for r in data["records"]}
+    todo = [(b, s, seed) for b in args.backbones.split(",") for s in settings for seed in seeds
+            if (b, s, seed) not in done]
+    for i, (b, s, seed) in enumerate([] if args.report_only else todo, start=1):
+        tag = f"{b}_{s.replace(' + ', '_').replace(' ', '_')}_seed{seed}".lower()
+        print(f"[{i}/{len(todo)}] {dataset} {b} {s} seed={seed}", flush=True)
+        cfg = load_config(args.config, args.overrides + SETTINGS[s] + [
+            f"model.backbone={b}", f"train.seed={seed}",
+            f"train.run_dir={args.runs_dir}/{dataset}/{tag}"])
+        keras.backend.clear_session()
+        m = run_config(cfg, verbose=0)
+        data["records"].append({
+            "backbone": b, "setting": s, "seed": seed, "auc": m["auc"], "gauc": m["gauc"],
+            "logloss": m["logloss"], "eval_examples": m["eval_examples"],
+            "train_examples_per_second": m["train_examples_per_second"],
+            "seconds": m["seconds"],
+        })
+        data["versions"] = versions()
+        _save(path, data)
+        print(f"    auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f} "
+              f"({m['seconds']:.0f}s)", flush=True)
+    if not todo or not args.report_only:
+        data["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    _save(path, data)
+    with open(os.path.join(args.results_dir, f"table2_{dataset}.md"), "w") as f:
+        f.write(markdown(dataset, data))
+    plot(dataset, data, os.path.join(args.results_dir, f"table2_{dataset}.png"))
+    print(markdown(dataset, data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
