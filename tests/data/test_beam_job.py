@@ -183,3 +183,41 @@ def test_ml100k_writes_a_sample_per_rating(ml100k_dir, tmp_path):
     assert manifest["total_samples"] == 100_000
     assert manifest["dead_letters"] == 0
     assert manifest["vocab_sizes"]["user_id"] == 943
+
+
+def test_sequential_task_one_example_per_user_with_kcore(tmp_path):
+    from tfnegseq.data.samples import kcore_mask
+
+    rows = write_log(tmp_path / "log", np.random.default_rng(3), users=10, per_user=30)
+    cfg = config_from_dict({
+        "source": {"kind": "kuairec", "path": str(tmp_path / "log")},
+        "rules": {"label": [], "positive": ["watch_ratio >= 2.0"],
+                  "negative": ["watch_ratio < 0.5"]},
+        "samples": {"task": "sequential", "min_core": 5, "max_sequence": 50},
+        "output": {"dir": str(tmp_path / "out"), "shards": 1},
+    })
+    manifest = job.run(cfg)
+    users = np.array([r[0] for r in rows])
+    items = np.array([r[1] for r in rows])
+    keep = kcore_mask(users, items, 5)
+    assert manifest["kcore_residual_events"] == 0
+    recs = read_split(tmp_path / "out", "sequences")
+    assert manifest["samples"] == {"sequences": len(recs)}
+    # independent check per user: k-core filtered events, then leave-last-two positives
+    ratio = {}
+    for line in open(tmp_path / "log" / "big_matrix.csv").read().splitlines()[1:]:
+        f = line.split(",")
+        ratio.setdefault(int(f[0]), []).append((float(f[6]), int(f[1]), float(f[7])))
+    expected = {}
+    for u in sorted(set(users[keep].tolist())):
+        kept_items = set(items[keep & (users == u)].tolist())
+        ev = [e for e in ratio[u] if e[1] in kept_items]
+        ev.sort(key=lambda e: e[0])
+        pos = [e for e in ev if e[2] >= 2.0]
+        if len(pos) >= 3:
+            expected[u] = (pos[-1][1], pos[-2][1])
+    got = {r["user_id"][0]: (r["test_item_id"][0], r["valid_item_id"][0]) for r in recs}
+    assert got == expected
+    for r in recs:
+        assert r["seq_item_id"][r["valid_index"][0]] == r["valid_item_id"][0]
+        assert all(p in (1, -1) for p in r["seq_polarity"])

@@ -37,6 +37,8 @@ MAIN = "main"
 DEAD_LETTER = "dead_letter"
 VOCAB = "vocab"
 STATS = "stats"
+SEQUENCES = "sequences"  # the sequential task's one-example-per-user output
+KCORE_RESIDUAL = "kcore_residual"
 
 
 def _global(value: Any) -> Any:
@@ -86,6 +88,19 @@ class KCoreRoundFn(beam.DoFn):
         ev = ev.take(counts >= self._k)
         if len(ev) >= self._k:
             yield user, ev
+
+
+class KCoreResidualFn(beam.DoFn):
+    """Events that one more k-core round would still remove (0 when converged)."""
+
+    def __init__(self, k: int):
+        self._k = k
+
+    def process(self, kv: tuple[int, EventChunk], item_counts: dict[int, int]):
+        _, ev = kv
+        counts = np.fromiter((item_counts.get(int(i), 0) for i in ev.item_id), np.int64, len(ev))
+        kept = int((counts >= self._k).sum())
+        yield len(ev) if kept < self._k else len(ev) - kept
 
 
 def _item_counts(kv: tuple[int, EventChunk]):
@@ -141,7 +156,7 @@ class BuildSamplesFn(beam.DoFn):
             self._vocab[("user_id", int(events.user_id[0]))] += 1
             self._count_side(batch)
             for ex in self._encoder.encode(batch):
-                yield beam.pvalue.TaggedOutput("test", ex)
+                yield beam.pvalue.TaggedOutput(SEQUENCES, ex)
             return
         splitter = SplitAssigner(self._cfg.split, *(cutoffs or (None, None)))
         for split, batch in build_ctr_samples(events, s, splitter, self._side, self._stats):
@@ -211,6 +226,18 @@ def BuildSamples(pcoll: beam.PCollection, cfg: Config) -> dict[str, beam.PCollec
             | f"SumItemCounts{r}" >> beam.CombinePerKey(sum)
         )
         users = users | f"KCore{r}" >> beam.ParDo(KCoreRoundFn(k), beam.pvalue.AsDict(counts))
+    residual = None
+    if k > 1:
+        last = (
+            users
+            | "ItemCountsFinal" >> beam.FlatMap(_item_counts)
+            | "SumItemCountsFinal" >> beam.CombinePerKey(sum)
+        )
+        residual = (
+            users
+            | "KCoreResidual" >> beam.ParDo(KCoreResidualFn(k), beam.pvalue.AsDict(last))
+            | "SumResidual" >> beam.CombineGlobally(sum)
+        )
     side_inputs = []
     if cfg.samples.task == "ctr" and cfg.split.kind == "temporal":
         span = (
@@ -224,7 +251,7 @@ def BuildSamples(pcoll: beam.PCollection, cfg: Config) -> dict[str, beam.PCollec
         )
         side_inputs.append(beam.pvalue.AsSingleton(span))
     built = users | "BuildSamples" >> beam.ParDo(BuildSamplesFn(cfg), *side_inputs).with_outputs(
-        *SPLITS, VOCAB, STATS
+        *SPLITS, SEQUENCES, VOCAB, STATS
     )
     vocab = (
         built[VOCAB]
@@ -232,16 +259,26 @@ def BuildSamples(pcoll: beam.PCollection, cfg: Config) -> dict[str, beam.PCollec
         | "SumVocab" >> beam.CombinePerKey(sum)
     )
     stats = built[STATS] | "MergeStats" >> beam.CombineGlobally(_merge_stats)
-    out = {s: built[s] for s in SPLITS}
+    out = {s: built[s] for s in (*SPLITS, SEQUENCES)}
     out.update({DEAD_LETTER: parsed[DEAD_LETTER], VOCAB: vocab, STATS: stats})
+    if residual is not None:
+        out[KCORE_RESIDUAL] = residual
     return out
 
 
-def _stats_to_dict(stats: UserStats, dead: int, vocab_sizes: list[tuple[str, int]]):
+def _stats_to_dict(stats: UserStats, dead: int, vocab_sizes: list[tuple[str, int]],
+                   sequential: bool = False, kcore_residual: list[int] | None = None):
     total = int(stats.samples.sum())
+    if sequential:  # one example per user, counted in slot 2
+        samples = {SEQUENCES: int(stats.samples[2])}
+        positives = {SEQUENCES: int(stats.positives[2])}
+    else:
+        samples = {s: int(stats.samples[i]) for i, s in enumerate(SPLITS)}
+        positives = {s: int(stats.positives[i]) for i, s in enumerate(SPLITS)}
     return {
-        "samples": {s: int(stats.samples[i]) for i, s in enumerate(SPLITS)},
-        "positives": {s: int(stats.positives[i]) for i, s in enumerate(SPLITS)},
+        "samples": samples,
+        "positives": positives,
+        "kcore_residual_events": (kcore_residual or [None])[0],
         "pos_len_sum": stats.pos_len_sum,
         "neg_len_sum": stats.neg_len_sum,
         "pos_len_max": stats.pos_len_max,
@@ -257,7 +294,8 @@ def _stats_to_dict(stats: UserStats, dead: int, vocab_sizes: list[tuple[str, int
 def WriteOutputs(outputs: dict[str, beam.PCollection], cfg: Config) -> beam.PCollection:  # noqa: N802
     """Writes shards, dead letters, vocabularies and `_stats.json` under output.dir."""
     out = cfg.output.dir
-    splits = ("test",) if cfg.samples.task == "sequential" else SPLITS
+    sequential = cfg.samples.task == "sequential"
+    splits = (SEQUENCES,) if sequential else SPLITS
     for s in splits:
         outputs[s] | f"Write_{s}" >> beam.io.WriteToTFRecord(
             FileSystems.join(out, s, "part"),
@@ -285,6 +323,9 @@ def WriteOutputs(outputs: dict[str, beam.PCollection], cfg: Config) -> beam.PCol
             _stats_to_dict,
             dead=beam.pvalue.AsSingleton(dead_count),
             vocab_sizes=beam.pvalue.AsList(sizes),
+            sequential=sequential,
+            kcore_residual=(beam.pvalue.AsList(outputs[KCORE_RESIDUAL])
+                            if KCORE_RESIDUAL in outputs else None),
         )
         | "StatsJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
         | "WriteStats" >> beam.io.WriteToText(

@@ -19,7 +19,7 @@ from tfnegseq.config import Config, add_config_args, load_config, require_source
 
 log = logging.getLogger("tfnegseq.build_samples")
 
-OUTPUT_SUBDIRS = ("train", "valid", "test", "dead_letters", "vocab")
+OUTPUT_SUBDIRS = ("train", "valid", "test", "sequences", "dead_letters", "vocab")
 
 
 def _clear_previous(out_dir: str) -> None:
@@ -79,6 +79,7 @@ def finalize(cfg: Config, seconds: float) -> dict[str, Any]:
         "lifelong_length": cfg.samples.lifelong_length,
         "dead_letters": stats["dead_letters"],
         "excluded": stats["excluded"],
+        "kcore_residual_events": stats.get("kcore_residual_events"),
         "features": [f.name for f in schema.features(cfg.samples)],
         "seconds": round(seconds, 3),
         "samples_per_second": round(total / seconds, 1) if seconds > 0 else None,
@@ -145,10 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = load_config(args.config, args.overrides)
     manifest = run(cfg, beam_args)
-    s = manifest["samples"]
+    counts = " ".join(f"{k}={v}" for k, v in manifest["samples"].items())
     print(
-        f"samples written to {cfg.output.dir}: train={s['train']} valid={s['valid']} "
-        f"test={s['test']} dead_letters={manifest['dead_letters']} "
+        f"samples written to {cfg.output.dir}: {counts} dead_letters={manifest['dead_letters']} "
         f"({manifest['samples_per_second']} samples/s)"
     )
     return 0
