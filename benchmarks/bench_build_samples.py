@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import time
 import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _machine import machine  # noqa: E402
 REPO = os.path.dirname(HERE)
 
 PLAIN = r"""
@@ -135,8 +136,7 @@ def main() -> None:
                         "peak_rss_mib": round(plain_mem, 1)},
         "beam_over_plain_time_ratio": round(beam_s / plain_s, 2),
         "goal_samples_per_second": 20000,
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "note": "seconds are wall-clock of the whole process (imports and pipeline "
                 "start-up included); job_samples_per_second is measured inside the job "
                 "from pipeline start to finish",

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _machine import machine  # noqa: E402
 REPO = os.path.dirname(HERE)
 
 
@@ -81,7 +83,7 @@ def main() -> None:
         "raw_gzip_read_examples_per_second": round(raw_rate, 1),
         "input_over_raw_time_ratio": round(raw_rate / rate, 2),
         "goal_examples_per_second": 50000,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "machine": machine(),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -222,3 +222,34 @@ def test_kcore_mask_matches_brute_force():
             break
         alive -= drop
     assert set(np.flatnonzero(keep).tolist()) == alive
+
+
+def test_long_user_needs_memory_for_its_events_plus_one_batch():
+    """A 120,000-event user: building all its samples (~24M history ids, ~190 MB if held
+    at once) peaks at the user's own arrays plus one batch of samples."""
+    import tracemalloc
+
+    import pyarrow as pa
+
+    n = 120_000
+    rng = np.random.default_rng(0)
+    ev = make_events(1, rng.integers(0, 5000, n), np.arange(n), rng.choice([1, -1], n))
+    cfg = SamplesConfig(max_history=100, batch_size=1024)
+    pool = pa.default_memory_pool()
+    tracemalloc.start()
+    arrow_start = pool.bytes_allocated()
+    arrow_peak, count = 0, 0
+    for _, batch in build_ctr_samples(ev, cfg, SplitAssigner(SplitConfig(kind="last_k"))):
+        count += batch.num_rows
+        arrow_peak = max(arrow_peak, pool.bytes_allocated() - arrow_start)
+        del batch
+    _, numpy_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == n
+    one_batch = 1024 * (2 * 2 * 100 + 10) * 8  # ids + orders of both lists, scalars
+    all_samples = n * (2 * 2 * 100) * 8 // 2  # histories are ~half full on average
+    # the user's own arrays (timeline copy, ranks, cuts, split: < 64 int64 per event)
+    own_events = n * 8 * 64
+    assert numpy_peak < own_events + 4 * one_batch, numpy_peak
+    assert numpy_peak < all_samples // 2, (numpy_peak, all_samples)
+    assert arrow_peak < 4 * one_batch, arrow_peak

@@ -1,0 +1,29 @@
+"""The machine a benchmark ran on: CPU model and flags (from lscpu), cores, memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+
+def machine() -> dict[str, object]:
+    info: dict[str, object] = {"cores": os.cpu_count(), "python": platform.python_version()}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Model name":
+                info["cpu"] = value.strip()
+            elif key.strip() == "Flags":
+                flags = value.split()
+                info["simd_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    except (OSError, subprocess.CalledProcessError):
+        info["cpu"] = platform.processor() or platform.machine()
+    try:
+        import psutil
+
+        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    return info
