@@ -20,6 +20,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from _machine import machine  # noqa: E402
+
 REPO = os.path.dirname(HERE)
 
 

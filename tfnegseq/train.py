@@ -34,36 +34,33 @@ log = logging.getLogger("tfnegseq.train")
 METRIC_KEYS = ("auc", "gauc", "logloss")
 
 
-class ThroughputCallback:
-    """Measures training examples/s per epoch (excluding the first epoch's compile when
-    there are more epochs)."""
+def throughput_callback(batch_size: int) -> Any:
+    """A Keras callback measuring training examples/s per epoch; its
+    `examples_per_second()` excludes the first epoch (compile) when there are more."""
+    import keras
 
-    def __new__(cls, batch_size: int):
-        import keras
+    class Throughput(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epochs: list[tuple[int, float]] = []
 
-        class _Cb(keras.callbacks.Callback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.batch_size = batch_size
-                self.epochs: list[tuple[int, float]] = []
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+            self._steps = 0
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self._t = time.perf_counter()
-                self._steps = 0
+        def on_train_batch_end(self, batch, logs=None):
+            self._steps += 1
 
-            def on_train_batch_end(self, batch, logs=None):
-                self._steps += 1
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append((self._steps * batch_size, time.perf_counter() - self._t))
 
-            def on_epoch_end(self, epoch, logs=None):
-                self.epochs.append((self._steps * self.batch_size, time.perf_counter() - self._t))
+        def examples_per_second(self) -> float:
+            use = self.epochs[1:] or self.epochs
+            n = sum(e for e, _ in use)
+            t = sum(s for _, s in use)
+            return n / t if t > 0 else 0.0
 
-            def examples_per_second(self) -> float:
-                use = self.epochs[1:] or self.epochs
-                n = sum(e for e, _ in use)
-                t = sum(s for _, s in use)
-                return n / t if t > 0 else 0.0
-
-        return _Cb()
+    return Throughput()
 
 
 def versions() -> dict[str, str]:
@@ -112,7 +109,7 @@ def build_model(cfg: Config, vocab_sizes: dict[str, int]):
     )
 
 
-def evaluate(model, dataset) -> dict[str, float]:
+def evaluate(model, dataset) -> dict[str, Any]:
     """AUC, GAUC and logloss of `model` on `dataset` (numpy metrics, exact)."""
     from tfnegseq import metrics
 
@@ -125,13 +122,14 @@ def evaluate(model, dataset) -> dict[str, float]:
     y = np.concatenate(labels)
     p = np.concatenate(probs)
     u = np.concatenate(users)
-    return {
+    result: dict[str, Any] = {
         "auc": float(metrics.auc(y, p)),
         "gauc": float(metrics.gauc(u, y, p)),
         "logloss": float(metrics.logloss(y, p)),
         "eval_examples": int(len(y)),
         "eval_positive_rate": float(y.mean()) if len(y) else 0.0,
     }
+    return result
 
 
 def run_config(cfg: Config, verbose: int | str = "auto",
@@ -160,7 +158,7 @@ def run_config(cfg: Config, verbose: int | str = "auto",
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         jit_compile=tc.jit_compile,
     )
-    throughput = ThroughputCallback(tc.batch_size)
+    throughput = throughput_callback(tc.batch_size)
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(tc.run_dir, "backup")),
         keras.callbacks.ModelCheckpoint(

@@ -10,7 +10,6 @@ from tfnegseq import metrics
 from tfnegseq.config import ModelConfig
 from tfnegseq.models.ctr import CtrModel
 
-
 TOPICS, ITEMS = 10, 20  # item i has topic i % 10
 
 

@@ -278,7 +278,7 @@ def _stats_to_dict(stats: UserStats, dead: int, vocab_sizes: list[tuple[str, int
     return {
         "samples": samples,
         "positives": positives,
-        "kcore_residual_events": (kcore_residual or [None])[0],
+        "kcore_residual_events": kcore_residual[0] if kcore_residual else None,
         "pos_len_sum": stats.pos_len_sum,
         "neg_len_sum": stats.neg_len_sum,
         "pos_len_max": stats.pos_len_max,

@@ -117,13 +117,16 @@ class EventChunk:
                 return None
             return np.concatenate(parts)
 
+        def core(name: str) -> np.ndarray:
+            return np.concatenate([getattr(c, name) for c in chunks])
+
         return EventChunk(
-            user_id=cat("user_id"),
-            item_id=cat("item_id"),
-            timestamp=cat("timestamp"),
-            value=cat("value"),
-            file_index=cat("file_index"),
-            line=cat("line"),
+            user_id=core("user_id"),
+            item_id=core("item_id"),
+            timestamp=core("timestamp"),
+            value=core("value"),
+            file_index=core("file_index"),
+            line=core("line"),
             columns={
                 k: np.concatenate(
                     [c.columns.get(k, np.full(len(c), np.nan)) for c in chunks]

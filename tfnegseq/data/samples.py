@@ -206,6 +206,12 @@ def _scalar_array(values: np.ndarray, pa_type):
     return _list_array(np.arange(len(values) + 1), values, pa_type)
 
 
+def _labelled(ev: EventChunk) -> tuple[np.ndarray, np.ndarray]:
+    if ev.label is None or ev.polarity is None:
+        raise ValueError("events need label and polarity: run tfnegseq.data.rules.apply_rules")
+    return ev.label, ev.polarity
+
+
 def build_ctr_samples(
     user_events: EventChunk,
     cfg: SamplesConfig,
@@ -226,11 +232,12 @@ def build_ctr_samples(
         return
     side = side or SideTables()
     ev = sort_timeline(user_events)
+    label, polarity = _labelled(ev)
     n = len(ev)
     user_id = int(ev.user_id[0])
     cut = history_cut(ev.timestamp, cfg.before)
-    pos_idx = np.flatnonzero(ev.polarity == 1)
-    neg_idx = np.flatnonzero(ev.polarity == -1)
+    pos_idx = np.flatnonzero(polarity == 1)
+    neg_idx = np.flatnonzero(polarity == -1)
     n_pos_before = np.searchsorted(pos_idx, cut, side="left")
     n_neg_before = np.searchsorted(neg_idx, cut, side="left")
     split = splitter.assign(user_id, ev.timestamp)
@@ -248,7 +255,7 @@ def build_ctr_samples(
             "item_id": _scalar_array(ev.item_id[t], i64),
             "timestamp": _scalar_array(ev.timestamp[t], i64),
             "order": _scalar_array(order[t], i64),
-            "label": _scalar_array(ev.label[t].astype(np.int64), i64),
+            "label": _scalar_array(label[t].astype(np.int64), i64),
         }
         for name, idx_all, counts in (
             ("pos", pos_idx, n_pos_before[t]),
@@ -270,7 +277,7 @@ def build_ctr_samples(
             offsets, ev_idx = ragged_windows(cut[t], life)
             cols["life_item_id"] = _list_array(offsets, ev.item_id[ev_idx], i64)
             cols["life_order"] = _list_array(offsets, order[ev_idx], i64)
-            cols["life_polarity"] = _list_array(offsets, ev.polarity[ev_idx].astype(np.int64), i64)
+            cols["life_polarity"] = _list_array(offsets, polarity[ev_idx].astype(np.int64), i64)
             cols["life_value"] = _list_array(offsets, ev.value[ev_idx].astype(np.float32), f32)
         for f in cfg.user_features:
             cols[f"user_{f}"] = _scalar_array(np.full(m, user_vals[f], np.int64), i64)
@@ -284,7 +291,7 @@ def build_ctr_samples(
                 continue
             if stats is not None:
                 stats.samples[s] += len(sel)
-                stats.positives[s] += int(ev.label[t][sel].sum())
+                stats.positives[s] += int(label[t][sel].sum())
             arrays = [cols[f.name] for f in schema]
             batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
             if len(sel) != m:
@@ -316,8 +323,9 @@ def build_sequential_sample(
 
     side = side or SideTables()
     ev = sort_timeline(user_events)
-    keep = np.flatnonzero(ev.polarity != 0)
-    pos = keep[ev.polarity[keep] == 1]
+    _, polarity = _labelled(ev)
+    keep = np.flatnonzero(polarity != 0)
+    pos = keep[polarity[keep] == 1]
     if len(pos) < 3:
         if stats is not None:
             stats.excluded["fewer_than_3_positives"] = (
@@ -340,7 +348,7 @@ def build_sequential_sample(
         "user_id": _scalar_array(ev.user_id[:1], i64),
         "seq_item_id": _list_array(one, ev.item_id[window], i64),
         "seq_order": _list_array(one, order[window], i64),
-        "seq_polarity": _list_array(one, ev.polarity[window].astype(np.int64), i64),
+        "seq_polarity": _list_array(one, polarity[window].astype(np.int64), i64),
         "seq_timestamp": _list_array(one, ev.timestamp[window], i64),
         "valid_index": _scalar_array(where[:1].astype(np.int64), i64),
         "valid_item_id": _scalar_array(ev.item_id[[valid_i]], i64),

@@ -58,7 +58,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["backbone"], r["setting"]), []).append(r)
-    out = {}
+    out: dict[tuple[str, str], dict[str, Any]] = {}
     for key, rs in groups.items():
         out[key] = {}
         for m in METRICS:
