@@ -10,7 +10,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-slow bench lint clean
+.PHONY: setup demo test test-slow bench table2 lint clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,17 @@ test-slow: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_build_samples.py
 	$(BIN)/python benchmarks/bench_input.py
+
+# The paper's Table 2 structure (4 settings x DIN/Transformer x 5 seeds) on MovieLens-100K
+# (read from ML100K, never copied) and on the synthetic log. Resumable; writes
+# docs/results/table2_<dataset>.{json,md,png}. About 40 min per dataset on 2 cores.
+ML100K ?= ../shared/data/ml-100k
+table2: setup
+	$(BIN)/python -m tfnegseq.data.simulate --config configs/synthetic.yaml
+	$(BIN)/python -m beam_jobs.build_samples --config configs/synthetic.yaml
+	$(BIN)/python -m beam_jobs.build_samples --config configs/movielens_100k.yaml --set source.path=$(ML100K)
+	$(BIN)/python -m tfnegseq.experiments.table2 --config configs/movielens_100k.yaml
+	$(BIN)/python -m tfnegseq.experiments.table2 --config configs/synthetic.yaml
 
 lint: setup
 	$(BIN)/ruff check tfnegseq beam_jobs benchmarks tests
