@@ -5,7 +5,10 @@ The toy `recommender` has the real export's `serving_default` signature (`user_i
 `probability` [B, C], with tf.debugging asserts for "history longer than trained"
 and "empty candidate list") and `score_examples` (serialized tf.Example -> [B]).
 Versions 1 and 2 differ in weight and bias; `expected_probability` is the numpy
-reference. `other` has one float input and two outputs.
+reference. `other` has one float input and two outputs. The real export
+(`tfnegseq.export`, profile inputs `user_<f>` and candidate side inputs `item_<f>` named
+by the config) is served through the local server by
+`tests/test_export.py::test_rest_score_equals_keras_through_the_local_server`.
 
 Run as a script to export the same models for a real TF Serving (see
 `serving/README.md`): `python tests/serving/conftest.py EXPORT_DIR [--container_root /models]`.
