@@ -32,7 +32,7 @@ def tiny_samples(tmp_path_factory):
             "simulate.num_items=300", "simulate.events_per_user_min=20",
             "simulate.events_per_user_max=200", "samples.max_history=20",
             "model.sequence_length=20", "model.embedding_dim=16", "train.batch_size=256",
-            "train.shuffle_buffer=1000", f"train.run_dir={root}/run"]
+            "train.shuffle_buffer=1000", f"train.run_dir={root}/run", "train.export=false"]
     cfg = load_config(REPO / "configs" / "synthetic.yaml", sets)
     simulate_to_dir(cfg.simulate, cfg.source.path)
     job.run(cfg)

@@ -389,7 +389,7 @@ def test_rest_score_equals_keras_through_the_local_server(tiny_samples, tmp_path
             user["neg_item_id"],
             user["neg_order"],
             candidates,
-            user_user_active_degree=user["user_user_active_degree"],
+            profile={"user_active_degree": user["user_user_active_degree"]},
         )
     _, refs = serving_case(exp, [user], [{"item_id": c} for c in candidates], [MAX_HISTORY])
     np.testing.assert_allclose(got, keras_probabilities(exp, refs), rtol=1e-5, atol=1e-6)

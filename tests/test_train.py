@@ -93,3 +93,13 @@ def test_missing_samples_are_named(tmp_path, capsys):
     rc = train.main(["--config", CONFIG, "--set", f"output.dir={tmp_path}/nothing"])
     assert rc == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_training_exports_a_servable_version(tiny_samples, tmp_path):
+    cfg, sets, _ = tiny_samples
+    cfg = load_config(CONFIG, sets + [f"train.run_dir={tmp_path}/run", "train.epochs=1",
+                                      "train.export=true"])
+    m = train.run_config(cfg, verbose=0)
+    assert m["export"] == str(tmp_path / "run" / "export" / cfg.name / "1")
+    assert os.path.exists(os.path.join(m["export"], "saved_model.pb"))
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["export"] == m["export"]

@@ -305,6 +305,8 @@ class TrainConfig:
     shuffle_buffer: int = 100_000
     steps_per_epoch: int = 0  # 0 = whole split
     eval_split: Literal["valid", "test"] = "test"
+    # export a TF Serving SavedModel to <run_dir>/export/<name>/<version> after training
+    export: bool = True
 
     def validate(self, where: str) -> None:
         for name in ("epochs", "batch_size"):

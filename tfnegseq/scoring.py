@@ -320,7 +320,7 @@ def run(
     """
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    from tfnegseq.data.job import _direct_runner
+    from tfnegseq.data.job import direct_runner
 
     cfg = load_export_config(model_dir)
     if not FileSystems.match([input_pattern])[0].metadata_list:
@@ -328,7 +328,7 @@ def run(
     options = PipelineOptions(beam_args or [])
     runner_name = options.view_as(StandardOptions).runner
     local = runner_name in (None, "DirectRunner")
-    runner = _direct_runner(options) if local else None
+    runner = direct_runner(options) if local else None
     pipeline = beam.Pipeline(runner=runner, options=options)
     outputs = (
         pipeline

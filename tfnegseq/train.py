@@ -188,8 +188,15 @@ def run_config(cfg: Config, verbose: int | str = "auto",
         versions=versions(),
         config=cfg.to_dict(),
     )
-    with open(os.path.join(tc.run_dir, "metrics.json"), "w") as f:
+    metrics_path = os.path.join(tc.run_dir, "metrics.json")
+    with open(metrics_path, "w") as f:
         json.dump(result, f, indent=2)
+    if tc.export:  # reads metrics.json (config) and model.keras
+        from tfnegseq.export import export_run
+
+        result["export"] = export_run(tc.run_dir)
+        with open(metrics_path, "w") as f:
+            json.dump(result, f, indent=2)
     log.info("%s: auc=%.4f gauc=%.4f logloss=%.4f", tc.run_dir, result["auc"],
              result["gauc"], result["logloss"])
     return result

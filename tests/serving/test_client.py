@@ -62,22 +62,24 @@ def test_status_and_metadata(url: str) -> None:
 
 def test_score_returns_one_float_per_candidate(url: str) -> None:
     client = ServingClient(url, "recommender", label="stable")
-    scores = client.score(7, [11, 12, 13], [1, 2, 3], [21], [1], candidates=[1, 2, 3, 4], age=30)
+    scores = client.score(
+        7, [11, 12, 13], [1, 2, 3], [21], [1], candidates=[1, 2, 3, 4], profile={"age": 30}
+    )
     assert all(isinstance(s, float) for s in scores)
     np.testing.assert_allclose(scores, expected(1), rtol=1e-5)
-    same = client.score(7, [11, 12, 13], [1, 2, 3], [21], [1], [1, 2, 3, 4], user_age=30)
+    same = client.score(7, [11, 12, 13], [1, 2, 3], [21], [1], [1, 2, 3, 4], {"age": 30})
     assert same == scores
 
 
 def test_score_with_empty_histories(url: str) -> None:
-    scores = ServingClient(url, "recommender").score(1, [], [], [], [], [5], age=0)
+    scores = ServingClient(url, "recommender").score(1, [], [], [], [], [5], profile={"age": 0})
     np.testing.assert_allclose(scores, expected_probability(2, [], [], [5], 0), rtol=1e-5)
 
 
 def test_server_errors_carry_the_server_message(url: str) -> None:
     client = ServingClient(url, "recommender")
     with pytest.raises(ServingError, match="empty candidate list") as info:
-        client.score(7, [1], [1], [], [], candidates=[], age=1)
+        client.score(7, [1], [1], [], [], candidates=[], profile={"age": 1})
     assert info.value.status == 400
     with pytest.raises(ServingError) as info:
         ServingClient(url, "nope").status()

@@ -93,7 +93,7 @@ def finalize(cfg: Config, seconds: float) -> dict[str, Any]:
     return manifest
 
 
-def _direct_runner(options: Any) -> Any:
+def direct_runner(options: Any) -> Any:
     """Beam's FnApiRunner, which DirectRunner would pick for this pipeline after first
     trying to download the Prism binary (a network fetch this job must not depend on).
     Honours `--direct_running_mode` and `--direct_num_workers`."""
@@ -119,7 +119,7 @@ def run(cfg: Config, beam_args: list[str] | None = None) -> dict[str, Any]:
     require_source(cfg)
     options = PipelineOptions(beam_args or [])
     runner_name = options.view_as(StandardOptions).runner
-    runner = _direct_runner(options) if runner_name in (None, "DirectRunner") else None
+    runner = direct_runner(options) if runner_name in (None, "DirectRunner") else None
     files = make_source(cfg.source).log_files()
     if not files:
         raise FileNotFoundError(f"source.path {cfg.source.path!r}: no log files found")

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{b}_{s.replace(' + ', '_').replace(' ', '_')}_seed{seed}".lower()
         print(f"[{i}/{len(todo)}] {dataset} {b} {s} seed={seed}", flush=True)
         cfg = load_config(args.config, args.overrides + SETTINGS[s] + [
-            f"model.backbone={b}", f"train.seed={seed}",
+            f"model.backbone={b}", f"train.seed={seed}", "train.export=false",
             f"train.run_dir={args.runs_dir}/{dataset}/{tag}"])
         keras.backend.clear_session()
         m = run_config(cfg, verbose=0)

@@ -7,6 +7,8 @@ from keras import ops
 
 from tfnegseq.api_export import register
 
+_IMPL = {"din": "bmm"}  # TEMP
+
 
 @register
 class DinAttention(keras.layers.Layer):
@@ -127,11 +129,19 @@ class DinAttention(keras.layers.Layer):
         kernel = ops.cast(first.kernel, dtype)  # [4d, u]
         w_k, w_q, w_diff, w_prod = (kernel[i * dim : (i + 1) * dim] for i in range(4))
         # [k, q, k - q, k * q] @ W_1 = k @ (W_k + W_diff + diag(q) W_prod) + q @ (W_q - W_diff)
-        per_example_kernel = ops.expand_dims(w_k + w_diff, 0) + ops.expand_dims(
-            query, -1
-        ) * ops.expand_dims(w_prod, 0)  # [B, d, u]
         per_example_bias = ops.matmul(query, w_q - w_diff) + ops.cast(first.bias, dtype)  # [B, u]
-        hidden = ops.matmul(keys, per_example_kernel) + ops.expand_dims(per_example_bias, 1)
+        impl = _IMPL["din"]
+        if impl == "bmm":
+            per_example_kernel = ops.expand_dims(w_k + w_diff, 0) + ops.expand_dims(
+                query, -1
+            ) * ops.expand_dims(w_prod, 0)  # [B, d, u]
+            hidden = ops.matmul(keys, per_example_kernel)
+        elif impl == "concat_gemm":
+            x = ops.concatenate([keys, keys * ops.expand_dims(query, 1)], axis=-1)
+            hidden = ops.matmul(x, ops.concatenate([w_k + w_diff, w_prod], 0))
+        elif impl == "two_gemm":
+            hidden = ops.matmul(keys, w_k + w_diff) + ops.matmul(keys * ops.expand_dims(query, 1), w_prod)
+        hidden = hidden + ops.expand_dims(per_example_bias, 1)
         hidden = self._activation_fn(hidden)  # [B, L, u]
         for layer in self.hidden_layers[1:]:
             hidden = layer(hidden)

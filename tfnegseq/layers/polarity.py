@@ -24,6 +24,7 @@ from keras import ops
 from tfnegseq.api_export import register
 
 _MODES = ("interleaved", "grouped")
+_IMPL = {"tapf": "fused_bmm"}  # TEMP: A/B switch for profiling
 
 
 def _floor_share(ratio: float, length: int) -> int:
@@ -54,10 +55,13 @@ class MixedPolaritySequence(keras.layers.Layer):
     `"grouped"` mode all chosen positives (in order) come before all chosen negatives
     (in order). `positive_ratio=1.0` gives the positive-only sequence.
 
-    The merge is vectorised and XLA friendly: a token's position is its index in its
-    own list plus the number of chosen tokens of the other list that precede it (one
-    `[B, kp, kn]` comparison), and tokens are placed with a one-hot selection; no sort
-    and no loop over the batch.
+    The merge is vectorised and XLA friendly: a positive's position is its index in its
+    own list plus the number of chosen negatives that precede it (one `[B, kp, kn]`
+    comparison); positives are placed by a scatter of their column numbers into a
+    `[B, L + 1]` map (unchosen ones into a dropped dump slot) and gathered with
+    `take_along_axis`; the negatives then fill the remaining real slots in their own
+    order (a cumulative count over `[B, L]`). No sort, no `[B, K, L]` one-hot
+    placement and no loop over the batch.
 
     Args:
         length: int. Sequence length budget `L` of the output, at least 1.
@@ -122,50 +126,64 @@ class MixedPolaritySequence(keras.layers.Layer):
 
     def call(self, pos_item, pos_order, neg_item, neg_order):
         item_dtype = pos_item.dtype
-        parts = []
+        length = self.length
+        pos = neg = None
+        total = 0
         if self.num_positive > 0:
-            parts.append((1, *self._most_recent(pos_item, pos_order, self.num_positive)))
+            pos = self._most_recent(pos_item, pos_order, self.num_positive)
+            total = total + pos[4]
         if self.num_negative > 0:
-            parts.append((-1, *self._most_recent(neg_item, neg_order, self.num_negative)))
-        ranks = [own_index for _, _, _, _, own_index, _ in parts]
-
-        if len(parts) == 2:
-            (_, _, p_order, p_chosen, _, p_count), (_, _, n_order, n_chosen, _, _) = parts
-            if self.mode == "interleaved":
+            neg = self._most_recent(neg_item, neg_order, self.num_negative)
+            total = total + neg[4]
+        start = length - total  # [B, 1] first real slot of the output
+        slots = ops.reshape(ops.arange(length, dtype="int32"), (1, -1))  # [1, L]
+        out_items = None
+        out_polarity = None
+        is_pos = None
+        if pos is not None:
+            p_item, p_order, p_chosen, p_index, _ = pos
+            rank = p_index  # [B, kp] position among the chosen tokens
+            if neg is not None and self.mode == "interleaved":
+                n_order, n_chosen = neg[1], neg[2]
                 # neg_before[b, i, j]: negative j precedes positive i (ties: positive first).
-                neg_before = ops.less(
-                    ops.expand_dims(n_order, 1), ops.expand_dims(p_order, 2)
+                neg_before = ops.logical_and(
+                    ops.less(ops.expand_dims(n_order, 1), ops.expand_dims(p_order, 2)),
+                    ops.expand_dims(n_chosen, 1),
                 )  # [B, kp, kn]
-                ranks[0] = ranks[0] + ops.sum(
-                    ops.cast(ops.logical_and(neg_before, ops.expand_dims(n_chosen, 1)), "int32"),
-                    axis=2,
-                )
-                ranks[1] = ranks[1] + ops.sum(
-                    ops.cast(
-                        ops.logical_and(ops.logical_not(neg_before), ops.expand_dims(p_chosen, 2)),
-                        "int32",
-                    ),
-                    axis=1,
-                )
+                rank = rank + ops.sum(ops.cast(neg_before, "int32"), axis=2)
+            # Slot of every chosen positive; unchosen ones go to a dump slot `L`.
+            target = ops.where(p_chosen, start + rank, length)  # [B, kp]
+            batch, width = ops.shape(target)[0], ops.shape(target)[1]
+            rows = ops.broadcast_to(ops.expand_dims(ops.arange(batch, dtype="int32"), 1),
+                                    ops.shape(target))
+            indices = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(target, (-1,))], axis=1)
+            number = ops.broadcast_to(
+                ops.expand_dims(ops.arange(1, width + 1, dtype="int32"), 0), ops.shape(target)
+            )
+            # source[b, l]: 1 + column of the positive placed at slot l, 0 if none.
+            source = ops.scatter(indices, ops.reshape(number, (-1,)), (batch, length + 1))
+            source = source[:, :length]
+            is_pos = ops.greater(source, 0)
+            picked = ops.take_along_axis(p_item, ops.maximum(source - 1, 0), axis=1)
+            out_items = ops.where(is_pos, ops.cast(picked, item_dtype), ops.zeros((), item_dtype))
+            out_polarity = ops.cast(is_pos, "int32")
+        if neg is not None:
+            n_item, n_count = neg[0], neg[4]
+            width = ops.shape(n_item)[1]
+            # Negatives fill the real slots left free, in their own (chronological) order:
+            # the chosen ones are the last `n_count` columns of the window.
+            is_neg = ops.greater_equal(slots, start)
+            if is_pos is not None:
+                is_neg = ops.logical_and(is_neg, ops.logical_not(is_pos))
+            index = width - n_count + ops.cumsum(ops.cast(is_neg, "int32"), axis=1) - 1
+            picked = ops.take_along_axis(n_item, ops.clip(index, 0, width - 1), axis=1)
+            picked = ops.cast(picked, item_dtype)
+            if out_items is None:
+                out_items = ops.where(is_neg, picked, ops.zeros((), item_dtype))
+                out_polarity = -ops.cast(is_neg, "int32")
             else:
-                ranks[1] = ranks[1] + p_count
-
-        total = sum(count for _, _, _, _, _, count in parts)  # [B, 1]
-        items = ops.concatenate([ops.cast(p[1], item_dtype) for p in parts], axis=1)  # [B, K]
-        chosen = ops.concatenate([p[3] for p in parts], axis=1)  # [B, K]
-        signs = ops.concatenate(
-            [ops.ones_like(p[1], dtype="int32") * p[0] for p in parts], axis=1
-        )  # [B, K]
-        target = ops.where(chosen, self.length - total + ops.concatenate(ranks, axis=1), -1)
-        place = ops.equal(
-            ops.expand_dims(target, 2),
-            ops.reshape(ops.arange(self.length, dtype="int32"), (1, 1, -1)),
-        )  # [B, K, L]
-        zero_item = ops.zeros((), dtype=item_dtype)
-        out_items = ops.sum(ops.where(place, ops.expand_dims(items, 2), zero_item), axis=1)
-        out_polarity = ops.sum(
-            ops.where(place, ops.expand_dims(signs, 2), ops.zeros((), dtype="int32")), axis=1
-        )
+                out_items = ops.where(is_neg, picked, out_items)
+                out_polarity = out_polarity - ops.cast(is_neg, "int32")
         return ops.cast(out_items, item_dtype), ops.cast(out_polarity, "int32")
 
     def get_config(self):
@@ -223,10 +241,12 @@ class PolarityBiasEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, tokens, polarity):
-        polarity = ops.cast(polarity, "int32")
-        bias = self.embeddings(polarity + 1)  # [B, L, d]
-        real = ops.cast(ops.expand_dims(ops.not_equal(polarity, 0), -1), bias.dtype)  # [B, L, 1]
-        return tokens + bias * real
+        polarity = ops.expand_dims(ops.cast(polarity, "int32"), -1)  # [B, L, 1]
+        table = ops.cast(self.embeddings.embeddings, tokens.dtype)  # [3, d]
+        # A select between the two polarity rows instead of a gather: its gradient is
+        # two masked reductions, not a scatter-add of B * L rows into a 3-row table.
+        bias = ops.where(ops.greater(polarity, 0), table[2], table[0])  # [B, L, d]
+        return ops.where(ops.equal(polarity, 0), tokens, tokens + bias)
 
     def get_config(self):
         config = super().get_config()
@@ -364,32 +384,76 @@ class TargetAwarePolarityFusion(keras.layers.Layer):
     def call(self, tokens, target, polarity):
         dim = self._dim
         dtype = self.compute_dtype
-        polarity = ops.cast(polarity, "int32")
+        polarity = ops.expand_dims(ops.cast(polarity, "int32"), -1)  # [B, L, 1]
+        w_int = ops.cast(self.interaction.kernel, dtype)  # [d, d]
+        b_int = ops.cast(self.interaction.bias, dtype)
+        impl = _IMPL["tapf"]
+        if impl != "fused_bmm" and self.use_target_interaction and self.use_gating:
+            return self._call_alt(tokens, target, polarity, impl)
+        kernels = []  # blocks of one matmul with the tokens as left operand
         if self.use_target_interaction:
-            interaction = self.interaction(tokens * ops.expand_dims(target, 1))  # eq. 3
+            # eq. 3: (h * e) @ W_int = h @ (diag(e) W_int), a per-example [d, d] kernel.
+            kernels.append(ops.expand_dims(target, -1) * ops.expand_dims(w_int, 0))
         else:
-            interaction = self.interaction(tokens)
-        update = interaction  # [B, L, d]
+            kernels.append(w_int)
         if self.use_gating:
             # eq. 4 with W_g = [W_h; W_e; W_p]: h @ W_h + e @ W_e + (b_p @ W_p + bias)[p].
             kernel = ops.cast(self.gate.kernel, dtype)  # [2d + dp, d]
-            logits = ops.matmul(tokens, kernel[:dim]) + ops.matmul(
-                interaction, kernel[dim : 2 * dim]
-            )
+            w_h, w_e = kernel[:dim], kernel[dim : 2 * dim]
+            if self.use_target_interaction:
+                w_h = ops.broadcast_to(ops.expand_dims(w_h, 0), ops.shape(kernels[0]))
+            kernels.append(w_h)
+        # One matmul gives the interaction pre-activation and the gate's h-share.
+        fused = kernels[0] if len(kernels) == 1 else ops.concatenate(kernels, axis=-1)
+        pre = ops.matmul(tokens, fused)  # [B, L, d] or [B, L, 2d]
+        interaction = ops.relu(pre[..., :dim] + b_int)  # eq. 3, [B, L, d]
+        update = interaction
+        if self.use_gating:
             bias = ops.cast(self.gate.bias, dtype)
+            logits = pre[..., dim:] + ops.matmul(interaction, w_e)
             if self.use_polarity_embedding:
                 table = ops.cast(self.polarity_embedding.embeddings, dtype)  # [3, dp]
                 table = ops.matmul(table, kernel[2 * dim :]) + bias  # [3, d]
-                logits = logits + ops.take(table, polarity + 1, axis=0)  # [B, L, d]
+                # Padding rows are multiplied by sign 0 below, so a select between the
+                # +1 and -1 rows is exact (and its gradient needs no scatter).
+                logits = logits + ops.where(ops.greater(polarity, 0), table[2], table[0])
             else:
                 logits = logits + bias
             update = (2.0 * ops.sigmoid(logits) - 1.0) * update
-        real = ops.not_equal(polarity, 0)
+        real = ops.not_equal(polarity, 0)  # [B, L, 1]
         sign = polarity if self.use_polarity_sign else real
-        update = update * ops.expand_dims(ops.cast(sign, dtype), -1)  # [B, L, 1] sign
+        update = update * ops.cast(sign, dtype)
         if self.use_residual:
             return tokens + update  # eq. 5; padding: sign 0 -> tokens
-        return ops.where(ops.expand_dims(real, -1), update, tokens)
+        return ops.where(real, update, tokens)
+
+    def _call_alt(self, tokens, target, polarity, impl):
+        dim = self._dim
+        dtype = self.compute_dtype
+        w_int = ops.cast(self.interaction.kernel, dtype)
+        b_int = ops.cast(self.interaction.bias, dtype)
+        kernel = ops.cast(self.gate.kernel, dtype)
+        w_h, w_e = kernel[:dim], kernel[dim : 2 * dim]
+        if impl == "two_gemm":
+            interaction = ops.relu(ops.matmul(tokens * ops.expand_dims(target, 1), w_int) + b_int)
+            hshare = ops.matmul(tokens, w_h)
+        elif impl == "bmm_int":
+            k = ops.expand_dims(target, -1) * ops.expand_dims(w_int, 0)
+            interaction = ops.relu(ops.matmul(tokens, k) + b_int)
+            hshare = ops.matmul(tokens, w_h)
+        elif impl == "concat_gemm":
+            x = ops.concatenate([tokens * ops.expand_dims(target, 1), tokens], axis=-1)
+            z = ops.zeros((dim, dim), dtype)
+            big = ops.concatenate([ops.concatenate([w_int, z], 1), ops.concatenate([z, w_h], 1)], 0)
+            pre = ops.matmul(x, big)
+            interaction = ops.relu(pre[..., :dim] + b_int)
+            hshare = pre[..., dim:]
+        bias = ops.cast(self.gate.bias, dtype)
+        table = ops.cast(self.polarity_embedding.embeddings, dtype)
+        table = ops.matmul(table, kernel[2 * dim :]) + bias
+        logits = hshare + ops.matmul(interaction, w_e) + ops.where(ops.greater(polarity, 0), table[2], table[0])
+        update = (2.0 * ops.sigmoid(logits) - 1.0) * interaction
+        return tokens + update * ops.cast(polarity, dtype)
 
     def get_config(self):
         config = super().get_config()

@@ -146,13 +146,16 @@ class ServingClient:
         neg_items: Sequence[int],
         neg_orders: Sequence[int],
         candidates: Sequence[int],
-        **profile: int,
+        profile: Mapping[str, int] | None = None,
+        item_features: Mapping[str, Sequence[int]] | None = None,
     ) -> list[float]:
         """Scores candidates for one user with the recommender's `serving_default`.
 
         Histories are sent as they are (any length up to the trained maximum; the
-        model pads). `profile` features go in as `user_<name>` (a name already
-        starting with `user_` is kept).
+        model pads). `profile` maps the config's `samples.user_features` names to raw
+        values and is sent as `user_<name>`; `item_features` maps the config's
+        `samples.item_features` names to one raw value per candidate, sent as
+        `item_<name>` (e.g. `{"category": [3, 7]}` -> `item_category`).
 
         Returns:
             One probability per candidate.
@@ -171,8 +174,15 @@ class ServingClient:
             "neg_order": list(neg_orders),
             "item_id": list(candidates),
         }
-        for name, value in profile.items():
-            instance[name if name.startswith("user_") else f"user_{name}"] = value
+        for name, value in (profile or {}).items():
+            instance[f"user_{name}"] = value
+        for name, values in (item_features or {}).items():
+            if len(values) != len(candidates):
+                raise ValueError(
+                    f"item feature {name!r} needs one value per candidate. Received: "
+                    f"{len(values)} values for {len(candidates)} candidates"
+                )
+            instance[f"item_{name}"] = list(values)
         prediction = self.predict(instances=[instance])[0]
         if isinstance(prediction, dict):
             prediction = prediction["probability"]
