@@ -1,7 +1,9 @@
-"""The machine a benchmark ran on: CPU model and flags (from lscpu), cores, memory."""
+"""Shared by the benchmarks: the machine they ran on (CPU model and flags from lscpu,
+cores, memory) and how results are written."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -27,3 +29,11 @@ def machine() -> dict[str, object]:
     except ImportError:
         pass
     return info
+
+
+def write_result(result: dict[str, object], path: str) -> None:
+    """Writes `result` as indented JSON to `path` (creating its folder) and prints it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))

@@ -25,7 +25,7 @@ import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _machine import machine  # noqa: E402
+from _machine import machine, write_result  # noqa: E402
 
 REPO = os.path.dirname(HERE)
 
@@ -142,10 +142,7 @@ def main() -> None:
                 "start-up included); job_samples_per_second is measured inside the job "
                 "from pipeline start to finish",
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ records (no parsing) in the same run. Writes `benchmarks/results/input.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _machine import machine  # noqa: E402
+from _machine import machine, write_result  # noqa: E402
 
 REPO = os.path.dirname(HERE)
 
@@ -86,10 +85,7 @@ def main() -> None:
         "goal_examples_per_second": 50000,
         "machine": machine(),
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -42,9 +41,11 @@ from typing import Any
 
 import numpy as np
 
+from tfnegseq.serving.server import stop_gracefully
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _machine import machine  # noqa: E402
+from _machine import machine, write_result  # noqa: E402
 
 REPO = os.path.dirname(HERE)
 HISTORY = 100
@@ -234,14 +235,7 @@ def local_server(base_path: str, name: str) -> Iterator[tuple[str, int]]:
             raise TimeoutError("local server did not become healthy")
         yield url, port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_gracefully(proc)
 
 
 def breakdown(version_dir: str, body: bytes, repeats: int) -> dict[str, float]:
@@ -416,10 +410,7 @@ def main() -> None:
         "tensorflow": tf.__version__,
         "machine": machine(),
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -95,11 +95,11 @@ def _one_user(cfg, n_candidates: int = 5) -> tuple[dict, list[dict]]:
 
 
 def serve_and_score(cfg, version_dir: str) -> None:
-    import signal
     import socket
     import subprocess
 
     from tfnegseq.serving.client import ServingClient
+    from tfnegseq.serving.server import stop_gracefully
 
     base = os.path.dirname(version_dir)
     name = os.path.basename(base)
@@ -139,9 +139,7 @@ def serve_and_score(cfg, version_dir: str) -> None:
         for item, label, p in zip(candidates, labels, scores, strict=True):
             print(f"    candidate {item:>6}  p(click) = {p:.4f}  (logged label {label})")
     finally:
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=60)
-        print(f"    server stopped (exit code {code})")
+        print(f"    server stopped (exit code {stop_gracefully(server, 60)})")
 
 
 if __name__ == "__main__":

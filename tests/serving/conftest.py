@@ -21,7 +21,6 @@ import contextlib
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pytest
 import requests
+
+from tfnegseq.serving.server import stop_gracefully
 
 MAX_HISTORY = 8
 VERSIONS = {1: (1.0, 0.0), 2: (2.0, 0.5)}  # version -> (weight, bias)
@@ -210,15 +211,7 @@ def server_subprocess(args: Sequence[str], port: int) -> Iterator[subprocess.Pop
         wait_healthy(f"http://127.0.0.1:{port}")
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_gracefully(proc)
 
 
 @pytest.fixture(scope="session")

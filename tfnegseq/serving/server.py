@@ -684,6 +684,26 @@ class LocalServer:
         self.api.repository.stop()
 
 
+def stop_gracefully(proc: Any, timeout: float = 30.0) -> int:
+    """SIGTERM a server subprocess, wait up to `timeout` s (then kill); returns its exit
+    code. Closes its stderr pipe if it has one."""
+    import signal
+    import subprocess
+
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return int(proc.returncode)
+    finally:
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
 @contextlib.contextmanager
 def serve_in_thread(
     model_base_path: str | None = None,
