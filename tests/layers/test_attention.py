@@ -13,7 +13,7 @@ from tests.layers.test_polarity import (
     to_numpy,
     xla_call,
 )
-from tfnegseq.layers.attention import DinAttention
+from tfnegseq.layers.attention import DinAttention, token_matmul
 
 
 def _activation(name):
@@ -136,3 +136,56 @@ def test_din_xla():
 def test_din_mixed_bfloat16():
     pooled, _ = check_din(seed=5, dtype="mixed_bfloat16", atol=1e-1)
     assert keras.backend.standardize_dtype(pooled.dtype) == "bfloat16"
+
+
+# --------------------------------------------------------------------------------------
+# token_matmul (chunked matmul for per-token activations) and DIN at a chunked size.
+
+
+@pytest.mark.parametrize("shape", [(256, 64, 8), (3, 5, 8), (100, 7, 8)])
+def test_token_matmul_matches_matmul(shape):
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=shape).astype("float32")
+    kernel = rng.normal(size=(shape[-1], 5)).astype("float32")
+    out = to_numpy(token_matmul(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(kernel)))
+    assert out.shape == (*shape[:-1], 5)
+    np.testing.assert_allclose(out, x.astype("float64") @ kernel, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="uses tf.GradientTape")
+def test_token_matmul_gradients_match_matmul():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(13)
+    x = tf.constant(rng.normal(size=(256, 64, 8)).astype("float32"))  # chunked: 256 x 64 rows
+    kernel = tf.Variable(rng.normal(size=(8, 5)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(256, 64, 5)).astype("float32"))
+
+    def grads(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(fn(x, kernel) * upstream)
+        return [g.numpy() for g in tape.gradient(loss, [x, kernel])]
+
+    for fn in (token_matmul, tf.function(token_matmul, jit_compile=True)):
+        for got, want in zip(grads(fn), grads(keras.ops.matmul), strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call])
+def test_din_matches_reference_at_chunked_size(call):
+    """256 x 64 keys: the second hidden layer takes token_matmul's chunked path."""
+    rng = np.random.default_rng(14)
+    keys, query, mask = random_inputs(rng, batch=256, length=64, dim=8)
+    mask[:, :5] = False
+    layer = DinAttention(units=(6, 5))
+    layer(keys, query, mask)
+    weights = []
+    for sublayer in [*layer.hidden_layers, layer.score]:
+        values = [(rng.normal(size=w.shape) * 0.5).astype("float32") for w in sublayer.weights]
+        sublayer.set_weights(values)
+        weights.append(values)
+    pooled, scores = to_numpy(call(layer, keys, query, mask, return_attention_scores=True))
+    want_pooled, want_scores = din_reference(keys, query, mask, weights, "sigmoid")
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(pooled, want_pooled, atol=1e-4, rtol=1e-5)

@@ -451,3 +451,55 @@ def test_tapf_mixed_bfloat16():
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert layer.gate.kernel.dtype == "float32"
     check_tapf("full", seed=11, dtype="mixed_bfloat16", atol=6e-2)
+
+
+# --------------------------------------------------------------------------------------
+# Production sizes: the scatter / take_along_axis merge at L = 100 and TAPF on enough
+# tokens for token_matmul's chunked path.
+
+
+@pytest.mark.parametrize("mode", ["interleaved", "grouped"])
+@pytest.mark.parametrize("ratio", [0.5, 0.3, 1.0, 0.0])
+def test_mixed_sequence_matches_reference_at_length_100(mode, ratio):
+    rng = np.random.default_rng(20)
+    inputs = random_histories(rng, batch=48, max_history=120, max_order=400)
+    for call in (eager_call, xla_call):
+        layer = MixedPolaritySequence(100, ratio, mode=mode)
+        items, polarity = to_numpy(call(layer, *inputs))
+        want_items, want_polarity = mixed_sequence_reference(*inputs, 100, ratio, mode)
+        np.testing.assert_array_equal(items, want_items)
+        np.testing.assert_array_equal(polarity, want_polarity)
+
+
+@pytest.mark.parametrize("row", ["full", "no_polarity_embedding", "no_residual"])
+def test_tapf_matches_reference_at_chunked_size(row):
+    """256 x 64 tokens: every per-token matmul takes token_matmul's chunked path."""
+    rng = np.random.default_rng(21)
+    tokens, target, polarity = random_tokens(rng, batch=256, length=64, dim=8)
+    polarity[:, :3] = 0
+    layer = TargetAwarePolarityFusion(**TAPF_ROWS[row])
+    layer(tokens, target, polarity)
+    weights = set_random_weights(layer, rng)
+    want = tapf_reference(tokens, target, polarity, weights, TAPF_ROWS[row])
+    for call in (eager_call, xla_call):
+        out = to_numpy(call(layer, tokens, target, polarity))
+        np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(out[polarity == 0], tokens[polarity == 0])
+
+
+@pytest.mark.parametrize("mode", ["interleaved", "grouped"])
+def test_mixed_sequence_empty_slots_inside_the_window(mode):
+    """Empty slots (item 0) between real ones are skipped. The layer reads only the last
+    floor(r L) / floor((1 - r) L) columns, so the reference gets those windows."""
+    rng = np.random.default_rng(22)
+    pos_item, pos_order, neg_item, neg_order = random_histories(rng, 32, 12, max_order=60)
+    for items in (pos_item, neg_item):
+        items[rng.random(items.shape) < 0.2] = 0
+    window = 5  # floor(0.5 * 10)
+    want = mixed_sequence_reference(pos_item[:, -window:], pos_order[:, -window:],
+                                    neg_item[:, -window:], neg_order[:, -window:], 10, 0.5, mode)
+    for call in (eager_call, xla_call):
+        layer = MixedPolaritySequence(10, 0.5, mode=mode)
+        got = to_numpy(call(layer, pos_item, pos_order, neg_item, neg_order))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

@@ -22,9 +22,9 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
+from tfnegseq.layers.attention import token_matmul
 
 _MODES = ("interleaved", "grouped")
-_IMPL = {"tapf": "fused_bmm"}  # TEMP: A/B switch for profiling
 
 
 def _floor_share(ratio: float, length: int) -> int:
@@ -60,8 +60,8 @@ class MixedPolaritySequence(keras.layers.Layer):
     comparison); positives are placed by a scatter of their column numbers into a
     `[B, L + 1]` map (unchosen ones into a dropped dump slot) and gathered with
     `take_along_axis`; the negatives then fill the remaining real slots in their own
-    order (a cumulative count over `[B, L]`). No sort, no `[B, K, L]` one-hot
-    placement and no loop over the batch.
+    order (a cumulative count over `[B, L]`, and a `[B, kn]` scatter from rank to
+    column). No sort, no `[B, K, L]` one-hot placement and no loop over the batch.
 
     Args:
         length: int. Sequence length budget `L` of the output, at least 1.
@@ -124,6 +124,23 @@ class MixedPolaritySequence(keras.layers.Layer):
         count = ops.sum(chosen_int, axis=1, keepdims=True)  # [B, 1]
         return item, order, chosen, own_index, count
 
+    @staticmethod
+    def _place(target, size):
+        """`[B, size]`: 1 + the column `j` with `target[b, j] == l` at position `l`, else 0.
+
+        `target` `[B, k]` holds distinct positions in `[0, size)` per row, or `size` for
+        columns to drop (a dump position, sliced off). One scatter of `B * k` values.
+        """
+        batch, width = ops.shape(target)[0], ops.shape(target)[1]
+        rows = ops.broadcast_to(ops.expand_dims(ops.arange(batch, dtype="int32"), 1),
+                                ops.shape(target))
+        indices = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(target, (-1,))], axis=1)
+        number = ops.broadcast_to(
+            ops.expand_dims(ops.arange(1, width + 1, dtype="int32"), 0), ops.shape(target)
+        )
+        placed = ops.scatter(indices, ops.reshape(number, (-1,)), (batch, size + 1))
+        return placed[:, :size]
+
     def call(self, pos_item, pos_order, neg_item, neg_order):
         item_dtype = pos_item.dtype
         length = self.length
@@ -151,32 +168,24 @@ class MixedPolaritySequence(keras.layers.Layer):
                     ops.expand_dims(n_chosen, 1),
                 )  # [B, kp, kn]
                 rank = rank + ops.sum(ops.cast(neg_before, "int32"), axis=2)
-            # Slot of every chosen positive; unchosen ones go to a dump slot `L`.
-            target = ops.where(p_chosen, start + rank, length)  # [B, kp]
-            batch, width = ops.shape(target)[0], ops.shape(target)[1]
-            rows = ops.broadcast_to(ops.expand_dims(ops.arange(batch, dtype="int32"), 1),
-                                    ops.shape(target))
-            indices = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(target, (-1,))], axis=1)
-            number = ops.broadcast_to(
-                ops.expand_dims(ops.arange(1, width + 1, dtype="int32"), 0), ops.shape(target)
-            )
             # source[b, l]: 1 + column of the positive placed at slot l, 0 if none.
-            source = ops.scatter(indices, ops.reshape(number, (-1,)), (batch, length + 1))
-            source = source[:, :length]
+            source = self._place(ops.where(p_chosen, start + rank, length), length)
             is_pos = ops.greater(source, 0)
             picked = ops.take_along_axis(p_item, ops.maximum(source - 1, 0), axis=1)
             out_items = ops.where(is_pos, ops.cast(picked, item_dtype), ops.zeros((), item_dtype))
             out_polarity = ops.cast(is_pos, "int32")
         if neg is not None:
-            n_item, n_count = neg[0], neg[4]
+            n_item, _, n_chosen, n_index, _ = neg
             width = ops.shape(n_item)[1]
             # Negatives fill the real slots left free, in their own (chronological) order:
-            # the chosen ones are the last `n_count` columns of the window.
+            # the r-th free slot takes the chosen negative of rank r.
             is_neg = ops.greater_equal(slots, start)
             if is_pos is not None:
                 is_neg = ops.logical_and(is_neg, ops.logical_not(is_pos))
-            index = width - n_count + ops.cumsum(ops.cast(is_neg, "int32"), axis=1) - 1
-            picked = ops.take_along_axis(n_item, ops.clip(index, 0, width - 1), axis=1)
+            rank = ops.cumsum(ops.cast(is_neg, "int32"), axis=1) - 1  # [B, L]
+            by_rank = self._place(ops.where(n_chosen, n_index, width), width)  # 1 + column
+            column = ops.take_along_axis(by_rank, ops.clip(rank, 0, width - 1), axis=1) - 1
+            picked = ops.take_along_axis(n_item, ops.maximum(column, 0), axis=1)
             picked = ops.cast(picked, item_dtype)
             if out_items is None:
                 out_items = ops.where(is_neg, picked, ops.zeros((), item_dtype))
@@ -241,12 +250,10 @@ class PolarityBiasEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, tokens, polarity):
-        polarity = ops.expand_dims(ops.cast(polarity, "int32"), -1)  # [B, L, 1]
-        table = ops.cast(self.embeddings.embeddings, tokens.dtype)  # [3, d]
-        # A select between the two polarity rows instead of a gather: its gradient is
-        # two masked reductions, not a scatter-add of B * L rows into a 3-row table.
-        bias = ops.where(ops.greater(polarity, 0), table[2], table[0])  # [B, L, d]
-        return ops.where(ops.equal(polarity, 0), tokens, tokens + bias)
+        polarity = ops.cast(polarity, "int32")
+        bias = self.embeddings(polarity + 1)  # [B, L, d]
+        real = ops.cast(ops.expand_dims(ops.not_equal(polarity, 0), -1), bias.dtype)  # [B, L, 1]
+        return tokens + bias * real
 
     def get_config(self):
         config = super().get_config()
@@ -272,8 +279,16 @@ class TargetAwarePolarityFusion(keras.layers.Layer):
 
     For speed the gate's concat is never materialised: `W_g` is split into its `h`,
     `e` and `b_p` blocks, and the polarity share `W_g,p b_p + bias` is computed once
-    per polarity value (a `[3, d]` table) and gathered per token. The `gate` sublayer
-    still holds one `[2d + d_p, d]` kernel, so weights read as in eq. 4.
+    per polarity value (a `[3, d]` table `t`). Biases and that table are folded into
+    the per-token matmuls as extra kernel rows, so no per-token gather, bias add or
+    (in the backward pass) scatter / column sum over `B * L` tokens is needed:
+
+        e_k = ReLU([h_k * e_v, 1] @ [W_int; b_int])
+        g_k = sigmoid([h_k, 1, [p_k = +1]] @ [W_g,h; t_-1; t_+1 - t_-1] + e_k @ W_g,e)
+
+    (padding rows get `t_-1`, which the sign 0 multiplies away). The per-token
+    matmuls go through `token_matmul`. The sublayers still hold the weights of eq. 3-4
+    (`interaction`: `[d, d]` kernel and bias; `gate`: one `[2d + d_p, d]` kernel).
 
     Args:
         polarity_dim: int or None. Dimension `d_p` of the gate's polarity embedding;
@@ -385,40 +400,34 @@ class TargetAwarePolarityFusion(keras.layers.Layer):
         dim = self._dim
         dtype = self.compute_dtype
         polarity = ops.expand_dims(ops.cast(polarity, "int32"), -1)  # [B, L, 1]
-        w_int = ops.cast(self.interaction.kernel, dtype)  # [d, d]
-        b_int = ops.cast(self.interaction.bias, dtype)
-        impl = _IMPL["tapf"]
-        if impl != "fused_bmm" and self.use_target_interaction and self.use_gating:
-            return self._call_alt(tokens, target, polarity, impl)
-        kernels = []  # blocks of one matmul with the tokens as left operand
-        if self.use_target_interaction:
-            # eq. 3: (h * e) @ W_int = h @ (diag(e) W_int), a per-example [d, d] kernel.
-            kernels.append(ops.expand_dims(target, -1) * ops.expand_dims(w_int, 0))
-        else:
-            kernels.append(w_int)
+        ones = ops.ones_like(tokens[..., :1])  # [B, L, 1]
+        # eq. 3, the bias folded into the kernel: ReLU([h * e_v, 1] @ [W_int; b_int]).
+        x = tokens * ops.expand_dims(target, 1) if self.use_target_interaction else tokens
+        kernel = ops.concatenate(
+            [
+                ops.cast(self.interaction.kernel, dtype),
+                ops.expand_dims(ops.cast(self.interaction.bias, dtype), 0),
+            ],
+            axis=0,
+        )  # [d + 1, d]
+        interaction = ops.relu(token_matmul(ops.concatenate([x, ones], axis=-1), kernel))
+        update = interaction  # [B, L, d]
         if self.use_gating:
             # eq. 4 with W_g = [W_h; W_e; W_p]: h @ W_h + e @ W_e + (b_p @ W_p + bias)[p].
-            kernel = ops.cast(self.gate.kernel, dtype)  # [2d + dp, d]
-            w_h, w_e = kernel[:dim], kernel[dim : 2 * dim]
-            if self.use_target_interaction:
-                w_h = ops.broadcast_to(ops.expand_dims(w_h, 0), ops.shape(kernels[0]))
-            kernels.append(w_h)
-        # One matmul gives the interaction pre-activation and the gate's h-share.
-        fused = kernels[0] if len(kernels) == 1 else ops.concatenate(kernels, axis=-1)
-        pre = ops.matmul(tokens, fused)  # [B, L, d] or [B, L, 2d]
-        interaction = ops.relu(pre[..., :dim] + b_int)  # eq. 3, [B, L, d]
-        update = interaction
-        if self.use_gating:
-            bias = ops.cast(self.gate.bias, dtype)
-            logits = pre[..., dim:] + ops.matmul(interaction, w_e)
+            gate_kernel = ops.cast(self.gate.kernel, dtype)  # [2d + dp, d]
+            w_h, w_e = gate_kernel[:dim], gate_kernel[dim : 2 * dim]
+            bias = ops.expand_dims(ops.cast(self.gate.bias, dtype), 0)  # [1, d]
             if self.use_polarity_embedding:
                 table = ops.cast(self.polarity_embedding.embeddings, dtype)  # [3, dp]
-                table = ops.matmul(table, kernel[2 * dim :]) + bias  # [3, d]
-                # Padding rows are multiplied by sign 0 below, so a select between the
-                # +1 and -1 rows is exact (and its gradient needs no scatter).
-                logits = logits + ops.where(ops.greater(polarity, 0), table[2], table[0])
+                table = ops.matmul(table, gate_kernel[2 * dim :]) + bias  # [3, d] by polarity
+                # h @ W_h + table[p] as one matmul: [h, 1, [p = +1]] @ [W_h; t_-1; t_+1 - t_-1]
+                # (padding rows get t_-1, which the sign 0 below multiplies away).
+                x = ops.concatenate([tokens, ones, ops.cast(ops.greater(polarity, 0), dtype)], -1)
+                kernel = ops.concatenate([w_h, table[0:1], table[2:3] - table[0:1]], axis=0)
             else:
-                logits = logits + bias
+                x = ops.concatenate([tokens, ones], axis=-1)
+                kernel = ops.concatenate([w_h, bias], axis=0)
+            logits = token_matmul(x, kernel) + token_matmul(interaction, w_e)
             update = (2.0 * ops.sigmoid(logits) - 1.0) * update
         real = ops.not_equal(polarity, 0)  # [B, L, 1]
         sign = polarity if self.use_polarity_sign else real
@@ -426,34 +435,6 @@ class TargetAwarePolarityFusion(keras.layers.Layer):
         if self.use_residual:
             return tokens + update  # eq. 5; padding: sign 0 -> tokens
         return ops.where(real, update, tokens)
-
-    def _call_alt(self, tokens, target, polarity, impl):
-        dim = self._dim
-        dtype = self.compute_dtype
-        w_int = ops.cast(self.interaction.kernel, dtype)
-        b_int = ops.cast(self.interaction.bias, dtype)
-        kernel = ops.cast(self.gate.kernel, dtype)
-        w_h, w_e = kernel[:dim], kernel[dim : 2 * dim]
-        if impl == "two_gemm":
-            interaction = ops.relu(ops.matmul(tokens * ops.expand_dims(target, 1), w_int) + b_int)
-            hshare = ops.matmul(tokens, w_h)
-        elif impl == "bmm_int":
-            k = ops.expand_dims(target, -1) * ops.expand_dims(w_int, 0)
-            interaction = ops.relu(ops.matmul(tokens, k) + b_int)
-            hshare = ops.matmul(tokens, w_h)
-        elif impl == "concat_gemm":
-            x = ops.concatenate([tokens * ops.expand_dims(target, 1), tokens], axis=-1)
-            z = ops.zeros((dim, dim), dtype)
-            big = ops.concatenate([ops.concatenate([w_int, z], 1), ops.concatenate([z, w_h], 1)], 0)
-            pre = ops.matmul(x, big)
-            interaction = ops.relu(pre[..., :dim] + b_int)
-            hshare = pre[..., dim:]
-        bias = ops.cast(self.gate.bias, dtype)
-        table = ops.cast(self.polarity_embedding.embeddings, dtype)
-        table = ops.matmul(table, kernel[2 * dim :]) + bias
-        logits = hshare + ops.matmul(interaction, w_e) + ops.where(ops.greater(polarity, 0), table[2], table[0])
-        update = (2.0 * ops.sigmoid(logits) - 1.0) * interaction
-        return tokens + update * ops.cast(polarity, dtype)
 
     def get_config(self):
         config = super().get_config()

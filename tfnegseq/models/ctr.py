@@ -60,19 +60,20 @@ class CtrModel(keras.Model):
         self.sequence = MixedPolaritySequence(m.sequence_length, m.positive_ratio, mode=m.mode,
                                               name="sequence")
         self.item_embedding = keras.layers.Embedding(
-            vocab_sizes["item_id"], d, name="item_embedding",
+            vocab_sizes["item_id"], d, name="item_embedding", dtype="float32",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
         )
         self.user_embedding = keras.layers.Embedding(
-            vocab_sizes["user_id"], d, name="user_embedding",
+            vocab_sizes["user_id"], d, name="user_embedding", dtype="float32",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
         )
         self.position_embedding = keras.layers.Embedding(
-            m.sequence_length, d, name="position_embedding",
+            m.sequence_length, d, name="position_embedding", dtype="float32",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
         )
         self.side_embeddings = {
-            name: keras.layers.Embedding(vocab_sizes[name], max(4, d // 4), name=f"emb_{name}")
+            name: keras.layers.Embedding(vocab_sizes[name], max(4, d // 4), name=f"emb_{name}",
+                                        dtype="float32")
             for name in self.side_features
         }
         self.pbe = PolarityBiasEmbedding(name="pbe") if m.polarity in ("pbe", "tapf") else None
@@ -104,15 +105,37 @@ class CtrModel(keras.Model):
         self.dropout = keras.layers.Dropout(m.dropout) if m.dropout else None
         self.out = keras.layers.Dense(1, name="logit", dtype="float32")
 
+    @staticmethod
+    def _table(layer):
+        """An embedding sublayer's float32 table (built on first use, as `Embedding.call`).
+
+        Tables are float32 under any policy and rows are cast to the compute dtype after
+        the lookup: a bf16 table would be cast whole every step and the gradients of
+        its duplicate rows summed in bf16 (the "embedding trap" of mixed_bfloat16).
+        """
+        if not layer.built:
+            layer.build()
+        return layer.embeddings
+
+    @staticmethod
+    def _gather(table, ids):
+        if "int" not in keras.backend.standardize_dtype(ids.dtype):
+            ids = ops.cast(ids, "int32")  # as `Embedding.call` (e.g. symbolic float inputs)
+        return ops.take(table, ids, axis=0)
+
+    def _lookup(self, layer, ids):
+        """Rows of an embedding sublayer (float32 table), cast to the compute dtype."""
+        return ops.cast(self._gather(self._table(layer), ids), self.compute_dtype)
+
     def encode_sequence(self, inputs: dict[str, Any], training: bool | None = None):
         """Tokens [B,L,d], target [B,d], polarity [B,L], mask [B,L] (shared with analyses)."""
         items, polarity = self.sequence(
             inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"], inputs["neg_order"]
         )
-        tokens = self.item_embedding(items)  # [B, L, d]
-        positions = ops.arange(self.m.sequence_length)[None, :]  # [1, L]
-        tokens = tokens + self.position_embedding(positions)
-        target = self.item_embedding(inputs["item_id"])  # [B, d]
+        tokens = self._gather(self._table(self.item_embedding), items)  # [B, L, d] float32
+        tokens = tokens + ops.expand_dims(self._table(self.position_embedding), 0)  # + pos_k
+        tokens = ops.cast(tokens, self.compute_dtype)
+        target = self._lookup(self.item_embedding, inputs["item_id"])  # [B, d]
         if self.pbe is not None:
             tokens = self.pbe(tokens, polarity)
         if self.tapf is not None:
@@ -126,8 +149,8 @@ class CtrModel(keras.Model):
             interest = self.backbone(tokens, target, mask)  # [B, d]
         else:
             interest = self.backbone(tokens, target, mask, training=training)  # [B, d]
-        parts = [interest, target, self.user_embedding(inputs["user_id"])]
-        parts += [self.side_embeddings[n](inputs[n]) for n in self.side_features]
+        parts = [interest, target, self._lookup(self.user_embedding, inputs["user_id"])]
+        parts += [self._lookup(self.side_embeddings[n], inputs[n]) for n in self.side_features]
         x = ops.concatenate(parts, axis=-1)
         for layer in self.mlp:
             x = layer(x)
