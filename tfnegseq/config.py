@@ -60,6 +60,14 @@ class Condition:
 # ------------------------------------------------------------------------ sections
 
 
+def _at_least(obj: Any, where: str, minimum: float, *names: str) -> None:
+    """Raises `ConfigError` unless every named field of `obj` is >= `minimum`."""
+    for name in names:
+        value = getattr(obj, name)
+        if value < minimum:
+            raise ConfigError(f"{where}.{name}: must be >= {minimum}. Received: {value}")
+
+
 @dataclass
 class GenericColumns:
     """Column mapping for `source.kind: generic` (CSV / Parquet / JSONL)."""
@@ -144,17 +152,11 @@ class SamplesConfig:
     batch_size: int = 2048
 
     def validate(self, where: str) -> None:
-        for name in ("max_history", "lifelong_length", "min_core", "min_core_rounds"):
-            if getattr(self, name) < 0:
-                raise ConfigError(
-                    f"{where}.{name}: must be >= 0. Received: {getattr(self, name)}"
-                )
+        _at_least(self, where, 0, "max_history", "lifelong_length", "min_core", "min_core_rounds")
         if self.max_history == 0 and self.task == "ctr":
             raise ConfigError(f"{where}.max_history: must be > 0 for the ctr task")
-        if self.max_sequence < 3:
-            raise ConfigError(f"{where}.max_sequence: must be >= 3. Received: {self.max_sequence}")
-        if self.batch_size < 1:
-            raise ConfigError(f"{where}.batch_size: must be >= 1. Received: {self.batch_size}")
+        _at_least(self, where, 3, "max_sequence")
+        _at_least(self, where, 1, "batch_size")
 
 
 @dataclass
@@ -186,8 +188,7 @@ class SplitConfig:
                 f"{where}: valid_fraction + test_fraction must be <= 1. Received: "
                 f"{self.valid_fraction} + {self.test_fraction}"
             )
-        if self.k < 1:
-            raise ConfigError(f"{where}.k: must be >= 1. Received: {self.k}")
+        _at_least(self, where, 1, "k")
         if (self.valid_start is None) != (self.test_start is None):
             raise ConfigError(f"{where}: set both valid_start and test_start, or neither")
         if self.valid_start is not None and self.test_start is not None:
@@ -203,8 +204,7 @@ class OutputConfig:
     def validate(self, where: str) -> None:
         if not self.dir:
             raise ConfigError(f"{where}.dir: must be set")
-        if self.shards < 1:
-            raise ConfigError(f"{where}.shards: must be >= 1. Received: {self.shards}")
+        _at_least(self, where, 1, "shards")
 
 
 @dataclass
@@ -222,9 +222,7 @@ class SimulateConfig:
     start_timestamp: float = 1593878400.0  # 2020-07-04, like KuaiRec
 
     def validate(self, where: str) -> None:
-        for name in ("num_users", "num_items", "num_topics", "events_per_user_min"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be >= 1. Received: {getattr(self, name)}")
+        _at_least(self, where, 1, "num_users", "num_items", "num_topics", "events_per_user_min")
         if self.events_per_user_max < self.events_per_user_min:
             raise ConfigError(f"{where}.events_per_user_max: must be >= events_per_user_min")
         if not 0.0 < self.target_positive_rate < 1.0:
@@ -245,12 +243,8 @@ class VocabConfig:
     oov_buckets: int = 16
 
     def validate(self, where: str) -> None:
-        if self.max_size < 0:
-            raise ConfigError(f"{where}.max_size: must be >= 0. Received: {self.max_size}")
-        if self.min_count < 1:
-            raise ConfigError(f"{where}.min_count: must be >= 1. Received: {self.min_count}")
-        if self.oov_buckets < 1:
-            raise ConfigError(f"{where}.oov_buckets: must be >= 1. Received: {self.oov_buckets}")
+        _at_least(self, where, 0, "max_size")
+        _at_least(self, where, 1, "min_count", "oov_buckets")
 
 
 @dataclass
@@ -309,13 +303,10 @@ class TrainConfig:
     export: bool = True
 
     def validate(self, where: str) -> None:
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{where}.{name}: must be >= 1. Received: {getattr(self, name)}")
+        _at_least(self, where, 1, "epochs", "batch_size")
         if self.learning_rate <= 0:
             raise ConfigError(f"{where}.learning_rate: must be > 0")
-        if self.steps_per_epoch < 0:
-            raise ConfigError(f"{where}.steps_per_epoch: must be >= 0")
+        _at_least(self, where, 0, "steps_per_epoch")
 
 
 @dataclass
