@@ -147,13 +147,20 @@ class SideTables:
     users: dict[int, dict[str, int]] = field(default_factory=dict)
     items: dict[int, dict[str, int]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # which features the item table carries, found once (not per batch: a
+        # catalogue can hold millions of items)
+        self.item_table_features: set[str] = set()
+        for row in self.items.values():
+            self.item_table_features.update(row)
+
     def user_values(self, user_id: int, names: list[str]) -> dict[str, int]:
         row = self.users.get(int(user_id), {})
         return {n: int(row.get(n, PAD_ID)) for n in names}
 
     def item_values(self, item_ids: np.ndarray, name: str, events: EventChunk | None,
                     idx: np.ndarray | None) -> np.ndarray:
-        if self.items and any(name in r for r in self.items.values()):
+        if name in self.item_table_features:
             return np.fromiter(
                 (self.items.get(int(i), {}).get(name, PAD_ID) for i in item_ids),
                 dtype=np.int64, count=len(item_ids),
