@@ -45,6 +45,10 @@ SCRIPT = textwrap.dedent(
         tt.check_transformer(seed=1, call=call)
         tt.check_transformer(seed=2, num_layers=1, num_heads=1, call=call)
 
+    from tests.models import test_ctr as tc
+
+    tc.check_take_rows_adam_step(seed=0)  # the model's embedding lookup and Adam on JAX
+
     tp.check_mixed_sequence("interleaved", 0.5, 8, seed=5, dtype="mixed_bfloat16")
     tp.check_pbe(seed=5, dtype="mixed_bfloat16", atol=5e-2)
     tp.check_tapf("full", seed=5, dtype="mixed_bfloat16", atol=6e-2)

@@ -250,10 +250,12 @@ class PolarityBiasEmbedding(keras.layers.Layer):
         self.built = True
 
     def call(self, tokens, polarity):
-        polarity = ops.cast(polarity, "int32")
-        bias = self.embeddings(polarity + 1)  # [B, L, d]
-        real = ops.cast(ops.expand_dims(ops.not_equal(polarity, 0), -1), bias.dtype)  # [B, L, 1]
-        return tokens + bias * real
+        polarity = ops.expand_dims(ops.cast(polarity, "int32"), -1)  # [B, L, 1]
+        table = ops.cast(self.embeddings.embeddings, tokens.dtype)  # [3, d]: rows -1, 0, +1
+        # A select, not a gather: the gradient of a 3-row gather over B * L tokens is a
+        # scatter-add into 3 rows; of a select it is two masked sums.
+        bias = ops.where(ops.greater(polarity, 0), table[2], table[0])  # [B, L, d]
+        return ops.where(ops.equal(polarity, 0), tokens, tokens + bias)
 
     def get_config(self):
         config = super().get_config()

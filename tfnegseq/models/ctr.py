@@ -30,6 +30,38 @@ from tfnegseq.layers.polarity import (
 from tfnegseq.layers.transformer import TransformerEncoder
 
 
+def take_rows(table, ids):
+    """`ops.take(table, ids, axis=0)` whose gradient is one dense segment sum.
+
+    The gradient for `table` `[V, d]` is `segment_sum(upstream, ids, V)`: the rows of
+    ids that repeat are added before the optimizer sees them, on every backend. (The
+    TensorFlow gradient of a gather is `IndexedSlices`; Keras' Adam squares those row
+    by row, so a row used `n` times in a batch would get `sum g^2` instead of
+    `(sum g)^2` in its second moment, unlike under JAX, and the rows would be summed
+    twice, once per moment.)
+    """
+    @ops.custom_gradient
+    def _take(values):
+        rows = ops.take(values, ids, axis=0)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            dim = ops.shape(values)[-1]
+            return ops.segment_sum(
+                ops.reshape(upstream, (-1, dim)),
+                ops.reshape(ids, (-1,)),
+                num_segments=values.shape[0],
+            )
+
+        return rows, grad
+
+    # A tensor, not the variable (`ops.copy` is a read; the copy is elided in compiled
+    # code): TensorFlow's custom gradient must not see a variable
+    # read inside the function.
+    return _take(ops.copy(table))
+
+
 @register
 class CtrModel(keras.Model):
     """Mixed-polarity sequence CTR model.
@@ -121,7 +153,7 @@ class CtrModel(keras.Model):
     def _gather(table, ids):
         if "int" not in keras.backend.standardize_dtype(ids.dtype):
             ids = ops.cast(ids, "int32")  # as `Embedding.call` (e.g. symbolic float inputs)
-        return ops.take(table, ids, axis=0)
+        return take_rows(table, ids)
 
     def _lookup(self, layer, ids):
         """Rows of an embedding sublayer (float32 table), cast to the compute dtype."""
@@ -132,10 +164,16 @@ class CtrModel(keras.Model):
         items, polarity = self.sequence(
             inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"], inputs["neg_order"]
         )
-        tokens = self._gather(self._table(self.item_embedding), items)  # [B, L, d] float32
+        # One lookup for the sequence and the target (one gradient segment sum).
+        batch, length = ops.shape(items)[0], ops.shape(items)[1]
+        ids = ops.concatenate(
+            [ops.reshape(items, (-1,)), ops.cast(inputs["item_id"], items.dtype)], axis=0
+        )
+        rows = self._gather(self._table(self.item_embedding), ids)  # [B * L + B, d] float32
+        tokens = ops.reshape(rows[: batch * length], (batch, length, -1))  # [B, L, d]
         tokens = tokens + ops.expand_dims(self._table(self.position_embedding), 0)  # + pos_k
         tokens = ops.cast(tokens, self.compute_dtype)
-        target = self._lookup(self.item_embedding, inputs["item_id"])  # [B, d]
+        target = ops.cast(rows[batch * length :], self.compute_dtype)  # [B, d]
         if self.pbe is not None:
             tokens = self.pbe(tokens, polarity)
         if self.tapf is not None:
