@@ -5,12 +5,17 @@ synthetic samples read through `tfnegseq.data.input.make_dataset`, exactly as
 `python -m tfnegseq.train` does (`build_model`, the same compile), for every
 combination of
 
-    xla (jit_compile)   on | off
+    xla                 on (jit_compile: the whole step in XLA)
+                        | off (plain tf.function: TensorFlow / oneDNN kernels)
+                        | clustered (train.auto_clustering: XLA fuses all but the
+                          matmuls, which stay on oneDNN; tfnegseq/runtime.py)
     dtype               float32 | mixed_bfloat16
     model.polarity      tapf | none | pbe     (same sequence: r = 0.5 in all three)
 
-in one process. Each variant is built, compiled and warmed up first (compile time is
-excluded), then timed in interleaved rounds (round 1 of every variant, then round 2,
+The `on` and `off` variants run in this process, the `clustered` ones in a child
+process (TensorFlow reads its XLA flags once per process). Each variant is built,
+compiled and warmed up first (compile time is excluded), then timed in interleaved
+rounds within its process (round 1 of every variant, then round 2,
 ...), so a busy machine's background load hits all variants alike. A round is
 `--steps` calls of the Keras train function (what `fit` calls once per step) on a
 shared training iterator. Reported per variant: examples/s of every round and their
@@ -118,19 +123,25 @@ def ensure_samples(data_dir: str | None) -> str:
     return data_dir
 
 
+# How the training step is compiled: "on" = jit_compile (whole step in XLA), "off" = plain
+# tf.function (TensorFlow kernels, oneDNN), "clustered" = plain tf.function with
+# train.auto_clustering (XLA fuses everything but the matmuls; tfnegseq/runtime.py).
+XLA_MODES = ("on", "off", "clustered")
+
+
 @dataclasses.dataclass
 class Variant:
-    xla: bool
+    xla: str  # one of XLA_MODES
     dtype: str
     polarity: str
 
     @property
     def name(self) -> str:
-        return f"{self.polarity:4s} xla={'on' if self.xla else 'off':3s} {self.dtype}"
+        return f"{self.polarity:4s} xla={self.xla:9s} {self.dtype}"
 
     @property
     def key(self) -> str:
-        return f"{self.polarity}|xla={'on' if self.xla else 'off'}|{self.dtype}"
+        return f"{self.polarity}|xla={self.xla}|{self.dtype}"
 
 
 def build_variant(v: Variant, data_dir: str, batch_size: int, sample, vocab_sizes, lr: float):
@@ -142,7 +153,9 @@ def build_variant(v: Variant, data_dir: str, batch_size: int, sample, vocab_size
     cfg = load_config(CONFIG, [
         f"model.polarity={v.polarity}", "model.backbone=din", "model.sequence_length=100",
         "model.embedding_dim=64", "model.positive_ratio=0.5", f"train.batch_size={batch_size}",
-        f"train.jit_compile={str(v.xla).lower()}", f"train.mixed_precision={v.dtype}",
+        f"train.jit_compile={str(v.xla == 'on').lower()}",
+        f"train.auto_clustering={str(v.xla == 'clustered').lower()}",
+        f"train.mixed_precision={v.dtype}",
         f"train.data_dir={data_dir}",
     ])
     # As run_config: global policy, seed, build, compile.
@@ -169,27 +182,37 @@ def run_steps(model, iterator, steps: int) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--batch-size", type=int, default=2048)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps after compile")
-    ap.add_argument("--only", default="",
-                    help="filter, e.g. 'xla=on,dtype=float32' or 'polarity=tapf'")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "train_throughput.json"))
-    args = ap.parse_args(argv)
+def select_variants(only: str) -> list[Variant]:
+    filters = dict(kv.split("=") for kv in only.split(",") if kv)
+    return [
+        Variant(xla, dtype, polarity)
+        for xla in XLA_MODES
+        for dtype in ("float32", "mixed_bfloat16")
+        for polarity in ("tapf", "none", "pbe")
+        if filters.get("xla", xla) == xla
+        and filters.get("dtype", dtype) == dtype
+        and filters.get("polarity", polarity) == polarity
+    ]
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.path.insert(0, REPO)
+
+def measure(args, variants: list[Variant]) -> dict[str, Any]:
+    """Builds, compiles and warms up every variant, then times them in interleaved rounds.
+
+    Returns per variant key: wall and CPU seconds per step of every round, and the
+    seconds from build to the first step.
+    """
     import keras
 
     from tfnegseq.config import load_config
     from tfnegseq.data.input import FeatureProcessor, make_dataset
 
-    t_start = time.perf_counter()
-    data_dir = ensure_samples(args.data_dir)
+    if any(v.xla == "clustered" for v in variants):
+        if any(v.xla != "clustered" for v in variants):
+            raise ValueError("clustered variants run in a process of their own")
+        from tfnegseq.runtime import enable_auto_clustering
+
+        enable_auto_clustering()  # before the first tf.function / tf.data pipeline
+    data_dir = args.data_dir
     cfg = load_config(CONFIG, [f"train.data_dir={data_dir}"])
     processor = FeatureProcessor.from_data_dir(data_dir, cfg)
     vocab_sizes = {name: v.size for name, v in processor.vocabularies.items()}
@@ -199,17 +222,6 @@ def main(argv: list[str] | None = None) -> int:
                             processor=processor, repeat=True, seed=0)
     iterator = iter(train_ds)
     sample, _ = next(iterator)
-
-    filters = dict(kv.split("=") for kv in args.only.split(",") if kv)
-    variants = [
-        Variant(xla, dtype, polarity)
-        for xla in (True, False)
-        for dtype in ("float32", "mixed_bfloat16")
-        for polarity in ("tapf", "none", "pbe")
-        if filters.get("xla", "on" if xla else "off") == ("on" if xla else "off")
-        and filters.get("dtype", dtype) == dtype
-        and filters.get("polarity", polarity) == polarity
-    ]
 
     models = {}
     compile_s = {}
@@ -224,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"built {v.name}: {compile_s[v.key]:.1f} s to first step", flush=True)
     keras.mixed_precision.set_global_policy("float32")
 
-    load_before = os.getloadavg()
     wall: dict[str, list[float]] = {v.key: [] for v in variants}
     cpu: dict[str, list[float]] = {v.key: [] for v in variants}
     for r in range(args.rounds):
@@ -233,7 +244,62 @@ def main(argv: list[str] | None = None) -> int:
             wall[v.key].append(w / args.steps)
             cpu[v.key].append(c / args.steps)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
+    return {k: {"wall": wall[k], "cpu": cpu[k], "compile_s": compile_s[k]} for k in wall}
+
+
+def measure_in_child(args, only: str) -> dict[str, Any]:
+    """`measure` for the clustered variants in a fresh process (TensorFlow reads its XLA
+    flags once per process, and the clustering level applies to every function)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = os.path.join(tmp, "raw.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--data-dir", args.data_dir,
+               "--batch-size", str(args.batch_size), "--rounds", str(args.rounds),
+               "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--only", only, "--raw-out", raw]
+        subprocess.run(cmd, check=True)
+        with open(raw) as f:
+            return json.load(f)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps after compile")
+    ap.add_argument("--only", default="",
+                    help="filter, e.g. 'xla=on,dtype=float32' or 'polarity=tapf' "
+                         f"(xla: {', '.join(XLA_MODES)})")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "train_throughput.json"))
+    ap.add_argument("--raw-out", default=None, help=argparse.SUPPRESS)  # child process
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, REPO)
+
+    t_start = time.perf_counter()
+    args.data_dir = ensure_samples(args.data_dir)
+    data_dir = args.data_dir
+    variants = select_variants(args.only)
+    if args.raw_out:  # child: measure and hand the raw timings back
+        with open(args.raw_out, "w") as f:
+            json.dump(measure(args, variants), f)
+        return 0
+
+    load_before = os.getloadavg()
+    here = [v for v in variants if v.xla != "clustered"]
+    clustered = [v for v in variants if v.xla == "clustered"]
+    raw: dict[str, Any] = measure(args, here) if here else {}
+    if clustered:
+        filters = [kv for kv in args.only.split(",") if kv and not kv.startswith("xla=")]
+        raw.update(measure_in_child(args, ",".join(["xla=clustered", *filters])))
     load_after = os.getloadavg()
+    wall = {k: r["wall"] for k, r in raw.items()}
+    cpu = {k: r["cpu"] for k, r in raw.items()}
+    compile_s = {k: r["compile_s"] for k, r in raw.items()}
 
     b = args.batch_size
     results = {}
@@ -251,14 +317,14 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_to_first_step": round(compile_s[v.key], 1),
         }
     ratios = {}
-    for xla in (True, False):
+    for xla in XLA_MODES:
         for dtype in ("float32", "mixed_bfloat16"):
             tk = Variant(xla, dtype, "tapf").key
             nk = Variant(xla, dtype, "none").key
             if tk in wall and nk in wall:
                 # Headline: median over rounds of the paired ratio (the two variants run
                 # back to back in every round, so they see the same background load).
-                ratios[f"xla={'on' if xla else 'off'}|{dtype}"] = {
+                ratios[f"xla={xla}|{dtype}"] = {
                     "tapf_over_none_step_time": round(statistics.median(
                         [a / c for a, c in zip(wall[tk], wall[nk], strict=True)]), 3),
                     "tapf_over_none_ratio_of_medians": round(
@@ -271,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     if best:
         best_key = Variant(best["xla"], best["dtype"], "tapf").key
-        ratio = ratios.get(f"xla={'on' if best['xla'] else 'off'}|{best['dtype']}", {})
+        ratio = ratios.get(f"xla={best['xla']}|{best['dtype']}", {})
         summary = {
             "best_din_tapf": best_key,
             "best_din_tapf_examples_per_second": best["examples_per_second_median"],

@@ -295,6 +295,9 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     jit_compile: bool = True
+    # TensorFlow only, with jit_compile false: XLA auto-clustering of everything but the
+    # matmuls, which run on oneDNN (AMX under mixed_bfloat16). See tfnegseq/runtime.py.
+    auto_clustering: bool = False
     mixed_precision: Literal["float32", "mixed_bfloat16"] = "float32"
     shuffle_buffer: int = 100_000
     steps_per_epoch: int = 0  # 0 = whole split
@@ -307,6 +310,11 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ConfigError(f"{where}.learning_rate: must be > 0")
         _at_least(self, where, 0, "steps_per_epoch")
+        if self.auto_clustering and self.jit_compile:
+            raise ConfigError(
+                f"{where}.auto_clustering: needs {where}.jit_compile: false (jit_compile "
+                "compiles the whole step with XLA; auto_clustering leaves the matmuls out)"
+            )
 
 
 @dataclass

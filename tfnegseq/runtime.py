@@ -1,0 +1,87 @@
+"""TensorFlow execution settings for training (TensorFlow-specific, like the input and
+export modules; layers and models never import this).
+
+`enable_auto_clustering()` is the `train.auto_clustering` mode: the training step is a
+plain `tf.function` (Keras `jit_compile=False`) in which TensorFlow's XLA auto-clustering
+compiles every op except the matmuls into fused XLA kernels, while `MatMul` /
+`BatchMatMulV2` stay TensorFlow ops and run on oneDNN. Under `mixed_bfloat16`, oneDNN
+runs those bf16 matmuls on AMX where the CPU has it (XLA:CPU in TensorFlow 2.21 does not),
+and the elementwise work between them is still fused, with bf16 activations halving its
+memory traffic. On the 2-core AMX Xeon of `benchmarks/results/train_throughput.json` this
+is the fastest way to train DIN + TAPF; on a CPU without AMX, full XLA
+(`jit_compile: true`) is likely the better choice. Numerics are those of the same ops
+(XLA fusions and oneDNN matmuls), not bit-identical to full XLA.
+
+TensorFlow reads `TF_XLA_FLAGS` once, the first time a function goes through its XLA
+passes, so this must run before the process's first `tf.function` or `tf.data` pipeline
+is built: `tfnegseq.train` calls it first thing when the config asks for it. The
+clustering level itself (`tf.config.optimizer.set_jit`) is re-read whenever a function is
+instantiated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+# Ops XLA may cluster: all point-wise, reduction and similar fusible ops, plus the
+# gathers, segment sums, scatters and cumulative sums of the embedding lookups and the
+# mixed-sequence builder. Not MatMul / BatchMatMulV2.
+CLUSTER_OPS = (
+    "FUSIBLE",
+    "GatherV2",
+    "ResourceGather",
+    "UnsortedSegmentSum",
+    "ScatterNd",
+    "Cumsum",
+    "ConcatV2",
+)
+_FLAGS = {
+    "--tf_xla_cpu_global_jit": None,  # auto-clustering on CPU at all
+    "--tf_xla_ops_to_cluster": ",".join(CLUSTER_OPS),
+    "--tf_xla_min_cluster_size": "1",  # also single ops left between two matmuls
+}
+
+
+def auto_clustering_flags(existing: str = "") -> str:
+    """`existing` TF_XLA_FLAGS with the auto-clustering flags set (others kept)."""
+    kept = [f for f in existing.split() if f.split("=", 1)[0] not in _FLAGS]
+    ours = [k if v is None else f"{k}={v}" for k, v in _FLAGS.items()]
+    return " ".join(kept + ours)
+
+
+def _set_flags() -> None:
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise RuntimeError(
+            "train.auto_clustering is a TensorFlow setting; the Keras backend is "
+            f"{keras.backend.backend()!r}"
+        )
+    # First: even `tf.config.optimizer.get_jit()` makes TensorFlow read its XLA flags.
+    os.environ["TF_XLA_FLAGS"] = auto_clustering_flags(os.environ.get("TF_XLA_FLAGS", ""))
+
+
+def enable_auto_clustering() -> None:
+    """Sets the flags above and turns TensorFlow's XLA auto-clustering on (process-wide)."""
+    _set_flags()
+    import tensorflow as tf
+
+    tf.config.optimizer.set_jit("autoclustering")
+
+
+@contextlib.contextmanager
+def auto_clustering(enabled: bool = True):
+    """`enable_auto_clustering()` for the block, then the previous clustering level."""
+    if not enabled:
+        yield
+        return
+    _set_flags()
+    import tensorflow as tf
+
+    previous = tf.config.optimizer.get_jit()
+    tf.config.optimizer.set_jit("autoclustering")
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_jit(previous or False)
