@@ -430,7 +430,7 @@ class TargetAwarePolarityFusion(keras.layers.Layer):
                 x = ops.concatenate([tokens, ones], axis=-1)
                 kernel = ops.concatenate([w_h, bias], axis=0)
             logits = token_matmul(x, kernel) + token_matmul(interaction, w_e)
-            update = (2.0 * ops.sigmoid(logits) - 1.0) * update
+            update = ops.tanh(0.5 * logits) * update  # 2 sigmoid(z) - 1 == tanh(z / 2)
         real = ops.not_equal(polarity, 0)  # [B, L, 1]
         sign = polarity if self.use_polarity_sign else real
         update = update * ops.cast(sign, dtype)
