@@ -231,10 +231,14 @@ def measure(args, variants: list[Variant]) -> dict[str, Any]:
                               cfg.train.learning_rate)
         run_steps(model, iterator, 1)  # trace + compile under this variant's policy
         compile_s[v.key] = time.perf_counter() - t
-        run_steps(model, iterator, args.warmup)
         models[v.key] = model
         print(f"built {v.name}: {compile_s[v.key]:.1f} s to first step", flush=True)
     keras.mixed_precision.set_global_policy("float32")
+    # Warm-up after all are built: building a model resets the global seed, after which
+    # TensorFlow re-instantiates the earlier variants' functions (under auto-clustering
+    # that means clustering and compiling again on their next steps).
+    for v in variants:
+        run_steps(models[v.key], iterator, args.warmup)
 
     wall: dict[str, list[float]] = {v.key: [] for v in variants}
     cpu: dict[str, list[float]] = {v.key: [] for v in variants}

@@ -77,7 +77,23 @@ def versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(),
+        "git_commit": _git_commit(),
     }
+
+
+def _git_commit() -> str | None:
+    """The checkout's commit (with "+dirty" for local changes), None outside a checkout."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short=12", "HEAD"],
+                                capture_output=True, text=True, check=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def data_dir_of(cfg: Config) -> str:
