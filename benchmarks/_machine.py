@@ -8,18 +8,29 @@ import os
 import platform
 import subprocess
 
+# lscpu fields recorded besides the model name and the flags.
+_LSCPU_KEYS = ("CPU(s)", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "L2 cache",
+               "L3 cache", "Hypervisor vendor")
+
 
 def machine() -> dict[str, object]:
+    """CPU model, every lscpu flag (and the SIMD ones apart), topology, caches, cores."""
     info: dict[str, object] = {"cores": os.cpu_count(), "python": platform.python_version()}
+    if hasattr(os, "sched_getaffinity"):
+        info["cores_usable"] = len(os.sched_getaffinity(0))
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         for line in out.splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                info["cpu"] = value.strip()
-            elif key.strip() == "Flags":
+            key, value = key.strip(), value.strip()
+            if key == "Model name":
+                info["cpu"] = value
+            elif key == "Flags":
                 flags = value.split()
+                info["flags"] = flags
                 info["simd_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+            elif key in _LSCPU_KEYS:
+                info[key.lower().replace("(s)", "s").replace(" ", "_")] = value
     except (OSError, subprocess.CalledProcessError):
         info["cpu"] = platform.processor() or platform.machine()
     try:

@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,9 @@ import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from _machine import machine  # noqa: E402
+
 REPO = os.path.dirname(HERE)
 CONFIG = os.path.join(REPO, "configs", "synthetic.yaml")
 
@@ -63,39 +65,15 @@ REFERENCE_PLAIN_KERAS = {
 }
 
 
-def lscpu() -> dict[str, Any]:
-    info: dict[str, Any] = {}
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return {"model_name": platform.processor() or platform.machine()}
-    for line in out.splitlines():
-        key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if key == "Model name":
-            info["model_name"] = value
-        elif key == "Flags":
-            info["flags"] = value.split()
-        elif key in ("CPU(s)", "Thread(s) per core", "Core(s) per socket", "Socket(s)",
-                     "L2 cache", "L3 cache", "Hypervisor vendor"):
-            info[key.lower().replace("(s)", "s").replace(" ", "_")] = value
-    flags = info.get("flags", [])
-    info["simd_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
-    return info
-
-
 def machine_info() -> dict[str, Any]:
     import keras
     import tensorflow as tf
 
-    info = lscpu()
+    info = machine()
     info.update(
-        cores=os.cpu_count(),
-        cores_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         tensorflow=tf.__version__,
         keras=keras.__version__,
         keras_backend=keras.backend.backend(),
-        python=platform.python_version(),
         xla_flags=os.environ.get("XLA_FLAGS", ""),
         tf_intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads(),
     )

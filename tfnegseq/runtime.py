@@ -72,7 +72,8 @@ def enable_auto_clustering() -> None:
 
 @contextlib.contextmanager
 def auto_clustering(enabled: bool = True):
-    """`enable_auto_clustering()` for the block, then the previous clustering level."""
+    """`enable_auto_clustering()` for the block, then the previous clustering level
+    (nothing at all when `enabled` is false)."""
     if not enabled:
         yield
         return

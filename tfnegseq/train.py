@@ -151,11 +151,10 @@ def evaluate(model, dataset) -> dict[str, Any]:
 def run_config(cfg: Config, verbose: int | str = "auto",
                extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Trains and evaluates one seed; writes `<run_dir>/metrics.json`; returns metrics."""
-    if not cfg.train.auto_clustering:
-        return _run_config(cfg, verbose, extra_callbacks)
     from tfnegseq.runtime import auto_clustering
 
-    with auto_clustering():  # set before any tf.function or tf.data pipeline is built
+    # A no-op unless asked for; then set before any tf.function or tf.data pipeline.
+    with auto_clustering(cfg.train.auto_clustering):
         return _run_config(cfg, verbose, extra_callbacks)
 
 

@@ -44,16 +44,22 @@ def random_inputs(rng, batch=4, length=6, dim=8):
     return keys, query, mask
 
 
-def check_din(seed=0, units=(6, 5), activation="sigmoid", call=eager_call, dtype=None, atol=1e-5):
-    rng = np.random.default_rng(seed)
-    keys, query, mask = random_inputs(rng)
-    layer = DinAttention(units=units, activation=activation, dtype=dtype)
-    layer(keys, query, mask)
+def set_random_weights(layer, rng):
+    """Random weights for every Dense of a built `DinAttention`; returns them per sublayer."""
     weights = []
     for sublayer in [*layer.hidden_layers, layer.score]:
         values = [(rng.normal(size=w.shape) * 0.5).astype("float32") for w in sublayer.weights]
         sublayer.set_weights(values)
         weights.append(values)
+    return weights
+
+
+def check_din(seed=0, units=(6, 5), activation="sigmoid", call=eager_call, dtype=None, atol=1e-5):
+    rng = np.random.default_rng(seed)
+    keys, query, mask = random_inputs(rng)
+    layer = DinAttention(units=units, activation=activation, dtype=dtype)
+    layer(keys, query, mask)
+    weights = set_random_weights(layer, rng)
     pooled, scores = to_numpy(call(layer, keys, query, mask, return_attention_scores=True))
     want_pooled, want_scores = din_reference(keys, query, mask, weights, activation)
     np.testing.assert_allclose(scores.astype("float32"), want_scores, atol=atol, rtol=atol)
@@ -180,11 +186,7 @@ def test_din_matches_reference_at_chunked_size(call):
     mask[:, :5] = False
     layer = DinAttention(units=(6, 5))
     layer(keys, query, mask)
-    weights = []
-    for sublayer in [*layer.hidden_layers, layer.score]:
-        values = [(rng.normal(size=w.shape) * 0.5).astype("float32") for w in sublayer.weights]
-        sublayer.set_weights(values)
-        weights.append(values)
+    weights = set_random_weights(layer, rng)
     pooled, scores = to_numpy(call(layer, keys, query, mask, return_attention_scores=True))
     want_pooled, want_scores = din_reference(keys, query, mask, weights, "sigmoid")
     np.testing.assert_allclose(scores, want_scores, atol=1e-5, rtol=1e-5)

@@ -56,9 +56,8 @@ def take_rows(table, ids):
 
         return rows, grad
 
-    # A tensor, not the variable (`ops.copy` is a read; the copy is elided in compiled
-    # code): TensorFlow's custom gradient must not see a variable
-    # read inside the function.
+    # Pass a tensor, not the variable: TensorFlow's custom gradient refuses a variable
+    # read inside the function. `ops.copy` is that read (compiled code elides the copy).
     return _take(ops.copy(table))
 
 
