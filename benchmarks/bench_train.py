@@ -122,11 +122,12 @@ class Variant:
         return f"{self.polarity}|xla={self.xla}|{self.dtype}"
 
 
-def build_variant(v: Variant, data_dir: str, batch_size: int, sample, vocab_sizes, lr: float):
+def build_variant(v: Variant, data_dir: str, batch_size: int, sample, vocab_sizes,
+                  overrides: tuple[str, ...] = ()):
     import keras
 
     from tfnegseq.config import load_config
-    from tfnegseq.train import build_model
+    from tfnegseq.train import build_model, build_optimizer
 
     cfg = load_config(CONFIG, [
         f"model.polarity={v.polarity}", "model.backbone=din", "model.sequence_length=100",
@@ -134,7 +135,7 @@ def build_variant(v: Variant, data_dir: str, batch_size: int, sample, vocab_size
         f"train.jit_compile={str(v.xla == 'on').lower()}",
         f"train.auto_clustering={str(v.xla == 'clustered').lower()}",
         f"train.mixed_precision={v.dtype}",
-        f"train.data_dir={data_dir}",
+        f"train.data_dir={data_dir}", *overrides,
     ])
     # As run_config: global policy, seed, build, compile.
     keras.mixed_precision.set_global_policy(v.dtype)
@@ -142,7 +143,7 @@ def build_variant(v: Variant, data_dir: str, batch_size: int, sample, vocab_size
     model = build_model(cfg, vocab_sizes)
     model(sample)
     model.compile(
-        optimizer=keras.optimizers.Adam(lr),
+        optimizer=build_optimizer(cfg),
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         jit_compile=cfg.train.jit_compile,
     )
@@ -205,8 +206,7 @@ def measure(args, variants: list[Variant]) -> dict[str, Any]:
     compile_s = {}
     for v in variants:
         t = time.perf_counter()
-        model = build_variant(v, data_dir, args.batch_size, sample, vocab_sizes,
-                              cfg.train.learning_rate)
+        model = build_variant(v, data_dir, args.batch_size, sample, vocab_sizes)
         run_steps(model, iterator, 1)  # trace + compile under this variant's policy
         compile_s[v.key] = time.perf_counter() - t
         models[v.key] = model

@@ -43,13 +43,18 @@ class Interrupt(Exception):
     pass
 
 
-def test_resumes_from_last_epoch_after_interruption(tiny_samples, tmp_path):
+@pytest.mark.parametrize("updates", ["dense", "row_sparse"])
+def test_resumes_from_last_epoch_after_interruption(tiny_samples, tmp_path, updates):
     cfg, sets, _ = tiny_samples
-    cfg = load_config(CONFIG, sets + [f"train.run_dir={tmp_path}/run", "train.epochs=3"])
+    cfg = load_config(CONFIG, sets + [f"train.run_dir={tmp_path}/run", "train.epochs=3",
+                                      f"train.embedding_updates={updates}"])
+
+    steps_done = []
 
     class StopAtEpoch2(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 2:
+                steps_done.append(int(self.model.optimizer.iterations.numpy()))
                 raise Interrupt()
 
     with pytest.raises(Interrupt):
@@ -60,11 +65,12 @@ def test_resumes_from_last_epoch_after_interruption(tiny_samples, tmp_path):
 
     class Record(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            seen.append(epoch)
+            seen.append((epoch, int(self.model.optimizer.iterations.numpy())))
 
     keras.backend.clear_session()
     train.run_config(cfg, verbose=0, extra_callbacks=[Record()])
-    assert seen == [2]  # epochs 0 and 1 were restored, only the last one ran
+    # epochs 0 and 1 were restored with the optimizer's state, only the last one ran
+    assert seen == [(2, steps_done[0])] and steps_done[0] > 0
 
 
 def test_seeds_summary_is_mean_and_std_of_runs(tiny_samples, tmp_path, capsys):

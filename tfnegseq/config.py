@@ -299,6 +299,11 @@ class TrainConfig:
     # matmuls, which run on oneDNN (AMX under mixed_bfloat16). See tfnegseq/runtime.py.
     auto_clustering: bool = False
     mixed_precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    # Embedding-table updates: "dense" (Keras Adam: every row, every step) or
+    # "row_sparse" (lazy Adam on the rows a batch uses; tfnegseq/optimizers.py). With
+    # tables much larger than batch_size * (sequence_length + 1) rows, row_sparse is
+    # faster; with small tables, dense.
+    embedding_updates: Literal["dense", "row_sparse"] = "dense"
     shuffle_buffer: int = 100_000
     steps_per_epoch: int = 0  # 0 = whole split
     eval_split: Literal["valid", "test"] = "test"

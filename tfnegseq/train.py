@@ -121,8 +121,20 @@ def build_model(cfg: Config, vocab_sizes: dict[str, int]):
         vocab_sizes=vocab_sizes,
         model=dataclasses.asdict(cfg.model),
         side_features=side_feature_names(cfg),
+        row_sparse_gradients=cfg.train.embedding_updates == "row_sparse",
         name="ctr_model",
     )
+
+
+def build_optimizer(cfg: Config):
+    """Adam, or its lazy row-sparse form for `train.embedding_updates: row_sparse`."""
+    import keras
+
+    from tfnegseq.optimizers import RowSparseAdam
+
+    if cfg.train.embedding_updates == "row_sparse":
+        return RowSparseAdam(cfg.train.learning_rate)
+    return keras.optimizers.Adam(cfg.train.learning_rate)
 
 
 def evaluate(model, dataset) -> dict[str, Any]:
@@ -179,7 +191,7 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     sample_features, _ = next(iter(eval_ds.take(1)))
     model(sample_features)  # build weights (BackupAndRestore needs a built model)
     model.compile(
-        optimizer=keras.optimizers.Adam(tc.learning_rate),
+        optimizer=build_optimizer(cfg),
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         jit_compile=tc.jit_compile,
     )

@@ -46,11 +46,12 @@ def planted_batch(rng, n, h=10):
     return feats, label
 
 
-def make_model(polarity="tapf", ratio=0.5, backbone="din", length=10, d=16, items=ITEMS + 1):
+def make_model(polarity="tapf", ratio=0.5, backbone="din", length=10, d=16, items=ITEMS + 1,
+               row_sparse=False):
     m = dataclasses.asdict(ModelConfig(
         backbone=backbone, polarity=polarity, positive_ratio=ratio, sequence_length=length,
         embedding_dim=d, mlp_units=[32], attention_units=[16], num_heads=2))
-    return CtrModel({"item_id": items, "user_id": 2}, m)
+    return CtrModel({"item_id": items, "user_id": 2}, m, row_sparse_gradients=row_sparse)
 
 
 def train_and_score(polarity, ratio, backbone, epochs, x, y, xt, yt):
@@ -131,9 +132,12 @@ def test_padding_slots_do_not_change_the_prediction():
                                atol=1e-6)
 
 
-def test_five_million_id_vocabulary():
+@pytest.mark.parametrize("updates", ["dense", "row_sparse"])
+def test_five_million_id_vocabulary(updates):
     """A 5,000,000-row item table: lookups map raw ids to the right rows, and one
-    training step updates the rows the batch uses."""
+    training step updates the rows the batch uses (Adam's dense update, or the
+    row-sparse one, which then also leaves every other row where it was)."""
+    from tfnegseq.optimizers import RowSparseAdam
     from tfnegseq.config import VocabConfig
     from tfnegseq.data.vocab import Vocabulary
 
@@ -149,7 +153,8 @@ def test_five_million_id_vocabulary():
     assert rows[:4].tolist() == [17, 17 + n - 1, 17 + 12345, 0]
     assert all(1 <= r <= 16 for r in rows[4:])  # OOV ids hashed into the buckets
 
-    model = make_model(d=8, items=vocab.size, length=4)
+    sparse = updates == "row_sparse"
+    model = make_model(d=8, items=vocab.size, length=4, row_sparse=sparse)
     rng = np.random.default_rng(4)
     batch = {
         "user_id": np.ones(4, np.int64),
@@ -159,7 +164,7 @@ def test_five_million_id_vocabulary():
         "neg_item_id": rng.integers(17, n + 17, (4, 4)),
         "neg_order": np.tile(np.array([2, 4, 6, 8]), (4, 1)),
     }
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+    model.compile(optimizer=RowSparseAdam(1e-2) if sparse else keras.optimizers.Adam(1e-2),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True))
     model(batch)
     table = model.item_embedding.embeddings
@@ -168,6 +173,11 @@ def test_five_million_id_vocabulary():
     model.train_on_batch(batch, np.array([1, 0, 1, 0], np.float32))
     assert not np.allclose(np.asarray(table[n + 16]), before)
     np.testing.assert_array_equal(np.asarray(table[123]), untouched)
+    if sparse:  # step 2 on other rows: the target row of step 1 stays (lazy Adam)
+        after_one = np.asarray(table[n + 16])
+        batch["item_id"] = np.array([18, 19, 20, 21], np.int64)
+        model.train_on_batch(batch, np.array([1, 0, 1, 0], np.float32))
+        np.testing.assert_array_equal(np.asarray(table[n + 16]), after_one)
 
 
 def test_unknown_backbone_is_refused():

@@ -28,6 +28,7 @@ from tfnegseq.layers.polarity import (
     TargetAwarePolarityFusion,
 )
 from tfnegseq.layers.transformer import TransformerEncoder
+from tfnegseq.optimizers import RowSparseAdam  # noqa: F401  (registered for load_model)
 
 
 def take_rows(table, ids):
@@ -70,6 +71,11 @@ class CtrModel(keras.Model):
             `user_<f>`, `item_<f>`), from `Vocabulary.size`.
         model: dict. A `ModelConfig` as a dict (so the model serializes to plain JSON).
         side_features: list of str. Names of scalar profile / side features to embed.
+        row_sparse_gradients: bool. Look the embedding tables up with a plain
+            `ops.take`, whose TensorFlow gradient is row-sparse (`tf.IndexedSlices`),
+            for `tfnegseq.optimizers.RowSparseAdam` to update only the rows a batch
+            uses. Defaults to False: `take_rows`, a dense gradient (summed repeats).
+            Under JAX the gradient is dense either way.
 
     Call arguments:
         inputs: dict with `user_id`, `item_id` [B]; `pos_item_id`, `pos_order`,
@@ -80,8 +86,10 @@ class CtrModel(keras.Model):
     """
 
     def __init__(self, vocab_sizes: dict[str, int], model: dict[str, Any],
-                 side_features: list[str] | None = None, **kwargs: Any):
+                 side_features: list[str] | None = None, row_sparse_gradients: bool = False,
+                 **kwargs: Any):
         super().__init__(**kwargs)
+        self.row_sparse_gradients = bool(row_sparse_gradients)
         self.vocab_sizes = dict(vocab_sizes)
         self.model_config = dict(model)
         self.side_features = list(side_features or [])
@@ -148,10 +156,11 @@ class CtrModel(keras.Model):
             layer.build()
         return layer.embeddings
 
-    @staticmethod
-    def _gather(table, ids):
+    def _gather(self, table, ids):
         if "int" not in keras.backend.standardize_dtype(ids.dtype):
             ids = ops.cast(ids, "int32")  # as `Embedding.call` (e.g. symbolic float inputs)
+        if self.row_sparse_gradients:
+            return ops.take(table, ids, axis=0)
         return take_rows(table, ids)
 
     def _lookup(self, layer, ids):
@@ -207,6 +216,7 @@ class CtrModel(keras.Model):
             vocab_sizes=self.vocab_sizes,
             model=self.model_config,
             side_features=self.side_features,
+            row_sparse_gradients=self.row_sparse_gradients,
         )
         return config
 
