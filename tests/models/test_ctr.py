@@ -137,9 +137,9 @@ def test_five_million_id_vocabulary(updates):
     """A 5,000,000-row item table: lookups map raw ids to the right rows, and one
     training step updates the rows the batch uses (Adam's dense update, or the
     row-sparse one, which then also leaves every other row where it was)."""
-    from tfnegseq.optimizers import RowSparseAdam
     from tfnegseq.config import VocabConfig
     from tfnegseq.data.vocab import Vocabulary
+    from tfnegseq.optimizers import RowSparseAdam
 
     n = 5_000_000
     ids = np.arange(n, dtype=np.int64) * 7 + 3  # raw ids, sparse in the int64 range
