@@ -13,9 +13,11 @@ random map (padding stays row 0), so the rows a batch touches are scattered as i
 real catalogue rather than packed at the start. All variants are built, compiled and
 warmed up, then timed in interleaved rounds (as bench_train.py). Reported per variant:
 median examples/s and step time; per table size: the step-time ratio dense /
-row_sparse (paired per round). Writes `benchmarks/results/embedding_updates.json`.
+row_sparse (paired per round). Writes
+`benchmarks/results/embedding_updates_<xla>_<dtype>.json`.
 
-    python benchmarks/bench_embedding_updates.py [--rows 1000000,5000000] [--xla on]
+    python benchmarks/bench_embedding_updates.py [--rows 1000000,5000000]
+        [--xla on|off|clustered] [--dtype float32|mixed_bfloat16]
 """
 
 from __future__ import annotations
@@ -58,21 +60,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--rows", default="1000000,5000000",
                     help="item table sizes besides the data's own vocabulary")
-    ap.add_argument("--xla", default="on", choices=["on", "off"])
+    ap.add_argument("--xla", default="on", choices=list(bt.XLA_MODES))
     ap.add_argument("--dtype", default="float32", choices=["float32", "mixed_bfloat16"])
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "embedding_updates.json"))
+    ap.add_argument("--out", default=None,
+                    help="default: results/embedding_updates_<xla>_<dtype>.json")
     args = ap.parse_args(argv)
+    args.out = args.out or os.path.join(HERE, "results",
+                                        f"embedding_updates_{args.xla}_{args.dtype}.json")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, REPO)
+    if args.xla == "clustered":
+        from tfnegseq.runtime import enable_auto_clustering
+
+        enable_auto_clustering()  # before the first tf.function / tf.data pipeline
 
     import keras
 
     from tfnegseq.config import load_config
     from tfnegseq.data.input import FeatureProcessor, make_dataset
+    from tfnegseq.train import _git_commit
 
     t_start = time.perf_counter()
     data_dir = bt.ensure_samples(args.data_dir)
@@ -144,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": variants,
         "dense_over_row_sparse_step_time": ratios,
         "load_average_before_after": [round(x, 2) for x in (*load_before, *os.getloadavg())],
+        "git_commit": _git_commit(),
         "machine": bt.machine_info(),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }

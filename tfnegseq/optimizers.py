@@ -53,6 +53,17 @@ def _row_slices(gradient) -> tuple[Any, Any] | None:
     return None
 
 
+def _gather(variable, indices):
+    """`variable[indices]` read as a resource gather (TensorFlow). `ops.take` would read
+    the whole variable first, and outside XLA TensorFlow then copies that whole buffer
+    when the variable is scattered into while the read is alive."""
+    import tensorflow as tf
+
+    if isinstance(variable, keras.Variable):
+        variable = variable.value  # the tf.Variable
+    return tf.gather(variable, indices)
+
+
 def _scatter(optimizer, variable, indices, rows, add: bool = False) -> None:
     """`variable[indices] = rows` (or `+=`; TensorFlow resource scatter ops)."""
     import tensorflow as tf
@@ -156,12 +167,11 @@ class RowSparseAdam(keras.optimizers.Adam):
         n = indices.shape[0]
         positions = ops.arange(n, dtype=owner.dtype)
         _scatter(self, owner, indices, positions)
-        representative = ops.take(owner, indices, axis=0)  # [N] in [0, N)
+        representative = _gather(owner, indices)  # [N] in [0, N)
         g = ops.take(ops.segment_sum(values, representative, num_segments=n),
                      representative, axis=0)  # [N, d] summed gradient of each slice's row
-        w_rows, m_rows, v_rows = adam(ops.take(variable, indices, axis=0),
-                                      ops.take(m, indices, axis=0),
-                                      ops.take(v, indices, axis=0), g)
+        w_rows, m_rows, v_rows = adam(_gather(variable, indices), _gather(m, indices),
+                                      _gather(v, indices), g)
         _scatter(self, m, indices, m_rows)
         _scatter(self, v, indices, v_rows)
         _scatter(self, variable, indices, w_rows)

@@ -174,6 +174,29 @@ def test_tf_data_yields_the_schema_shapes(built):
             assert real[first:].all() and (np.diff(row_o[real]) > 0).all()
 
 
+def test_tf_data_declares_the_manifest_batch_count_and_refuses_a_mismatch(built, tmp_path):
+    import shutil
+
+    from tfnegseq.data.input import make_dataset
+
+    root, _, cfg, _ = built
+    out = root / "out"
+    n = json.loads((out / "manifest.json").read_text())["samples"]["train"]
+    for training, want in ((True, n // 8), (False, -(-n // 8))):
+        ds = make_dataset(str(out), "train", cfg, batch_size=8, training=training, seed=0)
+        assert int(ds.cardinality()) == want
+        assert sum(1 for _ in ds) == want  # what it declares is what it yields
+    # a manifest that over-counts (a shard lost after the job ran): a clear error
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["samples"]["train"] = n + 100
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
+        for _ in make_dataset(str(copy), "train", cfg, batch_size=8, training=True, seed=0):
+            pass
+
+
 def test_ml100k_writes_a_sample_per_rating(ml100k_dir, tmp_path):
     from tfnegseq.config import load_config
 

@@ -48,6 +48,9 @@ SCRIPT = textwrap.dedent(
     from tests.models import test_ctr as tc
 
     tc.check_take_rows_adam_step(seed=0)  # the model's embedding lookup and Adam on JAX
+    from tests import test_optimizers as to
+
+    to.check_dense_gradients_get_plain_adam(seed=0)  # RowSparseAdam is Adam under JAX
 
     tp.check_mixed_sequence("interleaved", 0.5, 8, seed=5, dtype="mixed_bfloat16")
     tp.check_pbe(seed=5, dtype="mixed_bfloat16", atol=5e-2)

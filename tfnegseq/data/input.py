@@ -105,6 +105,9 @@ def make_dataset(
 
     training=True shuffles files and examples (buffer `cfg.train.shuffle_buffer`) and
     drops the last partial batch (fixed shapes for XLA); evaluation keeps every example.
+    Without `repeat`, the dataset declares its number of batches from the job's
+    `manifest.json` (Keras then shows epoch progress against it), and iterating
+    raises if the shards hold a different number of examples than the manifest says.
     """
     files = split_files(data_dir, split)
     processor = processor or FeatureProcessor.from_data_dir(data_dir, cfg)
@@ -122,5 +125,22 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    examples = None if repeat else manifest_examples(data_dir, split)
+    if examples is not None:
+        batches = examples // batch_size if training else -(-examples // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     ds = ds.map(processor, num_parallel_calls=AUTOTUNE, deterministic=not training)
     return ds.prefetch(AUTOTUNE)
+
+
+def manifest_examples(data_dir: str, split: str) -> int | None:
+    """The number of examples the Beam job wrote to `split` (its manifest.json), or None
+    when there is no manifest or it does not count that split."""
+    import json
+
+    path = os.path.join(data_dir, "manifest.json")
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        count = json.load(f).get("samples", {}).get(split)
+    return int(count) if count is not None else None
