@@ -34,6 +34,10 @@ test-slow: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_build_samples.py
 	$(BIN)/python benchmarks/bench_input.py
+	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_embedding_updates.py
+	$(BIN)/python benchmarks/bench_embedding_updates.py --xla clustered --dtype mixed_bfloat16
 
 # The paper's Table 2 structure (4 settings x DIN/Transformer x 5 seeds) on MovieLens-100K
 # (read from ML100K, never copied) and on the synthetic log. Resumable; writes
