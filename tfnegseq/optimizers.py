@@ -64,15 +64,11 @@ def _gather(variable, indices):
     return tf.gather(variable, indices)
 
 
-def _scatter(optimizer, variable, indices, rows, add: bool = False) -> None:
-    """`variable[indices] = rows` (or `+=`; TensorFlow resource scatter ops)."""
+def _scatter(optimizer, variable, indices, rows) -> None:
+    """`variable[indices] = rows` (a TensorFlow resource scatter-update)."""
     import tensorflow as tf
 
-    slices = tf.IndexedSlices(rows, indices)
-    if add:
-        optimizer.assign_add(variable, slices)
-    else:
-        optimizer.assign(variable, slices)
+    optimizer.assign(variable, tf.IndexedSlices(rows, indices))
 
 
 @register
@@ -146,7 +142,7 @@ class RowSparseAdam(keras.optimizers.Adam):
         num_rows, num_slices = variable.shape[0], indices.shape[0]
         if num_slices is None or num_rows <= num_slices or self._row_owners[index] is None:
             # A table no larger than the batch's slices: one masked pass over the table
-            # is cheaper than sorting the slices. Same (lazy) result.
+            # costs no more than the gathers and scatters below. Same (lazy) result.
             g = ops.segment_sum(values, indices, num_segments=num_rows)  # [V, d]
             ones = ops.ones(ops.shape(indices), dtype)
             used = ops.expand_dims(ops.segment_sum(ones, indices, num_segments=num_rows) > 0, 1)
@@ -164,11 +160,10 @@ class RowSparseAdam(keras.optimizers.Adam):
         # repeated indices writing identical rows (so the scatters are deterministic
         # and XLA updates the variables in place).
         owner = self._row_owners[index]
-        n = indices.shape[0]
-        positions = ops.arange(n, dtype=owner.dtype)
+        positions = ops.arange(num_slices, dtype=owner.dtype)
         _scatter(self, owner, indices, positions)
         representative = _gather(owner, indices)  # [N] in [0, N)
-        g = ops.take(ops.segment_sum(values, representative, num_segments=n),
+        g = ops.take(ops.segment_sum(values, representative, num_segments=num_slices),
                      representative, axis=0)  # [N, d] summed gradient of each slice's row
         w_rows, m_rows, v_rows = adam(_gather(variable, indices), _gather(m, indices),
                                       _gather(v, indices), g)

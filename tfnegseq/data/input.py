@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import glob
+import json
 import os
 from typing import Any
 
@@ -136,8 +137,6 @@ def make_dataset(
 def manifest_examples(data_dir: str, split: str) -> int | None:
     """The number of examples the Beam job wrote to `split` (its manifest.json), or None
     when there is no manifest or it does not count that split."""
-    import json
-
     path = os.path.join(data_dir, "manifest.json")
     if not tf.io.gfile.exists(path):
         return None
