@@ -305,6 +305,10 @@ class TrainConfig:
     # faster; with small tables, dense.
     embedding_updates: Literal["dense", "row_sparse"] = "dense"
     shuffle_buffer: int = 100_000
+    # Read the training files and parse batches in a fixed order (tf.data
+    # `deterministic=True`), so two runs with the same seed see the same batches and train
+    # the same model. Off by default: out-of-order reads keep the input ahead of the step.
+    deterministic_input: bool = False
     steps_per_epoch: int = 0  # 0 = whole split
     eval_split: Literal["valid", "test"] = "test"
     # export a TF Serving SavedModel to <run_dir>/export/<name>/<version> after training

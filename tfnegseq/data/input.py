@@ -110,11 +110,14 @@ def make_dataset(
 
     training=True shuffles files and examples (buffer `cfg.train.shuffle_buffer`) and
     drops the last partial batch (fixed shapes for XLA); evaluation keeps every example.
+    Training reads files and parses batches out of order unless
+    `cfg.train.deterministic_input` is set (evaluation is always in order).
     Without `repeat`, the dataset declares its number of batches from the job's
     `manifest.json` (Keras then shows epoch progress against it), and iterating
     raises if the shards hold a different number of examples than the manifest says.
     """
     files = split_files(data_dir, split)
+    in_order = not training or cfg.train.deterministic_input
     processor = processor or FeatureProcessor.from_data_dir(data_dir, cfg)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
@@ -123,7 +126,7 @@ def make_dataset(
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
         cycle_length=min(len(files), 4),
         num_parallel_calls=AUTOTUNE,
-        deterministic=not training,
+        deterministic=in_order,
     )
     if training and cfg.train.shuffle_buffer > 1:
         ds = ds.shuffle(cfg.train.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -134,7 +137,7 @@ def make_dataset(
     if examples is not None:
         batches = examples // batch_size if training else -(-examples // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
-    ds = ds.map(processor, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    ds = ds.map(processor, num_parallel_calls=AUTOTUNE, deterministic=in_order)
     return ds.prefetch(AUTOTUNE)
 
 
