@@ -23,8 +23,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
-
 
 class ConfigError(ValueError):
     """A config that cannot be used. The message names the file and the key."""
@@ -444,6 +442,8 @@ def _apply_override(raw: dict[str, Any], item: str, where: str) -> None:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{where}: --set {path}: {p} is not a mapping")
+    import yaml  # here, not at module level: the model classes need no YAML (GPU box)
+
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -475,6 +475,8 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     where = str(path)
     if not os.path.exists(path):
         raise ConfigError(f"{where}: config file not found")
+    import yaml
+
     with open(path, encoding="utf-8") as f:
         try:
             raw = yaml.safe_load(f) or {}

@@ -23,13 +23,17 @@ dense Adam keeps moving rows that were used before, lazy Adam does not.
 Which gradients are row-sparse: under the TensorFlow backend, the gradient of a plain
 `ops.take(table, ids)` is a `tf.IndexedSlices` (rows and their indices, repeats not
 summed). `CtrModel(row_sparse_gradients=True)` looks its tables up that way (the
-default `take_rows` gradient is a dense segment sum). Every other gradient, including
-all gradients under JAX, where the gradient of a gather is always a dense array, gets
-the dense Adam update. The sparse update is a handful of gathers and scatters of the
+default `take_rows` gradient is a dense segment sum). Every other gradient gets the
+dense Adam update. The sparse update is a handful of gathers and scatters of the
 batch's `N` gradient slices (N = B * (L + 1) for the item table), static shapes that
 work inside `jit_compile` (XLA), so its cost does not grow with the table; it keeps one
 int32 per table row as scratch. A table with at most `N` rows gets the same lazy update
 as one masked pass over the table instead.
+
+Under JAX the gradient of a gather is always a dense array, so `update_step` only ever
+sees dense gradients there; `CtrModel(row_sparse_gradients=True)` then trains with its
+own step (`tfnegseq/jax_sparse.py`), which differentiates with respect to the looked-up
+rows instead of the tables and applies `lazy_adam_rows` below to the rows they name.
 """
 
 from __future__ import annotations
@@ -71,6 +75,23 @@ def _scatter(optimizer, variable, indices, rows) -> None:
     optimizer.assign(variable, tf.IndexedSlices(rows, indices))
 
 
+def lazy_adam_rows(w, m, v, g, alpha, beta_1, beta_2, epsilon):
+    """One Adam step of some rows: the update rule of the module docstring.
+
+    Args:
+        w, m, v: tensors `[n, d]`. The rows' weights, first and second moments.
+        g: tensor `[n, d]`. Each row's gradient, repeats already summed.
+        alpha: scalar. `lr sqrt(1 - beta_2^t) / (1 - beta_1^t)` at this step.
+        beta_1, beta_2, epsilon: floats or scalars, as Keras' `Adam`.
+
+    Returns:
+        `(w, m, v)` after the step, `[n, d]` each.
+    """
+    m = m + (g - m) * (1 - beta_1)
+    v = v + (ops.square(g) - v) * (1 - beta_2)
+    return w - alpha * m / (ops.sqrt(v) + epsilon), m, v
+
+
 @register
 class RowSparseAdam(keras.optimizers.Adam):
     """Adam that updates only the rows named by a row-sparse gradient (lazy Adam).
@@ -86,6 +107,8 @@ class RowSparseAdam(keras.optimizers.Adam):
         name: str. Defaults to `"row_sparse_adam"`.
         **kwargs: Base optimizer arguments (`clipnorm`, `global_clipnorm`, ...).
             `amsgrad` and `weight_decay` are refused: both would touch every row.
+            Under JAX the row-sparse training step also refuses gradient clipping,
+            EMA, loss scaling and gradient accumulation (`tfnegseq/jax_sparse.py`).
 
     Example:
 
@@ -133,11 +156,7 @@ class RowSparseAdam(keras.optimizers.Adam):
         alpha = lr * ops.sqrt(1 - ops.power(beta_2, step)) / (1 - ops.power(beta_1, step))
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
-
-        def adam(w, m_, v_, g):
-            m_ = m_ + (g - m_) * (1 - beta_1)
-            v_ = v_ + (ops.square(g) - v_) * (1 - beta_2)
-            return w - alpha * m_ / (ops.sqrt(v_) + self.epsilon), m_, v_
+        constants = (alpha, beta_1, beta_2, self.epsilon)
 
         num_rows, num_slices = variable.shape[0], indices.shape[0]
         if num_slices is None or num_rows <= num_slices or self._row_owners[index] is None:
@@ -146,7 +165,7 @@ class RowSparseAdam(keras.optimizers.Adam):
             g = ops.segment_sum(values, indices, num_segments=num_rows)  # [V, d]
             ones = ops.ones(ops.shape(indices), dtype)
             used = ops.expand_dims(ops.segment_sum(ones, indices, num_segments=num_rows) > 0, 1)
-            w_new, m_new, v_new = adam(variable, m, v, g)
+            w_new, m_new, v_new = lazy_adam_rows(variable, m, v, g, *constants)
             self.assign(m, ops.where(used, m_new, m))
             self.assign(v, ops.where(used, v_new, v))
             self.assign(variable, ops.where(used, w_new, variable))
@@ -165,8 +184,8 @@ class RowSparseAdam(keras.optimizers.Adam):
         representative = _gather(owner, indices)  # [N] in [0, N)
         g = ops.take(ops.segment_sum(values, representative, num_segments=num_slices),
                      representative, axis=0)  # [N, d] summed gradient of each slice's row
-        w_rows, m_rows, v_rows = adam(_gather(variable, indices), _gather(m, indices),
-                                      _gather(v, indices), g)
+        w_rows, m_rows, v_rows = lazy_adam_rows(_gather(variable, indices), _gather(m, indices),
+                                                _gather(v, indices), g, *constants)
         _scatter(self, m, indices, m_rows)
         _scatter(self, v, indices, v_rows)
         _scatter(self, variable, indices, w_rows)

@@ -75,7 +75,9 @@ class CtrModel(keras.Model):
             `ops.take`, whose TensorFlow gradient is row-sparse (`tf.IndexedSlices`),
             for `tfnegseq.optimizers.RowSparseAdam` to update only the rows a batch
             uses. Defaults to False: `take_rows`, a dense gradient (summed repeats).
-            Under JAX the gradient is dense either way.
+            Under JAX, where the gradient of a gather is dense, `train_step` is
+            `tfnegseq.jax_sparse.train_step` instead, which gets the gradients of the
+            looked-up rows and gives the tables the same lazy Adam update.
 
     Call arguments:
         inputs: dict with `user_id`, `item_id` [B]; `pos_item_id`, `pos_order`,
@@ -90,6 +92,7 @@ class CtrModel(keras.Model):
                  **kwargs: Any):
         super().__init__(**kwargs)
         self.row_sparse_gradients = bool(row_sparse_gradients)
+        self._slice_capture = None  # a jax_sparse.SliceCapture while its step traces
         self.vocab_sizes = dict(vocab_sizes)
         self.model_config = dict(model)
         self.side_features = list(side_features or [])
@@ -160,8 +163,25 @@ class CtrModel(keras.Model):
         if "int" not in keras.backend.standardize_dtype(ids.dtype):
             ids = ops.cast(ids, "int32")  # as `Embedding.call` (e.g. symbolic float inputs)
         if self.row_sparse_gradients:
+            if self._slice_capture is not None:  # JAX row-sparse train_step
+                return self._slice_capture.gather(self, table, ids)
             return ops.take(table, ids, axis=0)
         return take_rows(table, ids)
+
+    def table_index(self, table) -> int:
+        """The position of an embedding table variable in `trainable_variables`."""
+        for index, variable in enumerate(self.trainable_variables):
+            if variable is table:
+                return index
+        raise ValueError(f"{table.path} is not a trainable variable of {self.name}")
+
+    def train_step(self, *args):
+        """Keras' step; under JAX with `row_sparse_gradients`, `jax_sparse.train_step`."""
+        if self.row_sparse_gradients and keras.backend.backend() == "jax":
+            from tfnegseq import jax_sparse
+
+            return jax_sparse.train_step(self, *args)
+        return super().train_step(*args)
 
     def _lookup(self, layer, ids):
         """Rows of an embedding sublayer (float32 table), cast to the compute dtype."""
