@@ -229,3 +229,34 @@ def check_take_rows_adam_step(seed=0):
 def test_take_rows_gradient_is_the_summed_rows_and_adam_sees_it_dense():
     check_take_rows_adam_step(seed=0)
     check_take_rows_adam_step(seed=1)
+
+
+@pytest.mark.parametrize("row_sparse", [False, True], ids=["dense", "row_sparse"])
+def test_mixed_bfloat16_lookups_read_float32_tables_and_sum_gradients_in_float32(row_sparse):
+    """Under mixed_bfloat16 an embedding table is read as float32 (not cast whole to
+    bf16 every step) and the gradients of a row used many times are summed in float32.
+    4,096 lookups of one row with upstream gradients 1, 2 or 3 (exact in bf16) sum to
+    about 8,000 per column: exact in float32, not in bf16 (8 significant bits)."""
+    import tensorflow as tf
+    from keras.src.backend import AutocastScope
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = make_model(row_sparse=row_sparse)
+        layer = model.user_embedding
+        layer.build()
+        rng = np.random.default_rng(0)
+        ids = np.ones(4096, "int32")
+        weight = rng.integers(1, 4, size=(4096, layer.output_dim)).astype("float32")
+        with tf.GradientTape() as tape, AutocastScope("bfloat16"):  # as inside model.call
+            rows = model._lookup(layer, keras.ops.convert_to_tensor(ids))
+            assert keras.backend.standardize_dtype(rows.dtype) == "bfloat16"
+            loss = keras.ops.sum(keras.ops.cast(rows, "float32") * weight)
+        (grad,) = tape.gradient(loss, [layer.embeddings.value])
+        grad = tf.convert_to_tensor(grad).numpy()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert grad.dtype == np.float32
+    expected = np.zeros((2, layer.output_dim), "float64")
+    expected[1] = weight.astype("float64").sum(axis=0)
+    np.testing.assert_array_equal(grad, expected)

@@ -18,6 +18,7 @@ from typing import Any
 
 import keras
 from keras import ops
+from keras.src.backend import AutocastScope  # not exported by Keras 3.15's public API
 
 from tfnegseq.api_export import register
 from tfnegseq.config import ModelConfig
@@ -159,14 +160,24 @@ class CtrModel(keras.Model):
             layer.build()
         return layer.embeddings
 
+    @staticmethod
+    def _read(table):
+        """The float32 value of a table variable. Inside `call` of a model with a mixed
+        policy Keras reads every float variable through an autocast scope, which would
+        cast the whole table to bf16 every step (and sum its gradient in bf16); the
+        table is read outside that scope instead."""
+        with AutocastScope(None):
+            return table.value  # TensorFlow: the tf.Variable; JAX: the (traced) array
+
     def _gather(self, table, ids):
+        """Float32 rows `table[ids]` `[*ids.shape, d]` (table: a float32 variable)."""
         if "int" not in keras.backend.standardize_dtype(ids.dtype):
             ids = ops.cast(ids, "int32")  # as `Embedding.call` (e.g. symbolic float inputs)
         if self.row_sparse_gradients:
             if self._slice_capture is not None:  # JAX row-sparse train_step
                 return self._slice_capture.gather(self, table, ids)
-            return ops.take(table, ids, axis=0)
-        return take_rows(table, ids)
+            return ops.take(self._read(table), ids, axis=0)
+        return take_rows(self._read(table), ids)
 
     def table_index(self, table) -> int:
         """The position of an embedding table variable in `trainable_variables`."""
@@ -199,7 +210,8 @@ class CtrModel(keras.Model):
         )
         rows = self._gather(self._table(self.item_embedding), ids)  # [B * L + B, d] float32
         tokens = ops.reshape(rows[: batch * length], (batch, length, -1))  # [B, L, d]
-        tokens = tokens + ops.expand_dims(self._table(self.position_embedding), 0)  # + pos_k
+        position = self._read(self._table(self.position_embedding))  # [L, d] float32
+        tokens = tokens + ops.expand_dims(position, 0)  # + pos_k
         tokens = ops.cast(tokens, self.compute_dtype)
         target = ops.cast(rows[batch * length :], self.compute_dtype)  # [B, d]
         if self.pbe is not None:
