@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_input.py
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_tapf_floor.py
 	$(BIN)/python benchmarks/bench_embedding_updates.py
 	$(BIN)/python benchmarks/bench_embedding_updates.py --xla clustered --dtype mixed_bfloat16
 

@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(measure(args, variants), f)
         return 0
 
+    from tfnegseq.train import _git_commit
+
     load_before = os.getloadavg()
     here = [v for v in variants if v.xla != "clustered"]
     clustered = [v for v in variants if v.xla == "clustered"]
@@ -350,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "goals": GOALS,
         "reference_plain_keras": REFERENCE_PLAIN_KERAS,
         "load_average_before_after": [round(x, 2) for x in (*load_before, *load_after)],
+        "git_commit": _git_commit(),
         "machine": machine_info(),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }
