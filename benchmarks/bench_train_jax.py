@@ -52,7 +52,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
@@ -162,14 +161,6 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--item-rows", type=int, default=1_000_000)
@@ -191,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"run with KERAS_BACKEND=jax (got {keras.backend.backend()})")
     import jax
     import numpy as np
+
+    from tfnegseq.train import _git_commit  # imports neither TensorFlow nor YAML
 
     t_start = time.perf_counter()
     platform_name = jax.devices()[0].platform
@@ -249,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": results,
         "dense_over_row_sparse_step_time": ratios,
         "tensorflow_imported": "tensorflow" in sys.modules,
-        "git_commit": git_commit(),
+        "git_commit": _git_commit(),
         "machine": machine_info(),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }
