@@ -10,7 +10,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-slow bench table2 lint clean
+.PHONY: setup demo test test-slow bench table2 lint clean gpu-wheels
 
 setup: $(STAMP)
 
@@ -50,6 +50,13 @@ table2: setup
 	$(BIN)/python -m beam_jobs.build_samples --config configs/movielens_100k.yaml --set source.path=$(ML100K)
 	$(BIN)/python -m tfnegseq.experiments.table2 --config configs/movielens_100k.yaml
 	$(BIN)/python -m tfnegseq.experiments.table2 --config configs/synthetic.yaml
+
+# Wheels for the GPU device machine (Python 3.12, JAX, no TensorFlow, no network):
+# carried there in .gpu/ by benchmarks/gpu_run.sh's caller (see that script).
+gpu-wheels: setup
+	$(PIP) download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu \
+	    keras==3.15.1 namex optree packaging
 
 lint: setup
 	$(BIN)/ruff check tfnegseq beam_jobs benchmarks tests
