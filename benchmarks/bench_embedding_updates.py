@@ -80,19 +80,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from tfnegseq.config import load_config
-    from tfnegseq.data.input import FeatureProcessor, make_dataset
     from tfnegseq.train import _git_commit
 
     t_start = time.perf_counter()
     data_dir = bt.ensure_samples(args.data_dir)
-    cfg = load_config(bt.CONFIG, [f"train.data_dir={data_dir}"])
-    processor = FeatureProcessor.from_data_dir(data_dir, cfg)
-    vocab_sizes = {name: v.size for name, v in processor.vocabularies.items()}
+    vocab_sizes, base = bt.training_input(data_dir, args.batch_size)
     data_rows = vocab_sizes["item_id"]
     sizes = [data_rows] + [int(r) for r in args.rows.split(",") if r]
-    base = make_dataset(data_dir, "train", cfg, args.batch_size, training=True,
-                        processor=processor, repeat=True, seed=0)
     iterators = {rows: iter(base if rows == data_rows else spread_ids(base, data_rows, rows))
                  for rows in sizes}
     variant = bt.Variant(args.xla, args.dtype, "tapf")

@@ -60,20 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
     import tensorflow as tf
-    from bench_train import Variant, build_variant, ensure_samples, machine_info, run_steps
+    from bench_train import (
+        Variant,
+        build_variant,
+        ensure_samples,
+        machine_info,
+        run_steps,
+        training_input,
+    )
 
-    from tfnegseq.config import load_config
-    from tfnegseq.data.input import FeatureProcessor, make_dataset
     from tfnegseq.train import _git_commit
 
     t_start = time.perf_counter()
     data_dir = ensure_samples(args.data_dir)
-    cfg = load_config(os.path.join(REPO, "configs", "synthetic.yaml"),
-                      [f"train.data_dir={data_dir}"])
-    processor = FeatureProcessor.from_data_dir(data_dir, cfg)
-    vocab_sizes = {name: v.size for name, v in processor.vocabularies.items()}
-    iterator = iter(make_dataset(data_dir, "train", cfg, args.batch_size, training=True,
-                                 processor=processor, repeat=True, seed=0))
+    vocab_sizes, train_ds = training_input(data_dir, args.batch_size)
+    iterator = iter(train_ds)
     sample, _ = next(iterator)
     models = {}
     for polarity in ("none", "tapf"):

@@ -122,6 +122,19 @@ class Variant:
         return f"{self.polarity}|xla={self.xla}|{self.dtype}"
 
 
+def training_input(data_dir: str, batch_size: int):
+    """`(vocab_sizes, dataset)`: the training input pipeline as `python -m tfnegseq.train`
+    builds it (parse, pad, lookup, shuffle, prefetch), repeating, seed 0."""
+    from tfnegseq.config import load_config
+    from tfnegseq.data.input import FeatureProcessor, make_dataset
+
+    cfg = load_config(CONFIG, [f"train.data_dir={data_dir}"])
+    processor = FeatureProcessor.from_data_dir(data_dir, cfg)
+    vocab_sizes = {name: v.size for name, v in processor.vocabularies.items()}
+    return vocab_sizes, make_dataset(data_dir, "train", cfg, batch_size, training=True,
+                                     processor=processor, repeat=True, seed=0)
+
+
 def build_variant(v: Variant, data_dir: str, batch_size: int, sample, vocab_sizes,
                   overrides: tuple[str, ...] = ()):
     import keras
@@ -182,9 +195,6 @@ def measure(args, variants: list[Variant]) -> dict[str, Any]:
     """
     import keras
 
-    from tfnegseq.config import load_config
-    from tfnegseq.data.input import FeatureProcessor, make_dataset
-
     if any(v.xla == "clustered" for v in variants):
         if any(v.xla != "clustered" for v in variants):
             raise ValueError("clustered variants run in a process of their own")
@@ -192,13 +202,9 @@ def measure(args, variants: list[Variant]) -> dict[str, Any]:
 
         enable_auto_clustering()  # before the first tf.function / tf.data pipeline
     data_dir = args.data_dir
-    cfg = load_config(CONFIG, [f"train.data_dir={data_dir}"])
-    processor = FeatureProcessor.from_data_dir(data_dir, cfg)
-    vocab_sizes = {name: v.size for name, v in processor.vocabularies.items()}
-    # One training input pipeline (parse, pad, lookup, shuffle, prefetch), shared by all
-    # variants; it runs in tf.data threads next to the training step, as in training.
-    train_ds = make_dataset(data_dir, "train", cfg, args.batch_size, training=True,
-                            processor=processor, repeat=True, seed=0)
+    # One training input pipeline, shared by all variants; it runs in tf.data threads
+    # next to the training step, as in training.
+    vocab_sizes, train_ds = training_input(data_dir, args.batch_size)
     iterator = iter(train_ds)
     sample, _ = next(iterator)
 

@@ -37,10 +37,9 @@ import jax
 import jax.numpy as jnp
 import keras
 from keras import ops
-from keras.src.backend import AutocastScope
 from keras.src.trainers import data_adapters
 
-from tfnegseq.optimizers import lazy_adam_rows
+from tfnegseq.optimizers import lazy_adam_masked, lazy_adam_rows, lazy_adam_step_size
 
 
 @dataclass
@@ -65,8 +64,7 @@ class SliceCapture:
         dim = int(table.shape[1])
         self.ids.append(flat)
         self.lookups.append((model.table_index(table), int(flat.shape[0]), dim))
-        with AutocastScope(None):  # the float32 table, not a bf16 copy of it
-            values = ops.convert_to_tensor(table)
+        values = model._read(table)  # the float32 table, not a bf16 copy of it
         rows = ops.take(ops.stop_gradient(values), flat, axis=0)  # [N, d]
         if self.deltas is not None:
             rows = rows + self.deltas[index]
@@ -81,11 +79,7 @@ def _sparse_update(w, m, v, ids, slot_grads, alpha, beta_1, beta_2, epsilon):
     """
     num_rows, num_slices = w.shape[0], ids.shape[0]
     if num_rows <= num_slices:  # one masked pass over a small table (same result)
-        g = jax.ops.segment_sum(slot_grads, ids, num_segments=num_rows)  # [V, d]
-        used = (jax.ops.segment_sum(jnp.ones_like(ids), ids, num_segments=num_rows) > 0)
-        used = used[:, None]  # [V, 1]
-        w_new, m_new, v_new = lazy_adam_rows(w, m, v, g, alpha, beta_1, beta_2, epsilon)
-        return jnp.where(used, w_new, w), jnp.where(used, m_new, m), jnp.where(used, v_new, v)
+        return lazy_adam_masked(w, m, v, ids, slot_grads, alpha, beta_1, beta_2, epsilon)
     # Distinct rows, sorted, padded to N with `num_rows` (out of range: gathers read
     # zeros there and scatters drop those rows); `inverse` [N] numbers each slice's row.
     rows, inverse = jnp.unique(ids, size=num_slices, fill_value=num_rows, return_inverse=True)
@@ -174,7 +168,7 @@ def train_step(model, state, data):
         step = ops.cast(optimizer.iterations + 1, "float32")
         lr = ops.cast(optimizer._get_current_learning_rate(), "float32")
     beta_1, beta_2 = optimizer.beta_1, optimizer.beta_2
-    alpha = lr * jnp.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+    alpha = lazy_adam_step_size(lr, beta_1, beta_2, step)
 
     with warnings.catch_warnings():  # the tables' None gradients are on purpose
         warnings.filterwarnings("ignore", message="Gradients do not exist")

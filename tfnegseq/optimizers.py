@@ -75,6 +75,23 @@ def _scatter(optimizer, variable, indices, rows) -> None:
     optimizer.assign(variable, tf.IndexedSlices(rows, indices))
 
 
+def lazy_adam_step_size(learning_rate, beta_1, beta_2, step):
+    """`alpha = lr sqrt(1 - beta_2^t) / (1 - beta_1^t)`: Keras' bias-corrected step size."""
+    return learning_rate * ops.sqrt(1 - ops.power(beta_2, step)) / (1 - ops.power(beta_1, step))
+
+
+def lazy_adam_masked(w, m, v, indices, values, alpha, beta_1, beta_2, epsilon):
+    """Lazy Adam as one pass over a whole (small) table: the rows named in `indices`
+    `[N]` get `lazy_adam_rows` with their summed gradient (`values` `[N, d]`), the
+    others keep their weights and moments. Returns the new `(w, m, v)` `[V, d]`."""
+    num_rows = w.shape[0]
+    g = ops.segment_sum(values, indices, num_segments=num_rows)  # [V, d]
+    ones = ops.ones(ops.shape(indices), values.dtype)
+    used = ops.expand_dims(ops.segment_sum(ones, indices, num_segments=num_rows) > 0, 1)
+    w_new, m_new, v_new = lazy_adam_rows(w, m, v, g, alpha, beta_1, beta_2, epsilon)
+    return ops.where(used, w_new, w), ops.where(used, m_new, m), ops.where(used, v_new, v)
+
+
 def lazy_adam_rows(w, m, v, g, alpha, beta_1, beta_2, epsilon):
     """One Adam step of some rows: the update rule of the module docstring.
 
@@ -153,7 +170,7 @@ class RowSparseAdam(keras.optimizers.Adam):
         lr = ops.cast(learning_rate, dtype)
         step = ops.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
-        alpha = lr * ops.sqrt(1 - ops.power(beta_2, step)) / (1 - ops.power(beta_1, step))
+        alpha = lazy_adam_step_size(lr, beta_1, beta_2, step)
         index = self._get_variable_index(variable)
         m, v = self._momentums[index], self._velocities[index]
         constants = (alpha, beta_1, beta_2, self.epsilon)
@@ -162,13 +179,10 @@ class RowSparseAdam(keras.optimizers.Adam):
         if num_slices is None or num_rows <= num_slices or self._row_owners[index] is None:
             # A table no larger than the batch's slices: one masked pass over the table
             # costs no more than the gathers and scatters below. Same (lazy) result.
-            g = ops.segment_sum(values, indices, num_segments=num_rows)  # [V, d]
-            ones = ops.ones(ops.shape(indices), dtype)
-            used = ops.expand_dims(ops.segment_sum(ones, indices, num_segments=num_rows) > 0, 1)
-            w_new, m_new, v_new = lazy_adam_rows(variable, m, v, g, *constants)
-            self.assign(m, ops.where(used, m_new, m))
-            self.assign(v, ops.where(used, v_new, v))
-            self.assign(variable, ops.where(used, w_new, variable))
+            w_new, m_new, v_new = lazy_adam_masked(variable, m, v, indices, values, *constants)
+            self.assign(m, m_new)
+            self.assign(v, v_new)
+            self.assign(variable, w_new)
             return
         # Larger tables: gathers and scatters of the batch's N slices, so the cost does
         # not grow with the table. Repeated indices are summed without a sort: every
