@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from tfnegseq.train import _git_commit
+    from tfnegseq.provenance import git_commit
 
     t_start = time.perf_counter()
     data_dir = bt.ensure_samples(args.data_dir)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": variants,
         "dense_over_row_sparse_step_time": ratios,
         "load_average_before_after": [round(x, 2) for x in (*load_before, *os.getloadavg())],
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "machine": bt.machine_info(),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         training_input,
     )
 
-    from tfnegseq.train import _git_commit
+    from tfnegseq.provenance import git_commit
 
     t_start = time.perf_counter()
     data_dir = ensure_samples(args.data_dir)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             "tapf": round(args.batch_size / (ms["step_tapf"] / 1000), 1),
         },
         "load_average_after": [round(v, 2) for v in os.getloadavg()],
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "machine": machine_info(),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }

@@ -157,7 +157,6 @@ def build_variant(v: Variant, data_dir: str, batch_size: int, sample, vocab_size
     model(sample)
     model.compile(
         optimizer=build_optimizer(cfg),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True),
         jit_compile=cfg.train.jit_compile,
     )
     model.make_train_function()
@@ -277,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(measure(args, variants), f)
         return 0
 
-    from tfnegseq.train import _git_commit
+    from tfnegseq.provenance import git_commit
 
     load_before = os.getloadavg()
     here = [v for v in variants if v.xla != "clustered"]
@@ -358,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         "goals": GOALS,
         "reference_plain_keras": REFERENCE_PLAIN_KERAS,
         "load_average_before_after": [round(x, 2) for x in (*load_before, *load_after)],
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "machine": machine_info(),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }

@@ -2,7 +2,7 @@
 row-sparse (lazy Adam) embedding updates, float32 vs mixed_bfloat16.
 
 Trains `CtrModel` (DIN backbone, L = 100, d = 64, r = 0.5, batch 2048, an item table of
-`--item-rows` rows) built from a `ModelConfig`, for every combination of
+`--item-rows` rows) built from a `CtrModelConfig`, for every combination of
 
     model.polarity      tapf | none
     dtype               float32 | mixed_bfloat16 (tables float32 either way)
@@ -96,21 +96,21 @@ def build(v: Variant, args, batch) -> None:
     """Model, compile, train function and its state (model variables purged, as `fit`)."""
     import keras
 
-    from tfnegseq.config import ModelConfig
-    from tfnegseq.models.ctr import CtrModel
+    from tfnegseq.kinds.ctr.config import CtrModelConfig
+    from tfnegseq.models import CtrModel
     from tfnegseq.optimizers import RowSparseAdam
 
     sparse = v.updates == "row_sparse"
     keras.mixed_precision.set_global_policy(v.dtype)
     try:
-        config = ModelConfig(backbone="din", polarity=v.polarity, sequence_length=HISTORY,
+        config = CtrModelConfig(backbone="din", polarity=v.polarity, sequence_length=HISTORY,
                              embedding_dim=64, positive_ratio=0.5)
         model = CtrModel({"item_id": args.item_rows, "user_id": args.user_rows},
                          dataclasses.asdict(config), row_sparse_gradients=sparse,
                          name="ctr_model")
         model.compile(
             optimizer=RowSparseAdam(1e-3) if sparse else keras.optimizers.Adam(1e-3),
-            loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=True)
+            jit_compile=True)
         model._symbolic_build(data_batch=batch)  # what fit / train_on_batch do first
         model.make_train_function()
         v.model = model
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import numpy as np
 
-    from tfnegseq.train import _git_commit  # imports neither TensorFlow nor YAML
+    from tfnegseq.provenance import git_commit
 
     t_start = time.perf_counter()
     platform_name = jax.devices()[0].platform
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": results,
         "dense_over_row_sparse_step_time": ratios,
         "tensorflow_imported": "tensorflow" in sys.modules,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "machine": machine_info(),
         "seconds_total": round(time.perf_counter() - t_start, 1),
     }

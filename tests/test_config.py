@@ -34,7 +34,8 @@ def test_shipped_configs_load():
 def test_set_overrides_use_yaml_types(tmp_path):
     p = write(tmp_path, {"samples": {"max_history": 20}})
     cfg = load_config(p, ["samples.max_history=50", "split.kind=last_k", "split.k=2",
-                          "model.positive_ratio=0.25", "train.jit_compile=false",
+                          "model.positive_ratio=0.25", "model.sequence_length=60",
+                          "train.jit_compile=false",
                           "samples.user_features=[age, gender]", "name=007"])
     assert cfg.samples.max_history == 50
     assert cfg.split.kind == "last_k" and cfg.split.k == 2
@@ -113,4 +114,75 @@ def test_condition_parsing():
 def test_hash_depends_only_on_data_sections():
     a = config_from_dict({})
     assert a.hash() == config_from_dict({"model": {"backbone": "transformer"}}).hash()
-    assert a.hash() != config_from_dict({"samples": {"max_history": 5}}).hash()
+    assert a.hash() != config_from_dict({"samples": {"max_history": 5},
+                                         "model": {"sequence_length": 10}}).hash()
+
+
+def test_empty_config_file_is_refused(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("# nothing but a comment\n")
+    with pytest.raises(ConfigError, match=r"empty\.yaml: the file is empty"):
+        load_config(p)
+
+
+def test_a_directory_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("rule", ["x >= 1.2.3", "x >= 1e", "x >= --1", "x >= ."])
+def test_malformed_numbers_in_rules_are_refused_naming_the_key(tmp_path, rule):
+    p = write(tmp_path, {"rules": {"negative": ["x < 1", rule]}})
+    with pytest.raises(ConfigError, match=r"c\.yaml: rules\.negative\[1\].*cannot parse"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("data, match", [
+    # 0.5 * 100 = 50 positives, but the samples keep only 40 of each polarity
+    ({"samples": {"max_history": 40}}, r"model.sequence_length.*positives \(50.*max_history=40"),
+    # 0.2 -> 80 negatives
+    ({"samples": {"max_history": 60}, "model": {"positive_ratio": 0.2}}, r"negatives \(80"),
+])
+def test_sequence_budget_is_checked_against_max_history_at_load(tmp_path, data, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, data))
+
+
+def test_sequence_budget_within_max_history_loads(tmp_path):
+    cfg = load_config(write(tmp_path, {"samples": {"max_history": 30},
+                                       "model": {"sequence_length": 60, "positive_ratio": 0.5}}))
+    assert cfg.model.sequence_length == 60
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"model": {"kind": "sine"}}, r"c\.yaml: model\.kind: must be one of \['ctr'\]. Received: 'sine'"),
+    ({"model": {"backbone": "onetrans"}}, r"c\.yaml: model\.backbone: must be one of .*'din'.*'onetrans'"),
+    ({"model": {"kind": "ctr", "sine_interests": 4}}, r"unknown key 'model\.sine_interests'"),
+    ({"model": {"mlp_units": [8, 0]}}, r"model\.mlp_units: every entry must be >= 1"),
+])
+def test_model_section_is_a_tagged_union_checked_at_load(tmp_path, data, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, data))
+
+
+def test_unknown_key_lists_the_known_keys_of_that_section(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, {"train": {"epoch": 3}}))
+    assert "unknown key 'train.epoch'" in str(e.value) and "'epochs'" in str(e.value)
+
+
+def test_set_of_a_model_key_uses_the_kind_section(tmp_path):
+    cfg = load_config(write(tmp_path, {}), ["model.backbone=transformer"])
+    assert cfg.model.backbone == "transformer"
+    with pytest.raises(ConfigError, match="unknown key 'model.nope'"):
+        load_config(write(tmp_path, {}), ["model.nope=1"])
+
+
+def test_training_refuses_samples_of_another_task(tmp_path):
+    """The Beam job may build sequential samples under any model section; training
+    refuses a kind whose samples task differs, before reading data."""
+    from tfnegseq.config import require_trainable
+
+    cfg = load_config(write(tmp_path, {"samples": {"task": "sequential"}}))
+    with pytest.raises(ConfigError, match=r"samples\.task: model\.kind 'ctr' trains on 'ctr'"):
+        require_trainable(cfg, "c.yaml")

@@ -200,10 +200,10 @@ out["examples"] = [
     score(examples=tf.constant([base64.b64decode(e) for e in b]))["probability"].numpy().tolist()
     for b in spec["examples"]
 ]
-out["errors"] = {}
+out["errors"], out["scored"] = {}, {}
 for name, batch in spec["bad"].items():
     try:
-        call(batch)
+        out["scored"][name] = call(batch)["probability"].numpy().tolist()
         out["errors"][name] = None
     except tf.errors.InvalidArgumentError as e:
         out["errors"][name] = e.message
@@ -289,14 +289,22 @@ def test_saved_model_matches_keras_in_a_tensorflow_only_process(exported, tmp_pa
         "pos_item_id": [list(range(1, MAX_HISTORY + 2))],
         "pos_order": [list(range(1, MAX_HISTORY + 2))],
     }
+    truncated = {  # what training keeps of a longer history: the most recent H
+        **first,
+        "pos_item_id": [list(range(2, MAX_HISTORY + 2))],
+        "pos_order": [list(range(2, MAX_HISTORY + 2))],
+    }
     empty = {**first, "item_id": [[]], "item_category": [[]]}
+    not_left_padded = {**first, "pos_item_id": [[5, -1]], "pos_order": [[1, 0]]}
+    unordered = {**first, "neg_item_id": [[5, 6]], "neg_order": [[9, 9]]}
     spec = {
         "serving": [b for b, _ in cases],
         "examples": [
             [base64.b64encode(e).decode() for e in examples[:1]],
             [base64.b64encode(e).decode() for e in examples[:16]],
         ],
-        "bad": {"too_long": too_long, "empty": empty},
+        "bad": {"too_long": too_long, "truncated": truncated, "empty": empty,
+                "unordered": unordered, "not_left_padded": not_left_padded},
     }
     out = run_tf_only(exp.version_dir, spec, tmp_path)
 
@@ -307,9 +315,13 @@ def test_saved_model_matches_keras_in_a_tensorflow_only_process(exported, tmp_pa
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     for batch, got in zip([examples[:1], examples[:16]], out["examples"], strict=True):
         np.testing.assert_allclose(got, keras_probabilities(exp, batch), rtol=1e-5, atol=1e-6)
-    assert "history longer than trained" in out["errors"]["too_long"]
-    assert f"max_history={MAX_HISTORY}" in out["errors"]["too_long"]
+    # a history longer than trained keeps its most recent H entries, as training does
+    assert out["errors"]["too_long"] is None, out["errors"]
+    assert out["errors"]["truncated"] is None, out["errors"]
+    assert out["scored"]["too_long"] == out["scored"]["truncated"]
     assert "empty candidate list" in out["errors"]["empty"]
+    assert "neg_order must increase strictly" in out["errors"]["unordered"]
+    assert "pos_item_id is not left-padded" in out["errors"]["not_left_padded"]
     assert out["unregistered"] == [] and "MatMul" in out["ops"]
     assert not out["xla"]
     warm = out["warmup"]

@@ -52,7 +52,6 @@ SCRIPT = textwrap.dedent(
                 weights = [w.numpy() for w in model.weights]
             model.set_weights(weights)
             model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                          loss=keras.losses.BinaryCrossentropy(from_logits=True),
                           jit_compile=False, run_eagerly=eager)
             loss = float(model.train_on_batch(x, y))
             after[name] = (loss, [w.numpy() for w in model.weights])

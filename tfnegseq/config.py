@@ -1,10 +1,18 @@
-"""Typed configuration: YAML -> dataclasses, `--set` overrides, validation at load.
+"""Typed configuration: YAML -> validated dataclasses, `--set` overrides, errors at load.
 
-Every default lives in the dataclass field that declares it (nowhere else). A config
-file is read with `yaml.safe_load`, overrides `--set a.b=c` are applied to the raw
-mapping (the value parsed as YAML, so `--set samples.max_history=50` is an int), and
-the result is converted to `Config` with exact type checks. Unknown keys, wrong types
-and impossible values raise `ConfigError` naming the key path and the file.
+Every section is a pydantic dataclass (`extra="forbid"`, strict scalar types): unknown
+keys, wrong types and impossible values are refused when the file is loaded, and the
+error names the file and the key path (`c.yaml: samples.max_history: must be >= 0.
+Received: -1`). Every default lives in the field that declares it.
+
+The `model` section is a tagged union on `model.kind`: the kind registry
+(`tfnegseq.kinds`) maps each kind to its section class, so a kind that does not exist
+(or a backbone its section does not know) is refused at load, before any data is read.
+Cross-section rules (the kind's samples task, sequence budgets against
+`samples.max_history`) are checked after the sections themselves.
+
+A config file is read with `yaml.safe_load`; overrides `--set a.b=c` are applied to the
+raw mapping (the value parsed as YAML, so `--set samples.max_history=50` is an int).
 
 Example:
     cfg = load_config("configs/movielens_100k.yaml", ["output.dir=/tmp/out"])
@@ -18,10 +26,24 @@ import hashlib
 import json
 import os
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
+
+from pydantic import (
+    ConfigDict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+
+# Unknown keys refused; scalars are strict (StrictInt refuses 1.5 and true) by type.
+SECTION = ConfigDict(extra="forbid")
 
 
 class ConfigError(ValueError):
@@ -30,10 +52,13 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------- rules
 
-_COND_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9.eE+-]+)\s*$")
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_COND_RE = re.compile(
+    rf"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*({_NUMBER})\s*$"
+)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Condition:
     """`column op value`, e.g. `watch_ratio >= 2.0`. Written in YAML as that string."""
 
@@ -58,52 +83,72 @@ class Condition:
 # ------------------------------------------------------------------------ sections
 
 
-def _at_least(obj: Any, where: str, minimum: float, *names: str) -> None:
-    """Raises `ConfigError` unless every named field of `obj` is >= `minimum`."""
+def at_least(obj: Any, minimum: float, *names: str) -> None:
+    """Raises `ValueError("name: must be >= m. Received: v")` unless every named field
+    of `obj` is >= `minimum` (section validators use it; the loader adds file and path)."""
     for name in names:
         value = getattr(obj, name)
         if value < minimum:
-            raise ConfigError(f"{where}.{name}: must be >= {minimum}. Received: {value}")
+            raise ValueError(f"{name}: must be >= {minimum}. Received: {value}")
 
 
-@dataclass
+def in_range(obj: Any, name: str, low: float, high: float, *, high_open: bool = False) -> None:
+    """Raises unless `low <= obj.name <= high` (`< high` with `high_open`)."""
+    value = getattr(obj, name)
+    if not (low <= value < high if high_open else low <= value <= high):
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{name}: must be in [{low:g}, {high:g}{bracket}. Received: {value}")
+
+
+@dataclass(config=SECTION)
 class GenericColumns:
     """Column mapping for `source.kind: generic` (CSV / Parquet / JSONL)."""
 
-    user_id: str = "user_id"
-    item_id: str = "item_id"
-    timestamp: str = "timestamp"
-    value: str = "value"
+    user_id: StrictStr = "user_id"
+    item_id: StrictStr = "item_id"
+    timestamp: StrictStr = "timestamp"
+    value: StrictStr = "value"
     timestamp_unit: Literal["s", "ms", "us"] = "s"
 
 
-@dataclass
+@dataclass(config=SECTION)
 class SourceConfig:
     """Where the raw log is and how to read it.
 
     kind: which adapter reads `path`. `synthetic` logs are written by
     `python -m tfnegseq.data.simulate` in the KuaiRec layout, so they are read with
-    `kind: kuairec`.
+    `kind: kuairec`. `path` is checked by the jobs that read it (`require_source`).
     """
 
     kind: Literal["movielens", "kuairec", "kuairand", "taobao", "generic"] = "kuairec"
-    path: str = ""
+    path: StrictStr = ""
     # KuaiRec: which interaction matrix; KuaiRand: the log files (defaults used if empty).
-    files: list[str] = field(default_factory=list)
+    files: list[StrictStr] = field(default_factory=list)
     # generic only
     format: Literal["csv", "parquet", "jsonl"] = "csv"
-    delimiter: str = ","
-    has_header: bool = True
+    delimiter: StrictStr = ","
+    has_header: StrictBool = True
     columns: GenericColumns = field(default_factory=GenericColumns)
     # numeric columns kept on each event (usable by rules); adapters add their own.
-    extra_columns: list[str] = field(default_factory=list)
+    extra_columns: list[StrictStr] = field(default_factory=list)
+    # Plausible event times, ms since the epoch: events outside go to the dead letters
+    # (reason "timestamp") before the split is computed. None: 1970-01-01 and the job's
+    # start plus one day.
+    min_timestamp: StrictInt | None = None
+    max_timestamp: StrictInt | None = None
 
-    def validate(self, where: str) -> None:
-        if not self.path:
-            raise ConfigError(f"{where}.path: must be set (directory of the raw log)")
+    @model_validator(mode="after")
+    def _check(self) -> SourceConfig:
+        if (self.min_timestamp is not None and self.max_timestamp is not None
+                and self.min_timestamp >= self.max_timestamp):
+            raise ValueError(
+                f"min_timestamp: must be < max_timestamp. Received: {self.min_timestamp} >= "
+                f"{self.max_timestamp}"
+            )
+        return self
 
 
-@dataclass
+@dataclass(config=SECTION)
 class RulesConfig:
     """Label and polarity rules: each is a list of conditions, all must hold (AND).
 
@@ -112,52 +157,59 @@ class RulesConfig:
     tokens). `label` decides the binary target. Empty `label` means label = positive.
     """
 
-    label: list[str] = field(default_factory=lambda: ["watch_ratio >= 2.0"])
-    positive: list[str] = field(default_factory=lambda: ["watch_ratio >= 2.0"])
-    negative: list[str] = field(default_factory=lambda: ["watch_ratio < 2.0"])
+    label: list[StrictStr] = field(default_factory=lambda: ["watch_ratio >= 2.0"])
+    positive: list[StrictStr] = field(default_factory=lambda: ["watch_ratio >= 2.0"])
+    negative: list[StrictStr] = field(default_factory=lambda: ["watch_ratio < 2.0"])
 
-    def validate(self, where: str) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> RulesConfig:
         for name in ("label", "positive", "negative"):
             for i, c in enumerate(getattr(self, name)):
-                Condition.parse(c, f"{where}.{name}[{i}]")
+                try:
+                    Condition.parse(c, f"rules.{name}[{i}]")
+                except ConfigError as e:
+                    raise ValueError(str(e)) from None
         if not self.positive:
-            raise ConfigError(f"{where}.positive: needs at least one condition")
+            raise ValueError("positive: needs at least one condition")
+        return self
 
     def conditions(self, name: str) -> list[Condition]:
         return [Condition.parse(c, f"rules.{name}") for c in getattr(self, name)]
 
 
-@dataclass
+@dataclass(config=SECTION)
 class SamplesConfig:
     """How samples are built from each user's timeline."""
 
     task: Literal["ctr", "sequential"] = "ctr"
-    max_history: int = 100
-    lifelong_length: int = 0
+    max_history: StrictInt = 100
+    lifelong_length: StrictInt = 0
     # "timestamp": history = events with a strictly smaller timestamp (ties excluded);
     # "order": history = events earlier in the stable (timestamp, input order) sort.
     before: Literal["timestamp", "order"] = "timestamp"
-    user_features: list[str] = field(default_factory=list)
-    item_features: list[str] = field(default_factory=list)
+    user_features: list[StrictStr] = field(default_factory=list)
+    item_features: list[StrictStr] = field(default_factory=list)
     # sequential task: keep only users/items with at least this many events (SINE: 10)
-    min_core: int = 0
+    min_core: StrictInt = 0
     # rounds of iterative k-core filtering in the Beam job (the manifest says if more
     # would still have removed events)
-    min_core_rounds: int = 10
+    min_core_rounds: StrictInt = 10
     # sequential task: longest kept sequence (most recent events)
-    max_sequence: int = 200
+    max_sequence: StrictInt = 200
     # samples per Arrow batch inside one user (bounds memory for very long users)
-    batch_size: int = 2048
+    batch_size: StrictInt = 2048
 
-    def validate(self, where: str) -> None:
-        _at_least(self, where, 0, "max_history", "lifelong_length", "min_core", "min_core_rounds")
+    @model_validator(mode="after")
+    def _check(self) -> SamplesConfig:
+        at_least(self, 0, "max_history", "lifelong_length", "min_core", "min_core_rounds")
         if self.max_history == 0 and self.task == "ctr":
-            raise ConfigError(f"{where}.max_history: must be > 0 for the ctr task")
-        _at_least(self, where, 3, "max_sequence")
-        _at_least(self, where, 1, "batch_size")
+            raise ValueError("max_history: must be > 0 for the ctr task")
+        at_least(self, 3, "max_sequence")
+        at_least(self, 1, "batch_size")
+        return self
 
 
-@dataclass
+@dataclass(config=SECTION)
 class SplitConfig:
     """Train / valid / test split.
 
@@ -169,166 +221,148 @@ class SplitConfig:
     """
 
     kind: Literal["temporal", "user", "last_k"] = "temporal"
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
-    valid_start: int | None = None  # ms since epoch
-    test_start: int | None = None
-    k: int = 1
-    salt: str = "tfnegseq"
+    valid_fraction: StrictFloat = 0.1
+    test_fraction: StrictFloat = 0.1
+    valid_start: StrictInt | None = None  # ms since epoch
+    test_start: StrictInt | None = None
+    k: StrictInt = 1
+    salt: StrictStr = "tfnegseq"
 
-    def validate(self, where: str) -> None:
-        for name in ("valid_fraction", "test_fraction"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{where}.{name}: must be in [0, 1]. Received: {v}")
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        in_range(self, "valid_fraction", 0.0, 1.0)
+        in_range(self, "test_fraction", 0.0, 1.0)
         if self.valid_fraction + self.test_fraction > 1.0:
-            raise ConfigError(
-                f"{where}: valid_fraction + test_fraction must be <= 1. Received: "
+            raise ValueError(
+                "valid_fraction + test_fraction must be <= 1. Received: "
                 f"{self.valid_fraction} + {self.test_fraction}"
             )
-        _at_least(self, where, 1, "k")
+        at_least(self, 1, "k")
         if (self.valid_start is None) != (self.test_start is None):
-            raise ConfigError(f"{where}: set both valid_start and test_start, or neither")
+            raise ValueError("set both valid_start and test_start, or neither")
         if self.valid_start is not None and self.test_start is not None:
             if self.valid_start > self.test_start:
-                raise ConfigError(f"{where}.valid_start: must be <= test_start")
+                raise ValueError("valid_start: must be <= test_start")
+        return self
 
 
-@dataclass
+@dataclass(config=SECTION)
 class OutputConfig:
-    dir: str = "build/samples"
-    shards: int = 4
+    dir: StrictStr = "build/samples"
+    shards: StrictInt = 4
 
-    def validate(self, where: str) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> OutputConfig:
         if not self.dir:
-            raise ConfigError(f"{where}.dir: must be set")
-        _at_least(self, where, 1, "shards")
+            raise ValueError("dir: must be set")
+        at_least(self, 1, "shards")
+        return self
 
 
-@dataclass
+@dataclass(config=SECTION)
 class SimulateConfig:
     """Size and shape of the synthetic short-video log (see tfnegseq.data.simulate)."""
 
-    seed: int = 0
-    num_users: int = 500
-    num_items: int = 2000
-    num_topics: int = 20
-    events_per_user_min: int = 20
-    events_per_user_max: int = 2000
-    target_positive_rate: float = 0.1
-    drift: float = 0.3
-    start_timestamp: float = 1593878400.0  # 2020-07-04, like KuaiRec
+    seed: StrictInt = 0
+    num_users: StrictInt = 500
+    num_items: StrictInt = 2000
+    num_topics: StrictInt = 20
+    events_per_user_min: StrictInt = 20
+    events_per_user_max: StrictInt = 2000
+    target_positive_rate: StrictFloat = 0.1
+    drift: StrictFloat = 0.3
+    start_timestamp: StrictFloat = 1593878400.0  # 2020-07-04, like KuaiRec
 
-    def validate(self, where: str) -> None:
-        _at_least(self, where, 1, "num_users", "num_items", "num_topics", "events_per_user_min")
+    @model_validator(mode="after")
+    def _check(self) -> SimulateConfig:
+        at_least(self, 1, "num_users", "num_items", "num_topics", "events_per_user_min")
         if self.events_per_user_max < self.events_per_user_min:
-            raise ConfigError(f"{where}.events_per_user_max: must be >= events_per_user_min")
+            raise ValueError("events_per_user_max: must be >= events_per_user_min")
         if not 0.0 < self.target_positive_rate < 1.0:
-            raise ConfigError(
-                f"{where}.target_positive_rate: must be in (0, 1). "
+            raise ValueError(
+                "target_positive_rate: must be in (0, 1). "
                 f"Received: {self.target_positive_rate}"
             )
-        if not 0.0 <= self.drift <= 1.0:
-            raise ConfigError(f"{where}.drift: must be in [0, 1]. Received: {self.drift}")
+        in_range(self, "drift", 0.0, 1.0)
+        return self
 
 
-@dataclass
+@dataclass(config=SECTION)
 class VocabConfig:
     """How raw ids map to embedding rows (built from the Beam job's vocabularies)."""
 
-    max_size: int = 0  # 0 = every id that passes min_count
-    min_count: int = 1
-    oov_buckets: int = 16
+    max_size: StrictInt = 0  # 0 = every id that passes min_count
+    min_count: StrictInt = 1
+    oov_buckets: StrictInt = 16
 
-    def validate(self, where: str) -> None:
-        _at_least(self, where, 0, "max_size")
-        _at_least(self, where, 1, "min_count", "oov_buckets")
-
-
-@dataclass
-class ModelConfig:
-    """The CTR model (issue: mixed-polarity CTR models)."""
-
-    backbone: Literal["din", "transformer", "onetrans", "hyformer", "mixformer"] = "din"
-    polarity: Literal["none", "pbe", "tapf"] = "tapf"
-    sequence_length: int = 100
-    positive_ratio: float = 0.5
-    mode: Literal["interleaved", "grouped"] = "interleaved"
-    embedding_dim: int = 64
-    mlp_units: list[int] = field(default_factory=lambda: [200, 80])
-    attention_units: list[int] = field(default_factory=lambda: [80, 40])
-    num_heads: int = 2
-    num_layers: int = 1
-    dropout: float = 0.0
-    # TAPF ablation switches (paper Table 3)
-    tapf_polarity_embedding: bool = True
-    tapf_gating: bool = True
-    tapf_polarity_sign: bool = True
-    tapf_residual: bool = True
-    tapf_target_interaction: bool = True
-
-    def validate(self, where: str) -> None:
-        if not 0.0 <= self.positive_ratio <= 1.0:
-            raise ConfigError(
-                f"{where}.positive_ratio: must be in [0, 1]. Received: {self.positive_ratio}"
-            )
-        if self.sequence_length < 1:
-            raise ConfigError(
-                f"{where}.sequence_length: must be >= 1. Received: {self.sequence_length}"
-            )
-        if self.embedding_dim < 1:
-            raise ConfigError(f"{where}.embedding_dim: must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{where}.dropout: must be in [0, 1). Received: {self.dropout}")
-        if self.num_heads < 1 or self.embedding_dim % self.num_heads:
-            raise ConfigError(f"{where}.num_heads: must be >= 1 and divide embedding_dim")
+    @model_validator(mode="after")
+    def _check(self) -> VocabConfig:
+        at_least(self, 0, "max_size")
+        at_least(self, 1, "min_count", "oov_buckets")
+        return self
 
 
-@dataclass
+@dataclass(config=SECTION)
+class ModelSection:
+    """Base of every kind's `model` section: `kind` selects the family
+    (`tfnegseq.kinds`); each kind's subclass adds its own keys."""
+
+    kind: StrictStr = "ctr"
+
+
+@dataclass(config=SECTION)
 class TrainConfig:
-    data_dir: str = ""  # Beam output; defaults to output.dir
-    run_dir: str = "runs/default"
-    epochs: int = 1
-    batch_size: int = 2048
-    learning_rate: float = 1e-3
-    seed: int = 0
-    jit_compile: bool = True
+    data_dir: StrictStr = ""  # Beam output; defaults to output.dir
+    run_dir: StrictStr = "runs/default"
+    epochs: StrictInt = 1
+    batch_size: StrictInt = 2048
+    learning_rate: StrictFloat = 1e-3
+    seed: StrictInt = 0
+    jit_compile: StrictBool = True
     # TensorFlow only, with jit_compile false: XLA auto-clustering of everything but the
     # matmuls, which run on oneDNN (AMX under mixed_bfloat16). See tfnegseq/runtime.py.
-    auto_clustering: bool = False
+    auto_clustering: StrictBool = False
     mixed_precision: Literal["float32", "mixed_bfloat16"] = "float32"
     # Embedding-table updates: "dense" (Keras Adam: every row, every step) or
     # "row_sparse" (lazy Adam on the rows a batch uses; tfnegseq/optimizers.py). With
     # tables much larger than batch_size * (sequence_length + 1) rows, row_sparse is
     # faster; with small tables, dense.
     embedding_updates: Literal["dense", "row_sparse"] = "dense"
-    shuffle_buffer: int = 100_000
+    shuffle_buffer: StrictInt = 100_000
     # Read the training files and parse batches in a fixed order (tf.data
     # `deterministic=True`), so two runs with the same seed see the same batches and train
     # the same model. Off by default: out-of-order reads keep the input ahead of the step.
-    deterministic_input: bool = False
-    steps_per_epoch: int = 0  # 0 = whole split
+    deterministic_input: StrictBool = False
+    steps_per_epoch: StrictInt = 0  # 0 = whole split
     eval_split: Literal["valid", "test"] = "test"
     # export a TF Serving SavedModel to <run_dir>/export/<name>/<version> after training
-    export: bool = True
+    export: StrictBool = True
 
-    def validate(self, where: str) -> None:
-        _at_least(self, where, 1, "epochs", "batch_size")
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        at_least(self, 1, "epochs", "batch_size")
         if self.learning_rate <= 0:
-            raise ConfigError(f"{where}.learning_rate: must be > 0")
-        _at_least(self, where, 0, "steps_per_epoch")
+            raise ValueError(f"learning_rate: must be > 0. Received: {self.learning_rate}")
+        at_least(self, 0, "steps_per_epoch")
         if self.auto_clustering and self.jit_compile:
-            raise ConfigError(
-                f"{where}.auto_clustering: needs {where}.jit_compile: false (jit_compile "
-                "compiles the whole step with XLA; auto_clustering leaves the matmuls out)"
+            raise ValueError(
+                "auto_clustering: needs train.jit_compile: false (jit_compile compiles the "
+                "whole step with XLA; auto_clustering leaves the matmuls out)"
             )
+        return self
 
 
-@dataclass
+def _default_model() -> ModelSection:
+    from tfnegseq import kinds
+
+    return kinds.get_kind("ctr").config_class()
+
+
+@dataclass(config=SECTION)
 class Config:
     """The whole configuration. Each job reads the sections it needs."""
 
-    name: str = "default"
+    name: StrictStr = "default"
     source: SourceConfig = field(default_factory=SourceConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
@@ -336,7 +370,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelSection = field(default_factory=_default_model)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -348,79 +382,137 @@ class Config:
         keep = {k: d[k] for k in ("source", "rules", "samples", "split")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
+    def model_hash(self) -> str:
+        """Stable hash of what a trained model depends on (all but `train.run_dir`,
+        `train.export` and `name`): a run resumed with a different one is refused."""
+        d = self.to_dict()
+        d.pop("name", None)
+        for k in ("run_dir", "export", "epochs"):
+            d["train"].pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
-# ---------------------------------------------------------------------- conversion
+
+# ------------------------------------------------------------------------ errors
+
+_TYPE_WORDS = {
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true/false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dataclass_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+}
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+def _section_at(loc: tuple[Any, ...], model_cls: type | None) -> Any:
+    """The dataclass that holds the keys at `loc` (for "known keys here")."""
+    cls: Any = Config
+    for part in loc:
+        if isinstance(part, int) or not dataclasses.is_dataclass(cls):
             return None
-        non_none = [a for a in args if a is not type(None)]
-        errors = []
-        for a in non_none:
-            try:
-                return _convert(value, a, key, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(
-                f"{where}: {key}: must be one of {list(args)}. Received: {value!r}"
-            )
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: {key}: expected a list. Received: {value!r}")
-        return [_convert(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: {key}: expected a mapping. Received: {value!r}")
-        return _build(tp, value, key, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key}: expected true/false. Received: {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: {key}: expected an integer. Received: {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: {key}: expected a number. Received: {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: {key}: expected a string. Received: {value!r}")
-        return value
-    raise ConfigError(f"{where}: {key}: unsupported type {_type_name(tp)}")
+        if cls is Config and part == "model" and model_cls is not None:
+            cls = model_cls
+            continue
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return cls if dataclasses.is_dataclass(cls) else None
 
 
-def _build(cls: Any, raw: dict[str, Any], prefix: str, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        full = [f"{prefix}.{k}" if prefix else k for k in unknown]
+def _message(err: dict[str, Any], prefix: tuple[Any, ...], model_cls: type | None) -> str:
+    loc = prefix + tuple(err["loc"])
+    kind = err["type"]
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        known = _section_at(loc[:-1], model_cls)
+        names = sorted(f.name for f in dataclasses.fields(known)) if known else []
+        return f"unknown key {_path(loc)!r}; known keys here: {names}"
+    if kind == "value_error":
+        text = str(err["ctx"]["error"])
+        if loc and text.startswith(f"{_path(loc)}."):  # already names its full key
+            return text
+        # "name: ..." from a section validator names a key of that section
+        head = re.match(r"^([A-Za-z_][A-Za-z0-9_\[\]]*):", text)
+        if loc and head:
+            return f"{_path(loc)}.{text}"
+        return f"{_path(loc)}: {text}" if loc else text
+    if kind == "literal_error":
+        return f"{_path(loc)}: must be one of {err['ctx']['expected']}. Received: {err['input']!r}"
+    words = _TYPE_WORDS.get(kind, err["msg"])
+    return f"{_path(loc)}: {words}. Received: {err['input']!r}"
+
+
+def _validate(adapter: TypeAdapter[Any], raw: Any, where: str, prefix: tuple[Any, ...] = (),
+              model_cls: type | None = None) -> Any:
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as e:
+        lines = [_message(err, prefix, model_cls) for err in e.errors(include_url=False)]
+        raise ConfigError(f"{where}: " + f"\n{where}: ".join(lines)) from None
+
+
+# ---------------------------------------------------------------------- loading
+
+_CONFIG = TypeAdapter(Config)
+
+
+def _model_section(raw: Any, where: str) -> tuple[ModelSection, type]:
+    """Validates the `model` mapping with its kind's section class (the tagged union)."""
+    from tfnegseq import kinds
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: model: expected a mapping. Received: {raw!r}")
+    name = raw.get("kind", "ctr")
+    if name not in kinds.kind_names():
         raise ConfigError(
-            f"{where}: unknown key(s) {full}; known keys here: {sorted(names)}"
+            f"{where}: model.kind: must be one of {kinds.kind_names()}. Received: {name!r}"
         )
-    kwargs = {}
-    for k, v in raw.items():
-        key = f"{prefix}.{k}" if prefix else k
-        kwargs[k] = _convert(v, hints[k], key, where)
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None and prefix not in ("source",):
-        validate(f"{where}: {prefix}" if prefix else where)
-    return obj
+    cls = kinds.get_kind(name).config_class
+    return _validate(TypeAdapter(cls), raw, where, ("model",), cls), cls
+
+
+def validate_section(cls: type, raw: dict[str, Any], where: str, key: str = "model") -> Any:
+    """One section (`cls`, a section dataclass) from a mapping, with the loader's
+    messages (`ConfigError` naming `where` and `key.<field>`)."""
+    return _validate(TypeAdapter(cls), raw, where, (key,), cls)
+
+
+def _cross_check(cfg: Config, where: str) -> None:
+    """Rules that span sections; the kind adds its own (`ModelKind.check_config`)."""
+    from tfnegseq import kinds
+
+    kind = kinds.get_kind(cfg.model.kind)
+    try:
+        kind.check_config(cfg)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def config_from_dict(
+    raw: dict[str, Any], overrides: list[str] | None = None, where: str = "<dict>"
+) -> Config:
+    """Builds a validated `Config` from a mapping plus `--set` style overrides."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{where}: top level must be a mapping. Received: {raw!r}")
+    raw = json.loads(json.dumps(raw or {}))  # deep copy, plain types
+    for item in overrides or []:
+        _apply_override(raw, item, where)
+    model, model_cls = _model_section(raw.pop("model", None), where)
+    cfg = _validate(_CONFIG, {**raw, "model": model}, where, (), model_cls)
+    _cross_check(cfg, where)
+    # source.path is checked separately: only jobs that read the raw log need it
+    return cfg
 
 
 def _apply_override(raw: dict[str, Any], item: str, where: str) -> None:
@@ -431,7 +523,13 @@ def _apply_override(raw: dict[str, Any], item: str, where: str) -> None:
     node = raw
     cls: Any = Config
     for i, p in enumerate(parts):
-        names = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        if cls is ModelSection:  # the model section's keys depend on its kind
+            from tfnegseq import kinds
+
+            name = node.get("kind", "ctr") if isinstance(node, dict) else "ctr"
+            if name in kinds.kind_names():
+                cls = kinds.get_kind(name).config_class
+        names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
         if p not in names:
             raise ConfigError(
                 f"{where}: --set {path}: unknown key {'.'.join(parts[: i + 1])!r}; "
@@ -451,44 +549,54 @@ def _apply_override(raw: dict[str, Any], item: str, where: str) -> None:
     if value is None and text.strip() == "":
         value = ""
     # A string-typed key keeps the literal text ("--set name=007" stays "007").
-    if cls is str and not isinstance(value, str):
+    if cls in (str, StrictStr) and not isinstance(value, str):
         value = text
     node[parts[-1]] = value
-
-
-def config_from_dict(
-    raw: dict[str, Any], overrides: list[str] | None = None, where: str = "<dict>"
-) -> Config:
-    """Builds a validated `Config` from a mapping plus `--set` style overrides."""
-    raw = json.loads(json.dumps(raw or {}))  # deep copy, plain types
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: top level must be a mapping")
-    for item in overrides or []:
-        _apply_override(raw, item, where)
-    cfg = _build(Config, raw, "", where)
-    # source.path is checked separately: only jobs that read the raw log need it
-    return cfg
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> Config:
     """Loads a YAML config file. Raises `ConfigError` naming the file and key."""
     where = str(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"{where}: is a directory, not a config file")
     if not os.path.exists(path):
         raise ConfigError(f"{where}: config file not found")
     import yaml
 
     with open(path, encoding="utf-8") as f:
         try:
-            raw = yaml.safe_load(f) or {}
+            raw = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise ConfigError(f"{where}: not valid YAML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not a UTF-8 text file ({e.reason})") from e
+    if raw is None:
+        raise ConfigError(
+            f"{where}: the file is empty; write at least one section (e.g. `name: my_run`), "
+            "or `{}` for every default"
+        )
     return config_from_dict(raw, overrides, where)
+
+
+def require_trainable(cfg: Config, where: str = "config") -> None:
+    """Fails unless the model kind trains on the samples the config builds
+    (`samples.task`). Checked by training, before any data is read; the Beam job may
+    build samples of any task whatever the `model` section says."""
+    from tfnegseq import kinds
+
+    kind = kinds.get_kind(cfg.model.kind)
+    if cfg.samples.task != kind.samples_task:
+        raise ConfigError(
+            f"{where}: samples.task: model.kind {cfg.model.kind!r} trains on "
+            f"{kind.samples_task!r} samples. Received: {cfg.samples.task!r}"
+        )
 
 
 def require_source(cfg: Config, where: str = "config") -> None:
     """Fails unless `source.path` is set and exists (checked by jobs that read it)."""
-    cfg.source.validate(f"{where}: source")
     p = cfg.source.path
+    if not p:
+        raise ConfigError(f"{where}: source.path: must be set (directory of the raw log)")
     if "://" not in p and not os.path.isdir(p):
         raise ConfigError(f"{where}: source.path: directory not found: {p!r}")
 

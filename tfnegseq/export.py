@@ -14,27 +14,10 @@ Defaults: `export_base` = `<run>/export`, `model_name` = the config's `name`, `v
 directory is written under a temporary name and renamed into place, so a polling server
 never sees half a model (a `gs://` export base is written in place).
 
-Signatures (ids are raw; the lookups run inside the graph; H = `samples.max_history`):
-
-`serving_default` (JSON-friendly, one row per user):
-
-    user_id                          int64 [B]
-    pos_item_id, pos_order           int64 [B, W+]  W+ <= H, oldest first; left-padded in
-    neg_item_id, neg_order           int64 [B, W-]  the graph to H with -1 ids / 0 orders
-    item_id                          int64 [B, C]   C >= 1 candidates
-    user_<f> (samples.user_features) int64 [B]
-    item_<f> (samples.item_features) int64 [B, C]   side feature of each candidate
-    -> probability                   float32 [B, C]
-
-A batch mixing history lengths is left-padded by the client with -1 ids / 0 orders.
-A history wider than H fails a `tf.debugging` assertion (InvalidArgumentError, HTTP 400:
-"history longer than trained: ... max_history=H"), as does C = 0 ("empty candidate
-list"). User-level tensors are tiled over the C candidates and the model (which builds
-the mixed-polarity sequence itself) scores B * C rows.
-
-`score_examples`: `examples` string [B] (serialized tf.Example in the Beam job's format,
-parsed by the training `FeatureProcessor`) -> `probability` float32 [B]. Features the
-model does not read (`label`, `timestamp`, `order`) may be left out.
+The signatures come from the run's model kind (`ModelKind.export_module`; for the
+`ctr` kind see `tfnegseq.kinds.ctr.export`). Every export reads only the run directory
+(`tfnegseq.runs`): the model, its config, the vocabularies and the warm-up examples
+copied there at training time.
 
 Example:
     version_dir = export_run("runs/demo/Mix_Seq_plus_TAPF")
@@ -51,62 +34,15 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
 from tfnegseq import schema
-from tfnegseq.config import Config, ConfigError, config_from_dict
+from tfnegseq.config import ConfigError
+from tfnegseq.runs import load_run, read_run_examples, run_data_dir
+from tfnegseq.signatures import METADATA_FILE, WARMUP_FILE
 
 log = logging.getLogger("tfnegseq.export")
-
-SERVING_SIGNATURE = "serving_default"
-EXAMPLES_SIGNATURE = "score_examples"
-EXAMPLES_INPUT = "examples"
-OUTPUT = "probability"
-WARMUP_FILE = "tf_serving_warmup_requests"
-METADATA_FILE = "tfnegseq_export.json"
-# Warm-up requests: (batch size, candidates per row) for serving_default, batch sizes for
-# score_examples. Small, so a server's start-up stays fast.
-WARMUP_SERVING = ((1, 10), (4, 3))
-WARMUP_EXAMPLES = (1, 8)
-
-
-# --------------------------------------------------------------------------- inputs
-
-
-def serving_inputs(cfg: Config) -> dict[str, tuple[str, str | None]]:
-    """`serving_default` inputs: name -> (kind, vocabulary).
-
-    kind is "user" ([B]), "history" ([B, None]) or "candidate" ([B, C]); vocabulary is
-    the id vocabulary the input is looked up in, or None (orders).
-    """
-    from tfnegseq.train import side_feature_names
-
-    fmap = schema.feature_map(cfg.samples)
-    out: dict[str, tuple[str, str | None]] = {}
-    names = ["user_id", "pos_item_id", "pos_order", "neg_item_id", "neg_order", "item_id"]
-    for name in names + side_feature_names(cfg):
-        f = fmap[name]
-        if f.is_list:
-            kind = "history"
-        elif name == "item_id" or name.startswith("item_"):
-            kind = "candidate"
-        else:
-            kind = "user"
-        out[name] = (kind, f.vocab)
-    return out
-
-
-def _input_specs(cfg: Config) -> dict[str, Any]:
-    import tensorflow as tf
-
-    shapes = {"user": [None], "history": [None, None], "candidate": [None, None]}
-    return {
-        name: tf.TensorSpec(shapes[kind], tf.int64, name=name)
-        for name, (kind, _) in serving_inputs(cfg).items()
-    }
 
 
 # --------------------------------------------------------------------------- lookups
@@ -150,187 +86,7 @@ def _relax_unread_features(processor: Any, read: Iterable[str]) -> None:
             processor.spec[f.name] = tf.io.FixedLenFeature([], dtype, default_value=0)
 
 
-# --------------------------------------------------------------------------- module
-
-
-def build_module(model: Any, processor: Any, cfg: Config) -> Any:
-    """A `tf.Module` with the two serving functions (see the module docstring).
-
-    Tracks the model's variables and the lookup tables, not the Keras objects, so the
-    SavedModel loads with TensorFlow alone.
-    """
-    import tensorflow as tf
-
-    from tfnegseq.models.ctr import model_inputs
-    from tfnegseq.train import side_feature_names
-
-    inputs = serving_inputs(cfg)
-    model_keys = model_inputs(cfg.model, side_feature_names(cfg))
-    max_history = processor.max_lengths["pos_item_id"]
-    lookups = processor.lookups
-
-    def serve(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        candidates = features["item_id"]  # [B, C]
-        batch = tf.shape(candidates)[0]
-        num = tf.shape(candidates)[1]
-        checks = [
-            tf.debugging.assert_greater_equal(
-                num, 1, message="empty candidate list: item_id needs at least one candidate"
-            )
-        ]
-        for name, (kind, _) in inputs.items():
-            x = features[name]
-            checks.append(
-                tf.debugging.assert_equal(
-                    tf.shape(x)[0],
-                    batch,
-                    message=f"batch size of {name} differs from that of item_id",
-                )
-            )
-            if kind == "history":
-                checks.append(
-                    tf.debugging.assert_less_equal(
-                        tf.shape(x)[1],
-                        max_history,
-                        message=f"history longer than trained: {name} may hold at most "
-                        f"max_history={max_history} entries",
-                    )
-                )
-            elif kind == "candidate" and name != "item_id":
-                checks.append(
-                    tf.debugging.assert_equal(
-                        tf.shape(x)[1],
-                        num,
-                        message=f"{name} needs one value per candidate in item_id",
-                    )
-                )
-        for prefix in ("pos", "neg"):
-            checks.append(
-                tf.debugging.assert_equal(
-                    tf.shape(features[f"{prefix}_item_id"]),
-                    tf.shape(features[f"{prefix}_order"]),
-                    message=f"{prefix}_item_id and {prefix}_order need the same shape",
-                )
-            )
-        rows: dict[str, tf.Tensor] = {}
-        with tf.control_dependencies(checks):
-            for name, (kind, vocab) in inputs.items():
-                x = tf.identity(features[name])
-                if kind == "history":
-                    pad = schema.PAD_ID if vocab else 0
-                    width = tf.maximum(max_history - tf.shape(x)[1], 0)
-                    x = tf.pad(x, [[0, 0], [width, 0]], constant_values=tf.cast(pad, tf.int64))
-                    x.set_shape([None, max_history])  # [B, H]
-                if vocab:
-                    x = tf.cast(lookups[vocab](x), tf.int64)
-                if kind == "candidate":
-                    x = tf.reshape(x, [-1])  # [B * C]
-                else:
-                    x = tf.repeat(x, num, axis=0)  # [B * C] or [B * C, H]
-                rows[name] = x
-        out = model({k: rows[k] for k in model_keys}, training=False)
-        probability = tf.reshape(tf.cast(out["probability"], tf.float32), [batch, num])
-        return {OUTPUT: probability}  # [B, C]
-
-    def score_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        features, _ = processor(examples)
-        out = model({k: features[k] for k in model_keys}, training=False)
-        return {OUTPUT: tf.cast(out["probability"], tf.float32)}  # [B]
-
-    module = tf.Module(name="tfnegseq_ctr")
-    module.model_variables = list(model.variables)
-    module.lookup_tables = [lookups[name].lookup_table for name in sorted(lookups)]
-    module.serve = tf.function(
-        serve, input_signature=[_input_specs(cfg)], jit_compile=False, autograph=False
-    )
-    module.score_examples = tf.function(
-        score_examples,
-        input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)],
-        jit_compile=False,
-        autograph=False,
-    )
-    return module
-
-
 # --------------------------------------------------------------------------- warm-up
-
-
-def _read_examples(data_dir: str, count: int) -> list[bytes]:
-    import tensorflow as tf
-
-    from tfnegseq.data.input import split_files
-
-    for split in ("test", "valid", "train"):
-        try:
-            files = split_files(data_dir, split)
-        except FileNotFoundError:
-            continue
-        ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
-        found = [bytes(x.numpy()) for x in ds]
-        if found:
-            return found
-    raise FileNotFoundError(f"no samples in {data_dir}/{{test,valid,train}} for warm-up requests")
-
-
-def raw_serving_batch(
-    examples: list[bytes], cfg: Config, batch: int, candidates: int
-) -> dict[str, np.ndarray]:
-    """`serving_default` inputs (raw ids) built from real samples.
-
-    Row b takes the user-level features and histories of `examples[b]`; its candidates
-    are the target items (with their side features) of `candidates` consecutive samples.
-    Histories are left-padded with -1 ids / 0 orders to the longest in the batch.
-    """
-    import tensorflow as tf
-
-    parsed = tf.io.parse_example(tf.constant(examples), schema.parse_spec(cfg.samples))
-    out: dict[str, np.ndarray] = {}
-    for name, (kind, vocab) in serving_inputs(cfg).items():
-        x = parsed[name]
-        if kind == "history":
-            rows = [r[: cfg.samples.max_history] for r in x[:batch].to_list()]
-            width = max(1, max(len(r) for r in rows))
-            pad = schema.PAD_ID if vocab else 0
-            out[name] = np.asarray([[pad] * (width - len(r)) + r for r in rows], np.int64)
-        elif kind == "candidate":
-            values = x.numpy()
-            idx = (np.arange(batch)[:, None] + np.arange(candidates)[None, :]) % len(values)
-            out[name] = values[idx].astype(np.int64)
-        else:
-            out[name] = x.numpy()[:batch].astype(np.int64)
-    return out
-
-
-def warmup_records(model_name: str, examples: list[bytes], cfg: Config) -> list[bytes]:
-    """Serialized `PredictionLog`s with real `PredictRequest`s for both signatures.
-
-    Uses the `tensorflow_serving.apis` protos (package `tensorflow-serving-api`, which
-    tfx-bsl depends on).
-    """
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    def record(signature: str, inputs: Mapping[str, np.ndarray]) -> bytes:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = signature
-        for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        log_ = prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request)
-        )
-        return log_.SerializeToString()
-
-    out = [
-        record(SERVING_SIGNATURE, raw_serving_batch(examples, cfg, b, c)) for b, c in WARMUP_SERVING
-    ]
-    for b in WARMUP_EXAMPLES:
-        batch = np.asarray([examples[i % len(examples)] for i in range(b)], dtype=object)
-        out.append(record(EXAMPLES_SIGNATURE, {EXAMPLES_INPUT: batch}))
-    return out
-
-
-# --------------------------------------------------------------------------- export
 
 
 def existing_versions(model_dir: str) -> list[int]:
@@ -345,18 +101,6 @@ def existing_versions(model_dir: str) -> list[int]:
         if entry.isdigit() and tf.io.gfile.isdir(os.path.join(model_dir, entry)):
             found.append(int(entry))
     return sorted(found)
-
-
-def load_run(run_dir: str) -> tuple[Config, dict[str, Any]]:
-    """(config, metrics) of a training run, from `<run_dir>/metrics.json`."""
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found; is {run_dir!r} a finished training run?")
-    with open(path, encoding="utf-8") as f:
-        metrics = json.load(f)
-    if "config" not in metrics:
-        raise ConfigError(f"{path}: no 'config' entry (written by an older trainer?)")
-    return config_from_dict(metrics["config"], where=path), metrics
 
 
 def export_run(
@@ -381,16 +125,17 @@ def export_run(
         The version directory `<export_base>/<model_name>/<version>`.
 
     Raises:
-        FileNotFoundError: the run or its data directory is missing.
+        FileNotFoundError: the run (or its copied data) is missing.
         FileExistsError: `version` already exists.
-        ValueError: the data directory's vocabularies do not match the trained model.
+        ValueError: the run's vocabularies do not match the trained model.
     """
     import keras
     import tensorflow as tf
 
-    import tfnegseq.models.ctr  # noqa: F401  (registers CtrModel for loading)
+    import tfnegseq.models  # noqa: F401  (registers the model classes for loading)
+    from tfnegseq import kinds
     from tfnegseq.data.input import FeatureProcessor
-    from tfnegseq.train import data_dir_of, versions
+    from tfnegseq.provenance import versions
 
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(
@@ -398,12 +143,16 @@ def export_run(
             f"Received: backend={keras.backend.backend()}"
         )
     cfg, metrics = load_run(run_dir)
-    if cfg.samples.task != "ctr":
-        raise ValueError(f"only ctr runs can be exported. Received: task={cfg.samples.task}")
+    kind = kinds.get_kind(cfg.model.kind)
     model_path = os.path.join(run_dir, "model.keras")
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"{model_path} not found; is {run_dir!r} a finished run?")
-    data_dir = data_dir_of(cfg)
+    data_dir = run_data_dir(run_dir)
+    if not os.path.isdir(os.path.join(data_dir, "vocab")):
+        raise FileNotFoundError(
+            f"{data_dir}/vocab not found: {run_dir!r} was trained before runs kept their "
+            "vocabularies; train it again to export it"
+        )
     model_name = model_name or cfg.name
     export_base = export_base or os.path.join(run_dir, "export")
     model_dir = os.path.join(export_base, model_name)
@@ -418,26 +167,20 @@ def export_run(
 
     model = keras.saving.load_model(model_path, compile=False)
     processor = FeatureProcessor.from_data_dir(data_dir, cfg)
+    trained_sizes = getattr(model, "vocab_sizes", None) or {}  # models that record them
     for name, vocab in processor.vocabularies.items():
-        trained = model.vocab_sizes.get(name)
+        trained = trained_sizes.get(name)
         if trained is not None and trained != vocab.size:
             raise ValueError(
                 f"vocabulary {name!r} in {data_dir} has {vocab.size} rows but the model was "
-                f"trained with {trained}; export with the data directory the run used"
+                f"trained with {trained}; the run directory was changed after training"
             )
-    from tfnegseq.models.ctr import model_inputs
-    from tfnegseq.train import side_feature_names
-
-    _relax_unread_features(processor, model_inputs(cfg.model, side_feature_names(cfg)))
-    examples = _read_examples(data_dir, 16)
+    _relax_unread_features(processor, kind.model_inputs(cfg))
+    examples = read_run_examples(run_dir)
 
     with tempfile.TemporaryDirectory(prefix="tfnegseq-export-") as scratch:
         _asset_lookups(processor, os.path.join(scratch, "vocab"))
-        module = build_module(model, processor, cfg)
-        signatures = {
-            SERVING_SIGNATURE: module.serve.get_concrete_function(),
-            EXAMPLES_SIGNATURE: module.score_examples.get_concrete_function(),
-        }
+        module, signatures, described = kind.export_module(model, processor, cfg)
         remote = "://" in model_dir
         target = final if remote else os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
         tf.io.gfile.makedirs(model_dir)
@@ -449,26 +192,18 @@ def export_run(
         extra = os.path.join(target, "assets.extra")
         tf.io.gfile.makedirs(extra)
         with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
-            for rec in warmup_records(model_name, examples, cfg):
+            for rec in kind.warmup_records(model_name, examples, cfg):
                 writer.write(rec)
         meta = {
             "model_name": model_name,
             "version": version,
             "run_dir": os.path.abspath(run_dir),
-            "data_dir": data_dir,
-            "max_history": processor.max_lengths["pos_item_id"],
-            "signatures": {
-                SERVING_SIGNATURE: {
-                    "inputs": {n: k for n, (k, _) in serving_inputs(cfg).items()},
-                    "outputs": {OUTPUT: "float32 [B, C]"},
-                },
-                EXAMPLES_SIGNATURE: {
-                    "inputs": {EXAMPLES_INPUT: "string [B]"},
-                    "outputs": {OUTPUT: "float32 [B]"},
-                },
-            },
+            "data_dir": metrics.get("data_dir"),
+            "model_kind": kind.name,
+            "max_history": cfg.samples.max_history,
+            "signatures": described,
             "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "metrics": {k: metrics.get(k) for k in ("auc", "gauc", "logloss")},
+            "metrics": {k: metrics.get(k) for k in kind.metric_keys},
             "versions": versions(),
             "config": cfg.to_dict(),
         }

@@ -4,12 +4,12 @@ TensorFlow-specific; layers and models never import it at module level).
 Under JAX the gradient of `table[ids]` with respect to `table` is a dense `[V, d]` array,
 and Keras' Adam then reads and writes every row of every table each step: for a
 5,000,000 x 64 item table that is gigabytes of memory traffic a step, the bound of a
-GPU training step. `train_step` below is `CtrModel.train_step` under JAX when the model
-is built with `row_sparse_gradients=True` (and compiled with `RowSparseAdam`, or `Adam`
-without amsgrad):
+GPU training step. `train_step` below is the `train_step` under JAX of a model whose
+`tfnegseq.embeddings.EmbeddingTables` has `row_sparse_gradients=True` (compiled with
+`RowSparseAdam`, or `Adam` without amsgrad):
 
 1. A shape probe (`jax.eval_shape`, no compute) records every embedding lookup the
-   forward pass makes through `CtrModel._gather`: which table, and how many ids.
+   forward pass makes through `EmbeddingTables.gather`: which table, and how many ids.
 2. The forward pass runs with each lookup replaced by
    `stop_gradient(table)[ids] + delta`, `delta` a zero `[N, d]` input per lookup, and
    returns the ids it looked up. Differentiating with respect to the deltas gives the
@@ -24,7 +24,7 @@ without amsgrad):
 The result is the lazy Adam that `RowSparseAdam` applies under TensorFlow (module
 docstring of `tfnegseq.optimizers`; tested against numpy in `tests/test_jax_sparse.py`).
 Tables are read in float32 whatever the dtype policy. A table must be read only
-through `CtrModel._gather`: a direct read of it would get no gradient here.
+through `EmbeddingTables.gather`: a direct read of it would get no gradient here.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ import jax
 import jax.numpy as jnp
 import keras
 from keras import ops
-from keras.src.trainers import data_adapters
 
+from tfnegseq.keras_internals import unpack_x_y_sample_weight
 from tfnegseq.optimizers import lazy_adam_masked, lazy_adam_rows, lazy_adam_step_size
 
 
 @dataclass
 class SliceCapture:
-    """Set on the model while its forward pass is traced (`CtrModel._gather` asks).
+    """Set as `EmbeddingTables.capture` while the forward pass is traced.
 
     Attributes:
         deltas: list of `[N, d]` arrays, one per lookup, added to the looked-up rows;
@@ -57,14 +57,14 @@ class SliceCapture:
     lookups: list[tuple[int, int, int]] = field(default_factory=list)
     ids: list[Any] = field(default_factory=list)
 
-    def gather(self, model, table, ids):
+    def gather(self, model, tables, table, ids):
         """`table[ids]` `[*ids.shape, d]`, float32, differentiable through the delta only."""
         flat = ops.reshape(ids, (-1,))  # [N]
         index = len(self.ids)
         dim = int(table.shape[1])
         self.ids.append(flat)
-        self.lookups.append((model.table_index(table), int(flat.shape[0]), dim))
-        values = model._read(table)  # the float32 table, not a bf16 copy of it
+        self.lookups.append((tables.table_index(model, table), int(flat.shape[0]), dim))
+        values = tables.read(table)  # the float32 table, not a bf16 copy of it
         rows = ops.take(ops.stop_gradient(values), flat, axis=0)  # [N, d]
         if self.deltas is not None:
             rows = rows + self.deltas[index]
@@ -119,26 +119,27 @@ def check_optimizer(optimizer) -> None:
                          "`gradient_accumulation_steps`")
 
 
-def train_step(model, state, data):
+def train_step(model, tables, state, data):
     """`keras.Model.train_step` of the JAX trainer, with row-sparse table updates.
 
     Same contract as Keras' `JAXTrainer.train_step`: `state` is `(trainable,
     non_trainable, optimizer, metrics)` variable values, the return is `(logs, state)`.
+    `tables` is the model's `EmbeddingTables`, through which it reads every table.
     """
     trainable, non_trainable, optimizer_variables, metrics_variables = state
-    x, y, sample_weight = data_adapters.data_adapter_utils.unpack_x_y_sample_weight(data)
+    x, y, sample_weight = unpack_x_y_sample_weight(data)
     optimizer = model.optimizer
     check_optimizer(optimizer)
 
     def forward(trainable_, non_trainable_, x_, capture):
-        model._slice_capture = capture
+        tables.capture = capture
         try:
             return model.compute_loss_and_updates(
                 trainable_, non_trainable_, metrics_variables, x_, y, sample_weight,
                 training=True, optimizer_variables=optimizer_variables,
             )
         finally:
-            model._slice_capture = None
+            tables.capture = None
 
     probe = SliceCapture()
     jax.eval_shape(lambda t, n, x_: forward(t, n, x_, probe)[0], trainable, non_trainable, x)

@@ -131,7 +131,7 @@ class RowSparseAdam(keras.optimizers.Adam):
 
     ```python
     model = CtrModel(vocab_sizes, model_cfg, row_sparse_gradients=True)
-    model.compile(optimizer=RowSparseAdam(1e-3), loss=...)
+    model.compile(optimizer=RowSparseAdam(1e-3))
     ```
     """
 

@@ -49,7 +49,7 @@ from apache_beam.ml.inference.base import (
 
 from tfnegseq import schema
 from tfnegseq.config import Config, config_from_dict
-from tfnegseq.export import EXAMPLES_INPUT, EXAMPLES_SIGNATURE, METADATA_FILE, OUTPUT
+from tfnegseq.signatures import EXAMPLES_INPUT, EXAMPLES_SIGNATURE, METADATA_FILE, OUTPUT
 
 log = logging.getLogger("tfnegseq.scoring")
 
@@ -174,10 +174,9 @@ def check_example(record: bytes, checks: Sequence[Check]) -> tuple[Key | None, s
 def model_checks(cfg: Config) -> list[Check]:
     """`check_example` checks for the samples `cfg` describes: every feature of the
     schema, required when it is a scalar the exported model reads."""
-    from tfnegseq.models.ctr import model_inputs
-    from tfnegseq.train import side_feature_names
+    from tfnegseq import kinds
 
-    read = set(model_inputs(cfg.model, side_feature_names(cfg)))
+    read = set(kinds.get_kind(cfg.model.kind).model_inputs(cfg))
     return [(f.name, f.is_list, f.dtype, f.name in read) for f in schema.features(cfg.samples)]
 
 

@@ -1,14 +1,18 @@
 """Training CLI: `python -m tfnegseq.train --config CONFIG [--set k=v ...] [--seeds 0,1,2]`.
 
-Reads the Beam job's samples (`train.data_dir`, default `output.dir`), trains the CTR
-model with `jit_compile` (XLA) by default, shows Keras progress, evaluates on
-`train.eval_split` and writes a run directory:
+Reads the Beam job's samples (`train.data_dir`, default `output.dir`), builds the model
+of the config's kind (`model.kind`, `tfnegseq.kinds`), trains it with `jit_compile`
+(XLA) by default, shows Keras progress, evaluates on `train.eval_split` with the kind's
+metrics (`tfnegseq.evaluate`) and writes a run directory:
 
-    <run_dir>/metrics.json      auc, gauc, logloss, examples/s, config, seed, versions
+    <run_dir>/metrics.json      the kind's metrics, examples/s, config, seed, versions
     <run_dir>/tensorboard/      TensorBoard logs
     <run_dir>/checkpoints/      weights after each epoch
-    <run_dir>/backup/           state for resuming an interrupted run (BackupAndRestore)
+    <run_dir>/backup/           state for resuming an interrupted run (BackupAndRestore;
+                                present only while a run is unfinished)
     <run_dir>/model.keras       the trained model
+    <run_dir>/data/             vocabularies, manifest and a few examples, so export and
+                                scoring need only the run directory (`tfnegseq.runs`)
 
 With `--seeds 0,1,2,3,4` each seed runs in `<run_dir>/seed_<s>/` and
 `<run_dir>/summary.json` holds mean and standard deviation per metric.
@@ -20,18 +24,18 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from typing import Any
 
 import numpy as np
 
-from tfnegseq.config import Config, ConfigError, add_config_args, load_config
+from tfnegseq import kinds
+from tfnegseq.config import Config, ConfigError, add_config_args, load_config, require_trainable
+from tfnegseq.provenance import versions
+from tfnegseq.runs import copy_run_data, samples_dir
 
 log = logging.getLogger("tfnegseq.train")
-
-METRIC_KEYS = ("auc", "gauc", "logloss")
 
 
 def throughput_callback(batch_size: int) -> Any:
@@ -63,101 +67,14 @@ def throughput_callback(batch_size: int) -> Any:
     return Throughput()
 
 
-def versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
-
-    import tfnegseq
-
-    return {
-        "tfnegseq": tfnegseq.__version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "keras_backend": keras.backend.backend(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "machine": platform.processor() or platform.machine(),
-        "git_commit": _git_commit(),
-    }
+def build_model(cfg: Config, vocab_sizes: dict[str, int]) -> Any:
+    """The model of `cfg`'s kind (`ModelKind.build_model`)."""
+    return kinds.get_kind(cfg.model.kind).build_model(cfg, vocab_sizes)
 
 
-def _git_commit() -> str | None:
-    """The checkout's commit (with "+dirty" for local changes), None outside a checkout."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short=12", "HEAD"],
-                                capture_output=True, text=True, check=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def data_dir_of(cfg: Config) -> str:
-    d = cfg.train.data_dir or cfg.output.dir
-    if "://" not in d and not os.path.exists(os.path.join(d, "manifest.json")):
-        raise ConfigError(
-            f"train.data_dir: no samples at {d!r} (manifest.json missing); "
-            "run python -m beam_jobs.build_samples --config ... first"
-        )
-    return d
-
-
-def side_feature_names(cfg: Config) -> list[str]:
-    return [f"user_{f}" for f in cfg.samples.user_features] + [
-        f"item_{f}" for f in cfg.samples.item_features
-    ]
-
-
-def build_model(cfg: Config, vocab_sizes: dict[str, int]):
-    import dataclasses
-
-    from tfnegseq.models.ctr import CtrModel
-
-    return CtrModel(
-        vocab_sizes=vocab_sizes,
-        model=dataclasses.asdict(cfg.model),
-        side_features=side_feature_names(cfg),
-        row_sparse_gradients=cfg.train.embedding_updates == "row_sparse",
-        name="ctr_model",
-    )
-
-
-def build_optimizer(cfg: Config):
-    """Adam, or its lazy row-sparse form for `train.embedding_updates: row_sparse`."""
-    import keras
-
-    from tfnegseq.optimizers import RowSparseAdam
-
-    if cfg.train.embedding_updates == "row_sparse":
-        return RowSparseAdam(cfg.train.learning_rate)
-    return keras.optimizers.Adam(cfg.train.learning_rate)
-
-
-def evaluate(model, dataset) -> dict[str, Any]:
-    """AUC, GAUC and logloss of `model` on `dataset` (numpy metrics, exact)."""
-    from tfnegseq import metrics
-
-    labels, probs, users = [], [], []
-    for features, label in dataset:
-        out = model(features, training=False)
-        probs.append(np.asarray(out["probability"], dtype=np.float64))
-        labels.append(np.asarray(label))
-        users.append(np.asarray(features["user_id"]))
-    y = np.concatenate(labels)
-    p = np.concatenate(probs)
-    u = np.concatenate(users)
-    result: dict[str, Any] = {
-        "auc": float(metrics.auc(y, p)),
-        "gauc": float(metrics.gauc(u, y, p)),
-        "logloss": float(metrics.logloss(y, p)),
-        "eval_examples": int(len(y)),
-        "eval_positive_rate": float(y.mean()) if len(y) else 0.0,
-    }
-    return result
+def build_optimizer(cfg: Config) -> Any:
+    """The optimizer of `cfg`'s kind (`ModelKind.build_optimizer`)."""
+    return kinds.get_kind(cfg.model.kind).build_optimizer(cfg)
 
 
 def run_config(cfg: Config, verbose: int | str = "auto",
@@ -175,10 +92,13 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     import keras
 
     from tfnegseq.data.input import FeatureProcessor, make_dataset
+    from tfnegseq.evaluate import evaluate
 
     t0 = time.perf_counter()
     tc = cfg.train
-    data_dir = data_dir_of(cfg)
+    require_trainable(cfg)
+    kind = kinds.get_kind(cfg.model.kind)
+    data_dir = samples_dir(cfg)
     os.makedirs(tc.run_dir, exist_ok=True)
     keras.utils.set_random_seed(tc.seed)
     keras.mixed_precision.set_global_policy(tc.mixed_precision)
@@ -186,15 +106,13 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     vocab_sizes = {name: v.size for name, v in processor.vocabularies.items()}
     train_ds = make_dataset(data_dir, "train", cfg, tc.batch_size, training=True,
                             processor=processor, seed=tc.seed)
-    eval_ds = make_dataset(data_dir, tc.eval_split, cfg, tc.batch_size, processor=processor)
-    model = build_model(cfg, vocab_sizes)
+    eval_ds = make_dataset(data_dir, tc.eval_split, cfg, tc.batch_size, processor=processor,
+                           keep_raw_ids=True)
+    model = kind.build_model(cfg, vocab_sizes)
     sample_features, _ = next(iter(eval_ds.take(1)))
     model(sample_features)  # build weights (BackupAndRestore needs a built model)
-    model.compile(
-        optimizer=build_optimizer(cfg),
-        loss=keras.losses.BinaryCrossentropy(from_logits=True),
-        jit_compile=tc.jit_compile,
-    )
+    # The model owns its loss (`compile` refuses one).
+    model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=tc.jit_compile)
     throughput = throughput_callback(tc.batch_size)
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(tc.run_dir, "backup")),
@@ -214,8 +132,9 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
         callbacks=callbacks,
         verbose=verbose,
     )
-    result = evaluate(model, eval_ds)
+    result = evaluate(model, eval_ds, kind, cfg, verbose=verbose)
     model.save(os.path.join(tc.run_dir, "model.keras"))
+    copy_run_data(data_dir, tc.run_dir)
     result.update(
         seed=tc.seed,
         eval_split=tc.eval_split,
@@ -234,14 +153,18 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
         result["export"] = export_run(tc.run_dir)
         with open(metrics_path, "w") as f:
             json.dump(result, f, indent=2)
-    log.info("%s: auc=%.4f gauc=%.4f logloss=%.4f", tc.run_dir, result["auc"],
-             result["gauc"], result["logloss"])
+    log.info("%s: %s", tc.run_dir, format_metrics(result, kind.metric_keys))
     return result
 
 
-def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+def format_metrics(result: dict[str, Any], keys: tuple[str, ...]) -> str:
+    return " ".join(f"{k}={result[k]:.4f}" for k in keys)
+
+
+def summarize(results: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Mean, sample standard deviation and values per metric over seeds."""
     out: dict[str, Any] = {"seeds": [r["seed"] for r in results]}
-    for k in METRIC_KEYS:
+    for k in keys:
         v = np.array([r[k] for r in results], dtype=np.float64)
         out[k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                   "values": v.tolist()}
@@ -256,16 +179,27 @@ def run_seeds(cfg: Config, seeds: list[int], overrides: list[str], config_path: 
         c = load_config(config_path, overrides + [f"train.seed={s}",
                                                   f"train.run_dir={base}/seed_{s}"])
         results.append(run_config(c, verbose))
-    summary = summarize(results)
+    summary = summarize(results, kinds.get_kind(cfg.model.kind).metric_keys)
     os.makedirs(base, exist_ok=True)
     with open(os.path.join(base, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`"0,1,2"` -> `[0, 1, 2]`; `ConfigError` naming `--seeds` otherwise."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers. Received: {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: expected distinct integers, e.g. 0,1,2. Received: {text!r}")
+    return seeds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfnegseq.train",
-                                     description="Train a tfnegseq CTR model.")
+                                     description="Train a tfnegseq model (any model.kind).")
     add_config_args(parser)
     parser.add_argument("--seeds", default=None,
                         help="comma-separated seeds, e.g. 0,1,2,3,4 (reports mean and std)")
@@ -273,15 +207,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
+        require_trainable(cfg, args.config)
+        keys = kinds.get_kind(cfg.model.kind).metric_keys
         if args.seeds:
-            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            seeds = parse_seeds(args.seeds)
             summary = run_seeds(cfg, seeds, args.overrides, args.config)
-            for k in METRIC_KEYS:
+            for k in keys:
                 print(f"{k}: {summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}")
         else:
             m = run_config(cfg)
-            print(f"auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f} "
-                  f"({m['train_examples_per_second']} examples/s) -> {cfg.train.run_dir}")
+            print(f"{format_metrics(m, keys)} ({m['train_examples_per_second']} examples/s)"
+                  f" -> {cfg.train.run_dir}")
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 """The Beam sample-building job end to end on small KuaiRec-layout files."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -39,9 +40,23 @@ def make_cfg(src, out, **samples):
     return config_from_dict({
         "source": {"kind": "kuairec", "path": str(src)},
         "samples": {"max_history": 5, **samples},
+        "model": {"sequence_length": 10},
         "split": {"kind": "user", "valid_fraction": 0.25, "test_fraction": 0.25},
         "output": {"dir": str(out), "shards": 2},
     })
+
+
+def sequential_cfg(raw):
+    """A job config building `samples.task: sequential` samples.
+
+    Config validation ties `samples.task` to the model kind's, and no kind trains on
+    sequential samples yet, so the task is set after loading; the Beam job reads only
+    source, rules, samples, split and output.
+    """
+    samples = raw.pop("samples")
+    cfg = config_from_dict(raw)
+    cfg.samples = dataclasses.replace(cfg.samples, **samples)
+    return cfg
 
 
 def read_split(out, split):
@@ -106,9 +121,11 @@ def test_manifest_schema_and_vocab(built):
     total_pos = sum(m["positive_rate"][s] * m["samples"][s] for s in m["samples"] if m["samples"][s])
     assert total_pos == pytest.approx(pos_rate * len(rows))
     vocab = dict(line.split("\t") for line in open(out / "vocab" / "item_id.tsv").read().split("\n") if line)
+    train_users = {r["user_id"][0] for r in read_split(out, "train")}
     items = {}
     for r in rows:
-        items[r[1]] = items.get(r[1], 0) + 1
+        if r[0] in train_users:  # vocabularies count the train split only
+            items[r[1]] = items.get(r[1], 0) + 1
     assert {int(k): int(v) for k, v in vocab.items()} == items
     assert m["vocab_sizes"]["item_id"] == len(items)
     assert "pos_item_id" in open(out / "schema.pbtxt").read()
@@ -205,14 +222,16 @@ def test_ml100k_writes_a_sample_per_rating(ml100k_dir, tmp_path):
     manifest = job.run(cfg)
     assert manifest["total_samples"] == 100_000
     assert manifest["dead_letters"] == 0
-    assert manifest["vocab_sizes"]["user_id"] == 943
+    # users are counted over the temporal split's train period only (not all 943 have one)
+    train_users = {r["user_id"][0] for r in read_split(tmp_path / "out", "train")}
+    assert manifest["vocab_sizes"]["user_id"] == len(train_users) < 943
 
 
 def test_sequential_task_one_example_per_user_with_kcore(tmp_path):
     from tfnegseq.data.samples import kcore_mask
 
     rows = write_log(tmp_path / "log", np.random.default_rng(3), users=10, per_user=30)
-    cfg = config_from_dict({
+    cfg = sequential_cfg({
         "source": {"kind": "kuairec", "path": str(tmp_path / "log")},
         "rules": {"label": [], "positive": ["watch_ratio >= 2.0"],
                   "negative": ["watch_ratio < 0.5"]},
@@ -244,3 +263,102 @@ def test_sequential_task_one_example_per_user_with_kcore(tmp_path):
     for r in recs:
         assert r["seq_item_id"][r["valid_index"][0]] == r["valid_item_id"][0]
         assert all(p in (1, -1) for p in r["seq_polarity"])
+
+
+# ------------------------------------------------- vocabularies: training split only
+
+T0 = 1593878400.0  # seconds
+
+
+def write_rows(path, rows):
+    """A KuaiRec log of `(user, item, seconds after T0, watch_ratio)` rows, in this order."""
+    os.makedirs(path, exist_ok=True)
+    lines = [HEADER] + [kuairec_row(u, i, T0 + t, r) for u, i, t, r in rows]
+    with open(os.path.join(path, "big_matrix.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def read_tsv(path):
+    return {int(a): int(b) for a, b in (ln.split("\t") for ln in open(path).read().splitlines())}
+
+
+def test_ctr_vocabularies_count_the_training_split_only(tmp_path):
+    """Temporal split at T0+1000 s (valid) and T0+2000 s (test): ids are counted over
+    train samples only, so an id first seen in test maps to an OOV bucket and min_count
+    is decided by train counts (item 200: 1 train, 5 test occurrences)."""
+    from tfnegseq.config import VocabConfig
+    from tfnegseq.data.vocab import Vocabulary
+
+    rows = [
+        (0, 1, 10, 2.5), (0, 200, 20, 0.3), (0, 300, 30, 2.5), (0, 2, 40, 0.3),
+        (1, 1, 15, 0.3), (1, 300, 25, 2.5), (1, 2, 35, 2.5),
+        (2, 2, 50, 2.5), (2, 1, 60, 0.3),
+        (8, 1, 1500, 2.5), (8, 3, 1600, 0.3),  # user 8: valid period only
+        (0, 200, 2100, 2.5), (1, 200, 2200, 0.3), (2, 200, 2300, 2.5),
+        (0, 200, 2400, 0.3), (1, 200, 2500, 2.5),
+        (1, 100, 2600, 2.5), (2, 100, 2700, 0.3),  # item 100: test period only
+        (7, 1, 2800, 2.5), (7, 100, 2900, 0.3),  # user 7: test period only
+    ]
+    write_rows(tmp_path / "log", rows)
+    cfg = config_from_dict({
+        "source": {"kind": "kuairec", "path": str(tmp_path / "log")},
+        "samples": {"max_history": 5},
+        "model": {"sequence_length": 10},
+        "split": {"kind": "temporal", "valid_start": int((T0 + 1000) * 1000),
+                  "test_start": int((T0 + 2000) * 1000)},
+        "output": {"dir": str(tmp_path / "out"), "shards": 1},
+    })
+    manifest = job.run(cfg)
+    assert manifest["samples"] == {"train": 9, "valid": 2, "test": 9}
+    train = [r for r in rows if r[2] < 1000]
+    items = read_tsv(tmp_path / "out" / "vocab" / "item_id.tsv")
+    users = read_tsv(tmp_path / "out" / "vocab" / "user_id.tsv")
+    want_items, want_users = {}, {}
+    for u, i, _, _ in train:
+        want_items[i] = want_items.get(i, 0) + 1
+        want_users[u] = want_users.get(u, 0) + 1
+    assert items == want_items  # {1: 3, 2: 3, 300: 2, 200: 1}
+    assert users == want_users  # users 7 and 8 absent
+    assert manifest["vocab_sizes"] == {"item_id": 4, "user_id": 3}
+    # every id a train sample carries (targets and histories) is in the vocabulary
+    for r in read_split(tmp_path / "out", "train"):
+        assert set(r["pos_item_id"] + r["neg_item_id"] + r["item_id"]) <= set(items)
+
+    vocab = Vocabulary.load(str(tmp_path / "out"), "item_id",
+                            VocabConfig(min_count=2, oov_buckets=4))
+    assert sorted(vocab.ids.tolist()) == [1, 2, 300]  # 200 dropped: 1 train occurrence
+    rows_of = vocab.lookup_layer()(tf.constant([100, 200, 300, 1, -1], tf.int64)).numpy()
+    assert 1 <= rows_of[0] <= 4 and 1 <= rows_of[1] <= 4  # OOV buckets
+    assert rows_of[2] > 4 and rows_of[3] > 4 and rows_of[4] == 0
+    user_vocab = Vocabulary.load(str(tmp_path / "out"), "user_id", VocabConfig(oov_buckets=4))
+    assert 1 <= int(user_vocab.lookup_layer()(tf.constant([7], tf.int64))[0]) <= 4
+
+
+def test_sequential_vocabularies_count_training_events_only(tmp_path):
+    """Sequential task: the training events of a user are the `seq_*` events before the
+    validation positive (`seq_*[:valid_index]`); the validation and test targets and the
+    events between them are held out, and users without a sample are not counted."""
+    P, N = 2.5, 0.3  # noqa: N806 - positive / negative watch ratios
+    rows = [
+        (0, 1, 1, P), (0, 2, 2, N), (0, 3, 3, P), (0, 4, 4, N), (0, 5, 5, P),
+        (0, 6, 6, N), (0, 7, 7, P),  # valid 5, test 7: train 1, 2, 3, 4
+        (1, 3, 1, P), (1, 1, 2, P), (1, 8, 3, N), (1, 9, 4, P), (1, 5, 5, P),
+        # valid 9, test 5: train 3, 1, 8
+        (2, 1, 1, P), (2, 7, 2, P), (2, 2, 3, N),  # 2 positives: no sample
+    ]
+    write_rows(tmp_path / "log", rows)
+    cfg = sequential_cfg({
+        "source": {"kind": "kuairec", "path": str(tmp_path / "log")},
+        "rules": {"label": [], "positive": ["watch_ratio >= 2.0"],
+                  "negative": ["watch_ratio < 0.5"]},
+        "samples": {"task": "sequential", "max_sequence": 50},
+        "output": {"dir": str(tmp_path / "out"), "shards": 1},
+    })
+    manifest = job.run(cfg)
+    assert manifest["samples"] == {"sequences": 2}
+    recs = {r["user_id"][0]: r for r in read_split(tmp_path / "out", "sequences")}
+    assert recs[0]["seq_item_id"][recs[0]["valid_index"][0]] == 5
+    items = read_tsv(tmp_path / "out" / "vocab" / "item_id.tsv")
+    users = read_tsv(tmp_path / "out" / "vocab" / "user_id.tsv")
+    assert items == {1: 2, 2: 1, 3: 2, 4: 1, 8: 1}
+    assert users == {0: 1, 1: 1}

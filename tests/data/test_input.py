@@ -73,3 +73,42 @@ def test_feature_processor_matches_a_per_example_reference(samples, truncate_to)
                 values = processor.vocabularies[f.vocab].lookup_numpy(np.asarray(values))
             want = np.asarray(values, np.int64).reshape(features[f.name][i].shape)
             np.testing.assert_array_equal(features[f.name][i].numpy(), want, err_msg=f.name)
+
+
+def test_keep_raw_ids_yields_the_raw_user_id_for_users_sharing_an_oov_row(samples):
+    """GAUC groups by user: two raw users hashed into one OOV row must stay apart.
+    A user vocabulary that keeps no real user and has 2 OOV buckets merges the 10 users
+    into 2 rows;
+    `raw_user_id` keeps them distinct, and without the flag the batches are unchanged."""
+    from tfnegseq.config import VocabConfig
+    from tfnegseq.data.input import make_dataset
+    from tfnegseq.data.vocab import Vocabulary, load_vocabularies
+
+    data_dir, cfg = samples
+    vocabs = load_vocabularies(data_dir, schema.vocab_names(cfg.samples), cfg.vocab)
+    vocabs["user_id"] = Vocabulary.from_counts(
+        "user_id", np.array([10**12]), np.array([1]), VocabConfig(oov_buckets=2))
+    processor = FeatureProcessor(cfg, vocabs)
+    files = sorted(glob.glob(os.path.join(data_dir, "train", "*.tfrecord.gz")))
+    want = []  # (raw user, timestamp, order) of every example
+    for r in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        ex = tf.train.Example.FromString(r.numpy()).features.feature
+        want.append(tuple(ex[k].int64_list.value[0] for k in ("user_id", "timestamp", "order")))
+
+    plain = list(make_dataset(data_dir, "train", cfg, batch_size=16, processor=processor))
+    kept = list(make_dataset(data_dir, "train", cfg, batch_size=16, processor=processor,
+                             keep_raw_ids=True))
+    assert len(plain) == len(kept)
+    for (fa, la), (fb, lb) in zip(plain, kept, strict=True):
+        assert "raw_user_id" not in fa and set(fb) == set(fa) | {"raw_user_id"}
+        for k in fa:
+            np.testing.assert_array_equal(fa[k].numpy(), fb[k].numpy(), err_msg=k)
+        np.testing.assert_array_equal(la.numpy(), lb.numpy())
+        assert fb["raw_user_id"].dtype == tf.int64 and fb["raw_user_id"].shape == fb["user_id"].shape
+    raw = np.concatenate([f["raw_user_id"].numpy() for f, _ in kept])
+    rows = np.concatenate([f["user_id"].numpy() for f, _ in kept])
+    got = zip(raw.tolist(), *(np.concatenate([f[k].numpy() for f, _ in kept]).tolist()
+                              for k in ("timestamp", "order")), strict=True)
+    assert sorted(got) == sorted(want)  # each example keeps its own raw user id
+    np.testing.assert_array_equal(rows, 1 + raw % 2)
+    assert len(set(raw.tolist())) > len(set(rows.tolist())) == 2

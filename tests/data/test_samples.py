@@ -11,9 +11,11 @@ from tfnegseq.data.samples import (
     UserStats,
     build_ctr_samples,
     build_sequential_sample,
+    ctr_vocab_counts,
     history_cut,
     kcore_mask,
     ragged_windows,
+    sequential_vocab_counts,
 )
 from tfnegseq.schema import PAD_ID
 
@@ -203,6 +205,41 @@ def test_sequential_leave_last_two():
     few = make_events(9, [1, 2], [1, 2], [1, 1])
     assert build_sequential_sample(few, cfg, stats=stats) is None
     assert stats.excluded == {"fewer_than_3_positives": 1}
+
+
+def test_sequential_vocab_counts_cover_the_training_events_only():
+    """Training events = seq_*[:valid_index]: 10, 11, 12 (the neutral 13 is no sequence
+    event; the valid 14, the 15 after it and the test 16 are held out). Item features
+    come from those events' own column (input order shuffled: counts follow the timeline)."""
+    ev = make_events(9, [16, 10, 11, 12, 13, 14, 15], [7, 1, 2, 3, 4, 5, 6],
+                     [1, 1, -1, 1, 0, 1, -1], lines=[7, 1, 2, 3, 4, 5, 6])
+    ev.columns["cat"] = ev.item_id.astype(float) * 10
+    cfg = SamplesConfig(task="sequential", max_sequence=10, user_features=["age"],
+                        item_features=["cat"])
+    side = SideTables(users={9: {"age": 30}})
+    batch = build_sequential_sample(ev, cfg, side)
+    assert dict(sequential_vocab_counts(batch, ev, cfg, side)) == {
+        ("item_id", 10): 1, ("item_id", 11): 1, ("item_id", 12): 1, ("user_id", 9): 1,
+        ("user_age", 30): 1, ("item_cat", 100): 1, ("item_cat", 110): 1, ("item_cat", 120): 1,
+    }
+    # the validation positive first in the window: no training event, nothing counted
+    first = make_events(9, [1, 2, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6, 7], [1, -1, -1, 1, -1, -1, 1])
+    cfg = SamplesConfig(task="sequential", max_sequence=3)
+    batch = build_sequential_sample(first, cfg)
+    assert batch.to_pylist()[0]["valid_index"] == [0]
+    assert not sequential_vocab_counts(batch, first, cfg)
+
+
+def test_ctr_vocab_counts_count_each_scalar_id_once_per_sample():
+    ev = make_events(4, [1, 2, 1], [1, 2, 3], [1, -1, 1])
+    cfg = SamplesConfig(user_features=["age"], item_features=["genre"])
+    side = SideTables(users={4: {"age": 30}}, items={1: {"genre": 5}})
+    splitter = SplitAssigner(SplitConfig(kind="user", valid_fraction=0, test_fraction=0))
+    (_, batch), = build_ctr_samples(ev, cfg, splitter, side)
+    assert dict(ctr_vocab_counts(batch, cfg)) == {
+        ("user_id", 4): 3, ("item_id", 1): 2, ("item_id", 2): 1, ("user_age", 30): 3,
+        ("item_genre", 5): 2, ("item_genre", PAD_ID): 1,
+    }
 
 
 def test_kcore_mask_matches_brute_force():

@@ -413,5 +413,42 @@ def test_generic_jsonl_odd_values(tmp_path):
 
 
 def test_make_source_unknown_kind():
+    import types
+
+    # SourceConfig itself refuses the kind; make_source's own check guards other callers
     with pytest.raises(ValueError, match="unknown 'nope'"):
-        make_source(SourceConfig(kind="nope", path="x"))  # type: ignore[arg-type]
+        make_source(types.SimpleNamespace(kind="nope", path="x"))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- hardening (issue 13)
+
+
+def test_timestamp_bounds():
+    from tfnegseq.data.sources import iso_ms, timestamp_bounds
+
+    assert timestamp_bounds(now_ms=1_000) == (0, 1_000 + 86_400_000)
+    assert timestamp_bounds(-5, 10, now_ms=1_000) == (-5, 10)
+    with pytest.raises(ValueError, match="min_timestamp must be <= max_timestamp"):
+        timestamp_bounds(10, 5)
+    assert iso_ms(1_593_878_400_123) == "2020-07-04T16:00:00.123Z"
+    assert iso_ms(-5_000) == "1969-12-31T23:59:55.000Z"
+    assert iso_ms(2**62) == f"{2**62} ms"
+
+
+def test_generic_jsonl_and_csv_lines_with_undecodable_bytes_are_dead_letters(tmp_path):
+    """Read with errors="surrogateescape": the line becomes a dead letter with its bytes
+    written as \\xNN; the lines around it are events."""
+    good = [json.dumps({"uid": 1, "iid": i, "ts": 1000 * i, "rating": 1}).encode() for i in (1, 2)]
+    bad = b'{"uid": 1, "iid": 7, "ts": 3000, "rating": "\xe9\xff"}'
+    (tmp_path / "log.jsonl").write_bytes(b"\n".join([good[0], bad, good[1]]) + b"\n")
+    ev, dead = _read_all(_generic(tmp_path, "jsonl"))
+    np.testing.assert_array_equal(ev.line, [1, 3])
+    assert [d.to_dict() for d in dead] == [{
+        "file": str(tmp_path / "log.jsonl"), "line": 2, "reason": "encoding",
+        "raw": '{"uid": 1, "iid": 7, "ts": 3000, "rating": "\\xe9\\xff"}',
+    }]
+    (tmp_path / "log.jsonl").unlink()
+    (tmp_path / "b.csv").write_bytes(b"uid,iid,ts,rating\n1,2,1000,4\n1,\xc3,2000,4\n1,3,3000,4\n")
+    ev, dead = _read_all(_generic(tmp_path, "csv"))
+    np.testing.assert_array_equal(ev.item_id, [2, 3])
+    assert [(d.line, d.raw, d.reason) for d in dead] == [(3, "1,\\xc3,2000,4", "encoding")]

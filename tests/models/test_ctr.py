@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tfnegseq import metrics
-from tfnegseq.config import ModelConfig
+from tfnegseq.kinds.ctr.config import CtrModelConfig as ModelConfig
 from tfnegseq.models.ctr import CtrModel
 
 TOPICS, ITEMS = 10, 20  # item i has topic i % 10
@@ -57,8 +57,7 @@ def make_model(polarity="tapf", ratio=0.5, backbone="din", length=10, d=16, item
 def train_and_score(polarity, ratio, backbone, epochs, x, y, xt, yt):
     keras.utils.set_random_seed(0)
     model = make_model(polarity, ratio, backbone)
-    model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
     model.fit(x, y, batch_size=256, epochs=epochs, verbose=0)
     p = np.asarray(model.predict(xt, batch_size=1024, verbose=0)["probability"])
     return metrics.auc(yt, p)
@@ -164,8 +163,7 @@ def test_five_million_id_vocabulary(updates):
         "neg_item_id": rng.integers(17, n + 17, (4, 4)),
         "neg_order": np.tile(np.array([2, 4, 6, 8]), (4, 1)),
     }
-    model.compile(optimizer=RowSparseAdam(1e-2) if sparse else keras.optimizers.Adam(1e-2),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.compile(optimizer=RowSparseAdam(1e-2) if sparse else keras.optimizers.Adam(1e-2))
     model(batch)
     table = model.item_embedding.embeddings
     before = np.asarray(table[n + 16])
@@ -181,14 +179,50 @@ def test_five_million_id_vocabulary(updates):
 
 
 def test_unknown_backbone_is_refused():
-    with pytest.raises(ValueError, match="not available yet"):
-        make_model(backbone="onetrans")
+    m = dataclasses.asdict(ModelConfig())
+    m["backbone"] = "onetrans"
+    with pytest.raises(ValueError, match=r"model\.backbone: must be one of 'din' or 'transformer'"):
+        CtrModel({"item_id": 10, "user_id": 2}, m)
+
+
+@pytest.mark.parametrize("loss", ["binary_crossentropy", keras.losses.BinaryCrossentropy()])
+def test_compile_refuses_a_loss(loss):
+    """The model owns its loss on the logit: a probability loss would train on the wrong
+    quantity (the old code trained silently with `loss="binary_crossentropy"`)."""
+    model = make_model()
+    with pytest.raises(ValueError, match="computes its own loss"):
+        model.compile(optimizer="adam", loss=loss)
+
+
+def test_the_loss_is_cross_entropy_on_the_logit():
+    """`compute_loss` equals numpy's stable BCE of the logit (not of the probability)."""
+    rng = np.random.default_rng(0)
+    x, y = planted_batch(rng, 64)
+    model = make_model()
+    model.compile(optimizer="adam")
+    out = model(x)
+    logit = np.asarray(out["logit"], np.float64)
+    expected = np.mean(np.maximum(logit, 0) - logit * y + np.log1p(np.exp(-np.abs(logit))))
+    got = float(model.compute_loss(x, y.astype("float32"), out))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_saved_model_loads_compiled_without_a_loss(tmp_path):
+    model = make_model()
+    x, y = planted_batch(np.random.default_rng(1), 8)
+    model(x)
+    model.compile(optimizer="adam")
+    model.train_on_batch(x, y)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")  # compile=True
+    np.testing.assert_allclose(np.asarray(again(x)["logit"]), np.asarray(model(x)["logit"]),
+                               rtol=1e-6)
 
 
 def check_take_rows_adam_step(seed=0):
     """One Adam step through `take_rows` with repeated ids equals numpy Adam on the
     summed (dense) gradient: the second moment sees `(sum g)^2`, on every backend."""
-    from tfnegseq.models.ctr import take_rows
+    from tfnegseq.embeddings import take_rows
 
     rng = np.random.default_rng(seed)
     vocab, dim, lr, eps = 6, 3, 0.1, 1e-7

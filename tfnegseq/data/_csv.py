@@ -2,8 +2,9 @@
 
 Parsing a chunk of delimited lines (`parse_lines`):
 
-1. Field counts are taken per line (`str.count`, or `csv` when quotes occur); blank lines
-   and lines with the wrong count become dead letters.
+1. Field counts are taken per line (`str.count`, or `csv` when quotes occur); blank lines,
+   lines with the wrong count and lines with a byte the encoding cannot decode (files
+   are read with `errors="surrogateescape"`) become dead letters.
 2. Fast path: the other lines go through one typed `pandas.read_csv` call (C engine,
    int64 / float64 / text dtypes, only "" as NA) and vectorised checks (ids
    non-negative, numbers finite and present, texts non-empty, enum values known). Rows
@@ -103,14 +104,35 @@ def open_binary(path: str) -> IO[bytes]:
     return open(path, "rb")
 
 
-def open_text(path: str, encoding: str = "utf-8") -> IO[str]:
-    """Opens a text file (universal newlines): builtin `open`, or `GFile` for URLs."""
+def open_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> IO[str]:
+    """Opens a text file (universal newlines): builtin `open`, or `GFile` for URLs.
+
+    `errors` is the codec error handler; logs are read with "surrogateescape", which
+    keeps each undecodable byte as one lone surrogate (see `undecodable_lines`).
+    """
     if is_remote(path):
         import tensorflow as tf
 
         raw = io.BufferedReader(_GFileRaw(tf.io.gfile.GFile(path, "rb")), 1 << 20)
-        return io.TextIOWrapper(raw, encoding=encoding)
-    return open(path, encoding=encoding)
+        return io.TextIOWrapper(raw, encoding=encoding, errors=errors)
+    return open(path, encoding=encoding, errors=errors)
+
+
+ENCODING_ERROR = "encoding"  # the dead-letter reason of a line with undecodable bytes
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what "surrogateescape" makes of a byte
+
+
+def undecodable_lines(lines: list[str]) -> np.ndarray:
+    """Mask of lines holding a byte the file's encoding could not decode (read with
+    `errors="surrogateescape"`). One regex search over the chunk when all is well."""
+    if _ESCAPED_BYTE.search("".join(lines)) is None:
+        return np.zeros(len(lines), dtype=bool)
+    return np.fromiter((_ESCAPED_BYTE.search(ln) is not None for ln in lines), bool, len(lines))
+
+
+def escape_undecodable(line: str) -> str:
+    """A line's text with each undecodable byte written as `\\xNN` (for a dead letter)."""
+    return _ESCAPED_BYTE.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", line)
 
 
 def read_header(f: IO[str], delimiter: str) -> list[str]:
@@ -421,15 +443,19 @@ def parse_lines(
 ) -> tuple[dict[str, np.ndarray], np.ndarray, list[DeadLetter]]:
     """Parses lines `start, start+1, ...` of `path`.
 
-    Returns (columns of the good rows, their line numbers, dead letters in line order).
+    A line with an undecodable byte is a dead letter (reason `ENCODING_ERROR`, its raw
+    text with the bytes escaped), whatever its fields. Returns (columns of the good rows, their line numbers, dead letters in line order).
     """
     counts = _field_counts(lines, layout)
-    idx = np.flatnonzero(counts == len(layout.names))
+    undecodable = undecodable_lines(lines)
+    idx = np.flatnonzero((counts == len(layout.names)) & ~undecodable)
     dead = {
         int(i): _letter(path, start + int(i), lines[i], "blank line" if not lines[i].strip()
                         else f"expected {len(layout.names)} fields, found {counts[i]}")
         for i in np.flatnonzero(counts != len(layout.names))
     }
+    for i in np.flatnonzero(undecodable).tolist():
+        dead[i] = _letter(path, start + i, escape_undecodable(lines[i]), ENCODING_ERROR)
     cols, idx = _parse_block(lines, idx, layout, start, path, dead)
     letters = [dead[i] for i in sorted(dead)]
     return cols, start + idx, letters
@@ -567,8 +593,12 @@ def json_records(
     recs: list[dict[str, Any]] = []
     nums: list[int] = []
     dead: list[DeadLetter] = []
+    undecodable = undecodable_lines(lines)
     for i, ln in enumerate(lines):
         raw = ln.rstrip("\r\n")
+        if undecodable[i]:
+            dead.append(DeadLetter(path, start + i, escape_undecodable(raw), ENCODING_ERROR))
+            continue
         if not raw.strip():
             dead.append(DeadLetter(path, start + i, raw, "blank line"))
             continue

@@ -3,8 +3,9 @@
     files -> ReadParse (chunked, dead letters) -> rules -> (user, EventChunk)
           -> GroupByKey(user) -> [k-core rounds] -> BuildSamples (per user, batched)
           -> tf.Example (tfx-bsl) -> gzip TFRecord shards per split
-    plus vocabularies with counts, dead letters (JSONL) and stats; the driver turns the
-    stats into `manifest.json` and writes `schema.pbtxt`.
+    plus vocabularies with counts over the training split (see `BuildSamplesFn`), dead
+    letters (JSONL) and stats; the driver turns the stats into `manifest.json` and
+    writes `schema.pbtxt`.
 
 Every DoFn is picklable (configs are dataclasses) and does its expensive set-up in
 `setup()`, so the job runs unchanged on DirectRunner (in-process or multi_processing)
@@ -31,6 +32,9 @@ from tfnegseq.data.samples import (
     UserStats,
     build_ctr_samples,
     build_sequential_sample,
+    count_ctr_batch,
+    ctr_vocab_counts,
+    sequential_vocab_counts,
 )
 
 MAIN = "main"
@@ -39,6 +43,7 @@ VOCAB = "vocab"
 STATS = "stats"
 SEQUENCES = "sequences"  # the sequential task's one-example-per-user output
 KCORE_RESIDUAL = "kcore_residual"
+TRAIN = SPLITS.index("train")
 
 
 def _global(value: Any) -> Any:
@@ -46,16 +51,31 @@ def _global(value: Any) -> Any:
 
 
 class ReadParseFn(beam.DoFn):
-    """(file_index, path) -> (user_id, EventChunk) per user per chunk; dead letters."""
+    """(file_index, path) -> (user_id, EventChunk) per user per chunk; dead letters.
 
-    def __init__(self, cfg: Config, chunk_rows: int = 50_000):
+    Events whose timestamp falls outside `[min_timestamp, max_timestamp]` (ms since the
+    epoch) are dead letters, so one absurd timestamp cannot stretch the temporal split's
+    span. The bounds default to `source.min_timestamp` / `source.max_timestamp` when
+    the config has them, else to 1970-01-01 and the time this DoFn is built (the job's
+    start, on the driver) plus one day.
+    """
+
+    def __init__(self, cfg: Config, chunk_rows: int = 50_000,
+                 min_timestamp: int | None = None, max_timestamp: int | None = None):
+        from tfnegseq.data.sources import timestamp_bounds
+
         self._cfg = cfg
         self._chunk_rows = chunk_rows
+        if min_timestamp is None:
+            min_timestamp = cfg.source.min_timestamp
+        if max_timestamp is None:
+            max_timestamp = cfg.source.max_timestamp
+        self._bounds = timestamp_bounds(min_timestamp, max_timestamp)
 
     def setup(self) -> None:
         from tfnegseq.data.sources import make_source
 
-        self._source = make_source(self._cfg.source)
+        self._source = make_source(self._cfg.source, *self._bounds)
 
     def process(self, spec: tuple[int, str]):
         from tfnegseq.data.rules import apply_rules
@@ -110,7 +130,19 @@ def _item_counts(kv: tuple[int, EventChunk]):
 
 class BuildSamplesFn(beam.DoFn):
     """(user, EventChunk) -> serialized tf.Examples tagged by split, plus vocabulary
-    counts and stats aggregated per bundle (few elements, not one per event)."""
+    counts and stats aggregated per bundle (few elements, not one per event).
+
+    A user whose sample building raises becomes a dead letter (`user_id`, `events`,
+    `samples_written`, `reason`) and the job goes on. Samples are streamed, a batch at
+    a time, so the batches written before the failure stay written (they are complete,
+    leakage-free samples) and `samples_written` says how many; stats and vocabularies
+    count exactly the written ones.
+
+    Vocabularies count the training split only, so valid / test frequencies never
+    decide `min_count` / `max_size` and ids first seen there map to OOV buckets: CTR
+    counts the train split's samples (`samples.ctr_vocab_counts`), the sequential task
+    each user's training events, `seq_*[:valid_index]` (`samples.sequential_vocab_counts`).
+    """
 
     def __init__(self, cfg: Config):
         self._cfg = cfg
@@ -132,43 +164,45 @@ class BuildSamplesFn(beam.DoFn):
         self._stats = UserStats()
         self._vocab: Counter[tuple[str, int]] = Counter()
 
-    def _count_vocab(self, batch: Any) -> None:
-        from tfnegseq import schema
-
-        for f in schema.features(self._cfg.samples):
-            if not f.vocab or f.is_list:
-                continue  # list ids are counted through the item_id / target events
-            values = batch.column(f.name).flatten().to_numpy()
-            ids, counts = np.unique(values, return_counts=True)
-            for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
-                self._vocab[(f.vocab, i)] += c
-
     def process(self, kv: tuple[int, EventChunk], cutoffs: tuple[int, int] | None = None):
-        _, events = kv
+        user, events = kv
+        written = 0
+        try:
+            for tag, examples in self._build(events, cutoffs):
+                for ex in examples:
+                    yield beam.pvalue.TaggedOutput(tag, ex)
+                written += len(examples)
+        except Exception as e:  # noqa: BLE001 - one user's failure never fails the job
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, {
+                "user_id": int(user),
+                "events": len(events),
+                "samples_written": written,
+                "reason": f"{type(e).__name__}: {e}",
+            })
+
+    def _build(self, events: EventChunk, cutoffs: tuple[int, int] | None):
+        """(output tag, serialized examples) per batch of one user. A batch's stats and
+        vocabulary counts are added only once it is fully encoded, just before it is
+        handed out, so they count exactly the examples written."""
         s = self._cfg.samples
         if s.task == "sequential":
-            batch = build_sequential_sample(events, s, self._side, self._stats)
-            if batch is None:
-                return
-            ids, counts = np.unique(events.item_id, return_counts=True)
-            for i, c in zip(ids.tolist(), counts.tolist(), strict=True):
-                self._vocab[("item_id", i)] += c
-            self._vocab[("user_id", int(events.user_id[0]))] += 1
-            self._count_side(batch)
-            for ex in self._encoder.encode(batch):
-                yield beam.pvalue.TaggedOutput(SEQUENCES, ex)
+            stats = UserStats()
+            batch = build_sequential_sample(events, s, self._side, stats)
+            vocab = Counter() if batch is None else sequential_vocab_counts(
+                batch, events, s, self._side)
+            examples = [] if batch is None else self._encoder.encode(batch)
+            self._stats = self._stats.merge(stats)
+            self._vocab.update(vocab)
+            if examples:
+                yield SEQUENCES, examples
             return
         splitter = SplitAssigner(self._cfg.split, *(cutoffs or (None, None)))
-        for split, batch in build_ctr_samples(events, s, splitter, self._side, self._stats):
-            self._count_vocab(batch)
-            for ex in self._encoder.encode(batch):
-                yield beam.pvalue.TaggedOutput(SPLITS[split], ex)
-
-    def _count_side(self, batch: Any) -> None:
-        s = self._cfg.samples
-        for name in [f"user_{f}" for f in s.user_features] + [f"item_{f}" for f in s.item_features]:
-            for v in batch.column(name).flatten().to_numpy().tolist():
-                self._vocab[(name, v)] += 1
+        for split, batch in build_ctr_samples(events, s, splitter, self._side):
+            examples = self._encoder.encode(batch)
+            vocab = ctr_vocab_counts(batch, s) if split == TRAIN else Counter()
+            count_ctr_batch(self._stats, split, batch)
+            self._vocab.update(vocab)
+            yield SPLITS[split], examples
 
     def finish_bundle(self):
         if self._vocab:
@@ -207,10 +241,17 @@ class WriteVocabFn(beam.DoFn):
 
 
 @beam.ptransform_fn
-def BuildSamples(pcoll: beam.PCollection, cfg: Config) -> dict[str, beam.PCollection]:  # noqa: N802
+def BuildSamples(  # noqa: N802
+    pcoll: beam.PCollection, cfg: Config, min_timestamp: int | None = None,
+    max_timestamp: int | None = None,
+) -> dict[str, beam.PCollection]:
     """Files `(index, path)` -> dict of PCollections: one per split (serialized
-    tf.Examples), `dead_letter` (dicts), `vocab` ((name, id), count) and `stats`."""
-    parsed = pcoll | "ReadParse" >> beam.ParDo(ReadParseFn(cfg)).with_outputs(
+    tf.Examples), `dead_letter` (dicts: the rows `ReadParseFn` refused, with file, line,
+    raw and reason, and the users `BuildSamplesFn` failed on, with user_id and reason),
+    `vocab` ((name, id), count) and `stats`. `min_timestamp` / `max_timestamp`: see
+    `ReadParseFn`."""
+    read = ReadParseFn(cfg, min_timestamp=min_timestamp, max_timestamp=max_timestamp)
+    parsed = pcoll | "ReadParse" >> beam.ParDo(read).with_outputs(
         DEAD_LETTER, main=MAIN
     )
     users = (
@@ -251,8 +292,9 @@ def BuildSamples(pcoll: beam.PCollection, cfg: Config) -> dict[str, beam.PCollec
         )
         side_inputs.append(beam.pvalue.AsSingleton(span))
     built = users | "BuildSamples" >> beam.ParDo(BuildSamplesFn(cfg), *side_inputs).with_outputs(
-        *SPLITS, SEQUENCES, VOCAB, STATS
+        *SPLITS, SEQUENCES, VOCAB, STATS, DEAD_LETTER
     )
+    dead = (parsed[DEAD_LETTER], built[DEAD_LETTER]) | "FlattenDeadLetters" >> beam.Flatten()
     vocab = (
         built[VOCAB]
         | "FlattenVocab" >> beam.FlatMap(lambda items: items)
@@ -260,14 +302,15 @@ def BuildSamples(pcoll: beam.PCollection, cfg: Config) -> dict[str, beam.PCollec
     )
     stats = built[STATS] | "MergeStats" >> beam.CombineGlobally(_merge_stats)
     out = {s: built[s] for s in (*SPLITS, SEQUENCES)}
-    out.update({DEAD_LETTER: parsed[DEAD_LETTER], VOCAB: vocab, STATS: stats})
+    out.update({DEAD_LETTER: dead, VOCAB: vocab, STATS: stats})
     if residual is not None:
         out[KCORE_RESIDUAL] = residual
     return out
 
 
 def _stats_to_dict(stats: UserStats, dead: int, vocab_sizes: list[tuple[str, int]],
-                   sequential: bool = False, kcore_residual: list[int] | None = None):
+                   sequential: bool = False, kcore_residual: list[int] | None = None,
+                   dead_users: int = 0):
     total = int(stats.samples.sum())
     if sequential:  # one example per user, counted in slot 2
         samples = {SEQUENCES: int(stats.samples[2])}
@@ -285,6 +328,7 @@ def _stats_to_dict(stats: UserStats, dead: int, vocab_sizes: list[tuple[str, int
         "neg_len_max": stats.neg_len_max,
         "excluded": stats.excluded,
         "dead_letters": dead,
+        "dead_letter_users": dead_users,
         "vocab_sizes": dict(vocab_sizes),
         "total": total,
     }
@@ -311,6 +355,11 @@ def WriteOutputs(outputs: dict[str, beam.PCollection], cfg: Config) -> beam.PCol
         )
     )
     dead_count = dead | "CountDead" >> beam.combiners.Count.Globally()
+    dead_users = (
+        dead
+        | "DeadUsers" >> beam.Filter(lambda d: "user_id" in d)
+        | "CountDeadUsers" >> beam.combiners.Count.Globally()
+    )
     sizes = (
         outputs[VOCAB]
         | "ByVocab" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1])))
@@ -326,6 +375,7 @@ def WriteOutputs(outputs: dict[str, beam.PCollection], cfg: Config) -> beam.PCol
             sequential=sequential,
             kcore_residual=(beam.pvalue.AsList(outputs[KCORE_RESIDUAL])
                             if KCORE_RESIDUAL in outputs else None),
+            dead_users=beam.pvalue.AsSingleton(dead_users),
         )
         | "StatsJson" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
         | "WriteStats" >> beam.io.WriteToText(

@@ -9,6 +9,10 @@ The parse spec comes from `tfnegseq.schema` (no second feature list). Each batch
                                            ids padded with PAD_ID -> row 0, other
                                            lists padded with 0
     label              [B]                 float32
+    raw_user_id        [B]                 int64, the user id before the lookup; only
+                                           with `keep_raw_ids=True` (evaluation groups
+                                           GAUC by it: users hashed into one OOV row
+                                           stay apart)
 
 Example:
     ds = make_dataset("build/samples/synthetic", "train", cfg, batch_size=2048,
@@ -17,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -29,6 +34,7 @@ from tfnegseq.config import Config
 from tfnegseq.data.vocab import Vocabulary, load_vocabularies
 
 AUTOTUNE = tf.data.AUTOTUNE
+RAW_USER_ID = "raw_user_id"
 
 
 def split_files(data_dir: str, split: str) -> list[str]:
@@ -80,7 +86,16 @@ class FeatureProcessor:
         return cls(cfg, load_vocabularies(data_dir, schema.vocab_names(cfg.samples), cfg.vocab),
                    **kw)
 
-    def __call__(self, serialized: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    def __call__(
+        self, serialized: tf.Tensor, keep_raw_ids: bool = False
+    ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        """Parses a batch of serialized tf.Examples into `(features, label)`.
+
+        Args:
+            serialized: string Tensor [B]. Serialized tf.Examples.
+            keep_raw_ids: bool. Also return the raw (not looked-up) user id as
+                `raw_user_id`, int64 [B]. Defaults to False.
+        """
         parsed = tf.io.parse_example(serialized, self.spec)
         out: dict[str, tf.Tensor] = {}
         for f in self.features:
@@ -92,6 +107,8 @@ class FeatureProcessor:
             elif f.vocab:
                 x = tf.cast(self.lookups[f.vocab](x), tf.int64)
             out[f.name] = x
+        if keep_raw_ids:
+            out[RAW_USER_ID] = parsed[schema.USER_VOCAB]
         label = tf.cast(out.pop("label"), tf.float32) if "label" in out else None
         return out, label
 
@@ -105,6 +122,7 @@ def make_dataset(
     processor: FeatureProcessor | None = None,
     repeat: bool = False,
     seed: int | None = None,
+    keep_raw_ids: bool = False,
 ) -> tf.data.Dataset:
     """Batches of `(features, label)` from `<data_dir>/<split>/*.tfrecord.gz`.
 
@@ -115,6 +133,8 @@ def make_dataset(
     Without `repeat`, the dataset declares its number of batches from the job's
     `manifest.json` (Keras then shows epoch progress against it), and iterating
     raises if the shards hold a different number of examples than the manifest says.
+    keep_raw_ids=True adds `raw_user_id` (the user id before the lookup, int64 [B]) to
+    the features, for evaluation to group by; training batches leave it out.
     """
     files = split_files(data_dir, split)
     in_order = not training or cfg.train.deterministic_input
@@ -137,7 +157,8 @@ def make_dataset(
     if examples is not None:
         batches = examples // batch_size if training else -(-examples // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
-    ds = ds.map(processor, num_parallel_calls=AUTOTUNE, deterministic=in_order)
+    parse = functools.partial(processor, keep_raw_ids=True) if keep_raw_ids else processor
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=in_order)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -47,8 +47,32 @@ def _write_text(path: str, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
+TINY_SPLIT = 0.01  # a split with fewer than this share of the samples is "tiny"
+
+
+def split_warnings(samples: dict[str, int]) -> list[str]:
+    """Manifest warnings for splits that came out empty or tiny (< 1% of the samples),
+    as a temporal split does when a few timestamps stretch the time span."""
+    total = sum(samples.values())
+    if not total:
+        return ["no samples were written"]
+    out = []
+    for split, n in samples.items():
+        if n == 0:
+            out.append(f"split {split!r} is empty (0 of {total} samples)")
+        elif n < TINY_SPLIT * total:
+            out.append(f"split {split!r} is tiny: {n} of {total} samples "
+                       f"({100 * n / total:.2g}%, under {100 * TINY_SPLIT:g}%)")
+    return out
+
+
 def finalize(cfg: Config, seconds: float) -> dict[str, Any]:
-    """Writes `manifest.json` and `schema.pbtxt` from the job's `_stats.json`."""
+    """Writes `manifest.json` and `schema.pbtxt` from the job's `_stats.json`.
+
+    `dead_letters` counts every record of `dead_letters/*.jsonl`: refused rows and
+    users whose sample building failed (`dead_letter_users` of them). `warnings` lists
+    empty or tiny splits (`split_warnings`).
+    """
     from apache_beam.io.filesystems import FileSystems
     from google.protobuf import text_format
 
@@ -58,6 +82,9 @@ def finalize(cfg: Config, seconds: float) -> dict[str, Any]:
     stats = json.loads(_read_text(FileSystems.join(out, "_stats.json")))
     samples = stats["samples"]
     total = stats["total"]
+    warnings = split_warnings(samples)
+    for w in warnings:
+        log.warning("%s", w)
     manifest = {
         "config_name": cfg.name,
         "config_hash": cfg.hash(),
@@ -78,6 +105,8 @@ def finalize(cfg: Config, seconds: float) -> dict[str, Any]:
         },
         "lifelong_length": cfg.samples.lifelong_length,
         "dead_letters": stats["dead_letters"],
+        "dead_letter_users": stats.get("dead_letter_users", 0),
+        "warnings": warnings,
         "excluded": stats["excluded"],
         "kcore_residual_events": stats.get("kcore_residual_events"),
         "features": [f.name for f in schema.features(cfg.samples)],

@@ -23,8 +23,10 @@ events of any polarity (neutral included, polarity 0) with their values.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -201,6 +203,30 @@ class UserStats:
         )
 
 
+def count_ctr_batch(stats: UserStats, split: int, batch: Any) -> None:
+    """Adds one CTR batch of split `split` to `stats`: samples, positives and the
+    lengths of its positive / negative histories.
+
+    `build_ctr_samples(..., stats=...)` calls it for each batch it yields; a caller
+    that passes no `stats` calls it for the batches it has written, so the stats never
+    count samples that were not written.
+    """
+    import pyarrow.compute as pc
+
+    stats.samples[split] += batch.num_rows
+    stats.positives[split] += int(np.sum(batch.column("label").flatten().to_numpy()))
+    for name in ("pos", "neg"):
+        lens = pc.list_value_length(batch.column(f"{name}_item_id")).to_numpy(
+            zero_copy_only=False)
+        total, longest = int(lens.sum()), int(lens.max(initial=0))
+        if name == "pos":
+            stats.pos_len_sum += total
+            stats.pos_len_max = max(stats.pos_len_max, longest)
+        else:
+            stats.neg_len_sum += total
+            stats.neg_len_max = max(stats.neg_len_max, longest)
+
+
 def _list_array(offsets: np.ndarray, values: np.ndarray, pa_type):
     import pyarrow as pa
 
@@ -272,14 +298,6 @@ def build_ctr_samples(
             ev_idx = idx_all[flat]
             cols[f"{name}_item_id"] = _list_array(offsets, ev.item_id[ev_idx], i64)
             cols[f"{name}_order"] = _list_array(offsets, order[ev_idx], i64)
-            if stats is not None:
-                lens = np.diff(offsets)
-                if name == "pos":
-                    stats.pos_len_sum += int(lens.sum())
-                    stats.pos_len_max = max(stats.pos_len_max, int(lens.max(initial=0)))
-                else:
-                    stats.neg_len_sum += int(lens.sum())
-                    stats.neg_len_max = max(stats.neg_len_max, int(lens.max(initial=0)))
         if life > 0:
             offsets, ev_idx = ragged_windows(cut[t], life)
             cols["life_item_id"] = _list_array(offsets, ev.item_id[ev_idx], i64)
@@ -296,13 +314,12 @@ def build_ctr_samples(
             sel = np.flatnonzero(sp == s)
             if not len(sel):
                 continue
-            if stats is not None:
-                stats.samples[s] += len(sel)
-                stats.positives[s] += int(label[t][sel].sum())
             arrays = [cols[f.name] for f in schema]
             batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
             if len(sel) != m:
                 batch = batch.take(pa.array(sel))
+            if stats is not None:
+                count_ctr_batch(stats, s, batch)
             yield s, batch
 
 
@@ -373,6 +390,64 @@ def build_sequential_sample(
         stats.samples[2] += 1
         stats.positives[2] += 1
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+# ------------------------------------------------------------ vocabulary counts
+
+def _count(counts: Counter[tuple[str, int]], name: str, values: np.ndarray) -> None:
+    ids, n = np.unique(np.asarray(values, np.int64), return_counts=True)
+    for i, c in zip(ids.tolist(), n.tolist(), strict=True):
+        counts[(name, i)] += c
+
+
+def ctr_vocab_counts(batch: Any, cfg: SamplesConfig) -> Counter[tuple[str, int]]:
+    """Vocabulary counts of one batch of CTR samples: every scalar id feature
+    (`user_id`, `item_id`, `user_<f>`, `item_<f>`), one count per sample.
+
+    The Beam job counts the train split's batches only. History lists are not counted:
+    every event is a target, and a train sample's history holds earlier events of the
+    same user, which the temporal, user and last-k splits all put in train too; their
+    ids are counted as those targets.
+    """
+    from tfnegseq import schema
+
+    counts: Counter[tuple[str, int]] = Counter()
+    for f in schema.features(cfg):
+        if f.vocab and not f.is_list:
+            _count(counts, f.vocab, batch.column(f.name).flatten().to_numpy())
+    return counts
+
+
+def sequential_vocab_counts(batch: Any, user_events: EventChunk, cfg: SamplesConfig,
+                            side: SideTables | None = None) -> Counter[tuple[str, int]]:
+    """Vocabulary counts of one user's sequential sample (`build_sequential_sample`'s
+    one-row batch for `user_events`), over the user's *training events* only.
+
+    Training events are `seq_*[:valid_index]`: the window's events before the
+    validation positive, i.e. what a model is trained on when the validation and test
+    targets are held out. The validation and test targets, the events between them and
+    the events older than the window are not counted. Counted: `item_id` once per
+    training event, `item_<f>` of each training event, and `user_id` / `user_<f>` once
+    when the user has at least one training event.
+    """
+    from tfnegseq import schema
+
+    counts: Counter[tuple[str, int]] = Counter()
+    row = batch.to_pylist()[0]
+    k = row["valid_index"][0]
+    if k == 0:
+        return counts
+    _count(counts, schema.ITEM_VOCAB, np.asarray(row["seq_item_id"][:k]))
+    _count(counts, schema.USER_VOCAB, np.asarray(row["user_id"]))
+    for f in cfg.user_features:
+        _count(counts, f"user_{f}", np.asarray(row[f"user_{f}"]))
+    if cfg.item_features:
+        ev = sort_timeline(user_events)
+        idx = np.asarray(row["seq_order"][:k], np.int64) - 1  # orders are 1-based ranks
+        side = side or SideTables()
+        for f in cfg.item_features:
+            _count(counts, f"item_{f}", side.item_values(ev.item_id[idx], f, ev, idx))
+    return counts
 
 
 def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:

@@ -5,7 +5,9 @@
 `item_features` for side features. Every data row of a log becomes either an event
 (a row of a chunk) or a `DeadLetter` (file, 1-based physical line, raw text, reason):
 wrong field count, bad or negative id, missing / unparsable / non-finite number,
-unknown enum value, out-of-range timestamp, blank line. Blank lines at the very end of
+unknown enum value, out-of-range timestamp, a timestamp outside the plausible range
+(`timestamp_bounds`: by default 1970-01-01 to the job's start plus one day), blank
+line, a byte the file's encoding cannot decode (reason "encoding"). Blank lines at the very end of
 a file are skipped. Parsing is vectorised per chunk (see `tfnegseq.data._csv`).
 
 Adapters (files are read from the directory `cfg.path`; `cfg.files` overrides the log
@@ -30,9 +32,11 @@ row wins; rows whose key is not a non-negative integer are skipped.
 from __future__ import annotations
 
 import csv
+import datetime
 import functools
 import itertools
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,6 +48,8 @@ from tfnegseq.data import _csv
 from tfnegseq.data.events import DeadLetter, EventChunk
 
 _TS_LIMIT = float(2**62)
+DAY_MS = 86_400_000
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _BEHAVIOR = {"pv": 1, "cart": 2, "fav": 3, "buy": 4}
 _UNIT_TO_MS = {"s": 1000.0, "ms": 1.0, "us": 0.001}
 
@@ -53,6 +59,43 @@ def _ms(values: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
     ms = np.rint(np.asarray(values, dtype=np.float64) * scale)
     bad = ~(np.abs(ms) < _TS_LIMIT)
     return np.where(bad, 0, ms).astype(np.int64), bad
+
+
+def timestamp_bounds(
+    min_timestamp: int | None = None, max_timestamp: int | None = None,
+    now_ms: int | None = None,
+) -> tuple[int, int]:
+    """The plausible range `[lo, hi]` of event times, in ms since the epoch.
+
+    Args:
+        min_timestamp: int or None. The earliest plausible time. Defaults to 0
+            (1970-01-01T00:00Z).
+        max_timestamp: int or None. The latest plausible time. Defaults to `now_ms`
+            plus one day.
+        now_ms: int or None. "Now" (the job's start). Defaults to the current time.
+
+    Returns:
+        `(lo, hi)`; events outside it are dead letters (`Source.read_chunks`).
+    """
+    lo = 0 if min_timestamp is None else int(min_timestamp)
+    if max_timestamp is None:
+        now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        hi = now + DAY_MS
+    else:
+        hi = int(max_timestamp)
+    if lo > hi:
+        raise ValueError(f"min_timestamp must be <= max_timestamp. Received: {lo} > {hi}")
+    return lo, hi
+
+
+def iso_ms(ms: int) -> str:
+    """`2020-07-04T16:00:00.000Z` for a time in ms since the epoch (`<ms> ms` beyond the
+    years 1 .. 9999)."""
+    try:
+        when = _EPOCH + datetime.timedelta(milliseconds=int(ms))
+    except OverflowError:
+        return f"{int(ms)} ms"
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
 def _raw_line(lines: list[str], start: int, line: int) -> str:
@@ -67,12 +110,23 @@ def _feature_dict(keys: np.ndarray, feats: dict[str, np.ndarray]) -> dict[int, d
 
 
 class Source:
-    """Reads one dataset layout. Subclasses implement the methods below."""
+    """Reads one dataset layout. Subclasses implement the methods below.
+
+    Args:
+        cfg: SourceConfig. Where and what to read.
+        min_timestamp: int or None. Earliest plausible event time (ms since the epoch);
+            earlier events are dead letters. Defaults to 0 (1970-01-01).
+        max_timestamp: int or None. Latest plausible event time (ms); later events are
+            dead letters. Defaults to the time the source is built plus one day (the
+            Beam job passes the bounds it fixed at its start).
+    """
 
     kind = ""
 
-    def __init__(self, cfg: SourceConfig) -> None:
+    def __init__(self, cfg: SourceConfig, min_timestamp: int | None = None,
+                 max_timestamp: int | None = None) -> None:
         self.cfg = cfg
+        self.timestamp_range = timestamp_bounds(min_timestamp, max_timestamp)
 
     def _path(self, name: str) -> str:
         return _csv.join(self.cfg.path, name)
@@ -167,7 +221,7 @@ class _CsvSource(Source):
     def read_chunks(
         self, file_index: int, path: str, chunk_rows: int = 50_000
     ) -> Iterator[tuple[EventChunk, list[DeadLetter]]]:
-        with _csv.open_text(path, self.encoding) as f:
+        with _csv.open_text(path, self.encoding, errors="surrogateescape") as f:
             lines, names, first = self._open(f, path)
             if not names:
                 return
@@ -181,14 +235,25 @@ class _CsvSource(Source):
         self, cols: dict[str, np.ndarray], line_no: np.ndarray, dead: list[DeadLetter],
         path: str, file_index: int, raw_of: Callable[[int], str],
     ) -> tuple[EventChunk, list[DeadLetter]]:
-        """Validated columns -> EventChunk (rows with an out-of-range timestamp are dead)."""
+        """Validated columns -> EventChunk. Rows whose timestamp is out of the int64 ms
+        range, or outside `timestamp_range`, are dead letters."""
         ts, bad = _ms(cols[self.ts_column], self.ts_scale)
-        if bad.any():
+        lo, hi = self.timestamp_range
+        implausible = ~bad & ((ts < lo) | (ts > hi))
+        if bad.any() or implausible.any():
             reason = f"{self.ts_column}: timestamp out of range"
             dead = dead + [DeadLetter(path, int(n), raw_of(int(n)), reason) for n in line_no[bad]]
+            span = f"[{iso_ms(lo)}, {iso_ms(hi)}]"
+            dead += [
+                DeadLetter(path, int(n), raw_of(int(n)),
+                           f"{self.ts_column}: {iso_ms(t)} is outside the plausible range {span}")
+                for n, t in zip(line_no[implausible].tolist(), ts[implausible].tolist(),
+                                strict=True)
+            ]
             dead.sort(key=lambda d: d.line)
-            cols = {k: v[~bad] for k, v in cols.items()}
-            line_no, ts = line_no[~bad], ts[~bad]
+            keep = ~(bad | implausible)
+            cols = {k: v[keep] for k, v in cols.items()}
+            line_no, ts = line_no[keep], ts[keep]
         ev = self._events(cols)
         for c in self.cfg.extra_columns:
             if c in cols and c not in ev and cols[c].dtype != object:
@@ -352,7 +417,7 @@ class TaobaoSource(_CsvSource):
                              "available: ['category']")
         parts = []
         for path in self.log_files():
-            with _csv.open_text(path) as f:
+            with _csv.open_text(path, errors="replace") as f:  # such rows do not parse
                 for df in pd.read_csv(f, header=None, usecols=[1, 2], dtype=str, na_filter=False,
                                       on_bad_lines="skip", chunksize=1_000_000):
                     num = df.apply(pd.to_numeric, errors="coerce").dropna()
@@ -379,8 +444,9 @@ class GenericSource(_CsvSource):
     kind = "generic"
     quoting = True
 
-    def __init__(self, cfg: SourceConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: SourceConfig, min_timestamp: int | None = None,
+                 max_timestamp: int | None = None) -> None:
+        super().__init__(cfg, min_timestamp, max_timestamp)
         m = cfg.columns
         self.delimiter = cfg.delimiter
         self.texts = (m.user_id, m.item_id)
@@ -429,7 +495,7 @@ class GenericSource(_CsvSource):
         kinds.update({c: "float" for c in [m.value] if c})
         if self.cfg.format == "jsonl":
             kinds.update({c: "float" for c in self.cfg.extra_columns if c not in kinds})
-            with _csv.open_text(path) as f:
+            with _csv.open_text(path, errors="surrogateescape") as f:
                 for start, lines in _csv.line_chunks(f, chunk_rows, 1):
                     df, nums, dead = _csv.json_records(lines, start, list(kinds), path)
                     yield self._frame(df, np.asarray(nums, np.int64), dead, kinds, path,
@@ -480,11 +546,13 @@ _KINDS: dict[str, type[Source]] = {
 }
 
 
-def make_source(cfg: SourceConfig) -> Source:
-    """The adapter for `cfg.kind`."""
+def make_source(cfg: SourceConfig, min_timestamp: int | None = None,
+                max_timestamp: int | None = None) -> Source:
+    """The adapter for `cfg.kind`, with the plausible event-time range (ms since the
+    epoch; see `timestamp_bounds` for the defaults)."""
     if cfg.kind not in _KINDS:
         raise ValueError(f"source.kind: unknown {cfg.kind!r}; expected one of {sorted(_KINDS)}")
-    return _KINDS[cfg.kind](cfg)
+    return _KINDS[cfg.kind](cfg, min_timestamp, max_timestamp)
 
 
 __all__ = [

@@ -5,10 +5,16 @@ then id. A `Vocabulary` keeps the ids that pass `VocabConfig` (`min_count`, then
 `max_size` most frequent) and maps raw ids to embedding rows:
 
     row 0                      padding (raw id `PAD_ID` = -1)
-    rows 1 .. oov_buckets      out-of-vocabulary ids, hashed into buckets
+    rows 1 .. oov_buckets      out-of-vocabulary ids: row 1 + (raw id mod oov_buckets),
+                               a floor modulo (negative ids included)
     rows oov_buckets+1 ..      the kept ids, most frequent first
 
-That is `keras.layers.IntegerLookup(mask_token=-1, num_oov_indices=oov_buckets)`, a
+The counts come from the training split only (`tfnegseq.data.beam.BuildSamplesFn`), so
+an id first seen in validation or test data is out of vocabulary.
+
+That is `keras.layers.IntegerLookup(mask_token=-1, num_oov_indices=oov_buckets)` with
+its default `oov_method="floormod"` (Keras 3.15: `tf.math.floormod(id, oov_buckets)`
+for integer keys; FarmHash64 only for strings or `oov_method="farmhash"`), a
 TensorFlow-backed preprocessing layer: it runs in the tf.data input pipeline (under
 any Keras backend) and inside the exported serving graph, never inside a model's
 backend-agnostic layers.
@@ -95,14 +101,17 @@ class Vocabulary:
         )
 
     def lookup_numpy(self, raw: np.ndarray) -> np.ndarray:
-        """Reference mapping for in-vocabulary ids and padding (OOV -> -1 marker)."""
-        index = {int(v): i for i, v in enumerate(self.ids)}
-        out = np.array(
-            [0 if r == PAD_ID else self.oov_buckets + 1 + index[r] if r in index else -1
-             for r in np.asarray(raw).ravel().tolist()],
-            np.int64,
-        )
-        return out.reshape(np.shape(raw))
+        """The rows `lookup_layer()` gives, computed in numpy (any shape, int64)."""
+        raw = np.asarray(raw, np.int64)
+        flat = raw.ravel()
+        out = 1 + np.mod(flat, self.oov_buckets)  # floor modulo, like tf.math.floormod
+        if len(self.ids):
+            order = np.argsort(self.ids, kind="stable")
+            pos = np.minimum(np.searchsorted(self.ids, flat, sorter=order), len(order) - 1)
+            hit = self.ids[order[pos]] == flat
+            out = np.where(hit, self.oov_buckets + 1 + order[pos], out)
+        out[flat == PAD_ID] = 0
+        return out.reshape(raw.shape)
 
 
 def load_vocabularies(data_dir: str, names: list[str], cfg: VocabConfig) -> dict[str, Vocabulary]:

@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from tfnegseq.train import run_config, versions
+    from tfnegseq.provenance import versions
+    from tfnegseq.train import run_config
 
     base = load_config(args.config, args.overrides)
     dataset = base.name

@@ -1,4 +1,4 @@
-"""The mixed-polarity CTR model, assembled from `ModelConfig`.
+"""The mixed-polarity CTR model, assembled from the `ctr` kind's `model:` section.
 
     pos/neg histories --MixedPolaritySequence(L, r, mode)--> items [B,L], polarity [B,L]
     items --item embedding (shared with the target)--> + position embedding -> tokens
@@ -18,10 +18,11 @@ from typing import Any
 
 import keras
 from keras import ops
-from keras.src.backend import AutocastScope  # not exported by Keras 3.15's public API
 
 from tfnegseq.api_export import register
-from tfnegseq.config import ModelConfig
+from tfnegseq.config import validate_section
+from tfnegseq.embeddings import EmbeddingTables
+from tfnegseq.kinds.ctr.config import CtrModelConfig
 from tfnegseq.layers.attention import DinAttention
 from tfnegseq.layers.polarity import (
     MixedPolaritySequence,
@@ -32,37 +33,6 @@ from tfnegseq.layers.transformer import TransformerEncoder
 from tfnegseq.optimizers import RowSparseAdam  # noqa: F401  (registered for load_model)
 
 
-def take_rows(table, ids):
-    """`ops.take(table, ids, axis=0)` whose gradient is one dense segment sum.
-
-    The gradient for `table` `[V, d]` is `segment_sum(upstream, ids, V)`: the rows of
-    ids that repeat are added before the optimizer sees them, on every backend. (The
-    TensorFlow gradient of a gather is `IndexedSlices`; Keras' Adam squares those row
-    by row, so a row used `n` times in a batch would get `sum g^2` instead of
-    `(sum g)^2` in its second moment, unlike under JAX, and the rows would be summed
-    twice, once per moment.)
-    """
-    @ops.custom_gradient
-    def _take(values):
-        rows = ops.take(values, ids, axis=0)
-
-        def grad(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            dim = ops.shape(values)[-1]
-            return ops.segment_sum(
-                ops.reshape(upstream, (-1, dim)),
-                ops.reshape(ids, (-1,)),
-                num_segments=values.shape[0],
-            )
-
-        return rows, grad
-
-    # Pass a tensor, not the variable: TensorFlow's custom gradient refuses a variable
-    # read inside the function. `ops.copy` is that read (compiled code elides the copy).
-    return _take(ops.copy(table))
-
-
 @register
 class CtrModel(keras.Model):
     """Mixed-polarity sequence CTR model.
@@ -70,15 +40,17 @@ class CtrModel(keras.Model):
     Args:
         vocab_sizes: dict. Embedding rows per id feature name (`item_id`, `user_id`,
             `user_<f>`, `item_<f>`), from `Vocabulary.size`.
-        model: dict. A `ModelConfig` as a dict (so the model serializes to plain JSON).
+        model: dict. A `CtrModelConfig` (the `model:` section) as a dict, so the model
+            serializes to plain JSON; validated like the config file.
         side_features: list of str. Names of scalar profile / side features to embed.
-        row_sparse_gradients: bool. Look the embedding tables up with a plain
-            `ops.take`, whose TensorFlow gradient is row-sparse (`tf.IndexedSlices`),
-            for `tfnegseq.optimizers.RowSparseAdam` to update only the rows a batch
-            uses. Defaults to False: `take_rows`, a dense gradient (summed repeats).
-            Under JAX, where the gradient of a gather is dense, `train_step` is
-            `tfnegseq.jax_sparse.train_step` instead, which gets the gradients of the
-            looked-up rows and gives the tables the same lazy Adam update.
+        row_sparse_gradients: bool. Row-sparse embedding gradients for
+            `tfnegseq.optimizers.RowSparseAdam` (see `tfnegseq.embeddings.EmbeddingTables`,
+            through which every table is read; under JAX `train_step` is its
+            row-sparse step). Defaults to False: dense gradients with summed repeats.
+
+    The model owns its loss: binary cross-entropy on the logit. `compile` takes no
+    `loss` (a probability loss such as `"binary_crossentropy"` on the logit would train
+    silently on the wrong quantity), and refuses one.
 
     Call arguments:
         inputs: dict with `user_id`, `item_id` [B]; `pos_item_id`, `pos_order`,
@@ -93,11 +65,12 @@ class CtrModel(keras.Model):
                  **kwargs: Any):
         super().__init__(**kwargs)
         self.row_sparse_gradients = bool(row_sparse_gradients)
-        self._slice_capture = None  # a jax_sparse.SliceCapture while its step traces
+        self.tables = EmbeddingTables(row_sparse_gradients=self.row_sparse_gradients)
         self.vocab_sizes = dict(vocab_sizes)
+        m = validate_section(CtrModelConfig, {"kind": "ctr", **dict(model)},
+                             where=f"{type(self).__name__}(model=...)")
         self.model_config = dict(model)
         self.side_features = list(side_features or [])
-        m = ModelConfig(**self.model_config)
         self.m = m
         d = m.embedding_dim
         self.sequence = MixedPolaritySequence(m.sequence_length, m.positive_ratio, mode=m.mode,
@@ -134,69 +107,55 @@ class CtrModel(keras.Model):
         )
         if m.backbone == "din":
             self.backbone = DinAttention(units=tuple(m.attention_units), name="din_attention")
-        elif m.backbone == "transformer":
+        else:  # "transformer" (the config refuses any other backbone)
             self.backbone = TransformerEncoder(
                 num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=2 * d,
                 dropout=m.dropout, name="transformer",
-            )
-        else:
-            raise ValueError(
-                f"backbone {m.backbone!r} is not available yet; choose 'din' or 'transformer'"
             )
         self.mlp = [keras.layers.Dense(u, activation="relu", name=f"mlp_{i}")
                     for i, u in enumerate(m.mlp_units)]
         self.dropout = keras.layers.Dropout(m.dropout) if m.dropout else None
         self.out = keras.layers.Dense(1, name="logit", dtype="float32")
 
-    @staticmethod
-    def _table(layer):
-        """An embedding sublayer's float32 table (built on first use, as `Embedding.call`).
+    def compile(self, optimizer="adam", loss=None, **kwargs: Any):
+        """`keras.Model.compile` with the model's own loss (cross-entropy on the logit).
 
-        Tables are float32 under any policy and rows are cast to the compute dtype after
-        the lookup: a bf16 table would be cast whole every step and the gradients of
-        its duplicate rows summed in bf16 (the "embedding trap" of mixed_bfloat16).
+        Raises:
+            ValueError: `loss` is given (any loss: the model computes its own).
         """
-        if not layer.built:
-            layer.build()
-        return layer.embeddings
+        if loss is not None:
+            raise ValueError(
+                f"{type(self).__name__} computes its own loss (binary cross-entropy on the "
+                f"logit); compile it without `loss`. Received: loss={loss!r}"
+            )
+        super().compile(optimizer=optimizer,
+                        loss=keras.losses.BinaryCrossentropy(from_logits=True), **kwargs)
 
-    @staticmethod
-    def _read(table):
-        """The float32 value of a table variable. Inside `call` of a model with a mixed
-        policy Keras reads every float variable through an autocast scope, which would
-        cast the whole table to bf16 every step (and sum its gradient in bf16); the
-        table is read outside that scope instead."""
-        with AutocastScope(None):
-            return table.value  # TensorFlow: the tf.Variable; JAX: the (traced) array
+    def get_compile_config(self):
+        """The compile arguments without `loss` (the model sets its own), so
+        `keras.saving.load_model` re-compiles it without tripping `compile`'s refusal."""
+        config = super().get_compile_config()
+        if config:
+            config = {k: v for k, v in config.items() if k != "loss"}
+        return config
 
-    def _gather(self, table, ids):
-        """Float32 rows `table[ids]` `[*ids.shape, d]` (table: a float32 variable)."""
-        if "int" not in keras.backend.standardize_dtype(ids.dtype):
-            ids = ops.cast(ids, "int32")  # as `Embedding.call` (e.g. symbolic float inputs)
-        if self.row_sparse_gradients:
-            if self._slice_capture is not None:  # JAX row-sparse train_step
-                return self._slice_capture.gather(self, table, ids)
-            return ops.take(self._read(table), ids, axis=0)
-        return take_rows(self._read(table), ids)
-
-    def table_index(self, table) -> int:
-        """The position of an embedding table variable in `trainable_variables`."""
-        for index, variable in enumerate(self.trainable_variables):
-            if variable is table:
-                return index
-        raise ValueError(f"{table.path} is not a trainable variable of {self.name}")
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model (Keras skips models that override `compile`)."""
+        config = {k: v for k, v in keras.saving.deserialize_keras_object(config).items()
+                  if k != "loss"}
+        self.compile(**config)
+        if self.built and getattr(self, "optimizer", None) is not None:
+            self.optimizer.build(self.trainable_variables)
 
     def train_step(self, *args):
-        """Keras' step; under JAX with `row_sparse_gradients`, `jax_sparse.train_step`."""
-        if self.row_sparse_gradients and keras.backend.backend() == "jax":
-            from tfnegseq import jax_sparse
-
-            return jax_sparse.train_step(self, *args)
+        """Keras' step; under JAX with `row_sparse_gradients`, the tables' row-sparse step."""
+        if self.tables.uses_jax_step():
+            return self.tables.train_step(self, *args)
         return super().train_step(*args)
 
     def _lookup(self, layer, ids):
         """Rows of an embedding sublayer (float32 table), cast to the compute dtype."""
-        return ops.cast(self._gather(self._table(layer), ids), self.compute_dtype)
+        return self.tables.lookup(self, layer, ids, self.compute_dtype)
 
     def encode_sequence(self, inputs: dict[str, Any], training: bool | None = None):
         """Tokens [B,L,d], target [B,d], polarity [B,L], mask [B,L] (shared with analyses)."""
@@ -208,9 +167,9 @@ class CtrModel(keras.Model):
         ids = ops.concatenate(
             [ops.reshape(items, (-1,)), ops.cast(inputs["item_id"], items.dtype)], axis=0
         )
-        rows = self._gather(self._table(self.item_embedding), ids)  # [B * L + B, d] float32
+        rows = self.tables.gather(self, self.tables.table(self.item_embedding), ids)  # [B*L+B, d]
         tokens = ops.reshape(rows[: batch * length], (batch, length, -1))  # [B, L, d]
-        position = self._read(self._table(self.position_embedding))  # [L, d] float32
+        position = self.tables.read(self.tables.table(self.position_embedding))  # [L, d] f32
         tokens = tokens + ops.expand_dims(position, 0)  # + pos_k
         tokens = ops.cast(tokens, self.compute_dtype)
         target = ops.cast(rows[batch * length :], self.compute_dtype)  # [B, d]
@@ -238,7 +197,7 @@ class CtrModel(keras.Model):
         return {"probability": ops.sigmoid(logit), "logit": logit}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Binary cross-entropy on the logit (numerically stable), via the compiled loss."""
+        """Binary cross-entropy on the logit (numerically stable); `compile` sets it."""
         logit = y_pred["logit"] if isinstance(y_pred, dict) else y_pred
         return super().compute_loss(x, y, logit, sample_weight, training)
 
@@ -252,8 +211,3 @@ class CtrModel(keras.Model):
         )
         return config
 
-
-def model_inputs(model_cfg: ModelConfig, side_features: list[str]) -> list[str]:
-    """The feature names `CtrModel` reads."""
-    return ["user_id", "item_id", "pos_item_id", "pos_order", "neg_item_id", "neg_order",
-            *side_features]

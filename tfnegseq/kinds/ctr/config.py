@@ -1,0 +1,53 @@
+"""The `model:` section of the `ctr` kind (mixed-polarity CTR models)."""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Literal
+
+from pydantic import StrictBool, StrictFloat, StrictInt, model_validator
+from pydantic.dataclasses import dataclass
+
+from tfnegseq.config import SECTION, ModelSection, at_least, in_range
+
+
+@dataclass(config=SECTION)
+class CtrModelConfig(ModelSection):
+    """The mixed-polarity CTR model (`tfnegseq.models.CtrModel`).
+
+    `backbone` lists only what is built; a backbone that is not refused here at load.
+    """
+
+    kind: Literal["ctr"] = "ctr"
+    backbone: Literal["din", "transformer"] = "din"
+    polarity: Literal["none", "pbe", "tapf"] = "tapf"
+    sequence_length: StrictInt = 100
+    positive_ratio: StrictFloat = 0.5
+    mode: Literal["interleaved", "grouped"] = "interleaved"
+    embedding_dim: StrictInt = 64
+    mlp_units: list[StrictInt] = field(default_factory=lambda: [200, 80])
+    attention_units: list[StrictInt] = field(default_factory=lambda: [80, 40])
+    num_heads: StrictInt = 2
+    num_layers: StrictInt = 1
+    dropout: StrictFloat = 0.0
+    # TAPF ablation switches (paper Table 3)
+    tapf_polarity_embedding: StrictBool = True
+    tapf_gating: StrictBool = True
+    tapf_polarity_sign: StrictBool = True
+    tapf_residual: StrictBool = True
+    tapf_target_interaction: StrictBool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> CtrModelConfig:
+        in_range(self, "positive_ratio", 0.0, 1.0)
+        at_least(self, 1, "sequence_length", "embedding_dim", "num_layers")
+        in_range(self, "dropout", 0.0, 1.0, high_open=True)
+        if self.num_heads < 1 or self.embedding_dim % self.num_heads:
+            raise ValueError(
+                f"num_heads: must be >= 1 and divide embedding_dim={self.embedding_dim}. "
+                f"Received: {self.num_heads}"
+            )
+        for name in ("mlp_units", "attention_units"):
+            if any(u < 1 for u in getattr(self, name)):
+                raise ValueError(f"{name}: every entry must be >= 1. Received: {getattr(self, name)}")
+        return self

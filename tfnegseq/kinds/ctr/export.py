@@ -1,0 +1,270 @@
+"""Serving signatures of an exported CTR model (TensorFlow only).
+
+Ids are raw; the lookups run inside the graph; H = `samples.max_history`.
+
+`serving_default` (JSON-friendly, one row per user):
+
+    user_id                          int64 [B]
+    pos_item_id, pos_order           int64 [B, W+]  oldest first, left-padded with -1 ids
+    neg_item_id, neg_order           int64 [B, W-]  (0 orders); padded in the graph to H
+    item_id                          int64 [B, C]   C >= 1 candidates
+    user_<f> (samples.user_features) int64 [B]
+    item_<f> (samples.item_features) int64 [B, C]   side feature of each candidate
+    -> probability                   float32 [B, C]
+
+Histories: a batch mixing history lengths is left-padded by the client with -1 ids /
+0 orders. A history that is not left-padded (a -1 id after a real one) or whose orders
+do not increase strictly along its real entries fails a `tf.debugging` assertion
+naming the field (InvalidArgumentError; HTTP 400 from TF Serving and from the bundled
+server), as does C = 0 ("empty candidate list"). A history wider than H keeps its most
+recent H entries, as training does: the Beam job keeps each sample's most recent
+`max_history` events and the tf.data parser (`left_pad`) keeps the last H of a longer
+list. User-level tensors are tiled over the C candidates and the model (which builds
+the mixed-polarity sequence itself) scores B * C rows.
+
+`score_examples`: `examples` string [B] (serialized tf.Example in the Beam job's format,
+parsed by the training `FeatureProcessor`) -> `probability` float32 [B]. Features the
+model does not read (`label`, `timestamp`, `order`) may be left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfnegseq import schema
+from tfnegseq.config import Config
+from tfnegseq.signatures import EXAMPLES_INPUT, EXAMPLES_SIGNATURE, OUTPUT, SERVING_SIGNATURE
+
+# Warm-up requests: (batch size, candidates per row) for serving_default, batch sizes for
+# score_examples. Small, so a server's start-up stays fast.
+WARMUP_SERVING = ((1, 10), (4, 3))
+WARMUP_EXAMPLES = (1, 8)
+HISTORIES = ("pos", "neg")
+
+
+def side_feature_names(cfg: Config) -> list[str]:
+    """The profile / side feature inputs: `user_<f>` then `item_<f>`."""
+    return [f"user_{f}" for f in cfg.samples.user_features] + [
+        f"item_{f}" for f in cfg.samples.item_features
+    ]
+
+
+def model_inputs(cfg: Config) -> list[str]:
+    """The (looked-up) features `CtrModel` reads."""
+    return ["user_id", "item_id", "pos_item_id", "pos_order", "neg_item_id", "neg_order",
+            *side_feature_names(cfg)]
+
+
+def serving_inputs(cfg: Config) -> dict[str, tuple[str, str | None]]:
+    """`serving_default` inputs: name -> (kind, vocabulary).
+
+    kind is "user" ([B]), "history" ([B, None]) or "candidate" ([B, C]); vocabulary is
+    the id vocabulary the input is looked up in, or None (orders).
+    """
+    fmap = schema.feature_map(cfg.samples)
+    out: dict[str, tuple[str, str | None]] = {}
+    names = ["user_id", "pos_item_id", "pos_order", "neg_item_id", "neg_order", "item_id"]
+    for name in names + side_feature_names(cfg):
+        f = fmap[name]
+        if f.is_list:
+            kind = "history"
+        elif name == "item_id" or name.startswith("item_"):
+            kind = "candidate"
+        else:
+            kind = "user"
+        out[name] = (kind, f.vocab)
+    return out
+
+
+def signature_description(cfg: Config) -> dict[str, Any]:
+    """The signatures' inputs and outputs, for the export's metadata file."""
+    return {
+        SERVING_SIGNATURE: {
+            "inputs": {n: k for n, (k, _) in serving_inputs(cfg).items()},
+            "outputs": {OUTPUT: "float32 [B, C]"},
+        },
+        EXAMPLES_SIGNATURE: {
+            "inputs": {EXAMPLES_INPUT: "string [B]"},
+            "outputs": {OUTPUT: "float32 [B]"},
+        },
+    }
+
+
+def _input_specs(cfg: Config) -> dict[str, Any]:
+    shapes = {"user": [None], "history": [None, None], "candidate": [None, None]}
+    return {
+        name: tf.TensorSpec(shapes[kind], tf.int64, name=name)
+        for name, (kind, _) in serving_inputs(cfg).items()
+    }
+
+
+def _history_checks(features: Mapping[str, tf.Tensor]) -> list[Any]:
+    """Assertions that each history is left-padded and strictly increasing in order."""
+    checks = []
+    for prefix in HISTORIES:
+        ids, orders = features[f"{prefix}_item_id"], features[f"{prefix}_order"]
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.shape(ids), tf.shape(orders),
+                message=f"{prefix}_item_id and {prefix}_order need the same shape",
+            )
+        )
+        real = tf.not_equal(ids, schema.PAD_ID)  # [B, W]
+        # Left-padded: once a row has a real id, every later entry is real.
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.reduce_any(tf.logical_and(real[:, :-1], tf.logical_not(real[:, 1:]))),
+                False,
+                message=f"{prefix}_item_id is not left-padded: a padding id "
+                f"({schema.PAD_ID}) follows a real id; put padding first, oldest event "
+                "next, most recent last",
+            )
+        )
+        both = tf.logical_and(real[:, :-1], real[:, 1:])  # consecutive real entries
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.reduce_any(tf.logical_and(both, orders[:, 1:] <= orders[:, :-1])),
+                False,
+                message=f"{prefix}_order must increase strictly along the real entries "
+                "of each row (oldest first)",
+            )
+        )
+    return checks
+
+
+def build_module(model: Any, processor: Any, cfg: Config) -> Any:
+    """A `tf.Module` with the two serving functions (see the module docstring).
+
+    Tracks the model's variables and the lookup tables, not the Keras objects, so the
+    SavedModel loads with TensorFlow alone.
+    """
+    inputs = serving_inputs(cfg)
+    model_keys = model_inputs(cfg)
+    max_history = processor.max_lengths["pos_item_id"]
+    lookups = processor.lookups
+
+    def serve(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        candidates = features["item_id"]  # [B, C]
+        batch = tf.shape(candidates)[0]
+        num = tf.shape(candidates)[1]
+        checks = [
+            tf.debugging.assert_greater_equal(
+                num, 1, message="empty candidate list: item_id needs at least one candidate"
+            )
+        ]
+        for name, (kind, _) in inputs.items():
+            x = features[name]
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(x)[0],
+                    batch,
+                    message=f"batch size of {name} differs from that of item_id",
+                )
+            )
+            if kind == "candidate" and name != "item_id":
+                checks.append(
+                    tf.debugging.assert_equal(
+                        tf.shape(x)[1],
+                        num,
+                        message=f"{name} needs one value per candidate in item_id",
+                    )
+                )
+        checks += _history_checks(features)
+        rows: dict[str, tf.Tensor] = {}
+        with tf.control_dependencies(checks):
+            for name, (kind, vocab) in inputs.items():
+                x = tf.identity(features[name])
+                if kind == "history":
+                    x = x[:, -max_history:]  # the most recent H, as training keeps
+                    pad = schema.PAD_ID if vocab else 0
+                    width = tf.maximum(max_history - tf.shape(x)[1], 0)
+                    x = tf.pad(x, [[0, 0], [width, 0]], constant_values=tf.cast(pad, tf.int64))
+                    x.set_shape([None, max_history])  # [B, H]
+                if vocab:
+                    x = tf.cast(lookups[vocab](x), tf.int64)
+                if kind == "candidate":
+                    x = tf.reshape(x, [-1])  # [B * C]
+                else:
+                    x = tf.repeat(x, num, axis=0)  # [B * C] or [B * C, H]
+                rows[name] = x
+        out = model({k: rows[k] for k in model_keys}, training=False)
+        probability = tf.reshape(tf.cast(out["probability"], tf.float32), [batch, num])
+        return {OUTPUT: probability}  # [B, C]
+
+    def score_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        features, _ = processor(examples)
+        out = model({k: features[k] for k in model_keys}, training=False)
+        return {OUTPUT: tf.cast(out["probability"], tf.float32)}  # [B]
+
+    module = tf.Module(name="tfnegseq_ctr")
+    module.model_variables = list(model.variables)
+    module.lookup_tables = [lookups[name].lookup_table for name in sorted(lookups)]
+    module.serve = tf.function(
+        serve, input_signature=[_input_specs(cfg)], jit_compile=False, autograph=False
+    )
+    module.score_examples = tf.function(
+        score_examples,
+        input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)],
+        jit_compile=False,
+        autograph=False,
+    )
+    return module
+
+
+def raw_serving_batch(
+    examples: list[bytes], cfg: Config, batch: int, candidates: int
+) -> dict[str, np.ndarray]:
+    """`serving_default` inputs (raw ids) built from real samples.
+
+    Row b takes the user-level features and histories of `examples[b]`; its candidates
+    are the target items (with their side features) of `candidates` consecutive samples.
+    Histories are left-padded with -1 ids / 0 orders to the longest in the batch.
+    """
+    parsed = tf.io.parse_example(tf.constant(examples), schema.parse_spec(cfg.samples))
+    out: dict[str, np.ndarray] = {}
+    for name, (kind, vocab) in serving_inputs(cfg).items():
+        x = parsed[name]
+        if kind == "history":
+            rows = [r[: cfg.samples.max_history] for r in x[:batch].to_list()]
+            width = max(1, max(len(r) for r in rows))
+            pad = schema.PAD_ID if vocab else 0
+            out[name] = np.asarray([[pad] * (width - len(r)) + r for r in rows], np.int64)
+        elif kind == "candidate":
+            values = x.numpy()
+            idx = (np.arange(batch)[:, None] + np.arange(candidates)[None, :]) % len(values)
+            out[name] = values[idx].astype(np.int64)
+        else:
+            out[name] = x.numpy()[:batch].astype(np.int64)
+    return out
+
+
+def warmup_records(model_name: str, examples: list[bytes], cfg: Config) -> list[bytes]:
+    """Serialized `PredictionLog`s with real `PredictRequest`s for both signatures.
+
+    Uses the `tensorflow_serving.apis` protos (package `tensorflow-serving-api`, which
+    tfx-bsl depends on).
+    """
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    def record(signature: str, inputs: Mapping[str, np.ndarray]) -> bytes:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        log_ = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        )
+        return log_.SerializeToString()
+
+    out = [
+        record(SERVING_SIGNATURE, raw_serving_batch(examples, cfg, b, c)) for b, c in WARMUP_SERVING
+    ]
+    for b in WARMUP_EXAMPLES:
+        batch = np.asarray([examples[i % len(examples)] for i in range(b)], dtype=object)
+        out.append(record(EXAMPLES_SIGNATURE, {EXAMPLES_INPUT: batch}))
+    return out
