@@ -35,7 +35,15 @@ SETTINGS: dict[str, list[str]] = {
     "Pos Seq + TAPF": ["model.positive_ratio=1.0", "model.polarity=tapf"],
     "Mix Seq + PB": ["model.positive_ratio=0.5", "model.polarity=pbe"],
     "Mix Seq + TAPF": ["model.positive_ratio=0.5", "model.polarity=tapf"],
+    # TAPF after the sequence encoder (Figure 2's order; model.tapf_position). For DIN,
+    # which has no sequence encoder, these equal the rows above: run them with
+    # --backbones transformer.
+    "Pos Seq + TAPF (encoded)": ["model.positive_ratio=1.0", "model.polarity=tapf",
+                                 "model.tapf_position=encoded"],
+    "Mix Seq + TAPF (encoded)": ["model.positive_ratio=0.5", "model.polarity=tapf",
+                                 "model.tapf_position=encoded"],
 }
+DEFAULT_SETTINGS = ("Pos Seq", "Pos Seq + TAPF", "Mix Seq + PB", "Mix Seq + TAPF")
 METRICS = ("auc", "gauc", "logloss")
 
 
@@ -115,7 +123,7 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
     summ = summarize(data["records"])
     backbones = sorted({b for b, _ in summ})
     fig, axes = plt.subplots(1, len(backbones), figsize=(5.5 * len(backbones), 4), squeeze=False)
-    colors = ["#9e9e9e", "#64b5f6", "#ffb74d", "#e53935"]
+    colors = ["#9e9e9e", "#64b5f6", "#ffb74d", "#e53935", "#1565c0", "#8e24aa"]
     for ax, b in zip(axes[0], backbones, strict=True):
         names = [s for s in SETTINGS if (b, s) in summ]
         means = [summ[(b, s)]["auc"][0] for s in names]
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--backbones", default="din,transformer")
-    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--settings", default=",".join(DEFAULT_SETTINGS))
     ap.add_argument("--results-dir", default="docs/results")
     ap.add_argument("--runs-dir", default="runs/table2")
     ap.add_argument("--report-only", action="store_true")
@@ -177,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [(b, s, seed) for b in args.backbones.split(",") for s in settings for seed in seeds
             if (b, s, seed) not in done]
     for i, (b, s, seed) in enumerate([] if args.report_only else todo, start=1):
-        tag = f"{b}_{s.replace(' + ', '_').replace(' ', '_')}_seed{seed}".lower()
+        name = s.replace(" + ", "_").replace(" (", "_").replace(")", "").replace(" ", "_")
+        tag = f"{b}_{name}_seed{seed}".lower()
         print(f"[{i}/{len(todo)}] {dataset} {b} {s} seed={seed}", flush=True)
         cfg = load_config(args.config, args.overrides + SETTINGS[s] + [
             f"model.backbone={b}", f"train.seed={seed}", "train.export=false",

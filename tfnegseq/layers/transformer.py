@@ -51,11 +51,14 @@ class TransformerEncoder(keras.layers.Layer):
         training: bool or None. Dropout mode. Defaults to None.
         return_attention_scores: bool. Also return the last block's attention weights
             of the target query. Defaults to False.
+        return_sequence: bool. Return every token's output `[B, L + 1, d]` (the last
+            block then computes all queries; the final LayerNorm applies to each)
+            instead of the target's. Defaults to False.
 
     Returns:
-        The target token's output `[B, d]`, or `(output, scores)` with `scores`
-        `[B, num_heads, L + 1]` (the last key is the target itself) when
-        `return_attention_scores=True`.
+        The target token's output `[B, d]` (`[B, L + 1, d]` with `return_sequence`), or
+        `(output, scores)` with `scores` `[B, num_heads, L + 1]` (the last key is the
+        target itself) when `return_attention_scores=True`.
 
     Example:
 
@@ -149,7 +152,10 @@ class TransformerEncoder(keras.layers.Layer):
         self.final_norm.build((None, dim))
         self.built = True
 
-    def call(self, tokens, target, mask=None, training=None, return_attention_scores=False):
+    def call(self, tokens, target, mask=None, training=None, return_attention_scores=False,
+             return_sequence=False):
+        if return_sequence and return_attention_scores:
+            raise ValueError("`return_sequence` and `return_attention_scores` are exclusive")
         x = ops.concatenate([tokens, ops.expand_dims(target, 1)], axis=1)  # [B, L + 1, d]
         if mask is None:
             mask = ops.ones(ops.shape(tokens)[:2], dtype="bool")
@@ -159,7 +165,7 @@ class TransformerEncoder(keras.layers.Layer):
         for i, (attention_norm, attention, ffn_norm, ffn_inner, ffn_outer) in enumerate(
             self.blocks
         ):
-            last = i == self.num_layers - 1
+            last = i == self.num_layers - 1 and not return_sequence
             normed = attention_norm(x)  # [B, L + 1, d]
             query = normed[:, -1:] if last else normed  # [B, 1, d] in the last block
             residual = x[:, -1:] if last else x
@@ -175,6 +181,8 @@ class TransformerEncoder(keras.layers.Layer):
             x = residual + self.residual_dropout(attended, training=training)
             ffn = ffn_outer(ffn_inner(ffn_norm(x)))
             x = x + self.residual_dropout(ffn, training=training)
+        if return_sequence:
+            return self.final_norm(x)  # [B, L + 1, d]
         output = self.final_norm(ops.squeeze(x, 1))  # [B, d]
         if return_attention_scores:
             return output, ops.squeeze(scores, 2)  # [B, heads, L + 1]

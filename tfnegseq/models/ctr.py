@@ -5,6 +5,9 @@
     polarity encoding: none | pbe (eq. 2) | tapf (PBE then TAPF, eq. 3-5)
     backbone: din (target attention, sum pooling) | transformer (encoder over tokens
               and the target token)
+    tapf_position: input (TAPF on the embedded tokens, before the backbone) | encoded
+              (transformer only: PBE -> encoder over all tokens -> TAPF on the encoded
+              sequence -> target-attention pooling `aggregation`; Figure 2's order)
     head: MLP over [user interest, target, user id, profile and side features] -> p(click)
 
 Inputs are looked-up ids (rows of the embedding tables; 0 = padding), produced by the
@@ -112,6 +115,14 @@ class CtrModel(keras.Model):
                 num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=2 * d,
                 dropout=m.dropout, name="transformer",
             )
+        # TAPF after the sequence encoder (Figure 2), then target-attention pooling.
+        self.tapf_after_encoder = (
+            self.tapf is not None and m.tapf_position == "encoded" and m.backbone != "din"
+        )
+        self.aggregation = (
+            DinAttention(units=tuple(m.attention_units), name="aggregation")
+            if self.tapf_after_encoder else None
+        )
         self.mlp = [keras.layers.Dense(u, activation="relu", name=f"mlp_{i}")
                     for i, u in enumerate(m.mlp_units)]
         self.dropout = keras.layers.Dropout(m.dropout) if m.dropout else None
@@ -175,15 +186,21 @@ class CtrModel(keras.Model):
         target = ops.cast(rows[batch * length :], self.compute_dtype)  # [B, d]
         if self.pbe is not None:
             tokens = self.pbe(tokens, polarity)
-        if self.tapf is not None:
+        if self.tapf is not None and not self.tapf_after_encoder:
             tokens = self.tapf(tokens, target, polarity)
         mask = ops.not_equal(polarity, 0)  # [B, L]
         return tokens, target, polarity, mask
 
     def call(self, inputs: dict[str, Any], training: bool | None = None):
-        tokens, target, _, mask = self.encode_sequence(inputs, training)
+        tokens, target, polarity, mask = self.encode_sequence(inputs, training)
         if self.m.backbone == "din":
             interest = self.backbone(tokens, target, mask)  # [B, d]
+        elif self.tapf_after_encoder:
+            length = ops.shape(tokens)[1]
+            encoded = self.backbone(tokens, target, mask, training=training,
+                                    return_sequence=True)[:, :length]  # [B, L, d]
+            calibrated = self.tapf(encoded, target, polarity)  # [B, L, d]
+            interest = self.aggregation(calibrated, target, mask)  # [B, d]
         else:
             interest = self.backbone(tokens, target, mask, training=training)  # [B, d]
         parts = [interest, target, self._lookup(self.user_embedding, inputs["user_id"])]
