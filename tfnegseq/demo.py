@@ -20,7 +20,9 @@ import time
 
 from tfnegseq.config import load_config
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+# Shipped inside the package (tfnegseq/configs; `configs/` at the repository root links
+# to it), so the demo runs from an installed wheel in any directory.
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                               "synthetic.yaml")
 
 

@@ -1,0 +1,48 @@
+"""The package installs as a wheel and its demo runs from it, away from the checkout."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(900)
+def test_demo_runs_from_an_installed_wheel(tmp_path):
+    """Build the wheel, install it (without dependencies) into a fresh venv that borrows
+    this environment's third-party packages, and run `python -m tfnegseq.demo` from an
+    empty directory: the demo must find its config inside the package."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(wheels), str(REPO)], check=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("tfnegseq-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    # third-party packages from this environment (a plain path: its .pth files, among them
+    # the editable install of the checkout, are not read)
+    pathlib.Path(purelib, "borrowed.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                   check=True)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([str(python), "-c", "import tfnegseq; print(tfnegseq.__file__)"],
+                           check=True, capture_output=True, text=True, cwd=work, env=env)
+    assert where.stdout.strip().startswith(str(venv)), where.stdout
+    small = ["simulate.num_users=40", "simulate.events_per_user_max=150",
+             "samples.max_history=20", "model.sequence_length=20", "model.embedding_dim=16",
+             "train.epochs=1", "train.shuffle_buffer=1000"]
+    args = [str(python), "-m", "tfnegseq.demo"]
+    for s in small:
+        args += ["--set", s]
+    run = subprocess.run(args, capture_output=True, text=True, cwd=work, env=env, timeout=800)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "Mix Seq + TAPF" in run.stdout
+    assert (work / "runs" / "demo").is_dir() and not (REPO / "elsewhere").exists()
