@@ -405,3 +405,31 @@ def test_rest_score_equals_keras_through_the_local_server(tiny_samples, tmp_path
         )
     _, refs = serving_case(exp, [user], [{"item_id": c} for c in candidates], [MAX_HISTORY])
     np.testing.assert_allclose(got, keras_probabilities(exp, refs), rtol=1e-5, atol=1e-6)
+
+
+def test_export_needs_only_the_run_directory(tiny_samples, tmp_path):
+    """The vocabularies and warm-up examples are copied into the run at training time:
+    the samples directory can be gone when the run is exported."""
+    import shutil
+
+    import tensorflow as tf
+
+    from tfnegseq import train
+    from tfnegseq.config import load_config
+    from tfnegseq.export import export_run
+
+    cfg, sets, _ = tiny_samples
+    samples = tmp_path / "samples"
+    shutil.copytree(cfg.output.dir, samples)
+    run = load_config(CONFIG, sets + [f"train.data_dir={samples}", "train.epochs=1",
+                                           "train.steps_per_epoch=2", "train.export=false",
+                                           f"train.run_dir={tmp_path}/run"])
+    train.run_config(run, verbose=0)
+    assert sorted(os.listdir(tmp_path / "run" / "data" / "vocab")) == sorted(
+        os.listdir(samples / "vocab"))
+    shutil.rmtree(samples)
+    version = export_run(str(tmp_path / "run"))
+    loaded = tf.saved_model.load(version)
+    assert sorted(loaded.signatures) == ["score_examples", "serving_default"]
+    warmup = os.path.join(version, "assets.extra", "tf_serving_warmup_requests")
+    assert sum(1 for _ in tf.data.TFRecordDataset(warmup)) == 4

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import os
 import pathlib
 import shutil
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -197,6 +199,31 @@ def wait_healthy(url: str, model: str = "recommender", timeout: float = 90.0) ->
                 return
         time.sleep(0.2)
     raise TimeoutError(f"server at {url} not healthy after {timeout}s")
+
+
+def raw_request(
+    url: str, method: str, path: str, body: bytes = b"", headers: dict | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """Sends one request on a fresh connection exactly as given (method case and all,
+    which `requests` would upper-case); returns (status, headers, body)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            conn.putheader(key, value)
+        conn.endheaders(body)
+        reply = conn.getresponse()
+        return reply.status, dict(reply.getheaders()), reply.read()
+    finally:
+        conn.close()
+
+
+def nested(value: object, depth: int) -> object:
+    """`value` inside `depth` one-element lists."""
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 @contextlib.contextmanager

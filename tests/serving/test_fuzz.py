@@ -4,24 +4,39 @@ it, and do not grow its memory.
 The server runs as a subprocess (so its RSS can be measured with psutil) over the
 toy models. Hypothesis sends random JSON, valid bodies with mutations (wrong types,
 missing or extra keys, huge / negative numbers, nested junk, both formats), raw
-bytes, truncated JSON and odd URLs / methods.
+bytes, truncated JSON and odd URLs / methods; then hostile requests sent byte for
+byte (JSON nested past numpy's 64 dimensions and past Python's recursion limit,
+`Content-Encoding` bodies that are not so encoded or that the server cannot decode,
+method tokens outside libevent's set, lower-case methods, CONNECT), after which a
+valid request must still get the same scores.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import pathlib
+import zlib
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import psutil
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.serving.conftest import MAX_HISTORY, free_port, instance, server_subprocess
+from tests.serving.conftest import (
+    MAX_HISTORY,
+    expected_probability,
+    free_port,
+    instance,
+    nested,
+    raw_request,
+    server_subprocess,
+)
 
 pytestmark = pytest.mark.serving
 MAX_RSS_GROWTH = 50 * 2**20
@@ -149,10 +164,104 @@ def check_reply(method: str, path: str, reply: requests.Response) -> None:
         assert isinstance(payload.get("error"), str), payload
 
 
+# --------------------------------------------------------------------------- hostile
+
+HOSTILE_METHODS = ["CONNECT", "get", "Post", "FOO", "TRACE", "PROPFIND", "M-SEARCH", "BREW"]
+ENCODINGS = ["gzip", "deflate", "GZIP", "br", "zstd", "identity", "x-bogus", "gzip, deflate"]
+FUZZ_MAX_BODY_BYTES = 65536
+
+
+@st.composite
+def deeply_nested(draw: st.DrawFn) -> tuple[str, bytes]:
+    """(path, body) with a list nested around numpy's and Python's limits."""
+    depth = draw(st.sampled_from([63, 64, 65, 66, 200, 990, 1010, 5000, 30000]))
+    leaf = draw(st.sampled_from([1, 1.5, "a", None, {"b64": "AAAA"}, []]))
+    where = draw(st.sampled_from(["row", "columnar", "top", "plain", "signature", "unclosed"]))
+    if where == "unclosed":  # never closed: the parser gives up, however deep
+        return "/v1/models/recommender:predict", b'{"instances": ' + b"[" * depth
+    if depth > 900:  # past what json.dumps can write: build the text by hand
+        inner = "[" * depth + json.dumps(leaf) + "]" * depth
+    else:
+        inner = json.dumps(nested(leaf, depth))
+    key = draw(st.sampled_from(INPUT_KEYS))
+    path = "/v1/models/recommender:predict"
+    if where == "row":
+        text = json.dumps({"instances": [{**instance(), key: "@"}]}).replace('"@"', inner)
+    elif where == "columnar":
+        inputs = {k: [v] for k, v in instance().items()}
+        text = json.dumps({"inputs": {**inputs, key: "@"}}).replace('"@"', inner)
+    elif where == "top":
+        text = inner
+    elif where == "signature":
+        text = json.dumps({"instances": [instance()], "signature_name": "@"}).replace('"@"', inner)
+    else:
+        path, text = "/v1/models/other:predict", '{"instances": [' + inner + "]}"
+    return path, text.encode()
+
+
+@st.composite
+def encoded_bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
+    """A predict body under a Content-Encoding header it may or may not match."""
+    body = json.dumps({"instances": [draw(valid_instances())]}).encode()
+    kind = draw(st.sampled_from(["plain", "gzip", "deflate", "truncated", "junk", "random"]))
+    if kind == "gzip":
+        body = gzip.compress(body)
+    elif kind == "deflate":
+        body = zlib.compress(body)
+    elif kind == "truncated":
+        compressed = gzip.compress(body)
+        body = compressed[: draw(st.integers(0, len(compressed) - 1))]
+    elif kind == "junk":
+        body = gzip.compress(body)[:12] + draw(st.binary(min_size=1, max_size=200))
+    elif kind == "random":
+        body = draw(st.binary(max_size=FUZZ_MAX_BODY_BYTES // 2))
+    return body, {"Content-Encoding": draw(st.sampled_from(ENCODINGS))}
+
+
+@st.composite
+def hostile_requests(draw: st.DrawFn) -> tuple[str, str, bytes, dict[str, str]]:
+    """(method, path, body, headers) to send byte for byte with `raw_request`."""
+    kind = draw(st.sampled_from(["nested", "encoding", "method"]))
+    if kind == "nested":
+        path, body = draw(deeply_nested())
+        return "POST", path, body, {}
+    if kind == "encoding":
+        body, headers = draw(encoded_bodies())
+        return "POST", "/v1/models/recommender:predict", body, headers
+    method = draw(st.sampled_from(HOSTILE_METHODS))
+    path = draw(st.sampled_from(["/v1/models/recommender", "/v1/models/recommender:predict", "/"]))
+    if method == "CONNECT":
+        path = draw(st.sampled_from([path, "127.0.0.1:80", "example.com:443"]))
+    body = draw(st.sampled_from([b"", json.dumps({"instances": [instance()]}).encode()]))
+    return method, path, body, {}
+
+
+SCORED = [
+    ("/v1/models/recommender:predict", {"instances": [instance()]}),
+    ("/v1/models/recommender/labels/stable:predict", {"instances": [instance(candidates=[5, 9])]}),
+    (
+        "/v1/models/recommender/versions/2:predict",
+        {"inputs": {k: [v, v] for k, v in instance(pos=[1, 2]).items()}},
+    ),
+]
+
+
+def scores(url: str) -> list:
+    """The replies to the valid requests in `SCORED`."""
+    replies = [requests.post(url + path, json=body, timeout=30) for path, body in SCORED]
+    assert [r.status_code for r in replies] == [200] * len(SCORED), [r.text for r in replies]
+    return [r.json() for r in replies]
+
+
 @pytest.fixture(scope="module")
 def fuzz_server(toy_models: pathlib.Path) -> Iterator[tuple[str, psutil.Process]]:
     port = free_port()
-    args = ["--model_config_file", str(toy_models / "models.config"), "--max_body_bytes", "65536"]
+    args = [
+        "--model_config_file",
+        str(toy_models / "models.config"),
+        "--max_body_bytes",
+        str(FUZZ_MAX_BODY_BYTES),
+    ]
     with server_subprocess(args, port) as proc:
         yield f"http://127.0.0.1:{port}", psutil.Process(proc.pid)
 
@@ -190,3 +299,34 @@ def run_fuzz(url: str, process: psutil.Process, examples: int) -> None:
 
 def test_fuzz_1000_requests(fuzz_server: tuple[str, psutil.Process]) -> None:
     run_fuzz(*fuzz_server, examples=1000)
+
+
+def test_hostile_requests_get_4xx_and_scores_stay_the_same(
+    fuzz_server: tuple[str, psutil.Process],
+) -> None:
+    url, process = fuzz_server
+    before = scores(url)
+    inst = SCORED[0][1]["instances"][0]
+    expected = expected_probability(
+        2, inst["pos_item_id"], inst["neg_item_id"], inst["item_id"], 30
+    )
+    np.testing.assert_allclose(before[0]["predictions"][0], expected, rtol=1e-5)
+    seen: dict[int, int] = {}
+
+    @settings(
+        max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(hostile_requests())
+    def fuzz(request: tuple[str, str, bytes, dict[str, str]]) -> None:
+        method, path, body, headers = request
+        status, reply_headers, data = raw_request(url, method, path, body, headers)
+        seen[status] = seen.get(status, 0) + 1
+        assert status < 500, (method, path, body[:80], headers, status, data[:300])
+        if status >= 400:
+            assert reply_headers["Content-Type"].startswith("application/json"), data[:300]
+            assert isinstance(json.loads(data)["error"], str), data[:300]
+
+    fuzz()
+    assert process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    assert scores(url) == before
+    assert {400, 405} <= set(seen), seen  # the strategies reached the fixed paths

@@ -31,13 +31,14 @@ from tests.serving.conftest import (
     expected_probability,
     free_port,
     instance,
+    nested,
+    raw_request,
     server_subprocess,
 )
 
 pytestmark = pytest.mark.serving
 REAL_URL = os.environ.get("TFNEGSEQ_SERVING_URL")
 REC = "/v1/models/recommender"
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass
@@ -551,25 +552,7 @@ def test_local_server_answers_like_tf_serving(local_server) -> None:
         assert got == [status, status], case[0]
 
 
-# --------------------------------------------------------------------------- config
-
-
-def test_models_config_asset_and_policies() -> None:
-    from tfnegseq.serving._models import VersionPolicy, parse_model_config
-
-    configs = {
-        c.name: c for c in parse_model_config((REPO / "serving" / "models.config").read_text())
-    }
-    assert set(configs) == {"ctr", "sine", "cain"}
-    assert configs["ctr"].version_labels == {"stable": 1, "canary": 2}
-    assert configs["ctr"].policy == VersionPolicy("specific", versions=(1, 2))
-    assert configs["cain"].policy == VersionPolicy("latest", 1)
-    assert VersionPolicy("latest", 2).select([1, 5, 3]) == {3, 5}
-    assert VersionPolicy.parse("specific:1,3").select([1, 2]) == {1}
-    with pytest.raises(ValueError, match="`model_version_policy` must be"):
-        VersionPolicy.parse("newest")
-    with pytest.raises(ValueError, match="model_config_list"):
-        parse_model_config('config { name: "a" }')
+# --------------------------------------------------------------------------- proto JSON
 
 
 def test_status_reply_is_tf_serving_proto_json(target: Target) -> None:
@@ -604,3 +587,85 @@ def test_broken_version_is_reported_and_others_keep_serving(
             reply.json()["predictions"][0], expected(1, instance()), rtol=1e-5
         )
         assert target.post(f"{REC}/versions/3:predict", GOOD).status_code == 404
+
+
+# --------------------------------------------------------------------------- hostile (local)
+
+
+OTHER_PREDICT = "/v1/models/other:predict"
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        (PREDICT, {"instances": [{**instance(), "item_id": nested(1, 65)}]}),
+        (PREDICT, {"instances": [{**instance(), "item_id": nested(1, 64)}]}),
+        (PREDICT, {"inputs": {**columnar(instance()), "item_id": nested(1, 65)}}),
+        (OTHER_PREDICT, {"instances": [nested(1.0, 65)]}),
+        (OTHER_PREDICT, {"inputs": nested(1.0, 500)}),
+    ],
+    ids=["row_65", "row_64", "columnar_65", "plain_list_65", "columnar_500"],
+)
+def test_json_nested_past_numpy_dimension_limit_is_400(
+    target: Target, path: str, body: dict
+) -> None:
+    target.local_only("the 64-dimension limit is the local server's (numpy's)")
+    reply = target.post(path, body)
+    assert reply.status_code == 400, reply.text
+    assert "at most 64 dimensions" in reply.json()["error"]
+    target.assert_healthy()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "GZIP"])
+@pytest.mark.parametrize("padding", [0, LOCAL_MAX_BODY_BYTES // 2], ids=["small", "big"])
+def test_content_encoding_with_a_body_not_so_encoded_is_400(
+    target: Target, encoding: str, padding: int
+) -> None:
+    target.local_only("TF Serving's answer to a corrupt compressed body is not checked here")
+    body = json.dumps({**GOOD, "padding": "x" * padding}).encode()
+    status, headers, data = raw_request(
+        target.url, "POST", PREDICT, body, {"Content-Encoding": encoding}
+    )
+    assert status == 400, data
+    assert headers["Content-Type"].startswith("application/json")
+    assert "Content-Encoding" in json.loads(data)["error"]
+    target.assert_healthy()
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd"])
+def test_content_encoding_the_server_cannot_decode_is_415(target: Target, encoding: str) -> None:
+    target.local_only("TF Serving decodes gzip only")
+    status, _, data = raw_request(
+        target.url, "POST", PREDICT, json.dumps(GOOD).encode(), {"Content-Encoding": encoding}
+    )
+    assert status == 415, data
+    assert encoding in json.loads(data)["error"]
+    target.assert_healthy()
+
+
+def test_gzip_body_is_decoded(target: Target) -> None:
+    import gzip
+
+    inst = instance()
+    status, _, data = raw_request(
+        target.url,
+        "POST",
+        PREDICT,
+        gzip.compress(json.dumps({"instances": [inst]}).encode()),
+        {"Content-Encoding": "gzip"},
+    )
+    assert status == 200, data
+    np.testing.assert_allclose(json.loads(data)["predictions"][0], expected(2, inst), rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["CONNECT", "get", "Post", "TRACE", "FOO", "PROPFIND"])
+def test_methods_outside_the_allowed_set_are_405_with_a_json_error(
+    target: Target, method: str
+) -> None:
+    target.local_only("libevent answers 400 / 501 with HTML to methods outside its set")
+    status, headers, data = raw_request(target.url, method, REC)
+    assert status == 405, (status, data)
+    assert headers["Content-Type"].startswith("application/json")
+    assert method in json.loads(data)["error"]
+    assert set(headers["Allow"].split(", ")) >= {"GET", "POST"}
+    target.assert_healthy()

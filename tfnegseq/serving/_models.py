@@ -1,232 +1,39 @@
 """Model discovery and loading for the local TF-Serving-compatible server.
 
 Mirrors the parts of TF Serving's `ServerCore` that the REST API exposes:
-
-- `parse_model_config` reads the text-proto `models.config` (`model_config_list`
-  with `name`, `base_path`, `model_version_policy` and `version_labels`; every
-  other field is ignored).
-- `ModelRepository` polls each model's base path for numeric version directories
-  (`<base>/<version>/saved_model.pb`), loads and unloads versions according to the
-  version policy, keeps TF Serving's per-version states (`START`, `LOADING`,
-  `AVAILABLE`, `UNLOADING`, `END`) and resolves a request's name / version / label
-  to a loaded `Servable` with TF Serving's error codes and messages
-  (`tensorflow_serving/model_servers/server_core.cc`,
-  `tensorflow_serving/core/manager.h`, `get_model_status_impl.cc`).
+`ModelRepository` polls each model's base path for numeric version directories
+(`<base>/<version>/saved_model.pb`), loads and unloads versions according to the
+version policy (`tfnegseq.serving.model_config`), keeps TF Serving's per-version
+states (`START`, `LOADING`, `AVAILABLE`, `UNLOADING`, `END`) and resolves a request's
+name / version / label to a loaded `Servable` with TF Serving's error codes and
+messages (`tensorflow_serving/model_servers/server_core.cc`,
+`tensorflow_serving/core/manager.h`, `get_model_status_impl.cc`).
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import logging
 import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
-
-# absl::StatusCode names, indexed by their numeric value (also tf.errors codes).
-STATUS_CODES = (
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-)  # fmt: skip
-
-
-class ServingStatus(Exception):
-    """An error with a TF Serving (absl) status code, e.g. `INVALID_ARGUMENT`.
-
-    Args:
-        code: str. The absl status code name.
-        message: str. The message sent to the client as `{"error": message}`.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-def invalid_argument(message: str) -> ServingStatus:
-    """Returns an `INVALID_ARGUMENT` status (HTTP 400)."""
-    return ServingStatus("INVALID_ARGUMENT", message)
-
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclasses.dataclass(frozen=True)
-class VersionPolicy:
-    """TF Serving's `ServableVersionPolicy`: which versions on disk to serve.
-
-    Args:
-        kind: str. `"latest"`, `"all"` or `"specific"`. Defaults to `"latest"`.
-        num_versions: int. How many of the highest versions `latest` serves.
-            Defaults to 1.
-        versions: tuple of int. The versions `specific` serves. Defaults to ().
-    """
-
-    kind: str = "latest"
-    num_versions: int = 1
-    versions: tuple[int, ...] = ()
-
-    def select(self, on_disk: Sequence[int]) -> set[int]:
-        """Returns the versions to serve out of those found on disk."""
-        if self.kind == "all":
-            return set(on_disk)
-        if self.kind == "specific":
-            return set(on_disk) & set(self.versions)
-        return set(sorted(on_disk)[-self.num_versions :]) if self.num_versions > 0 else set()
-
-    @classmethod
-    def parse(cls, text: str) -> VersionPolicy:
-        """Parses the CLI form: `latest`, `latest:N`, `all` or `specific:1,2`."""
-        kind, _, arg = text.partition(":")
-        try:
-            if kind == "latest":
-                return cls("latest", int(arg) if arg else 1)
-            if kind == "all" and not arg:
-                return cls("all")
-            if kind == "specific" and arg:
-                return cls("specific", versions=tuple(int(v) for v in arg.split(",")))
-        except ValueError:
-            pass
-        raise ValueError(
-            "`model_version_policy` must be latest[:N], all or specific:V1,V2. "
-            f"Received: model_version_policy={text}"
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """One `config { ... }` entry of a `model_config_list`.
-
-    Args:
-        name: str. The model name used in URLs.
-        base_path: str. The directory holding the numeric version directories.
-        policy: VersionPolicy. Which versions to serve. Defaults to latest 1.
-        version_labels: mapping of str to int. Label -> version. Defaults to {}.
-    """
-
-    name: str
-    base_path: str
-    policy: VersionPolicy = VersionPolicy()
-    version_labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
-
-
-_TOKEN = re.compile(
-    r"""\s+|\#[^\n]*|("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')|([{}<>\[\]:,;])|([\w.+-]+)"""
+from tfnegseq.serving.model_config import (  # noqa: F401 (re-exported)
+    ModelConfig,
+    VersionPolicy,
+    load_model_config,
+    parse_model_config,
+)
+from tfnegseq.serving.status import (  # noqa: F401 (re-exported)
+    STATUS_CODES,
+    ServingStatus,
+    invalid_argument,
 )
 
-
-def _tokenize(text: str) -> list[tuple[str, Any]]:
-    tokens: list[tuple[str, Any]] = []
-    pos = 0
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if match is None:
-            raise ValueError(f"models.config: unexpected character {text[pos]!r} at {pos}")
-        string, symbol, word = match.groups()
-        if string is not None:
-            tokens.append(("value", ast.literal_eval(string)))
-        elif symbol is not None:
-            tokens.append(("sym", symbol))
-        elif word is not None:
-            tokens.append(("word", word))
-        pos = match.end()
-    return tokens
-
-
-def parse_text_proto(text: str) -> dict[str, list[Any]]:
-    """Parses protobuf text format into `{field: [values]}` (nested for messages).
-
-    Scalars are kept as str, except whole numbers, which become int. Enough of the
-    format for TF Serving's `models.config`: `name: value`, `name { ... }`,
-    `name < ... >`, `name: [a, b]`, `#` comments and optional `,` / `;` separators.
-    """
-    tokens = _tokenize(text)
-
-    def scalar(token: tuple[str, Any]) -> Any:
-        kind, value = token
-        if kind == "word" and re.fullmatch(r"[+-]?\d+", value):
-            return int(value)
-        if kind == "sym":
-            raise ValueError(f"models.config: unexpected {value!r}")
-        return value
-
-    def message(i: int, closing: str | None) -> tuple[dict[str, list[Any]], int]:
-        fields: dict[str, list[Any]] = {}
-        while True:
-            if i >= len(tokens):
-                if closing is None:
-                    return fields, i
-                raise ValueError(f"models.config: missing {closing!r}")
-            kind, name = tokens[i]
-            if kind == "sym" and name == closing:
-                return fields, i + 1
-            if kind != "word":
-                raise ValueError(f"models.config: expected a field name, got {name!r}")
-            i += 1
-            if i < len(tokens) and tokens[i] == ("sym", ":"):
-                i += 1
-            if i >= len(tokens):
-                raise ValueError(f"models.config: field {name!r} has no value")
-            if tokens[i] in (("sym", "{"), ("sym", "<")):
-                sub, i = message(i + 1, "}" if tokens[i][1] == "{" else ">")
-                fields.setdefault(name, []).append(sub)
-            elif tokens[i] == ("sym", "["):
-                i += 1
-                while tokens[i] != ("sym", "]"):
-                    if tokens[i] != ("sym", ","):
-                        fields.setdefault(name, []).append(scalar(tokens[i]))
-                    i += 1
-                i += 1
-            else:
-                fields.setdefault(name, []).append(scalar(tokens[i]))
-                i += 1
-            if i < len(tokens) and tokens[i] in (("sym", ","), ("sym", ";")):
-                i += 1
-
-    fields, _ = message(0, None)
-    return fields
-
-
-def parse_model_config(text: str) -> list[ModelConfig]:
-    """Parses a TF Serving `ModelServerConfig` text proto into `ModelConfig`s.
-
-    Raises:
-        ValueError: when there is no `model_config_list`, a config lacks `name` or
-            `base_path`, or two configs share a name.
-    """
-    root = parse_text_proto(text)
-    if "model_config_list" not in root:
-        raise ValueError("models.config: expected a `model_config_list { ... }` block")
-    configs = []
-    for entry in root["model_config_list"][0].get("config", []):
-        if "name" not in entry or "base_path" not in entry:
-            raise ValueError(f"models.config: every config needs name and base_path: {entry}")
-        policy = VersionPolicy()
-        for mvp in entry.get("model_version_policy", []):
-            if "all" in mvp:
-                policy = VersionPolicy("all")
-            elif "specific" in mvp:
-                versions = mvp["specific"][0].get("versions", [])
-                policy = VersionPolicy("specific", versions=tuple(int(v) for v in versions))
-            elif "latest" in mvp:
-                policy = VersionPolicy("latest", int(mvp["latest"][0].get("num_versions", [1])[0]))
-        labels = {str(e["key"][0]): int(e["value"][0]) for e in entry.get("version_labels", [])}
-        configs.append(
-            ModelConfig(str(entry["name"][0]), str(entry["base_path"][0]), policy, labels)
-        )
-    names = [c.name for c in configs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"models.config: duplicate model names in {names}")
-    return configs
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- servables
