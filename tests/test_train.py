@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import keras
 import numpy as np
@@ -51,10 +52,16 @@ def test_resumes_from_last_epoch_after_interruption(tiny_samples, tmp_path, upda
 
     steps_done = []
 
+    first_seconds = []
+
     class StopAtEpoch2(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.t0 = time.perf_counter()
+
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 2:
                 steps_done.append(int(self.model.optimizer.iterations.numpy()))
+                first_seconds.append(time.perf_counter() - self.t0)
                 raise Interrupt()
 
     with pytest.raises(Interrupt):
@@ -68,9 +75,14 @@ def test_resumes_from_last_epoch_after_interruption(tiny_samples, tmp_path, upda
             seen.append((epoch, int(self.model.optimizer.iterations.numpy())))
 
     keras.backend.clear_session()
-    train.run_config(cfg, verbose=0, extra_callbacks=[Record()])
+    m = train.run_config(cfg, verbose=0, extra_callbacks=[Record()])
     # epochs 0 and 1 were restored with the optimizer's state, only the last one ran
     assert seen == [(2, steps_done[0])] and steps_done[0] > 0
+    # metrics.json says so; time and throughput cover the whole run (3 epochs)
+    saved = json.load(open(tmp_path / "run" / "metrics.json"))
+    assert saved["resumed_from_epoch"] == 2 == m["resumed_from_epoch"]
+    assert saved["seconds"] > first_seconds[0] > 0
+    assert not os.path.exists(tmp_path / "run" / "backup")  # a finished run keeps none
 
 
 def test_seeds_summary_is_mean_and_std_of_runs(tiny_samples, tmp_path, capsys):
@@ -128,3 +140,42 @@ def test_training_exports_a_servable_version(tiny_samples, tmp_path):
     assert m["export"] == str(tmp_path / "run" / "export" / cfg.name / "1")
     assert os.path.exists(os.path.join(m["export"], "saved_model.pb"))
     assert json.load(open(tmp_path / "run" / "metrics.json"))["export"] == m["export"]
+
+
+@pytest.mark.parametrize("change, named", [
+    ("model.embedding_dim=8", "model.embedding_dim: 16 -> 8"),  # was: 14 objects not loaded
+    ("model.polarity=pbe", "model.polarity: 'tapf' -> 'pbe'"),  # was: resumed silently
+    ("train.learning_rate=0.01", "train.learning_rate: 0.001 -> 0.01"),  # was: silently
+])
+def test_resume_with_a_changed_config_is_refused(tiny_samples, tmp_path, capsys, change, named):
+    cfg, sets, _ = tiny_samples
+    run = sets + [f"train.run_dir={tmp_path}/run", "train.epochs=2", "train.steps_per_epoch=2"]
+
+    class StopAtEpoch1(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise Interrupt()
+
+    with pytest.raises(Interrupt):
+        train.run_config(load_config(CONFIG, run), verbose=0, extra_callbacks=[StopAtEpoch1()])
+    args = ["--config", CONFIG]
+    for s in run + [change]:
+        args += ["--set", s]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err
+    assert "interrupted run trained with a different config" in err and named in err
+    assert f"delete {tmp_path}/run/backup" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--config", "{tmp}"], "is a directory, not a config file"),
+    (["--config", CONFIG, "--seeds", "a,b"], "--seeds: expected comma-separated integers"),
+    (["--config", CONFIG, "--seeds", "1,1"], "--seeds: expected distinct integers"),
+    (["--config", CONFIG, "--set", "samples.task=sequential"], "samples.task: model.kind 'ctr'"),
+])
+def test_user_mistakes_get_one_line_and_exit_2(tmp_path, capsys, args, says):
+    rc = train.main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -21,6 +21,9 @@ from typing import Any
 from tfnegseq.config import Config, ConfigError, config_from_dict
 
 RUN_DATA = "data"
+BACKUP = "backup"
+# Beside Keras' backup: the config hash, epochs done, time and throughput so far.
+RESUME_STATE = "tfnegseq_resume.json"
 EXAMPLES_FILE = "examples.tfrecord.gz"
 NUM_EXAMPLES = 16
 
@@ -97,3 +100,58 @@ def load_run(run_dir: str) -> tuple[Config, dict[str, Any]]:
     if "config" not in metrics:
         raise ConfigError(f"{path}: no 'config' entry (written by an older trainer?)")
     return config_from_dict(metrics["config"], where=path), metrics
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def read_resume_state(run_dir: str, cfg: Config) -> dict[str, Any] | None:
+    """The state of an interrupted run in `run_dir` (None when there is none).
+
+    Raises:
+        ConfigError: the interrupted run was trained with another config (another
+            `Config.model_hash()`: model, data, optimizer, batch ...), or its backup
+            carries no recorded config; resuming it would load mismatched weights or
+            silently continue the old run.
+    """
+    backup = os.path.join(run_dir, BACKUP)
+    if not os.path.isdir(backup) or not os.listdir(backup):
+        return None
+    how = (f"delete {backup} to start this run afresh, or train into another "
+           "train.run_dir")
+    path = os.path.join(backup, RESUME_STATE)
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"train.run_dir: {run_dir!r} holds an interrupted run whose config was not "
+            f"recorded (an older version wrote it); {how}"
+        )
+    with open(path, encoding="utf-8") as f:
+        state = json.load(f)
+    if state.get("config_hash") != cfg.model_hash():
+        old, new = _flatten(state.get("config", {})), _flatten(cfg.to_dict())
+        changed = sorted(k for k in set(old) | set(new)
+                         if old.get(k) != new.get(k) and not k.startswith(("name", "train.run_dir",
+                                                                           "train.export", "train.epochs")))
+        listed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise ConfigError(
+            f"train.run_dir: {run_dir!r} holds an interrupted run trained with a different "
+            f"config ({listed or 'config hash differs'}); resuming would mix the two. {how}"
+        )
+    return state
+
+
+def write_resume_state(run_dir: str, cfg: Config, state: dict[str, Any]) -> None:
+    """Records the run's progress beside Keras' backup (atomically)."""
+    backup = os.path.join(run_dir, BACKUP)
+    os.makedirs(backup, exist_ok=True)
+    path = os.path.join(backup, RESUME_STATE)
+    record = {"config_hash": cfg.model_hash(), "config": cfg.to_dict(), **state}
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)

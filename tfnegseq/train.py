@@ -33,20 +33,23 @@ import numpy as np
 from tfnegseq import kinds
 from tfnegseq.config import Config, ConfigError, add_config_args, load_config, require_trainable
 from tfnegseq.provenance import versions
-from tfnegseq.runs import copy_run_data, samples_dir
+from tfnegseq.runs import copy_run_data, read_resume_state, samples_dir, write_resume_state
 
 log = logging.getLogger("tfnegseq.train")
 
 
-def throughput_callback(batch_size: int) -> Any:
+def throughput_callback(batch_size: int, previous: list[tuple[int, float]] | None = None,
+                        on_epoch: Any = None) -> Any:
     """A Keras callback measuring training examples/s per epoch; its
-    `examples_per_second()` excludes the first epoch (compile) when there are more."""
+    `examples_per_second()` excludes the first epoch (compile) when there are more.
+    `previous`: (examples, seconds) of the epochs an interrupted run already trained;
+    `on_epoch(epochs)` is called after each epoch with the list so far."""
     import keras
 
     class Throughput(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
-            self.epochs: list[tuple[int, float]] = []
+            self.epochs: list[tuple[int, float]] = [tuple(e) for e in previous or []]
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t = time.perf_counter()
@@ -57,6 +60,8 @@ def throughput_callback(batch_size: int) -> Any:
 
         def on_epoch_end(self, epoch, logs=None):
             self.epochs.append((self._steps * batch_size, time.perf_counter() - self._t))
+            if on_epoch is not None:
+                on_epoch(epoch, self.epochs)
 
         def examples_per_second(self) -> float:
             use = self.epochs[1:] or self.epochs
@@ -99,6 +104,8 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     require_trainable(cfg)
     kind = kinds.get_kind(cfg.model.kind)
     data_dir = samples_dir(cfg)
+    previous = read_resume_state(tc.run_dir, cfg)  # refuses a changed config
+    earlier = previous["seconds"] if previous else 0.0
     os.makedirs(tc.run_dir, exist_ok=True)
     keras.utils.set_random_seed(tc.seed)
     keras.mixed_precision.set_global_policy(tc.mixed_precision)
@@ -113,7 +120,13 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     model(sample_features)  # build weights (BackupAndRestore needs a built model)
     # The model owns its loss (`compile` refuses one).
     model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=tc.jit_compile)
-    throughput = throughput_callback(tc.batch_size)
+    def record(epoch: int, epochs: list[tuple[int, float]]) -> None:
+        write_resume_state(tc.run_dir, cfg, {
+            "epochs_done": epoch + 1, "epochs": epochs,
+            "seconds": earlier + time.perf_counter() - t0})
+
+    # after BackupAndRestore's own epoch-end save (callbacks run in order)
+    throughput = throughput_callback(tc.batch_size, previous and previous["epochs"], record)
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(tc.run_dir, "backup")),
         keras.callbacks.ModelCheckpoint(
@@ -139,7 +152,8 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
         seed=tc.seed,
         eval_split=tc.eval_split,
         train_examples_per_second=round(throughput.examples_per_second(), 1),
-        seconds=round(time.perf_counter() - t0, 2),
+        seconds=round(earlier + time.perf_counter() - t0, 2),
+        resumed_from_epoch=previous["epochs_done"] if previous else None,
         data_dir=data_dir,
         versions=versions(),
         config=cfg.to_dict(),
