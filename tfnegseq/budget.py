@@ -1,32 +1,27 @@
-"""Exact sequence budgets: `floor(ratio * length)` for the ratio the user wrote.
+"""Exact sequence budgets: `floor(r * L)` positives and `floor((1 - r) * L)` negatives.
 
 `MixedPolaritySequence` gives `floor(r * L)` slots to positives and
 `floor((1 - r) * L)` to negatives. Binary floating point makes `0.29 * 100` come out as
-28.999..., and rounding before the floor (the earlier fix) made `0.2999999 * 10` a 3.
-Here the float is read back as the shortest decimal that prints it (`repr`), which is
-what the user wrote in the YAML, and the product is floored exactly with `Fraction`.
+28.999..., and rounding the product before the floor (the earlier code) made
+`0.29999999 * 10` a 3. Here the ratio is read as the decimal its `str` shows (what the
+user wrote in the YAML; for a numpy float32 its short form, e.g. "0.3") and the products
+are floored exactly with `Fraction`. The config check (`samples.max_history`) and the
+layer use this one function, so they agree.
 """
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 
-def floor_share(ratio: float, length: int) -> int:
-    """`floor(ratio * length)` computed exactly on the decimal `repr(ratio)`.
+def polarity_budget(ratio: float, length: int) -> tuple[int, int]:
+    """(positive slots, negative slots) of a length-`length` mixed sequence.
 
     Example:
-        floor_share(0.29, 100)       # 29
-        floor_share(0.2999999, 10)   # 2
-        floor_share(1 - 0.7, 10)     # 3 (1 - 0.7 prints as 0.30000000000000004)
+        polarity_budget(0.29, 100)        # (29, 71)
+        polarity_budget(0.29999999, 10)   # (2, 7)
+        polarity_budget(0.5, 101)         # (50, 50)
     """
-    return int(Fraction(repr(float(ratio))) * int(length) // 1)
-
-
-def polarity_budget(ratio: float, length: int) -> tuple[int, int]:
-    """(positive slots, negative slots) of a length-`length` mixed sequence: the
-    negatives' share is `1 - r` taken exactly, so the two never exceed `length`."""
-    positives = floor_share(ratio, length)
-    exact = Fraction(repr(float(ratio)))
-    negatives = int((1 - exact) * int(length) // 1)
-    return positives, negatives
+    share = Fraction(str(ratio))
+    return math.floor(share * int(length)), math.floor((1 - share) * int(length))

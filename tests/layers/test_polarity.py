@@ -7,72 +7,30 @@ functions are backend-agnostic; `test_jax_backend.py` runs them under JAX too.
 from __future__ import annotations
 
 import fractions
-import json
 import math
 
 import keras
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.helpers import (  # also imported from here by test_attention / test_transformer
+    assert_bf16_close,
+    assert_config_round_trip,
+    assert_save_load_equal,
+    bf16_matmul,
+    bf16_ulp,
+    eager_call,
+    to_bf16,
+    to_numpy,
+    xla_call,
+)
 from tfnegseq.layers.polarity import (
     MixedPolaritySequence,
     PolarityBiasEmbedding,
     TargetAwarePolarityFusion,
 )
-
-# --------------------------------------------------------------------------------------
-# Shared helpers (also imported by the other layer tests).
-
-
-def eager_call(layer, *args, **kwargs):
-    return layer(*args, **kwargs)
-
-
-def xla_call(layer, *args, **kwargs):
-    """Calls `layer` inside an XLA-compiled function of the current backend."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        def fn(trainable, non_trainable, *inputs):
-            outputs, _ = layer.stateless_call(trainable, non_trainable, *inputs, **kwargs)
-            return outputs
-
-        trainable = [v.value for v in layer.trainable_variables]
-        non_trainable = [v.value for v in layer.non_trainable_variables]
-        return jax.jit(fn)(trainable, non_trainable, *args)
-    import tensorflow as tf
-
-    return tf.function(lambda *inputs: layer(*inputs, **kwargs), jit_compile=True)(*args)
-
-
-def to_numpy(outputs):
-    return keras.tree.map_structure(lambda x: keras.ops.convert_to_numpy(x), outputs)
-
-
-def assert_config_round_trip(layer):
-    config = keras.saving.serialize_keras_object(layer)
-    restored = keras.saving.deserialize_keras_object(config)
-    assert type(restored) is type(layer)
-    assert json.dumps(keras.saving.serialize_keras_object(restored), sort_keys=True) == json.dumps(
-        config, sort_keys=True
-    )
-    assert config["registered_name"].startswith("tfnegseq>")
-
-
-def assert_save_load_equal(layer, inputs, tmp_path, input_dtypes):
-    """Wraps `layer` in a functional model, saves `.keras`, loads, compares outputs."""
-    symbolic = [
-        keras.Input(shape=x.shape[1:], dtype=dtype, batch_size=None)
-        for x, dtype in zip(inputs, input_dtypes, strict=True)
-    ]
-    model = keras.Model(symbolic, layer(*symbolic))
-    path = tmp_path / "model.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    expected, actual = to_numpy(model(inputs)), to_numpy(loaded(inputs))
-    for want, got in zip(keras.tree.flatten(expected), keras.tree.flatten(actual), strict=True):
-        np.testing.assert_array_equal(got, want)
-
 
 # --------------------------------------------------------------------------------------
 # Mixed-polarity sequence (§3.3).
@@ -106,9 +64,11 @@ def mixed_sequence_reference(pos_item, pos_order, neg_item, neg_order, length, r
     return items, polarity
 
 
-def random_histories(rng, batch, max_history, max_order=30, dtype="int64"):
+def random_histories(rng, batch, max_history, max_order=30, dtype="int64", holes=0.0):
     """Left-padded positive and negative histories; orders drawn from one small pool,
-    so ties between a positive and a negative happen."""
+    so ties between a positive and a negative happen. Row 0 is empty and row 1 full;
+    in the other rows each real slot is emptied (item 0) with probability `holes`, so
+    empty slots also sit between and after real ones. Empty slots get garbage orders."""
 
     def one_side():
         items = np.zeros((batch, max_history), dtype)
@@ -117,14 +77,17 @@ def random_histories(rng, batch, max_history, max_order=30, dtype="int64"):
             n = (0, max_history)[b] if b < 2 else int(rng.integers(0, max_history + 1))
             items[b, max_history - n :] = rng.integers(1, 1000, n)
             orders[b, max_history - n :] = np.sort(rng.choice(np.arange(1, max_order), n, False))
-        return items, orders
+        if holes:
+            items[2:][rng.random(items[2:].shape) < holes] = 0
+        orders = np.where(items == 0, rng.integers(-50, 2 * max_order, orders.shape), orders)
+        return items, orders.astype(dtype)
 
     return (*one_side(), *one_side())
 
 
-def check_mixed_sequence(mode, ratio, length, seed=0, call=eager_call, dtype=None):
+def check_mixed_sequence(mode, ratio, length, seed=0, call=eager_call, dtype=None, holes=0.2):
     rng = np.random.default_rng(seed)
-    inputs = random_histories(rng, batch=16, max_history=7)
+    inputs = random_histories(rng, batch=16, max_history=7, holes=holes)
     layer = MixedPolaritySequence(length, ratio, mode=mode, dtype=dtype)
     items, polarity = to_numpy(call(layer, *inputs))
     want_items, want_polarity = mixed_sequence_reference(*inputs, length, ratio, mode)
@@ -168,11 +131,51 @@ def test_mixed_sequence_grouped_and_ties_by_hand():
     np.testing.assert_array_equal(polarity, [[0, 1, 1, -1, -1, -1]])
 
 
-@pytest.mark.parametrize("ratio, length, num_pos, num_neg", [(0.29, 100, 29, 71), (0.55, 11, 6, 4)])
+@pytest.mark.parametrize(
+    "ratio, length, num_pos, num_neg",
+    [
+        (0.29, 100, 29, 71),  # 0.29 * 100 == 28.999999999999996 in floats
+        (0.57, 100, 57, 43),  # 56.99999999999999
+        (0.55, 11, 6, 4),  # 6.05, 4.95
+        (0.3, 10, 3, 7),
+        (0.2999999, 10, 2, 7),  # 2.999999, 7.000001
+        (0.29999999, 10, 2, 7),  # 2.9999999, 7.0000001 (rounding to 6 places gave 3)
+        (0.70000001, 10, 7, 2),  # 7.0000001, 2.9999999 (gave 3 negatives)
+        (0.99999999, 1, 0, 0),  # 0.99999999, 0.00000001 (gave 1 positive)
+        (0.9999999, 1, 0, 0),
+        (0.333333333, 3, 0, 2),  # 0.999999999, 2.000000001
+        (1 / 3, 3, 0, 2),  # repr 0.3333333333333333: 0.9999999999999999 (gave 1)
+        (2 / 3, 3, 1, 1),  # repr 0.6666666666666666: 1.9999999999999998, 1.0000000000000002
+        (0.123456789, 1000, 123, 876),
+        (1e-05, 100000, 1, 99999),
+        (0.0, 7, 0, 7),
+        (1.0, 7, 7, 0),
+        (1, 7, 7, 0),
+    ],
+)
 def test_mixed_sequence_budget_is_floor(ratio, length, num_pos, num_neg):
+    """floor(r L) and floor((1 - r) L) exactly, for the decimal value `repr(r)` shows."""
     layer = MixedPolaritySequence(length, ratio)
     assert (layer.num_positive, layer.num_negative) == (num_pos, num_neg)
-    check_mixed_sequence("interleaved", ratio, length, seed=3)
+
+
+def test_mixed_sequence_budget_is_floor_with_reference():
+    for ratio, length in ((0.29, 100), (0.55, 11), (0.29999999, 10), (0.70000001, 10)):
+        check_mixed_sequence("interleaved", ratio, length, seed=3)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(digits=st.integers(0, 10**9), places=st.integers(0, 9), length=st.integers(1, 10**6))
+def test_mixed_sequence_budget_matches_integer_arithmetic(digits, places, length):
+    """r = digits / 10**places written as a decimal: floor(r L) == digits * L // 10**places."""
+    scale = 10**places
+    if digits > scale:
+        digits = digits % (scale + 1)
+    ratio = float(f"{digits // scale}.{digits % scale:0{places}d}" if places else digits)
+    assert fractions.Fraction(str(ratio)) == fractions.Fraction(digits, scale)
+    layer = MixedPolaritySequence(length, ratio)
+    assert layer.num_positive == digits * length // scale
+    assert layer.num_negative == (scale - digits) * length // scale
 
 
 @pytest.mark.parametrize("mode", ["interleaved", "grouped"])
@@ -300,11 +303,6 @@ def test_pbe_xla():
     np.testing.assert_allclose(check_pbe(seed=4, call=xla_call), check_pbe(seed=4), atol=1e-6)
 
 
-def test_pbe_mixed_bfloat16():
-    out = check_pbe(seed=5, dtype="mixed_bfloat16", atol=5e-2)
-    assert np.isfinite(out).all()
-
-
 # --------------------------------------------------------------------------------------
 # Target-Aware Polarity Fusion (eq. 3-5), one case per row of Table 3.
 
@@ -328,7 +326,10 @@ def sigmoid(x):
 
 
 def tapf_reference(tokens, target, polarity, weights, switches):
-    """eq. 3-5 written literally (with the concat of eq. 4); padding tokens unchanged."""
+    """eq. 3-5 written literally (with the concat of eq. 4); padding tokens unchanged.
+
+    `weights` maps sublayer names to their weights (`[kernel]` or `[kernel, bias]`);
+    `weights["polarity_embedding"]` is the layer's own table or the shared one."""
     use = {
         "use_polarity_embedding": True,
         "use_gating": True,
@@ -339,13 +340,13 @@ def tapf_reference(tokens, target, polarity, weights, switches):
     }
     h = tokens.astype("float64")
     x = h * target[:, None, :] if use["use_target_interaction"] else h
-    w_int, b_int = weights["interaction"]
-    e = relu(x @ w_int + b_int)  # eq. 3
+    w_int, b_int = (*weights["interaction"], 0.0)[:2]
+    e = relu(x @ w_int + b_int)  # eq. 3 (+ bias unless use_bias=False)
     if use["use_gating"]:
         parts = [h, e]
         if use["use_polarity_embedding"]:
             parts.append(weights["polarity_embedding"][0][polarity + 1])
-        w_g, b_g = weights["gate"]
+        w_g, b_g = (*weights["gate"], 0.0)[:2]
         scale = 2.0 * sigmoid(np.concatenate(parts, axis=-1) @ w_g + b_g) - 1.0  # eq. 4
     else:
         scale = 1.0
@@ -368,14 +369,60 @@ def set_random_weights(layer, rng, scale=0.5):
     return weights
 
 
-def check_tapf(row, seed=0, call=eager_call, dtype=None, atol=1e-5, polarity_dim=None):
+def tapf_case(
+    row,
+    seed,
+    polarity_dim=None,
+    use_bias=True,
+    shared_dim=None,
+    dtype=None,
+    weight_scale=0.5,
+    **shape,
+):
+    """A built TAPF layer with random weights, its inputs, call kwargs and weights.
+
+    `shared_dim` set: `shared_polarity_embedding=True` and a random `[3, shared_dim]`
+    table passed as `polarity_embeddings` (also `weights["polarity_embedding"]`).
+    `weight_scale`: standard deviation of the random weights; small values give
+    updates small beside the tokens, as at the start of training."""
     rng = np.random.default_rng(seed)
-    tokens, target, polarity = random_tokens(rng)
-    layer = TargetAwarePolarityFusion(polarity_dim=polarity_dim, dtype=dtype, **TAPF_ROWS[row])
-    layer(tokens, target, polarity)
-    weights = set_random_weights(layer, rng)
-    out = to_numpy(call(layer, tokens, target, polarity)).astype("float32")
-    want = tapf_reference(tokens, target, polarity, weights, TAPF_ROWS[row])
+    tokens, target, polarity = random_tokens(rng, **shape)
+    switches = dict(TAPF_ROWS[row])
+    if not use_bias:
+        switches["use_bias"] = False
+    kwargs = {}
+    if shared_dim is not None:
+        switches["shared_polarity_embedding"] = True
+        table = rng.normal(size=(3, shared_dim)) * weight_scale
+        kwargs["polarity_embeddings"] = table.astype("float32")
+    layer = TargetAwarePolarityFusion(polarity_dim=polarity_dim, dtype=dtype, **switches)
+    layer(tokens, target, polarity, **kwargs)
+    weights = set_random_weights(layer, rng, scale=weight_scale)
+    if shared_dim is not None:
+        weights["polarity_embedding"] = [kwargs["polarity_embeddings"]]
+    return layer, (tokens, target, polarity), kwargs, weights, switches
+
+
+def check_tapf(
+    row,
+    seed=0,
+    call=eager_call,
+    dtype=None,
+    atol=1e-5,
+    polarity_dim=None,
+    use_bias=True,
+    shared_dim=None,
+):
+    layer, inputs, kwargs, weights, switches = tapf_case(
+        row,
+        seed,
+        polarity_dim=polarity_dim,
+        use_bias=use_bias,
+        shared_dim=shared_dim,
+        dtype=dtype,
+    )
+    out = to_numpy(call(layer, *inputs, **kwargs)).astype("float32")
+    want = tapf_reference(*inputs, weights, switches)
     np.testing.assert_allclose(out, want, atol=atol, rtol=atol)
     return out
 
@@ -383,6 +430,173 @@ def check_tapf(row, seed=0, call=eager_call, dtype=None, atol=1e-5, polarity_dim
 @pytest.mark.parametrize("row", sorted(TAPF_ROWS))
 def test_tapf_matches_reference(row):
     check_tapf(row, seed=len(row))
+
+
+@pytest.mark.parametrize("row", sorted(TAPF_ROWS))
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("shared_dim", [None, 5, 8], ids=["own", "shared5", "shared8"])
+def test_tapf_matches_reference_with_deviation_switches(row, use_bias, shared_dim):
+    """Every Table 3 row with and without the Dense biases, with its own polarity table
+    or a shared one (narrower than d and as wide as d)."""
+    check_tapf(row, seed=len(row) + 3, use_bias=use_bias, shared_dim=shared_dim)
+
+
+@pytest.mark.parametrize("shared_dim", [None, 5], ids=["own", "shared"])
+@pytest.mark.parametrize("row", ["full", "no_polarity_embedding"])
+def test_tapf_deviation_switches_xla(row, shared_dim):
+    np.testing.assert_allclose(
+        check_tapf(row, seed=12, call=xla_call, use_bias=False, shared_dim=shared_dim),
+        check_tapf(row, seed=12, use_bias=False, shared_dim=shared_dim),
+        atol=1e-5,
+    )
+
+
+def test_tapf_use_bias_false_creates_no_biases():
+    tokens, target, polarity = random_tokens(np.random.default_rng(0))
+    layer = TargetAwarePolarityFusion(use_bias=False)
+    layer(tokens, target, polarity)
+    assert layer.interaction.bias is None and layer.gate.bias is None
+    assert sorted(w.name for w in layer.weights) == ["embeddings", "kernel", "kernel"]
+    assert tuple(layer.gate.kernel.shape) == (2 * 8 + 8, 8)
+
+
+def test_tapf_shared_polarity_embedding_sublayers():
+    tokens, target, polarity = random_tokens(np.random.default_rng(0))
+    table = np.ones((3, 5), "float32")
+    layer = TargetAwarePolarityFusion(shared_polarity_embedding=True)
+    layer(tokens, target, polarity, polarity_embeddings=table)
+    assert layer.polarity_embedding is None
+    assert tuple(layer.gate.kernel.shape) == (2 * 8 + 5, 8)  # the table's width
+    assert len(layer.weights) == 4  # interaction and gate kernels and biases
+    bare = TargetAwarePolarityFusion(shared_polarity_embedding=True, use_bias=False)
+    bare(tokens, target, polarity, polarity_embeddings=table)
+    assert len(bare.weights) == 2
+
+
+def test_tapf_shared_table_gives_the_same_outputs_as_an_own_table():
+    layer, inputs, kwargs, weights, _ = tapf_case("full", seed=13, shared_dim=8)
+    own = TargetAwarePolarityFusion()
+    own(*inputs)
+    own.interaction.set_weights(weights["interaction"])
+    own.gate.set_weights(weights["gate"])
+    own.polarity_embedding.set_weights(weights["polarity_embedding"])
+    np.testing.assert_allclose(
+        to_numpy(layer(*inputs, **kwargs)), to_numpy(own(*inputs)), atol=1e-6, rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("row", ["no_gating", "no_polarity_embedding"])
+def test_tapf_shared_table_optional_when_the_gate_does_not_use_it(row):
+    tokens, target, polarity = random_tokens(np.random.default_rng(14))
+    layer = TargetAwarePolarityFusion(shared_polarity_embedding=True, **TAPF_ROWS[row])
+    out = to_numpy(layer(tokens, target, polarity))
+    table = np.full((3, 8), 5.0, "float32")
+    np.testing.assert_array_equal(
+        to_numpy(layer(tokens, target, polarity, polarity_embeddings=table)), out
+    )
+    assert layer.polarity_embedding is None
+
+
+def test_tapf_shared_polarity_embedding_validation():
+    tokens, target, polarity = random_tokens(np.random.default_rng(0))
+    with pytest.raises(
+        ValueError,
+        match="`shared_polarity_embedding=True` needs the `polarity_embeddings` call argument",
+    ):
+        TargetAwarePolarityFusion(shared_polarity_embedding=True)(tokens, target, polarity)
+    layer = TargetAwarePolarityFusion(shared_polarity_embedding=True)
+    layer(tokens, target, polarity, polarity_embeddings=np.ones((3, 4), "float32"))
+    with pytest.raises(ValueError, match="needs the `polarity_embeddings` call argument"):
+        layer(tokens, target, polarity)  # built, then called without the table
+    with pytest.raises(ValueError, match=r"`polarity_embeddings` must have shape \[3, d_p\]"):
+        TargetAwarePolarityFusion(shared_polarity_embedding=True)(
+            tokens, target, polarity, polarity_embeddings=np.ones((4, 4), "float32")
+        )
+    with pytest.raises(ValueError, match="`polarity_dim` must be None or equal the width"):
+        TargetAwarePolarityFusion(shared_polarity_embedding=True, polarity_dim=3)(
+            tokens, target, polarity, polarity_embeddings=np.ones((3, 4), "float32")
+        )
+    with pytest.raises(
+        ValueError, match="`polarity_embeddings` is only read with `shared_polarity_embedding=True`"
+    ):
+        TargetAwarePolarityFusion()(
+            tokens, target, polarity, polarity_embeddings=np.ones((3, 8), "float32")
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"use_bias": False},
+        {"shared_polarity_embedding": True},
+        {"use_bias": False, "shared_polarity_embedding": True, "polarity_dim": 8},
+    ],
+    ids=["no_bias", "shared", "both"],
+)
+def test_tapf_deviation_switches_serialization(kwargs, tmp_path):
+    layer = TargetAwarePolarityFusion(name="tapf", **kwargs)
+    assert_config_round_trip(layer)
+    config = layer.get_config()
+    assert config["use_bias"] is kwargs.get("use_bias", True)
+    assert config["shared_polarity_embedding"] is kwargs.get("shared_polarity_embedding", False)
+    rng = np.random.default_rng(15)
+    inputs = list(random_tokens(rng))
+    dtypes = ["float32", "float32", "int32"]
+    if kwargs.get("shared_polarity_embedding"):
+        inputs.append(rng.normal(size=(3, 8)).astype("float32"))  # a fourth model input
+        dtypes.append("float32")
+    assert_save_load_equal(layer, inputs, tmp_path, dtypes)
+
+
+def test_tapf_config_without_new_keys_keeps_the_defaults():
+    """A config saved before `use_bias` / `shared_polarity_embedding` existed loads
+    with the old behaviour."""
+    config = TargetAwarePolarityFusion(name="tapf").get_config()
+    del config["use_bias"], config["shared_polarity_embedding"]
+    layer = TargetAwarePolarityFusion.from_config(config)
+    assert layer.use_bias is True and layer.shared_polarity_embedding is False
+
+
+@keras.saving.register_keras_serializable(package="tfnegseq_tests")
+class PbeTapfModel(keras.Model):
+    """PBE then TAPF reading PBE's polarity table, as a CTR model wires them."""
+
+    def __init__(self, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.use_bias = use_bias
+        self.pbe = PolarityBiasEmbedding(embeddings_initializer="random_normal", name="pbe")
+        self.tapf = TargetAwarePolarityFusion(
+            use_bias=use_bias, shared_polarity_embedding=True, name="tapf"
+        )
+
+    def call(self, inputs):
+        tokens, target, polarity = inputs
+        hidden = self.pbe(tokens, polarity)
+        table = self.pbe.embeddings.embeddings  # [3, d]: rows -1, 0, +1
+        return self.tapf(hidden, target, polarity, polarity_embeddings=table)
+
+    def get_config(self):
+        return {**super().get_config(), "use_bias": self.use_bias}
+
+
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no_bias"])
+def test_tapf_shared_with_pbe_save_load(use_bias, tmp_path):
+    inputs = random_tokens(np.random.default_rng(16))
+    model = PbeTapfModel(use_bias=use_bias)
+    expected = to_numpy(model(inputs))
+    table = model.pbe.embeddings.get_weights()[0]
+    assert model.tapf.polarity_embedding is None
+    weights = {
+        "interaction": model.tapf.interaction.get_weights(),
+        "gate": model.tapf.gate.get_weights(),
+        "polarity_embedding": [table],
+    }
+    hidden = pbe_reference(inputs[0], inputs[2], table)
+    want = tapf_reference(hidden, inputs[1], inputs[2], weights, {})
+    np.testing.assert_allclose(expected, want, atol=1e-5, rtol=1e-5)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(to_numpy(loaded(inputs)), expected)
 
 
 def test_tapf_polarity_dim_and_sublayers():
@@ -443,14 +657,252 @@ def test_tapf_xla(row):
     )
 
 
-def test_tapf_mixed_bfloat16():
-    rng = np.random.default_rng(11)
-    tokens, target, polarity = random_tokens(rng)
-    layer = TargetAwarePolarityFusion(dtype="mixed_bfloat16")
-    out = layer(tokens, target, polarity)
+# --------------------------------------------------------------------------------------
+# mixed_bfloat16: numpy references that round to bfloat16 after every op the layers
+# compute in bfloat16 (tests.helpers.to_bf16), compared within 2 bf16 ulps. A float32
+# reference would need a tolerance of several percent, which hides real bugs.
+
+
+def test_to_bf16_hand_worked_values():
+    cases = {
+        1.0: 1.0,  # 0x3F800000: already a bf16
+        1 + 2**-8: 1.0,  # 0x3F808000: a tie, kept mantissa even -> down
+        1 + 3 * 2**-8: 1 + 2**-6,  # 0x3F818000: a tie, kept mantissa odd -> up (carry)
+        1 + 2**-8 + 2**-23: 1 + 2**-7,  # 0x3F808001: just above the tie -> up
+        1 + 2**-8 - 2**-23: 1.0,  # 0x3F807FFF: just below the tie -> down
+        257.0: 256.0,  # ulp 2 above 256: a tie, even -> 256
+        259.0: 260.0,  # a tie between 258 (odd mantissa) and 260 -> 260
+        257.5: 258.0,
+        -1.9990234375: -2.0,  # mantissa all ones rounds up into the exponent
+        3.1415927: 3.140625,  # 0x40490FDB -> 0x4049
+        -2.7182817: -2.71875,  # 0xC02DF854 -> 0xC02E
+        0.1: 0.10009765625,  # 0x3DCCCCCD -> 0x3DCD
+        3.3895313892515355e38: 3.3895313892515355e38,  # the largest bf16
+        3.4028234663852886e38: np.inf,  # the largest float32 rounds past it
+        1e-45: 0.0,  # the smallest float32 subnormal
+    }
+    x = np.array(list(cases), np.float32)
+    got = to_bf16(x)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.array(list(cases.values()), np.float32))
+    np.testing.assert_array_equal(to_bf16(got), got)  # idempotent
+    special = to_bf16(np.array([np.nan, np.inf, -np.inf, -0.0], np.float32))
+    assert np.isnan(special[0]) and special[1] == np.inf and special[2] == -np.inf
+    assert special[3] == 0 and np.signbit(special[3])
+    bits = np.array([0x7F800001, 0xFF800001], np.uint32).view(np.float32)  # low-payload NaNs
+    assert np.isnan(to_bf16(bits)).all()
+
+
+def test_to_bf16_matches_ml_dtypes():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(40)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    bits[::7] = (bits[::7] & 0xFFFF0000) | 0x8000  # many exact ties
+    x = bits.view(np.float32)
+    with np.errstate(invalid="ignore"):  # NaN inputs
+        want = x.astype(ml_dtypes.bfloat16).astype(np.float32)
+    np.testing.assert_array_equal(to_bf16(x), want)  # NaNs compare equal here
+
+
+def test_bf16_ulp_and_assert_bf16_close():
+    np.testing.assert_array_equal(
+        bf16_ulp(np.array([1.0, 1.99, 2.0, -0.75, 3.0], np.float32)),
+        np.array([2**-7, 2**-7, 2**-6, 2**-8, 2**-6], np.float32),
+    )
+    assert_bf16_close(np.float32(1 + 2**-6), np.float32(1.0), ulps=2)
+    with pytest.raises(AssertionError, match="differ by more than 2 bf16 ulps"):
+        assert_bf16_close(np.float32(1 + 3 * 2**-7), np.float32(1.0), ulps=2)
+    # Measured against `scale` where a sum cancels: 1 ulp of 4 is 2**-5.
+    assert_bf16_close(np.float32(2**-5), np.float32(0.0), ulps=1, scale=np.float32(4.0))
+
+
+def pbe_bf16_reference(tokens, polarity, table):
+    """eq. 2 in bfloat16: h and b rounded to bf16, the sum rounded."""
+    h = to_bf16(tokens)
+    bias = to_bf16(table)[polarity + 1]
+    return np.where((polarity != 0)[..., None], to_bf16(h + bias), h)
+
+
+def tapf_bf16_reference(tokens, target, polarity, weights, switches):
+    """eq. 3-5 as the layer computes them under mixed_bfloat16, rounding to bf16 after
+    every op: bf16 inputs and weights, bf16 matmuls (float32 accumulation, biases and
+    the polarity table folded into the kernels as extra rows), `2 sigmoid(z) - 1` as
+    `tanh(z / 2)`. Returns the output and, per element, the magnitude its rounding
+    error is measured against (`max(|h|, |update|)`: `h + update` can cancel)."""
+    use = {
+        "use_polarity_embedding": True,
+        "use_gating": True,
+        "use_polarity_sign": True,
+        "use_residual": True,
+        "use_target_interaction": True,
+        "use_bias": True,
+        **switches,
+    }
+    h, v = to_bf16(tokens), to_bf16(target)
+    x = to_bf16(h * v[:, None, :]) if use["use_target_interaction"] else h
+    w_int = to_bf16(weights["interaction"][0])
+    if use["use_bias"]:  # [x, 1] @ [W_int; b_int]
+        x = np.concatenate([x, np.ones_like(x[..., :1])], axis=-1)
+        w_int = np.concatenate([w_int, to_bf16(weights["interaction"][1])[None]], axis=0)
+    e = relu(bf16_matmul(x, w_int))  # eq. 3
+    update = e
+    if use["use_gating"]:  # eq. 4
+        d = h.shape[-1]
+        w_g = to_bf16(weights["gate"][0])
+        w_h, w_e, w_p = w_g[:d], w_g[d : 2 * d], w_g[2 * d :]
+        bias = to_bf16(weights["gate"][1])[None] if use["use_bias"] else None
+        if use["use_polarity_embedding"]:  # [h, 1, [p = +1]] @ [W_h; t_-1; t_+1 - t_-1]
+            t = bf16_matmul(to_bf16(weights["polarity_embedding"][0]), w_p)  # [3, d]
+            if bias is not None:
+                t = to_bf16(t + bias)
+            positive = (polarity > 0)[..., None].astype("float32")
+            x = np.concatenate([h, np.ones_like(positive), positive], axis=-1)
+            kernel = np.concatenate([w_h, t[0:1], to_bf16(t[2:3] - t[0:1])], axis=0)
+        elif bias is not None:
+            x = np.concatenate([h, np.ones_like(h[..., :1])], axis=-1)
+            kernel = np.concatenate([w_h, bias], axis=0)
+        else:
+            x, kernel = h, w_h
+        logits = to_bf16(bf16_matmul(x, kernel) + bf16_matmul(e, w_e))
+        scale = to_bf16(np.tanh(to_bf16(0.5 * logits)))  # 2 sigmoid(z) - 1
+        update = to_bf16(scale * e)
+    real = (polarity != 0)[..., None]
+    sign = polarity[..., None] if use["use_polarity_sign"] else real
+    update = update * sign.astype("float32")  # exact: +1, -1, 0
+    if use["use_residual"]:  # eq. 5
+        return to_bf16(h + update), np.maximum(np.abs(h), np.abs(update))
+    out = np.where(real, update, h)
+    return out, np.abs(out)
+
+
+def check_pbe_bf16(seed=0, call=eager_call, ulps=2):
+    rng = np.random.default_rng(seed)
+    tokens, _, polarity = random_tokens(rng)
+    layer = PolarityBiasEmbedding(dtype="mixed_bfloat16")
+    layer(tokens, polarity)
+    table = rng.normal(size=(3, tokens.shape[-1])).astype("float32")
+    layer.embeddings.set_weights([table])
+    out = call(layer, tokens, polarity)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
-    assert layer.gate.kernel.dtype == "float32"
-    check_tapf("full", seed=11, dtype="mixed_bfloat16", atol=6e-2)
+    want = pbe_bf16_reference(tokens, polarity, table)
+    # h + b can cancel: errors are measured against max(|h|, |b|, |h + b|).
+    scale = np.maximum(np.abs(to_bf16(tokens)), np.abs(to_bf16(table)[polarity + 1]))
+    assert_bf16_close(to_numpy(out).astype("float32"), want, ulps=ulps, scale=scale)
+
+
+def check_tapf_bf16(
+    row, seed=0, call=eager_call, ulps=2, use_bias=True, shared_dim=None, weight_scale=0.5, **shape
+):
+    layer, inputs, kwargs, weights, switches = tapf_case(
+        row,
+        seed,
+        use_bias=use_bias,
+        shared_dim=shared_dim,
+        dtype="mixed_bfloat16",
+        weight_scale=weight_scale,
+        **shape,
+    )
+    out = call(layer, *inputs, **kwargs)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert all(w.dtype == "float32" for w in layer.weights)
+    want, scale = tapf_bf16_reference(*inputs, weights, switches)
+    assert_bf16_close(to_numpy(out).astype("float32"), want, ulps=ulps, scale=scale)
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+def test_pbe_mixed_bfloat16(call):
+    for seed in (5, 6):
+        check_pbe_bf16(seed=seed, call=call)
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+@pytest.mark.parametrize("row", sorted(TAPF_ROWS))
+def test_tapf_mixed_bfloat16(row, call):
+    """Large weights, and small ones (updates a few percent of the tokens, where a
+    float32 reference with a percent-level tolerance could not tell a component off)."""
+    check_tapf_bf16(row, seed=11, call=call)
+    check_tapf_bf16(row, seed=12, call=call, weight_scale=0.15)
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+@pytest.mark.parametrize("row", ["full", "no_polarity_embedding"])
+@pytest.mark.parametrize("shared_dim", [None, 5], ids=["own", "shared"])
+def test_tapf_mixed_bfloat16_deviation_switches(row, shared_dim, call):
+    check_tapf_bf16(row, seed=13, call=call, use_bias=False, shared_dim=shared_dim)
+    check_tapf_bf16(row, seed=14, call=call, use_bias=True, shared_dim=shared_dim)
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+def test_tapf_mixed_bfloat16_at_chunked_size(call):
+    """256 x 64 tokens: the bf16 matmuls take token_matmul's chunked path."""
+    check_tapf_bf16("full", seed=15, call=call, batch=256, length=64)
+
+
+# --------------------------------------------------------------------------------------
+# Gradients: the padding row (row 1, polarity 0) of every polarity table gets none.
+
+requires_tf = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="uses tf.GradientTape"
+)
+
+
+def table_gradient(forward, variable, out_shape, seed):
+    """d sum(forward() * w) / d variable for a random `w`, as a numpy array."""
+    import tensorflow as tf
+
+    weights = np.random.default_rng(seed).normal(size=out_shape).astype("float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(forward() * weights)
+    return keras.ops.convert_to_numpy(tf.convert_to_tensor(tape.gradient(loss, variable)))
+
+
+def assert_only_padding_row_is_zero(grad):
+    assert grad.shape[0] == 3
+    np.testing.assert_array_equal(grad[1], np.zeros_like(grad[1]))  # padding: exactly 0
+    assert np.abs(grad[0]).min() > 0 and np.abs(grad[2]).min() > 0  # -1 and +1 rows used
+
+
+@requires_tf
+def test_pbe_padding_row_gets_no_gradient():
+    tokens, _, polarity = random_tokens(np.random.default_rng(30))
+    assert {-1, 0, 1} <= set(polarity.ravel().tolist())
+    layer = PolarityBiasEmbedding(embeddings_initializer="random_normal")
+    layer(tokens, polarity)
+    grad = table_gradient(
+        lambda: layer(tokens, polarity), layer.embeddings.embeddings, tokens.shape, seed=31
+    )
+    assert_only_padding_row_is_zero(grad)
+
+
+@requires_tf
+@pytest.mark.parametrize("row", ["full", "no_polarity_sign", "no_residual"])
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no_bias"])
+def test_tapf_padding_row_gets_no_gradient(row, use_bias):
+    layer, inputs, _, _, _ = tapf_case(row, seed=32, use_bias=use_bias)
+    grad = table_gradient(
+        lambda: layer(*inputs), layer.polarity_embedding.embeddings, inputs[0].shape, seed=33
+    )
+    assert_only_padding_row_is_zero(grad)
+
+
+@requires_tf
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no_bias"])
+def test_shared_table_padding_row_gets_no_gradient(use_bias):
+    """PBE's table read by PBE and, shared, by TAPF's gate: both paths leave row 1 alone."""
+    inputs = random_tokens(np.random.default_rng(34))
+    model = PbeTapfModel(use_bias=use_bias)
+    model(inputs)
+    grad = table_gradient(
+        lambda: model(inputs), model.pbe.embeddings.embeddings, inputs[0].shape, seed=35
+    )
+    assert_only_padding_row_is_zero(grad)
+    pbe_only = table_gradient(
+        lambda: model.pbe(inputs[0], inputs[2]),
+        model.pbe.embeddings.embeddings,
+        inputs[0].shape,
+        seed=35,
+    )
+    assert not np.allclose(grad, pbe_only)  # TAPF's gate does send gradient to the table
 
 
 # --------------------------------------------------------------------------------------
@@ -462,13 +914,14 @@ def test_tapf_mixed_bfloat16():
 @pytest.mark.parametrize("ratio", [0.5, 0.3, 1.0, 0.0])
 def test_mixed_sequence_matches_reference_at_length_100(mode, ratio):
     rng = np.random.default_rng(20)
-    inputs = random_histories(rng, batch=48, max_history=120, max_order=400)
-    for call in (eager_call, xla_call):
-        layer = MixedPolaritySequence(100, ratio, mode=mode)
-        items, polarity = to_numpy(call(layer, *inputs))
+    for holes in (0.0, 0.3):
+        inputs = random_histories(rng, batch=48, max_history=120, max_order=400, holes=holes)
         want_items, want_polarity = mixed_sequence_reference(*inputs, 100, ratio, mode)
-        np.testing.assert_array_equal(items, want_items)
-        np.testing.assert_array_equal(polarity, want_polarity)
+        for call in (eager_call, xla_call):
+            layer = MixedPolaritySequence(100, ratio, mode=mode)
+            items, polarity = to_numpy(call(layer, *inputs))
+            np.testing.assert_array_equal(items, want_items)
+            np.testing.assert_array_equal(polarity, want_polarity)
 
 
 @pytest.mark.parametrize("row", ["full", "no_polarity_embedding", "no_residual"])
@@ -488,18 +941,120 @@ def test_tapf_matches_reference_at_chunked_size(row):
 
 
 @pytest.mark.parametrize("mode", ["interleaved", "grouped"])
-def test_mixed_sequence_empty_slots_inside_the_window(mode):
-    """Empty slots (item 0) between real ones are skipped. The layer reads only the last
-    floor(r L) / floor((1 - r) L) columns, so the reference gets those windows."""
-    rng = np.random.default_rng(22)
-    pos_item, pos_order, neg_item, neg_order = random_histories(rng, 32, 12, max_order=60)
-    for items in (pos_item, neg_item):
-        items[rng.random(items.shape) < 0.2] = 0
-    window = 5  # floor(0.5 * 10)
-    want = mixed_sequence_reference(pos_item[:, -window:], pos_order[:, -window:],
-                                    neg_item[:, -window:], neg_order[:, -window:], 10, 0.5, mode)
-    for call in (eager_call, xla_call):
-        layer = MixedPolaritySequence(10, 0.5, mode=mode)
-        got = to_numpy(call(layer, pos_item, pos_order, neg_item, neg_order))
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+def test_mixed_sequence_empty_slots_anywhere(mode, ratio, call):
+    """Empty slots (item 0) between and after real ones are skipped: the most recent
+    floor(r L) real positives and floor((1 - r) L) real negatives are kept, however far
+    left they sit (histories longer and shorter than the budget)."""
+    rng = np.random.default_rng(22 + int(10 * ratio))
+    for max_history, holes in ((12, 0.2), (30, 0.6), (3, 0.3)):
+        inputs = random_histories(rng, 32, max_history, max_order=80, holes=holes)
+        want = mixed_sequence_reference(*inputs, 10, ratio, mode)
+        got = to_numpy(call(MixedPolaritySequence(10, ratio, mode=mode), *inputs))
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_mixed_sequence_empty_slots_by_hand():
+    pos = (np.array([[5, 6, 0, 0, 7]]), np.array([[1, 2, 77, -3, 9]]))
+    neg = (np.array([[3, 0, 4, 0, 0]]), np.array([[4, 99, 8, -5, 0]]))
+    items, polarity = to_numpy(MixedPolaritySequence(4, 0.5)(*pos, *neg))
+    np.testing.assert_array_equal(items, [[6, 3, 4, 7]])  # orders 2, 4, 8, 9
+    np.testing.assert_array_equal(polarity, [[1, -1, -1, 1]])
+    items, polarity = to_numpy(MixedPolaritySequence(4, 0.5, mode="grouped")(*pos, *neg))
+    np.testing.assert_array_equal(items, [[6, 7, 3, 4]])
+    np.testing.assert_array_equal(polarity, [[1, 1, -1, -1]])
+    items, polarity = to_numpy(MixedPolaritySequence(6, 0.5)(*pos, *neg))  # all 3 + 2 real
+    np.testing.assert_array_equal(items, [[0, 5, 6, 3, 4, 7]])
+    np.testing.assert_array_equal(polarity, [[0, 1, 1, -1, -1, 1]])
+
+
+def window_only_histories(rng, batch, max_history, k):
+    """Histories whose k most recent events all lie in the last k columns: either at
+    most k events there with holes between them, or k events there and older ones
+    (with holes) further left."""
+    items, orders = [], []
+    for _ in range(2):
+        item = rng.integers(1, 1000, (batch, max_history))
+        item[::2, :-k] = 0  # even rows: only the last k columns can hold events
+        item[::2, -k:][rng.random((len(item[::2]), k)) < 0.4] = 0
+        item[1::2, :-k][rng.random((len(item[1::2]), max_history - k)) < 0.4] = 0
+        order = np.cumsum(rng.integers(1, 3, item.shape), axis=1)
+        items.append(item)
+        orders.append(np.where(item == 0, -9, order))
+    return items[0], orders[0], items[1], orders[1]
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+def test_mixed_sequence_holes_inside_the_window(call, monkeypatch):
+    """Holes where the k most recent events are already in the last k columns: the
+    layer reads those columns as they are (under TensorFlow eager it is checked that
+    nothing is compacted) and still skips the holes."""
+    rng = np.random.default_rng(23)
+    inputs = window_only_histories(rng, 16, 12, k=5)
+    if call is eager_call and keras.backend.backend() == "tensorflow":
+
+        def no_compaction(*args):
+            raise AssertionError("compacted a batch whose events need no moving")
+
+        monkeypatch.setattr(MixedPolaritySequence, "_compact", staticmethod(no_compaction))
+    for mode in ("interleaved", "grouped"):
+        want = mixed_sequence_reference(*inputs, 10, 0.5, mode)
+        got = to_numpy(call(MixedPolaritySequence(10, 0.5, mode=mode), *inputs))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    assert (want[0] != 0).sum() < 16 * 10  # the holes left some slots empty
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow signatures")
+def test_mixed_sequence_unknown_history_length():
+    """A graph with an unknown history length H (e.g. a serving signature) compacts
+    every batch; same outputs as the reference, for H above and below the budget."""
+    import tensorflow as tf
+
+    layer = MixedPolaritySequence(10, 0.5)
+    spec = tf.TensorSpec([None, None], tf.int64)
+    fn = tf.function(lambda *x: layer(*x), input_signature=[spec] * 4)
+    rng = np.random.default_rng(24)
+    for max_history in (12, 3):
+        inputs = random_histories(rng, 16, max_history, max_order=40, holes=0.3)
+        want = mixed_sequence_reference(*inputs, 10, 0.5, "interleaved")
+        got = to_numpy(fn(*inputs))
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 3), min_size=6, max_size=6),
+            st.lists(st.integers(0, 3), min_size=6, max_size=6),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    ratio=st.sampled_from([0.0, 0.3, 0.5, 1.0]),
+    mode=st.sampled_from(["interleaved", "grouped"]),
+)
+def test_mixed_sequence_property(rows, ratio, mode):
+    """Hypothesis: slot kinds 0 = empty, else a real event; orders increase over real
+    slots (gaps of 1-3 so positives and negatives tie); items are drawn from the kinds."""
+
+    def side(kinds_per_row):
+        items = np.zeros((len(rows), 6), "int64")
+        orders = np.full((len(rows), 6), -7, "int64")
+        for b, kinds in enumerate(kinds_per_row):
+            clock = 0
+            for j, kind in enumerate(kinds):
+                if kind:
+                    clock += kind
+                    items[b, j], orders[b, j] = 10 * b + j + 1, clock
+        return items, orders
+
+    inputs = (*side([r[0] for r in rows]), *side([r[1] for r in rows]))
+    want = mixed_sequence_reference(*inputs, 5, ratio, mode)
+    got = to_numpy(MixedPolaritySequence(5, ratio, mode=mode)(*inputs))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])

@@ -103,6 +103,8 @@ class CtrModel(keras.Model):
                 use_polarity_sign=m.tapf_polarity_sign,
                 use_residual=m.tapf_residual,
                 use_target_interaction=m.tapf_target_interaction,
+                use_bias=m.tapf_bias,
+                shared_polarity_embedding=m.tapf_shared_polarity,
                 name="tapf",
             )
             if m.polarity == "tapf"
@@ -168,6 +170,12 @@ class CtrModel(keras.Model):
         """Rows of an embedding sublayer (float32 table), cast to the compute dtype."""
         return self.tables.lookup(self, layer, ids, self.compute_dtype)
 
+    def _tapf_table(self) -> dict[str, Any]:
+        """PBE's polarity table for TAPF's gate when `tapf_shared_polarity` (eq. 4's b_p)."""
+        if not self.m.tapf_shared_polarity:
+            return {}
+        return {"polarity_embeddings": self.pbe.embeddings.embeddings}
+
     def encode_sequence(self, inputs: dict[str, Any], training: bool | None = None):
         """Tokens [B,L,d], target [B,d], polarity [B,L], mask [B,L] (shared with analyses)."""
         items, polarity = self.sequence(
@@ -187,7 +195,7 @@ class CtrModel(keras.Model):
         if self.pbe is not None:
             tokens = self.pbe(tokens, polarity)
         if self.tapf is not None and not self.tapf_after_encoder:
-            tokens = self.tapf(tokens, target, polarity)
+            tokens = self.tapf(tokens, target, polarity, **self._tapf_table())
         mask = ops.not_equal(polarity, 0)  # [B, L]
         return tokens, target, polarity, mask
 
@@ -199,7 +207,7 @@ class CtrModel(keras.Model):
             length = ops.shape(tokens)[1]
             encoded = self.backbone(tokens, target, mask, training=training,
                                     return_sequence=True)[:, :length]  # [B, L, d]
-            calibrated = self.tapf(encoded, target, polarity)  # [B, L, d]
+            calibrated = self.tapf(encoded, target, polarity, **self._tapf_table())  # [B, L, d]
             interest = self.aggregation(calibrated, target, mask)  # [B, d]
         else:
             interest = self.backbone(tokens, target, mask, training=training)  # [B, d]

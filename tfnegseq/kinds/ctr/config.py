@@ -38,6 +38,13 @@ class CtrModelConfig(ModelSection):
     # placements are the same model. Default "input" until the Table 2 re-run with both
     # placements says otherwise (docs/results/tapf_position_*.md).
     tapf_position: Literal["input", "encoded"] = "input"
+    # Two smaller deviations of TAPF from eq. (3)-(4), kept as defaults (Table 2 was run
+    # with them) and switchable: the Dense layers `interaction` and `gate` carry biases
+    # that the equations do not have (tapf_bias: false removes them); TAPF's gate reads
+    # its own uniformly initialised polarity table instead of PBE's zero-initialised one
+    # (tapf_shared_polarity: true makes the gate read PBE's table b_p, as eq. 4 writes).
+    tapf_bias: StrictBool = True
+    tapf_shared_polarity: StrictBool = False
     # TAPF ablation switches (paper Table 3)
     tapf_polarity_embedding: StrictBool = True
     tapf_gating: StrictBool = True
