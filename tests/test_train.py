@@ -179,3 +179,15 @@ def test_user_mistakes_get_one_line_and_exit_2(tmp_path, capsys, args, says):
     err = capsys.readouterr().err
     assert rc == 2 and says in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--config", "/nonexistent.yaml"], "/nonexistent.yaml: config file not found"),
+    (["--config", CONFIG, "--set", "simulate.num_users=0"], "simulate.num_users: must be >= 1"),
+])
+def test_simulate_cli_mistakes_get_one_line_and_exit_2(capsys, argv, says):
+    from tfnegseq.data import simulate
+
+    assert simulate.main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tfnegseq.config import SimulateConfig, add_config_args, load_config
+from tfnegseq.config import ConfigError, SimulateConfig, add_config_args, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -550,7 +550,8 @@ def simulate_to_dir(cfg: SimulateConfig, out_dir: str | os.PathLike[str]) -> dic
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code (2 with one line for a config mistake)."""
     parser = argparse.ArgumentParser(
         prog="python -m tfnegseq.data.simulate",
         description="Writes a synthetic short-video log in the KuaiRec 2.0 layout.")
@@ -558,7 +559,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="", help="output directory (default: source.path)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = args.out or cfg.source.path
     if not out:
         parser.error("no output directory: pass --out or set source.path in the config")
@@ -566,7 +571,8 @@ def main(argv: list[str] | None = None) -> None:
     stats = simulate_to_dir(cfg.simulate, out)
     print(f"simulate: {stats['events']} events, {stats['users']} users, {stats['items']} items, "
           f"positive_rate={stats['positive_rate']:.4f} -> {out} ({time.time() - t0:.1f}s)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
