@@ -49,7 +49,7 @@ def throughput_callback(batch_size: int, previous: list[tuple[int, float]] | Non
     class Throughput(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
-            self.epochs: list[tuple[int, float]] = [tuple(e) for e in previous or []]
+            self.epochs: list[tuple[int, float]] = [(int(n), float(s)) for n, s in previous or []]
 
         def on_epoch_begin(self, epoch, logs=None):
             self._t = time.perf_counter()
@@ -126,7 +126,8 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
             "seconds": earlier + time.perf_counter() - t0})
 
     # after BackupAndRestore's own epoch-end save (callbacks run in order)
-    throughput = throughput_callback(tc.batch_size, previous and previous["epochs"], record)
+    throughput = throughput_callback(tc.batch_size, previous["epochs"] if previous else None,
+                                     record)
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(tc.run_dir, "backup")),
         keras.callbacks.ModelCheckpoint(

@@ -51,7 +51,7 @@ def _section_at(loc: tuple[Any, ...], model_cls: type | None) -> Any:
     return cls if dataclasses.is_dataclass(cls) else None
 
 
-def _message(err: dict[str, Any], prefix: tuple[Any, ...], model_cls: type | None) -> str:
+def _message(err: Any, prefix: tuple[Any, ...], model_cls: type | None) -> str:
     loc = prefix + tuple(err["loc"])
     kind = err["type"]
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):

@@ -174,6 +174,7 @@ class CtrModel(keras.Model):
         """PBE's polarity table for TAPF's gate when `tapf_shared_polarity` (eq. 4's b_p)."""
         if not self.m.tapf_shared_polarity:
             return {}
+        assert self.pbe is not None  # polarity "tapf" builds both
         return {"polarity_embeddings": self.pbe.embeddings.embeddings}
 
     def encode_sequence(self, inputs: dict[str, Any], training: bool | None = None):
@@ -204,6 +205,7 @@ class CtrModel(keras.Model):
         if self.m.backbone == "din":
             interest = self.backbone(tokens, target, mask)  # [B, d]
         elif self.tapf_after_encoder:
+            assert self.tapf is not None and self.aggregation is not None
             length = ops.shape(tokens)[1]
             encoded = self.backbone(tokens, target, mask, training=training,
                                     return_sequence=True)[:, :length]  # [B, L, d]
