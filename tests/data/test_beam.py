@@ -1,5 +1,6 @@
 """The Beam DoFns of `tfnegseq.data.beam` on TestPipelines: main and dead-letter outputs."""
 
+import json
 import os
 
 import apache_beam as beam
@@ -212,3 +213,220 @@ def test_manifest_warns_of_an_empty_or_tiny_split(tmp_path, valid_start, test_st
         "output": {"dir": str(tmp_path / "out"), "shards": 1},
     })
     assert job.run(cfg)["warnings"] == warnings
+
+
+# ------------------------------------------------------------------ side tables
+
+
+def side_cfg(log_dir, out_dir=None, **samples):
+    return config_from_dict({
+        "source": {"kind": "kuairec", "path": str(log_dir)},
+        "samples": {"max_history": 5, **samples},
+        "model": {"sequence_length": 10},
+        "split": {"kind": "user", "valid_fraction": 0.0, "test_fraction": 0.0},
+        "output": {"dir": str(out_dir or log_dir / "out"), "shards": 1},
+    })
+
+
+def test_read_side_table_main_and_dead_letters(tmp_path):
+    """A corrupt row and a duplicate id of `item_categories.csv` are dead letters (file,
+    line, raw text, reason); the first row of item 10 is kept."""
+    from tfnegseq.data.beam import ReadSideTable
+
+    os.makedirs(tmp_path / "log")
+    path = str(tmp_path / "log" / "item_categories.csv")
+    with open(path, "w") as f:
+        f.write('video_id,feat\n10,"[27, 9]"\n11\n10,"[4]"\n14,"[8]"\n')
+    cfg = side_cfg(tmp_path / "log", item_features=["category"])
+    with pipeline() as p:
+        out = p | "ReadItems" >> ReadSideTable(cfg, "item")
+        assert_that(out[MAIN], equal_to([(10, {"category": 27}), (14, {"category": 8})]),
+                    label="check_main")
+        assert_that(out[DEAD_LETTER], equal_to([
+            {"file": path, "line": 3, "raw": "11", "reason": "expected 2 fields, found 1"},
+            {"file": path, "line": 4, "raw": '10,"[4]"', "reason": "duplicate id"},
+        ]), label="check_dead_letter")
+
+
+def test_build_samples_fn_reads_no_raw_file_and_takes_side_inputs(tmp_path):
+    """The side tables reach `BuildSamplesFn` as side inputs: its set-up reads nothing
+    (the source directory does not even exist) and the examples carry the features."""
+    cfg = side_cfg(tmp_path / "nowhere", tmp_path / "out", user_features=["age"],
+                   item_features=["category"])
+    BuildSamplesFn(cfg).setup()  # no FileNotFoundError: nothing is read here
+    users = [(1, labelled_events(1, [10, 11]))]
+    with pipeline() as p:
+        profiles = p | "Profiles" >> beam.Create([(1, {"age": 30})])
+        items = p | "Items" >> beam.Create([(10, {"category": 27})])
+        out = p | beam.Create(users) | beam.ParDo(
+            BuildSamplesFn(cfg), users=beam.pvalue.AsDict(profiles),
+            items=beam.pvalue.AsDict(items),
+        ).with_outputs(*SPLITS, SEQUENCES, VOCAB, STATS, DEAD_LETTER)
+
+        def features(ex):
+            f = tf.train.Example.FromString(ex).features.feature
+            return tuple(f[k].int64_list.value[0] for k in ("item_id", "user_age", "item_category"))
+
+        assert_that(out["train"] | beam.Map(features), equal_to([(10, 30, 27), (11, 30, -1)]),
+                    label="check_train")
+        assert_that(out[DEAD_LETTER], equal_to([]), label="check_dead_letter")
+
+
+def test_job_reports_side_table_dead_letters(tmp_path):
+    """End to end: the item table's corrupt row and duplicate are dead letters of the job
+    (and counted in the manifest); samples carry the first row's category."""
+    from tests.data.test_beam_job import read_split, write_rows
+
+    write_rows(tmp_path / "log", [(1, 10, 1, 2.5), (1, 11, 2, 0.3), (2, 10, 3, 2.5)])
+    with open(tmp_path / "log" / "item_categories.csv", "w") as f:
+        f.write('video_id,feat\n10,"[27, 9]"\n11,"[3]",x\n10,"[4]"\n')
+    cfg = side_cfg(tmp_path / "log", tmp_path / "out", item_features=["category"])
+    manifest = job.run(cfg)
+    assert manifest["dead_letters"] == 2 and manifest["dead_letter_users"] == 0
+    dead = sorted((d["line"], d["reason"]) for d in map(
+        json.loads, (tmp_path / "out" / "dead_letters").glob("*").__next__().read_text().splitlines()))
+    assert dead == [(3, "expected 2 fields, found 3"), (4, "duplicate id")]
+    cats = {(r["item_id"][0], r["item_category"][0]) for r in read_split(tmp_path / "out", "train")}
+    assert cats == {(10, 27), (11, -1)}
+    assert manifest["counters"]["dead_letters_field_count"] == 1
+    assert manifest["counters"]["dead_letters_duplicate_id"] == 1
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def test_dead_letter_reason_keys():
+    from tfnegseq.data.beam import reason_key
+
+    assert reason_key({"reason": "encoding"}) == "encoding"
+    assert reason_key({"reason": "blank line"}) == "blank_line"
+    assert reason_key({"reason": "expected 8 fields, found 3"}) == "field_count"
+    assert reason_key({"reason": "duplicate id"}) == "duplicate_id"
+    assert reason_key({"reason": "user_id: not a non-negative integer: 'x'"}) == "bad_user_id"
+    assert reason_key({"reason": "timestamp: 2100-01-01T00:00:00.000Z is outside"}) == "bad_timestamp"
+    assert reason_key({"user_id": 3, "reason": "RuntimeError: boom"}) == "user_failed"
+    assert reason_key({"reason": "unparsable row: x"}) == "unparsable_row"
+
+
+def test_counters_are_in_the_manifest(tmp_path):
+    """Events read, samples per split, users built and dead letters per reason: Beam
+    counters in one namespace, read back from the PipelineResult into the manifest."""
+    from tests.data.test_beam_job import write_log
+
+    rows = write_log(tmp_path / "log", np.random.default_rng(2), users=4, per_user=10)
+    path = tmp_path / "log" / "big_matrix.csv"
+    path.write_text(path.read_text() + "1,2,3\n\n" + kuairec_row(1, 2, T0, 0.3) + "\n")
+    cfg = side_cfg(tmp_path / "log", tmp_path / "out")
+    manifest = job.run(cfg)
+    assert manifest["counters"] == {
+        "events_read": len(rows) + 1, "files_read": 1, "users_built": 4,
+        "samples_train": len(rows) + 1, "dead_letters_field_count": 1,
+        "dead_letters_blank_line": 1,
+    }
+
+
+def test_progress_logs_at_most_once_per_interval(caplog):
+    import logging
+
+    from tfnegseq.data.beam import Progress
+
+    clock = iter([0.0, 1.0, 2.0, 31.0, 32.0, 65.0]).__next__
+    prog = Progress("events read", every_s=30.0, clock=clock)
+    with caplog.at_level(logging.INFO, logger="tfnegseq.beam"):
+        for _ in range(5):
+            prog.add(10)
+    assert [r.getMessage() for r in caplog.records] == ["progress: 30 events read",
+                                                        "progress: 50 events read"]
+    assert prog.total == 50
+
+
+# ------------------------------------------------------------------ vocabularies
+
+
+def read_vocab_dir(out):
+    return {f: open(os.path.join(out, "vocab", f)).read() for f in sorted(os.listdir(
+        os.path.join(out, "vocab")))}
+
+
+COUNTS = [(("item_id", i), c) for i, c in
+          [(5, 3), (2, 3), (9, 1), (-1, 7), (4, 2), (7, 1), (3, 1), (8, 2), (1, 1)]]
+COUNTS += [(("user_id", 1), 2), (("user_id", 0), 2)]
+
+
+@pytest.mark.parametrize("rows_per_shard", [1_000_000, 2])
+def test_write_vocabularies_sorted_by_count_then_id(tmp_path, rows_per_shard):
+    """Count desc, then id asc, whether one shard or many are sorted and merged."""
+    from tfnegseq.data.beam import WriteVocabularies
+
+    with pipeline() as p:
+        sizes = p | beam.Create(COUNTS) | WriteVocabularies(
+            str(tmp_path), rows_per_shard=rows_per_shard)
+        assert_that(sizes, equal_to([("item_id", 9), ("user_id", 2)]), label="check_sizes")
+    assert read_vocab_dir(tmp_path) == {
+        "item_id.tsv": "-1\t7\n2\t3\n5\t3\n4\t2\n8\t2\n1\t1\n3\t1\n7\t1\n9\t1\n",
+        "user_id.tsv": "0\t2\n1\t2\n",
+    }
+
+
+def test_write_vocabularies_top_and_min_count(tmp_path):
+    """`max_size` keeps the most frequent ids through a combiner (`Top.PerKey`), after
+    the `min_count` filter; padding (-1) is never kept; the order is unchanged."""
+    from tfnegseq.data.beam import WriteVocabularies
+
+    with pipeline() as p:
+        sizes = p | beam.Create(COUNTS) | WriteVocabularies(str(tmp_path), min_count=2,
+                                                            max_size=3)
+        assert_that(sizes, equal_to([("item_id", 3), ("user_id", 2)]), label="check_sizes")
+    assert read_vocab_dir(tmp_path) == {"item_id.tsv": "2\t3\n5\t3\n4\t2\n",
+                                        "user_id.tsv": "0\t2\n1\t2\n"}
+
+
+def test_sum_vocab_counts(tmp_path):
+    from tfnegseq.data.beam import SumVocabCounts
+
+    bundles = [[(("item_id", 1), 2), (("item_id", 2), 1)], [(("item_id", 1), 3)]]
+    with pipeline() as p:
+        out = p | beam.Create(bundles) | SumVocabCounts()
+        assert_that(out, equal_to([(("item_id", 1), 5), (("item_id", 2), 1)]),
+                    label="check_main")
+
+
+# ------------------------------------------------------------------ k-core and type hints
+
+
+def test_kcore_filter_main_and_residual():
+    """k = 2: item 9 (one event) goes, then user 3 (one event left) goes."""
+    from tfnegseq.data.beam import KCORE_RESIDUAL, KCoreFilter
+
+    users = [(1, labelled_events(1, [10, 11, 9])), (2, labelled_events(2, [10, 11])),
+             (3, labelled_events(3, [10, 12]))]
+    with pipeline() as p:
+        out = p | beam.Create(users) | KCoreFilter(2, 3)
+        assert_that(out[MAIN] | beam.FlatMap(lambda kv: [(kv[0], int(i)) for i in kv[1].item_id]),
+                    equal_to([(1, 10), (1, 11), (2, 10), (2, 11)]), label="check_main")
+        assert_that(out[KCORE_RESIDUAL], equal_to([0]), label="check_kcore_residual")
+
+
+def test_every_dofn_and_ptransform_declares_its_types():
+    """Type hints (input and output) on every DoFn and `ptransform_fn` of the module."""
+    import inspect
+
+    from apache_beam.typehints.decorators import get_type_hints
+
+    from tfnegseq.data import beam as module
+
+    checked, missing = [], []
+    for name, obj in vars(module).items():
+        if getattr(obj, "__module__", None) != module.__name__:
+            continue
+        if inspect.isclass(obj) and issubclass(obj, beam.DoFn):
+            hints = object.__new__(obj).get_type_hints()
+        elif inspect.isfunction(obj) and hasattr(obj, "__wrapped__"):  # ptransform_fn
+            hints = get_type_hints(obj)
+        else:
+            continue
+        checked.append(name)
+        if hints.input_types is None or hints.output_types is None:
+            missing.append(name)
+    assert "BuildSamples" in checked and "ReadParseFn" in checked
+    assert missing == []

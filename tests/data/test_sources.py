@@ -452,3 +452,61 @@ def test_generic_jsonl_and_csv_lines_with_undecodable_bytes_are_dead_letters(tmp
     ev, dead = _read_all(_generic(tmp_path, "csv"))
     np.testing.assert_array_equal(ev.item_id, [2, 3])
     assert [(d.line, d.raw, d.reason) for d in dead] == [(3, "1,\\xc3,2000,4", "encoding")]
+
+
+# ------------------------------------------------------------ side tables: dead letters
+
+
+def test_corrupt_side_table_rows_are_dead_letters(tmp_path):
+    """KuaiRec `item_categories.csv`: a row with too few / too many fields, a bad id, a
+    blank line in the middle and an undecodable byte are dead letters (file, line, raw,
+    reason); the good rows are kept. Trailing blank lines are not rows."""
+    path = tmp_path / "item_categories.csv"
+    path.write_bytes(b"\n".join([
+        b"video_id,feat", b'10,"[27, 9]"', b"11", b'x1,"[3]"', b"", b'12,"[5]",extra',
+        b'13,"[\xff]"', b'14,"[8]"', b"", b"",
+    ]))
+    src = make_source(SourceConfig(kind="kuairec", path=str(tmp_path)))
+    table = src.item_table(["category"])
+    assert table.to_dict() == {10: {"category": 27}, 14: {"category": 8}}
+    assert [(d.file, d.line, d.raw, d.reason) for d in table.dead] == [
+        (str(path), 3, "11", "expected 2 fields, found 1"),
+        (str(path), 4, 'x1,"[3]"', "video_id: not a non-negative integer: 'x1'"),
+        (str(path), 5, "", "blank line"),
+        (str(path), 6, '12,"[5]",extra', "expected 2 fields, found 3"),
+        (str(path), 7, '13,"[\\xff]"', "encoding"),
+    ]
+    assert src.item_features(["category"]) == table.to_dict()
+
+
+def test_side_table_duplicate_ids_keep_the_first_row_and_are_reported(tmp_path):
+    """MovieLens `u.user` with user 7 on lines 1, 3 and 4: line 1 is kept, lines 3 and 4
+    are dead letters with reason "duplicate id"; a row with 4 fields is one too."""
+    _write(tmp_path / "u.data", ["7\t1\t3\t881250949"])
+    _write(tmp_path / "u.user", ["7|49|M|writer|55105", "8|39|F|executive|T8H1N",
+                                 "7|20|F|artist|11111", "7|21|M|none|22222",
+                                 "9|30|M|doctor"])
+    src = make_source(SourceConfig(kind="movielens", path=str(tmp_path)))
+    table = src.user_table(["age"])
+    users, duplicates = table.first_rows()
+    assert users == {7: {"age": 49}, 8: {"age": 39}}
+    path = str(tmp_path / "u.user")
+    assert [(d.file, d.line, d.raw, d.reason) for d in duplicates] == [
+        (path, 3, "7|20|F|artist|11111", "duplicate id"),
+        (path, 4, "7|21|M|none|22222", "duplicate id"),
+    ]
+    assert [(d.line, d.reason) for d in table.dead] == [(5, "expected 5 fields, found 4")]
+    assert src.user_profiles(["age"]) == users  # the first occurrence wins
+
+
+def test_unknown_side_feature_is_refused_before_any_row_is_read(tmp_path):
+    """`check_side_features` names the file and the available features (the job's driver
+    calls it before the pipeline starts)."""
+    _write(tmp_path / "user_features.csv", ["user_id,age", "1,5"])
+    _write(tmp_path / "item_categories.csv", ["video_id,feat", '10,"[1]"'])
+    src = make_source(SourceConfig(kind="kuairec", path=str(tmp_path)))
+    src.check_side_features(["age"], ["category"])
+    with pytest.raises(ValueError, match=r"'height'.*user_features\.csv.*\['age'\]"):
+        src.check_side_features(["height"], [])
+    with pytest.raises(ValueError, match=r"'genre'.*item_categories\.csv"):
+        src.check_side_features([], ["genre"])

@@ -231,14 +231,23 @@ class SplitConfig:
 
 @dataclass(config=SECTION)
 class OutputConfig:
+    """Where the Beam job writes, and which ids its vocabulary files keep.
+
+    `vocab_min_count` / `vocab_max_size` trim the written vocabularies (ids counted on
+    the training split); the defaults keep every id. Training applies `vocab.*` on top.
+    """
+
     dir: StrictStr = "build/samples"
     shards: StrictInt = 4
+    vocab_min_count: StrictInt = 1
+    vocab_max_size: StrictInt = 0  # 0 = every id
 
     @model_validator(mode="after")
     def _check(self) -> OutputConfig:
         if not self.dir:
             raise ValueError("dir: must be set")
-        at_least(self, 1, "shards")
+        at_least(self, 1, "shards", "vocab_min_count")
+        at_least(self, 0, "vocab_max_size")
         return self
 
 

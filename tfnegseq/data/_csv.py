@@ -367,6 +367,28 @@ def _read(text: str, layout: CsvLayout, typed: bool) -> pd.DataFrame:
         )
 
 
+def field_counts(lines: list[str], delimiter: str, quoting: bool) -> np.ndarray:
+    """The number of fields of each line (a blank line has 1); quoted fields are
+    honoured when `quoting` is set."""
+    return _field_counts(lines, CsvLayout((), delimiter=delimiter, quoting=quoting))
+
+
+def read_lines(path: str, wanted: set[int], encoding: str = "utf-8") -> dict[int, str]:
+    """The raw text (newline removed, undecodable bytes as `\\xNN`) of the wanted
+    1-based physical lines of a text file, in one streaming pass."""
+    out: dict[int, str] = {}
+    if not wanted:
+        return out
+    last = max(wanted)
+    with open_text(path, encoding, errors="surrogateescape") as f:
+        for n, line in enumerate(f, start=1):
+            if n in wanted:
+                out[n] = escape_undecodable(line.rstrip("\r\n"))
+            if n >= last:
+                break
+    return out
+
+
 def _field_counts(lines: list[str], layout: CsvLayout) -> np.ndarray:
     d = layout.delimiter
     if layout.quoting and any('"' in ln for ln in lines):

@@ -24,7 +24,7 @@ events of any polarity (neutral included, polarity 0) with their values.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,13 +146,20 @@ class SideTables:
     source carries it per event (Taobao's category, say).
     """
 
-    users: dict[int, dict[str, int]] = field(default_factory=dict)
-    items: dict[int, dict[str, int]] = field(default_factory=dict)
+    users: Mapping[int, dict[str, int]] = field(default_factory=dict)
+    items: Mapping[int, dict[str, int]] = field(default_factory=dict)
+    # the features every row of `items` carries, when the caller knows them (the Beam
+    # job: the requested item features); None: found by scanning the table once
+    item_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         # which features the item table carries, found once (not per batch: a
         # catalogue can hold millions of items)
         self.item_table_features: set[str] = set()
+        if self.item_names is not None:
+            if len(self.items):
+                self.item_table_features.update(self.item_names)
+            return
         for row in self.items.values():
             self.item_table_features.update(row)
 

@@ -25,8 +25,14 @@ file names; paths with `://` are read through `tf.io.gfile`):
 
 `cfg.extra_columns` found in a log are kept as float columns too. Categorical side
 features: integer values stay ints, other text goes through `fingerprint64`, a missing
-value is `PAD_ID` (see `_csv.categorical`). Duplicate keys in a feature table: the last
-row wins; rows whose key is not a non-negative integer are skipped.
+value is `PAD_ID` (see `_csv.categorical`).
+
+Side tables (`user_table` / `item_table`: `u.user`, `u.item`, KuaiRec / KuaiRand user
+and item feature files) are read like the logs: a corrupt row (wrong field count, key
+that is not a non-negative integer, blank line, undecodable byte) is a `DeadLetter` of
+that file with its line, raw text and reason. Duplicate ids: the first row of an id
+(lowest line) is kept, every later row of it is a dead letter with reason
+"duplicate id" (`SideTable.first_rows`).
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ from __future__ import annotations
 import csv
 import datetime
 import functools
+import io
 import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -109,6 +117,62 @@ def _feature_dict(keys: np.ndarray, feats: dict[str, np.ndarray]) -> dict[int, d
     return {k: dict(zip(names, v, strict=True)) for k, *v in zip(keys.tolist(), *cols, strict=True)}
 
 
+DUPLICATE_ID = "duplicate id"  # the dead-letter reason of a side-table row whose id came before
+
+
+@dataclass
+class SideTable:
+    """The rows of a side-feature file, in file order.
+
+    `ids[i]`, `lines[i]` (1-based physical line) and `features[name][i]` describe the
+    i-th good row; `dead` holds the corrupt rows as dead letters. An id may still occur
+    more than once: `first_rows` keeps its first row and reports the others.
+    """
+
+    path: str = ""
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lines: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+    encoding: str = "utf-8"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def first_rows(self) -> tuple[dict[int, dict[str, int]], list[DeadLetter]]:
+        """(id -> features from the id's first row, dead letters "duplicate id" for
+        every later row of an id, in line order; their raw text is read back)."""
+        if not len(self.ids):
+            return {}, []
+        _, first = np.unique(self.ids, return_index=True)
+        keep = np.zeros(len(self.ids), dtype=bool)
+        keep[first] = True
+        dup_lines = self.lines[~keep].tolist()
+        raw = _csv.read_lines(self.path, set(dup_lines), self.encoding) if dup_lines else {}
+        dups = [DeadLetter(self.path, n, raw.get(n, ""), DUPLICATE_ID) for n in dup_lines]
+        rows = _feature_dict(self.ids[keep], {n: v[keep] for n, v in self.features.items()})
+        return rows, dups
+
+    def to_dict(self) -> dict[int, dict[str, int]]:
+        """id -> features; an id's first row wins."""
+        return self.first_rows()[0]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Layout of a side-feature file: its name in `cfg.path`, key column, columns (None:
+    a header line names them), delimiter, whether fields may be quoted, encoding, and
+    the derived features the source computes from its columns."""
+
+    name: str
+    key: str
+    names: tuple[str, ...] | None = None
+    delimiter: str = ","
+    quoting: bool = True
+    encoding: str = "utf-8"
+    derived: tuple[str, ...] = ()
+
+
 class Source:
     """Reads one dataset layout. Subclasses implement the methods below.
 
@@ -152,39 +216,142 @@ class Source:
         """(events, dead letters) for each chunk of about `chunk_rows` lines, in file order."""
         raise NotImplementedError
 
+    user_spec: TableSpec | None = None  # the user-profile file, if the layout has one
+    item_spec: TableSpec | None = None  # the item-feature file, if the layout has one
+
     def user_profiles(self, names: list[str]) -> dict[int, dict[str, int]]:
-        """user_id -> {feature: int} for the named features ({} when `names` is empty)."""
-        if names:
-            raise ValueError(f"{self.kind} source has no user features; requested {names}")
-        return {}
+        """user_id -> {feature: int} for the named features ({} when `names` is empty);
+        a user's first row wins."""
+        return self.user_table(names).to_dict()
 
     def item_features(self, names: list[str]) -> dict[int, dict[str, int]]:
-        """item_id -> {feature: int} for the named features ({} when `names` is empty)."""
-        if names:
-            raise ValueError(f"{self.kind} source has no item features; requested {names}")
-        return {}
+        """item_id -> {feature: int} for the named features ({} when `names` is empty);
+        an item's first row wins."""
+        return self.item_table(names).to_dict()
 
-    def _table(
-        self, name: str, key: str, features: list[str], what: str,
-        derived: tuple[str, ...] = (), **read: Any,
-    ) -> tuple[np.ndarray, pd.DataFrame]:
-        """(keys, text columns) of a feature file; unknown names raise ValueError."""
-        path = self._path(name)
-        with _csv.open_text(path, read.pop("encoding", "utf-8")) as f:
-            df = pd.read_csv(f, dtype=str, na_filter=False, **read)
-        df.columns = [str(c).strip() for c in df.columns]
-        available = [c for c in df.columns if c != key] + list(derived)
-        for n in features:
+    def user_table(self, names: list[str]) -> SideTable:
+        """The user-profile file's rows and dead letters (an empty table when `names` is
+        empty); unknown names raise ValueError."""
+        return self._side_table("user", names)
+
+    def item_table(self, names: list[str]) -> SideTable:
+        """The item-feature file's rows and dead letters (see `user_table`)."""
+        return self._side_table("item", names)
+
+    def check_side_features(self, users: list[str], items: list[str]) -> None:
+        """Raises ValueError naming the file and the available features unless every
+        requested feature exists; reads at most the files' header lines."""
+        for what, names in (("user", users), ("item", items)):
+            if names:
+                self._check_names(what, names)
+
+    def _available(self, what: str) -> tuple[str, list[str]]:
+        """(file, feature names) of the `what` ("user" / "item") side table."""
+        spec = self.user_spec if what == "user" else self.item_spec
+        if spec is None:
+            raise ValueError(f"{self.kind} source has no {what} features")
+        path = self._path(spec.name)
+        cols = list(spec.names) if spec.names is not None else self._header(spec)
+        return path, [c for c in cols if c != spec.key] + list(spec.derived)
+
+    def _header(self, spec: TableSpec) -> list[str]:
+        path = self._path(spec.name)
+        with _csv.open_text(path, spec.encoding, errors="surrogateescape") as f:
+            names = _csv.read_header(f, spec.delimiter)
+        if spec.key not in names:
+            raise ValueError(f"{path}: missing key column {spec.key!r}; the file has {names}")
+        return names
+
+    def _check_names(self, what: str, names: list[str]) -> None:
+        try:
+            path, available = self._available(what)
+        except ValueError as e:
+            if str(e).endswith(f"has no {what} features"):
+                raise ValueError(f"{e}; requested {names}") from None
+            raise
+        for n in names:
             if n not in available:
                 raise ValueError(
                     f"unknown {what} feature {n!r} in {path}; available: {sorted(available)}"
                 )
-        keys, reasons = _csv.validate_values(df[key], "int", key)
-        ok = reasons == None  # noqa: E711
-        return keys[ok], df[ok].reset_index(drop=True)
 
-    def _codes(self, df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+    def _side_table(self, what: str, names: list[str]) -> SideTable:
+        if not names:
+            return SideTable()
+        self._check_names(what, names)
+        spec = self.user_spec if what == "user" else self.item_spec
+        assert spec is not None
+        keys, df, lines, dead = self._read_table(spec)
+        feats = self._side_codes(what, df, names)
+        return SideTable(self._path(spec.name), keys, lines, feats, dead, spec.encoding)
+
+    def _side_codes(self, what: str, df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+        """Feature codes of the good rows; sources with derived features override it."""
         return {n: _csv.categorical_codes(df[n]) for n in names}
+
+    def _read_table(
+        self, spec: TableSpec, chunk_rows: int = 200_000
+    ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, list[DeadLetter]]:
+        """(keys, text columns, line numbers) of the good rows of a side-feature file,
+        and the dead letters of the corrupt ones, all in line order."""
+        path = self._path(spec.name)
+        quoting = csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE
+        frames, keys, line_nos, dead = [], [], [], []
+        with _csv.open_text(path, spec.encoding, errors="surrogateescape") as f:
+            if spec.names is None:
+                names, first = self._header(spec), 2
+                f.readline()
+            else:
+                names, first = list(spec.names), 1
+            for start, chunk in _csv.line_chunks(f, chunk_rows, first):
+                counts = _csv.field_counts(chunk, spec.delimiter, spec.quoting)
+                undecodable = _csv.undecodable_lines(chunk)
+                good: list[int] = []
+                for i, ln in enumerate(chunk):
+                    raw = ln.rstrip("\r\n")
+                    if undecodable[i]:
+                        reason = _csv.ENCODING_ERROR
+                        raw = _csv.escape_undecodable(raw)
+                    elif not raw.strip():
+                        reason = "blank line"
+                    elif counts[i] != len(names):
+                        reason = f"expected {len(names)} fields, found {counts[i]}"
+                    else:
+                        good.append(i)
+                        continue
+                    dead.append(DeadLetter(path, start + i, raw, reason))
+                df = self._frame_of([chunk[i] for i in good], names, spec, quoting)
+                k, reasons = _csv.validate_values(df[spec.key], "int", spec.key)
+                ok = reasons == None  # noqa: E711
+                for i in np.flatnonzero(~ok).tolist():
+                    n = start + good[i]
+                    dead.append(DeadLetter(path, n, chunk[good[i]].rstrip("\r\n"), reasons[i]))
+                frames.append(df[ok])
+                keys.append(np.asarray(k[ok], np.int64))
+                line_nos.append(start + np.asarray(good, np.int64)[ok])
+        dead.sort(key=lambda d: d.line)
+        if not frames:
+            empty = pd.DataFrame({c: pd.Series([], dtype=object) for c in names})
+            return np.zeros(0, np.int64), empty, np.zeros(0, np.int64), dead
+        df = pd.concat(frames).reset_index(drop=True)
+        return np.concatenate(keys), df, np.concatenate(line_nos), dead
+
+    @staticmethod
+    def _frame_of(lines: list[str], names: list[str], spec: TableSpec, quoting: Any
+                  ) -> pd.DataFrame:
+        """The text columns of lines that each hold `len(names)` fields."""
+        if lines:
+            try:
+                df = pd.read_csv(io.StringIO("".join(lines)), sep=spec.delimiter, header=None,
+                                 names=names, dtype=str, na_filter=False, quoting=quoting,
+                                 skip_blank_lines=False, engine="c")
+                if len(df) == len(lines):
+                    return df
+            except Exception:  # noqa: BLE001 - e.g. a quote spanning lines: one at a time
+                pass
+        rows = [next(csv.reader([ln.rstrip("\r\n")], delimiter=spec.delimiter,
+                                quoting=quoting)) for ln in lines]
+        return pd.DataFrame(rows or None, columns=names, dtype=object)
 
 
 class _CsvSource(Source):
@@ -291,27 +458,24 @@ class MovieLensSource(_CsvSource):
         return {"user_id": cols["user_id"], "item_id": cols["item_id"],
                 "value": cols["rating"], "rating": cols["rating"]}
 
-    def user_profiles(self, names: list[str]) -> dict[int, dict[str, int]]:
-        if not names:
-            return {}
-        cols = ["user_id", "age", "gender", "occupation", "zip"]
-        keys, df = self._table("u.user", "user_id", names, "user", sep="|", header=None,
-                               names=cols, quoting=3)
-        return _feature_dict(keys, self._codes(df, names))
+    user_spec = TableSpec("u.user", "user_id", ("user_id", "age", "gender", "occupation", "zip"),
+                          "|", quoting=False)
+    item_spec = TableSpec(
+        "u.item", "item_id",
+        ("item_id", "title", "release_date", "video_release_date", "url",
+         *(f"genre_{i}" for i in range(19))),
+        "|", quoting=False, encoding="latin-1", derived=("genre", "year"),
+    )
 
-    def item_features(self, names: list[str]) -> dict[int, dict[str, int]]:
-        if not names:
-            return {}
-        cols = ["item_id", "title", "release_date", "video_release_date", "url"]
-        cols += [f"genre_{i}" for i in range(19)]
-        keys, df = self._table("u.item", "item_id", names, "item", ("genre", "year"), sep="|",
-                               header=None, names=cols, quoting=3, encoding="latin-1")
+    def _side_codes(self, what: str, df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+        if what == "user":
+            return super()._side_codes(what, df, names)
         flags = df[[f"genre_{i}" for i in range(19)]].to_numpy() == "1"
         derived = {
             "genre": np.where(flags.any(axis=1), flags.argmax(axis=1), 0).astype(np.int64),
             "year": _csv.categorical_codes(df["release_date"].str.strip().str[-4:]),
         }
-        return _feature_dict(keys, {n: derived[n] for n in names})
+        return {n: derived[n] if n in derived else _csv.categorical_codes(df[n]) for n in names}
 
 
 class KuaiRecSource(_CsvSource):
@@ -330,19 +494,13 @@ class KuaiRecSource(_CsvSource):
                 "value": cols["watch_ratio"], "watch_ratio": cols["watch_ratio"],
                 "play_duration": cols["play_duration"], "video_duration": cols["video_duration"]}
 
-    def user_profiles(self, names: list[str]) -> dict[int, dict[str, int]]:
-        if not names:
-            return {}
-        keys, df = self._table("user_features.csv", "user_id", names, "user")
-        return _feature_dict(keys, self._codes(df, names))
+    user_spec = TableSpec("user_features.csv", "user_id")
+    item_spec = TableSpec("item_categories.csv", "video_id", derived=("category",))
 
-    def item_features(self, names: list[str]) -> dict[int, dict[str, int]]:
-        if not names:
-            return {}
-        keys, df = self._table("item_categories.csv", "video_id", names, "item", ("category",))
-        first = df["feat"].str.strip("[] ").str.split(",").str[0]
-        df = df.assign(category=first)
-        return _feature_dict(keys, self._codes(df, names))
+    def _side_codes(self, what: str, df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+        if what == "item" and "category" in names:
+            df = df.assign(category=df["feat"].str.strip("[] ").str.split(",").str[0])
+        return super()._side_codes(what, df, names)
 
 
 class KuaiRandSource(_CsvSource):
@@ -369,20 +527,13 @@ class KuaiRandSource(_CsvSource):
         out.update({c: cols[c] for c in self.floats if c != "time_ms"})
         return out
 
-    def user_profiles(self, names: list[str]) -> dict[int, dict[str, int]]:
-        if not names:
-            return {}
-        keys, df = self._table("user_features_1k.csv", "user_id", names, "user")
-        return _feature_dict(keys, self._codes(df, names))
+    user_spec = TableSpec("user_features_1k.csv", "user_id")
+    item_spec = TableSpec("video_features_basic_1k.csv", "video_id", derived=("category",))
 
-    def item_features(self, names: list[str]) -> dict[int, dict[str, int]]:
-        if not names:
-            return {}
-        keys, df = self._table("video_features_basic_1k.csv", "video_id", names, "item",
-                               ("category",))
-        if "category" in names:
+    def _side_codes(self, what: str, df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+        if what == "item" and "category" in names:
             df = df.assign(category=df["tag"].str.split(",").str[0])
-        return _feature_dict(keys, self._codes(df, names))
+        return super()._side_codes(what, df, names)
 
 
 class TaobaoSource(_CsvSource):
@@ -408,13 +559,15 @@ class TaobaoSource(_CsvSource):
         out.update({f"is_{k}": (b == code).astype(np.float64) for k, code in _BEHAVIOR.items()})
         return out
 
-    def item_features(self, names: list[str]) -> dict[int, dict[str, int]]:
+    def _available(self, what: str) -> tuple[str, list[str]]:
+        if what == "item":
+            return f"{self.cfg.path} (taobao log)", ["category"]
+        return super()._available(what)
+
+    def item_table(self, names: list[str]) -> SideTable:
         if not names:
-            return {}
-        bad = [n for n in names if n != "category"]
-        if bad:
-            raise ValueError(f"unknown item feature {bad[0]!r} in {self.cfg.path} (taobao log); "
-                             "available: ['category']")
+            return SideTable()
+        self._check_names("item", names)
         parts = []
         for path in self.log_files():
             with _csv.open_text(path, errors="replace") as f:  # such rows do not parse
@@ -423,9 +576,11 @@ class TaobaoSource(_CsvSource):
                     num = df.apply(pd.to_numeric, errors="coerce").dropna()
                     parts.append(num[(num >= 0).all(axis=1)].drop_duplicates(1))
         if not parts:
-            return {}
+            return SideTable()
         table = pd.concat(parts).drop_duplicates(1).astype(np.int64)
-        return _feature_dict(table[1].to_numpy(), {"category": table[2].to_numpy()})
+        ids = table[1].to_numpy()
+        return SideTable(self.cfg.path, ids, np.zeros(len(ids), np.int64),
+                         {"category": table[2].to_numpy()})
 
 
 class GenericSource(_CsvSource):
@@ -556,6 +711,6 @@ def make_source(cfg: SourceConfig, min_timestamp: int | None = None,
 
 
 __all__ = [
-    "GenericSource", "KuaiRandSource", "KuaiRecSource", "MovieLensSource", "Source",
-    "TaobaoSource", "make_source",
+    "DUPLICATE_ID", "GenericSource", "KuaiRandSource", "KuaiRecSource", "MovieLensSource",
+    "SideTable", "Source", "TableSpec", "TaobaoSource", "make_source",
 ]
