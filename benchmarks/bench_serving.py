@@ -14,12 +14,27 @@ Reports p50 / p99 latency (ms) and throughput (requests/s), the REST overhead
 (REST p50 - in-process p50 at concurrency 1, the two measured alternately, so a busy
 machine's background load hits both alike) and where a REST request's time goes (JSON
 decode, JSON -> arrays, arrays -> tensors, graph, reply encoding; measured with the
-server's own functions, in this process). Writes `benchmarks/results/serving.json`.
+server's own functions, in this process).
+
+Under load (issue 13): the valid request's p50 / p99 while another client sends
+maximal-work requests back to back (a request at every work cap of the server:
+`--max_rows` rows, `--max_candidates` candidates, `--max_history` history entries
+(at most the trained `max_history`), scored `--chunk_rows` rows per graph run), beside
+its unloaded p50 / p99 measured in the same run, in alternating rounds (unloaded,
+loaded, unloaded, ...) so background load hits both alike; goal: loaded p99 < 3x
+unloaded p99. The server's RSS (psutil) is sampled throughout and read after the run.
+The export repeats a row's history over its candidates, so a request's work and
+memory grow with rows x candidates; the JSON also records what a maximal request at the
+server's *default* caps would cost, estimated from the measured memory per example,
+without sending it (it does not fit in this machine's memory).
+
+Writes `benchmarks/results/serving.json` (machine, git commit, load average).
 
 Without `--model-dir` it builds a model in a temp dir: simulate -> Beam job -> train
 (max_history 100, 1 short epoch) -> export.
 
     python benchmarks/bench_serving.py [--model-dir EXPORT/ctr/1] [--requests 300]
+        [--load-requests 150] [--max-rows 16] [--max-candidates 500] [--chunk-rows 4]
 """
 
 from __future__ import annotations
@@ -41,6 +56,9 @@ from typing import Any
 
 import numpy as np
 
+from tfnegseq.provenance import git_commit
+from tfnegseq.serving.limits import Limits
+from tfnegseq.serving.local_server import DEFAULT_MAX_BODY_BYTES
 from tfnegseq.serving.server import stop_gracefully
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -50,7 +68,11 @@ from _machine import machine, write_result  # noqa: E402
 REPO = os.path.dirname(HERE)
 HISTORY = 100
 CANDIDATES = 100
-GOALS = {"rest_p99_ms_concurrency_1": 20.0, "rest_overhead_ms": 3.0}
+GOALS = {
+    "rest_p99_ms_concurrency_1": 20.0,
+    "rest_overhead_ms": 3.0,
+    "p99_under_load_over_unloaded_p99": 3.0,
+}
 
 
 def build_model(tmp: str, users: int) -> str:
@@ -192,11 +214,20 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_server(base_path: str, name: str) -> Iterator[tuple[str, int]]:
-    """The local REST server in a subprocess on 127.0.0.1; yields (URL, port)."""
+def local_server(
+    base_path: str, name: str, limits: Limits
+) -> Iterator[tuple[str, int, subprocess.Popen]]:
+    """The local REST server in a subprocess on 127.0.0.1 with `limits`' work caps;
+    yields (URL, port, process)."""
     import requests
 
     port = free_port()
+    caps = [
+        f"--max_rows={limits.max_rows}",
+        f"--max_candidates={limits.max_candidates}",
+        f"--max_history={limits.max_history}",
+        f"--chunk_rows={limits.chunk_rows}",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(
         [
@@ -215,6 +246,7 @@ def local_server(base_path: str, name: str) -> Iterator[tuple[str, int]]:
             "0",
             "--log_level",
             "WARNING",
+            *caps,
         ],
         cwd=REPO,
         env=env,
@@ -233,7 +265,7 @@ def local_server(base_path: str, name: str) -> Iterator[tuple[str, int]]:
             time.sleep(0.2)
         else:
             raise TimeoutError("local server did not become healthy")
-        yield url, port
+        yield url, port, proc
     finally:
         stop_gracefully(proc)
 
@@ -281,6 +313,129 @@ def breakdown(version_dir: str, body: bytes, repeats: int) -> dict[str, float]:
     return {k: round(float(np.median(v)), 3) for k, v in stages.items()}
 
 
+def max_work_inputs(
+    inst: dict[str, Any], version_dir: str, rows: int, candidates: int, history: int
+) -> dict[str, Any]:
+    """A columnar request at the caps: `rows` copies of `inst` with `history` positives
+    and negatives and `candidates` candidates (vocabulary items, cycled)."""
+    assets = os.path.join(version_dir, "assets")
+    items = np.loadtxt(os.path.join(assets, "item_id.txt"), np.int64, ndmin=1)
+    cand = np.resize(items, candidates)
+    inputs: dict[str, Any] = {}
+    for name, value in inst.items():
+        if name == "item_id":
+            row = cand.tolist()
+        elif name.startswith("item_"):
+            row = np.resize(np.asarray(value), candidates).tolist()
+        elif name.startswith(("pos_", "neg_")):
+            row = list(value)[-history:]
+        else:
+            row = value
+        inputs[name] = [row] * rows
+    return {"inputs": inputs}
+
+
+class RssMonitor:
+    """Samples a process's RSS (psutil) every `period` s on a thread; `peak` is the max."""
+
+    def __init__(self, pid: int, period: float = 0.05) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.period = period
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        return int(self.process.memory_info().rss)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.peak = max(self.peak, self.rss())
+                self.samples += 1
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> RssMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def vm_hwm(pid: int) -> int | None:
+    """The kernel's peak RSS of a process (Linux `VmHWM`), bytes; None elsewhere."""
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return None
+
+
+def under_load(
+    valid: Callable[[], Any],
+    heavy: Callable[[], Any],
+    requests: int,
+    rounds: int,
+    max_heavy: int,
+) -> dict[str, Any]:
+    """Valid-request latency alone and while `heavy` runs back to back on its own thread.
+
+    `rounds` alternating (unloaded, loaded) phases of `requests // rounds` valid requests
+    each (concurrency 1). In a loaded phase the heavy client sends its first request,
+    the valid requests start 50 ms later, and the heavy client stops after the last
+    valid one (its request in flight is awaited before the next phase). At most
+    `max_heavy` heavy requests in all. Returns the stats of both and of the heavy ones.
+    """
+    per = max(1, requests // rounds)
+    unloaded: list[float] = []
+    loaded: list[float] = []
+    heavy_s: list[float] = []
+    overlap = {"valid_while_heavy_in_flight": 0}
+    in_flight = threading.Event()
+    for _ in range(rounds):
+        for _ in range(per):
+            t = time.perf_counter()
+            valid()
+            unloaded.append(time.perf_counter() - t)
+        stop = threading.Event()
+
+        def send_heavy(stop: threading.Event = stop) -> None:
+            while not stop.is_set() and len(heavy_s) < max_heavy:
+                in_flight.set()
+                t = time.perf_counter()
+                heavy()
+                heavy_s.append(time.perf_counter() - t)
+                in_flight.clear()
+
+        thread = threading.Thread(target=send_heavy)
+        thread.start()
+        in_flight.wait(5)
+        time.sleep(0.05)
+        for _ in range(per):
+            t = time.perf_counter()
+            valid()
+            loaded.append(time.perf_counter() - t)
+            overlap["valid_while_heavy_in_flight"] += in_flight.is_set()
+        stop.set()
+        thread.join()
+    alone, busy = summarize(unloaded, sum(unloaded)), summarize(loaded, sum(loaded))
+    return {
+        "unloaded": alone,
+        "loaded": busy,
+        "p50_ratio": round(busy["p50_ms"] / alone["p50_ms"], 2),
+        "p99_ratio": round(busy["p99_ms"] / alone["p99_ms"], 2),
+        "max_work_requests": summarize(heavy_s, sum(heavy_s)) if heavy_s else None,
+        "rounds": rounds,
+        **overlap,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", default=None, help="an exported version dir (else built)")
@@ -291,6 +446,16 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300, help="measured requests per setting")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--concurrency", default="1,8")
+    d = Limits()
+    ap.add_argument(
+        "--load-requests", type=int, default=150, help="valid requests measured under load"
+    )
+    ap.add_argument("--load-rounds", type=int, default=3)
+    ap.add_argument("--max-heavy", type=int, default=60, help="most maximal-work requests")
+    ap.add_argument("--max-rows", type=int, default=16, help=f"server cap (default {d.max_rows})")
+    ap.add_argument("--max-candidates", type=int, default=500, help="server cap")
+    ap.add_argument("--max-history", type=int, default=d.max_history, help="server cap")
+    ap.add_argument("--chunk-rows", type=int, default=4, help="server cap")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "serving.json"))
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -299,6 +464,12 @@ def main() -> None:
     import tensorflow as tf
 
     levels = [int(c) for c in args.concurrency.split(",")]
+    limits = Limits(
+        max_rows=args.max_rows,
+        max_candidates=args.max_candidates,
+        max_history=args.max_history,
+        chunk_rows=args.chunk_rows,
+    )
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = args.work_dir or tmp
@@ -312,7 +483,9 @@ def main() -> None:
         inst = request_instance(version_dir)
         from tfnegseq.export import read_metadata
 
-        model_config = read_metadata(version_dir)["config"]["model"]
+        meta = read_metadata(version_dir)
+        model_config = meta["config"]["model"]
+        trained_history = int(meta["max_history"])
         body = json.dumps({"instances": [inst]}).encode()
 
         loaded = tf.saved_model.load(version_dir)
@@ -325,7 +498,8 @@ def main() -> None:
 
         base = os.path.dirname(version_dir)
         name = os.path.basename(base)
-        with local_server(base, name) as (url, port):
+        with local_server(base, name, limits) as (url, port, proc), RssMonitor(proc.pid) as mem:
+            rss_start = mem.rss()
             predict = f"{url}/v1/models/{name}:predict"
             headers = {"Content-Type": "application/json"}
             reply = requests.post(predict, data=body, headers=headers, timeout=30)
@@ -378,6 +552,99 @@ def main() -> None:
                 args.warmup,
             )
 
+            # Valid requests while another client sends maximal-work ones.
+            history = min(limits.max_history, trained_history)
+            heavy_body = json.dumps(
+                max_work_inputs(inst, version_dir, limits.max_rows, limits.max_candidates, history)
+            ).encode()
+            heavy_call = session_call(heavy_body)
+            rss_before_heavy = mem.rss()
+            heavy_call()  # warm-up, and the 200 check
+            rss_before_load = mem.rss()
+            under = under_load(
+                session_call(),
+                heavy_call,
+                args.load_requests,
+                args.load_rounds,
+                args.max_heavy,
+            )
+            rss_after = mem.rss()
+            hwm = vm_hwm(proc.pid)
+            peak_sampled = mem.peak
+            samples = mem.samples
+
+    # What a maximal request at the server's default caps would cost (not sent): as many
+    # candidates as a body under the default --max_body_bytes holds, beside the default
+    # rows; memory from the server's RSS growth over the first maximal request, per example
+    # of one chunk (the graph's working set; a rough figure: the allocator keeps memory).
+    chunk_examples = min(limits.chunk_rows, limits.max_rows) * limits.max_candidates
+    per_example = max(0, peak_sampled - rss_before_heavy) / chunk_examples
+    d = Limits()
+    row_bytes = len(json.dumps(max_work_inputs(inst, version_dir, 1, 1, trained_history)))
+    cand_bytes = (
+        len(json.dumps(max_work_inputs(inst, version_dir, 1, 101, trained_history))) - row_bytes
+    ) / 100
+    rows_default = d.max_rows
+    cands_fit = int((DEFAULT_MAX_BODY_BYTES / rows_default - row_bytes) / cand_bytes)
+    if cands_fit < 1:  # fewer rows, one candidate each
+        rows_default, cands_fit = int(DEFAULT_MAX_BODY_BYTES / (row_bytes + cand_bytes)), 1
+    cands_default = min(d.max_candidates, cands_fit)
+    default_chunk = min(d.chunk_rows, rows_default) * cands_default
+    mib = 2**20
+    under["caps"] = {
+        "max_rows": limits.max_rows,
+        "max_candidates": limits.max_candidates,
+        "max_history": limits.max_history,
+        "chunk_rows": limits.chunk_rows,
+    }
+    under["max_work_request"] = {
+        "rows": limits.max_rows,
+        "candidates": limits.max_candidates,
+        "history_each": history,
+        "examples": limits.max_rows * limits.max_candidates,
+        "examples_per_chunk": chunk_examples,
+        "body_bytes": len(heavy_body),
+    }
+    under["valid_request"] = "1 user, 100 candidates, 100 + 100 history items (as above)"
+    under["caps_note"] = (
+        "the server ran with these caps (--max-rows, --max-candidates, --max-history, "
+        "--chunk-rows of this script), not its defaults: a maximal request at the defaults "
+        "needs about default_caps_worst_case.estimated_chunk_memory_gib per graph run"
+    )
+    memory = {
+        "rss_at_start_mib": round(rss_start / mib),
+        "rss_before_first_max_work_request_mib": round(rss_before_heavy / mib),
+        "rss_before_load_phases_mib": round(rss_before_load / mib),
+        "rss_after_run_mib": round(rss_after / mib),
+        "rss_peak_sampled_mib": round(peak_sampled / mib),
+        "rss_samples": samples,
+        "vm_hwm_mib": round(hwm / mib) if hwm else None,
+        "rss_growth_per_example_kib": round(per_example / 1024, 1),
+    }
+    default_caps = {
+        "what": (
+            "a maximal request at the server's default caps, not sent: "
+            f"{rows_default} rows x {cands_default} candidates (the most a "
+            f"{DEFAULT_MAX_BODY_BYTES // mib} MiB body holds at {rows_default} rows), "
+            f"{trained_history} history; chunks of {d.chunk_rows} rows"
+        ),
+        "rows": rows_default,
+        "candidates": cands_default,
+        "examples": rows_default * cands_default,
+        "examples_per_chunk": default_chunk,
+        "estimated_chunk_memory_gib": round(default_chunk * per_example / 2**30, 1),
+        "estimated_seconds": round(
+            rows_default
+            * cands_default
+            * (under["max_work_requests"] or {}).get("mean_ms", 0)
+            / 1000
+            / max(1, limits.max_rows * limits.max_candidates),
+            1,
+        )
+        if under["max_work_requests"]
+        else None,
+    }
+
     overhead = rest["1"]["p50_ms"] - in_process["1"]["p50_ms"] if "1" in rest else None
     result = {
         "benchmark": "serving_default latency: 1 user, 100 candidates, L = 100 (full histories)",
@@ -397,16 +664,26 @@ def main() -> None:
             "rest_overhead_paired_median_ms": small_paired,
         },
         "serving_client_predict_p50_ms": client_p50,
+        "under_load": under,
+        "server_memory": memory,
+        "default_caps_worst_case": default_caps,
         "goals": GOALS,
         "goals_met": {
             "rest_p99_ms_concurrency_1": rest.get("1", {}).get("p99_ms", 1e9)
             < GOALS["rest_p99_ms_concurrency_1"],
             "rest_overhead_ms": overhead is not None and overhead < GOALS["rest_overhead_ms"],
+            "p99_under_load_over_unloaded_p99": under["p99_ratio"]
+            < GOALS["p99_under_load_over_unloaded_p99"],
         },
         "model": model_config,
         "model_dir": args.model_dir
         or "built by build_model (1 short epoch; weights do not change the cost)",
         "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "notes": (
+            "Shared machine: other jobs ran during the measurement (see load_average_1m); "
+            "compare ratios within this run, not absolute figures across runs."
+        ),
+        "git_commit": git_commit(),
         "tensorflow": tf.__version__,
         "machine": machine(),
     }

@@ -2,17 +2,17 @@
 
 `evaluate(model, dataset, kind, cfg)` runs the model compiled (`Model.predict`, with a
 Keras progress bar), not eagerly batch by batch. The dataset yields `(features, label)`
-batches; the label and the kind's `evaluation_keys` (for the CTR kind the raw user id,
-which GAUC groups by) are passed through the prediction beside the model's outputs, so
-they stay aligned with the predictions of the same rows in any input order. The kind's
-`metrics` then sees one array per output and key for the whole split.
-
-Backend-agnostic (Keras' `predict`); only `with_labels` touches the tf.data dataset.
+batches in a fixed order (evaluation input is always read in order): one pass predicts
+from the features, a second pass reads the labels and the kind's `evaluation_keys`
+(for the CTR kind the raw user id, which GAUC groups by). The keys never go through the
+model, so a 64-bit id keeps all its bits under JAX (int32 without x64) and a float key
+keeps float32 under `mixed_bfloat16`. The kind's `metrics` then sees one array per
+output and key for the whole split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -23,41 +23,36 @@ from tfnegseq.kinds.base import ModelKind
 LABEL = "label"
 
 
-class _WithPassthrough(keras.Model):
-    """`model(x)`'s outputs plus the named entries of `x`, unchanged."""
-
-    def __init__(self, model: keras.Model, keys: Sequence[str], **kwargs: Any):
-        super().__init__(**kwargs)
-        self.model = model
-        self.keys = tuple(keys)
-
-    def call(self, inputs: Mapping[str, Any], training: bool | None = None) -> dict[str, Any]:
-        out = self.model(inputs, training=False)
-        if not isinstance(out, Mapping):
-            out = {"output": out}
-        return {**out, **{k: inputs[k] for k in self.keys}}
-
-
-def with_labels(dataset: Any) -> Any:
-    """`(features, label)` batches -> `features` with the label under `label`."""
-    return dataset.map(lambda features, label: ({**features, LABEL: label},))
-
-
-def predict_outputs(model: keras.Model, dataset: Any, keys: Sequence[str] = (),
-                    jit_compile: bool | str = "auto", verbose: int | str = "auto"
-                    ) -> dict[str, np.ndarray]:
-    """Every output of `model` over `dataset` (features batches), plus the features
-    `keys` passed through, each concatenated over the batches."""
-    wrapper = _WithPassthrough(model, keys, name="evaluation")
-    wrapper.compile(jit_compile=jit_compile)
-    out = wrapper.predict(dataset, verbose=verbose)
+def predict_outputs(model: keras.Model, dataset: Any,
+                    verbose: int | str = "auto") -> dict[str, np.ndarray]:
+    """Every output of `model` over `dataset` (`(features, label)` batches),
+    concatenated over the batches. `predict` runs compiled, as the model was compiled
+    (`jit_compile` of its `compile`; XLA where Keras' "auto" picks it otherwise)."""
+    out = model.predict(dataset.map(lambda features, label: features), verbose=verbose)
+    if not isinstance(out, dict):
+        out = {"output": out}
     return {k: np.asarray(v) for k, v in out.items()}
+
+
+def read_keys(dataset: Any, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The labels and the named features of `dataset`, concatenated, in its order."""
+    parts: dict[str, list[np.ndarray]] = {LABEL: [], **{k: [] for k in keys}}
+    for features, label in dataset.as_numpy_iterator():
+        parts[LABEL].append(np.asarray(label))
+        for k in keys:
+            if k not in features:
+                raise KeyError(f"evaluation key {k!r} is not in the evaluation input; "
+                               f"found {sorted(features)}")
+            parts[k].append(np.asarray(features[k]))
+    return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
 
 
 def evaluate(model: keras.Model, dataset: Any, kind: ModelKind, cfg: Any,
              verbose: int | str = "auto") -> dict[str, Any]:
     """The kind's metrics of `model` on `dataset` (`(features, label)` batches)."""
-    keys = (LABEL, *kind.evaluation_keys(cfg))
-    outputs = predict_outputs(model, with_labels(dataset), keys,
-                              jit_compile=cfg.train.jit_compile, verbose=verbose)
-    return kind.metrics(outputs)
+    outputs = predict_outputs(model, dataset, verbose=verbose)
+    keys = read_keys(dataset, kind.evaluation_keys(cfg))
+    rows = {len(v) for v in outputs.values()} | {len(v) for v in keys.values()}
+    if len(rows) != 1:
+        raise RuntimeError(f"evaluation read different row counts per pass: {sorted(rows)}")
+    return kind.metrics({**outputs, **keys})

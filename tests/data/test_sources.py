@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from tfnegseq.config import GenericColumns, SourceConfig
-from tfnegseq.data import _csv
 from tfnegseq.data.events import EventChunk
 from tfnegseq.data.sources import make_source
 from tfnegseq.schema import PAD_ID, fingerprint64
@@ -179,13 +178,6 @@ def test_kuairec_profiles_and_categories(tmp_path):
     assert items == {10: {"category": 27}, 11: {"category": 3}, 12: {"category": PAD_ID}}
     with pytest.raises(ValueError, match=r"'genre'.*item_categories\.csv.*category"):
         src.item_features(["genre"])
-
-
-def test_categorical_values():
-    assert _csv.categorical("full_active") == fingerprint64("full_active")
-    assert _csv.categorical(" 12 ") == 12 and _csv.categorical("3.0") == 3
-    assert _csv.categorical("") == PAD_ID and _csv.categorical(None) == PAD_ID
-    assert _csv.categorical("1.5") == fingerprint64("1.5")
 
 
 def test_remote_paths_use_gfile(tmp_path):

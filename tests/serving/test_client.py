@@ -8,16 +8,23 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
+import hypothesis.strategies as st
 import numpy as np
+import pandas as pd
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
 
 from tests.serving.conftest import expected_probability, free_port, instance
+from tfnegseq.data import values  # the Beam job's column encodings: the reference
+from tfnegseq.schema import PAD_ID, fingerprint64
 from tfnegseq.serving.client import (
     ServingClient,
     ServingError,
     ServingTimeout,
     ServingUnavailable,
+    feature_id,
+    raw_id,
     to_json,
 )
 
@@ -110,6 +117,123 @@ def test_to_json_and_urls() -> None:
     assert ServingClient("http://h:1/", "a/b", label="x y").model_url == (
         "http://h:1/v1/models/a%2Fb/labels/x%20y"
     )
+
+
+# ----------------------------------------------------------------- string ids and features
+
+# Values as they appear in the shipped datasets' files (MovieLens u.user / u.item,
+# KuaiRec user_features.csv / item_categories.csv) and edge cases of the parsers.
+FEATURE_VALUES = [
+    "M",
+    "F",
+    "technician",
+    " technician ",
+    "full_active",
+    "UNKNOWN",
+    "24",
+    " 24",
+    "+3",
+    "-3",
+    "3.0",
+    "3.5",
+    "1e3",
+    "nan",
+    "inf",
+    "",
+    "  ",
+    None,
+    float("nan"),
+    7,
+    np.int64(7),
+    3.0,
+    2.5,
+    "123456789012345678901",
+    "naïve",
+    "0",
+]
+
+
+@pytest.mark.parametrize("value", FEATURE_VALUES)
+def test_feature_id_matches_the_beam_job(value) -> None:
+    assert feature_id(value) == values.categorical_codes(np.array([value], dtype=object))[0]
+    assert isinstance(feature_id(value), int)
+
+
+@given(
+    st.one_of(
+        st.text(max_size=12),
+        st.integers(-(2**62), 2**62),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.none(),
+        st.from_regex(r"[+-]?[0-9]{1,20}(\.[0-9]{0,3})?", fullmatch=True),
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_feature_id_matches_the_beam_job_on_any_value(value) -> None:
+    assert feature_id(value) == values.categorical_codes(np.array([value], dtype=object))[0]
+
+
+@given(
+    st.one_of(
+        st.text(max_size=12),
+        st.from_regex(r"\s?[0-9]{1,20}\s?", fullmatch=True),
+        st.integers(-(2**64), 2**64),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+        st.none(),
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_raw_id_matches_the_beam_job(value) -> None:
+    ids, reasons = values.validate_values(pd.Series([value], dtype=object), "id", "id")
+    assert raw_id(value) == (PAD_ID if reasons[0] else ids[0])
+
+
+def test_string_ids_are_fingerprint64() -> None:
+    # The documented values (serving/README.md) for the shipped configs' text features.
+    assert feature_id("M") == fingerprint64("M") == 3923287086039162729
+    assert feature_id("technician") == 547610162155711460
+    assert feature_id("full_active") == 5123343777113554104
+    assert feature_id("24") == 24 and feature_id(None) == feature_id("") == PAD_ID
+    assert raw_id("u42") == fingerprint64("u42") and raw_id("42") == 42 and raw_id(42) == 42
+    assert raw_id(PAD_ID) == PAD_ID  # histories are left-padded with -1
+
+
+def test_score_sends_text_features_and_ids_as_the_beam_job_writes_them(monkeypatch) -> None:
+    sent = []
+    client = ServingClient("http://127.0.0.1:1", "m")
+    monkeypatch.setattr(client, "predict", lambda instances: sent.extend(instances) or [[0.5]])
+    client.score(
+        "u7",
+        ["i1"],
+        [1],
+        [2],
+        [2],
+        candidates=["i3"],
+        profile={"gender": "M", "age": "24", "zip": None},
+        item_features={"genre": [np.int64(4)]},
+    )
+    assert sent == [
+        {
+            "user_id": fingerprint64("u7"),
+            "pos_item_id": [fingerprint64("i1")],
+            "pos_order": [1],
+            "neg_item_id": [2],
+            "neg_order": [2],
+            "item_id": [fingerprint64("i3")],
+            "user_gender": fingerprint64("M"),
+            "user_age": 24,
+            "user_zip": PAD_ID,
+            "item_genre": [4],
+        }
+    ]
+    assert all(type(v) is int for v in sent[0]["pos_item_id"] + sent[0]["item_genre"])
+
+
+def test_score_with_text_profile_equals_integer_profile(url: str) -> None:
+    client = ServingClient(url, "recommender")
+    as_text = client.score(7, [11], [1], [21], [2], [1, 2], profile={"age": "30"})
+    np.testing.assert_allclose(as_text, client.score(7, [11], [1], [21], [2], [1, 2], {"age": 30}))
 
 
 # --------------------------------------------------------------------------- stub server

@@ -87,7 +87,7 @@ def reason_key(dead: dict[str, Any]) -> str:
     """A short, bounded name for a dead letter's reason (its counter is
     `dead_letters_<key>`): encoding, blank_line, field_count, duplicate_id,
     unparsable_row, invalid_json, bad_<column>, user_failed or other."""
-    from tfnegseq.data._csv import ENCODING_ERROR
+    from tfnegseq.data.lines import ENCODING_ERROR
     from tfnegseq.data.sources import DUPLICATE_ID
 
     if "user_id" in dead and "file" not in dead:

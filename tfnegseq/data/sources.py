@@ -8,7 +8,7 @@ wrong field count, bad or negative id, missing / unparsable / non-finite number,
 unknown enum value, out-of-range timestamp, a timestamp outside the plausible range
 (`timestamp_bounds`: by default 1970-01-01 to the job's start plus one day), blank
 line, a byte the file's encoding cannot decode (reason "encoding"). Blank lines at the very end of
-a file are skipped. Parsing is vectorised per chunk (see `tfnegseq.data._csv`).
+a file are skipped. Parsing is vectorised per chunk (see `tfnegseq.data.delimited`).
 
 Adapters (files are read from the directory `cfg.path`; `cfg.files` overrides the log
 file names; paths with `://` are read through `tf.io.gfile`):
@@ -25,7 +25,7 @@ file names; paths with `://` are read through `tf.io.gfile`):
 
 `cfg.extra_columns` found in a log are kept as float columns too. Categorical side
 features: integer values stay ints, other text goes through `fingerprint64`, a missing
-value is `PAD_ID` (see `_csv.categorical`).
+value is `PAD_ID` (see `tfnegseq.ids.feature_id`).
 
 Side tables (`user_table` / `item_table`: `u.user`, `u.item`, KuaiRec / KuaiRand user
 and item feature files) are read like the logs: a corrupt row (wrong field count, key
@@ -52,8 +52,20 @@ import numpy as np
 import pandas as pd
 
 from tfnegseq.config import SourceConfig
-from tfnegseq.data import _csv
+from tfnegseq.data import files
+from tfnegseq.data.delimited import CsvLayout, field_counts, parse_lines
 from tfnegseq.data.events import DeadLetter, EventChunk
+from tfnegseq.data.jsonl import json_records
+from tfnegseq.data.lines import (
+    ENCODING_ERROR,
+    escape_undecodable,
+    line_chunks,
+    read_header,
+    read_lines,
+    require_columns,
+    undecodable_lines,
+)
+from tfnegseq.data.values import categorical_codes, text_ids, validate_frame, validate_values
 
 _TS_LIMIT = float(2**62)
 DAY_MS = 86_400_000
@@ -148,7 +160,7 @@ class SideTable:
         keep = np.zeros(len(self.ids), dtype=bool)
         keep[first] = True
         dup_lines = self.lines[~keep].tolist()
-        raw = _csv.read_lines(self.path, set(dup_lines), self.encoding) if dup_lines else {}
+        raw = read_lines(self.path, set(dup_lines), self.encoding) if dup_lines else {}
         dups = [DeadLetter(self.path, n, raw.get(n, ""), DUPLICATE_ID) for n in dup_lines]
         rows = _feature_dict(self.ids[keep], {n: v[keep] for n, v in self.features.items()})
         return rows, dups
@@ -193,14 +205,14 @@ class Source:
         self.timestamp_range = timestamp_bounds(min_timestamp, max_timestamp)
 
     def _path(self, name: str) -> str:
-        return _csv.join(self.cfg.path, name)
+        return files.join(self.cfg.path, name)
 
     def _files(self, default: list[str]) -> list[str]:
         names = list(self.cfg.files) or default
         paths = [self._path(n) for n in names]
-        missing = [p for p in paths if not _csv.exists(p)]
+        missing = [p for p in paths if not files.exists(p)]
         if missing:
-            found = _csv.list_dir(self.cfg.path) if _csv.exists(self.cfg.path) else "(no directory)"
+            found = files.list_dir(self.cfg.path) if files.exists(self.cfg.path) else "(no directory)"
             raise FileNotFoundError(
                 f"{self.kind} source: {missing} not found; {self.cfg.path} has {found}"
             )
@@ -256,8 +268,8 @@ class Source:
 
     def _header(self, spec: TableSpec) -> list[str]:
         path = self._path(spec.name)
-        with _csv.open_text(path, spec.encoding, errors="surrogateescape") as f:
-            names = _csv.read_header(f, spec.delimiter)
+        with files.open_text(path, spec.encoding, errors="surrogateescape") as f:
+            names = read_header(f, spec.delimiter)
         if spec.key not in names:
             raise ValueError(f"{path}: missing key column {spec.key!r}; the file has {names}")
         return names
@@ -287,7 +299,7 @@ class Source:
 
     def _side_codes(self, what: str, df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
         """Feature codes of the good rows; sources with derived features override it."""
-        return {n: _csv.categorical_codes(df[n]) for n in names}
+        return {n: categorical_codes(df[n]) for n in names}
 
     def _read_table(
         self, spec: TableSpec, chunk_rows: int = 200_000
@@ -297,21 +309,21 @@ class Source:
         path = self._path(spec.name)
         quoting = csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE
         frames, keys, line_nos, dead = [], [], [], []
-        with _csv.open_text(path, spec.encoding, errors="surrogateescape") as f:
+        with files.open_text(path, spec.encoding, errors="surrogateescape") as f:
             if spec.names is None:
                 names, first = self._header(spec), 2
                 f.readline()
             else:
                 names, first = list(spec.names), 1
-            for start, chunk in _csv.line_chunks(f, chunk_rows, first):
-                counts = _csv.field_counts(chunk, spec.delimiter, spec.quoting)
-                undecodable = _csv.undecodable_lines(chunk)
+            for start, chunk in line_chunks(f, chunk_rows, first):
+                counts = field_counts(chunk, spec.delimiter, spec.quoting)
+                undecodable = undecodable_lines(chunk)
                 good: list[int] = []
                 for i, ln in enumerate(chunk):
                     raw = ln.rstrip("\r\n")
                     if undecodable[i]:
-                        reason = _csv.ENCODING_ERROR
-                        raw = _csv.escape_undecodable(raw)
+                        reason = ENCODING_ERROR
+                        raw = escape_undecodable(raw)
                     elif not raw.strip():
                         reason = "blank line"
                     elif counts[i] != len(names):
@@ -321,7 +333,7 @@ class Source:
                         continue
                     dead.append(DeadLetter(path, start + i, raw, reason))
                 df = self._frame_of([chunk[i] for i in good], names, spec, quoting)
-                k, reasons = _csv.validate_values(df[spec.key], "int", spec.key)
+                k, reasons = validate_values(df[spec.key], "int", spec.key)
                 ok = reasons == None  # noqa: E711
                 for i in np.flatnonzero(~ok).tolist():
                     n = start + good[i]
@@ -368,13 +380,13 @@ class _CsvSource(Source):
     ts_column = "timestamp"
     ts_scale = 1000.0  # timestamp unit -> ms
 
-    def _layout(self, names: list[str], path: str) -> _csv.CsvLayout:
+    def _layout(self, names: list[str], path: str) -> CsvLayout:
         required = [*self.ints, *self.floats, *self.texts, *self.enums]
-        _csv.require_columns(names, required, path)
+        require_columns(names, required, path)
         if len(set(names)) != len(names):
             raise ValueError(f"{path}: duplicate column names in {names}")
         extras = [c for c in self.cfg.extra_columns if c in names and c not in required]
-        return _csv.CsvLayout(
+        return CsvLayout(
             tuple(names), self.ints, self.floats + tuple(extras), self.texts, self.enums,
             self.delimiter, self.quoting,
         )
@@ -383,18 +395,18 @@ class _CsvSource(Source):
         """(line iterator, column names, line number of the first data line)."""
         if self.fixed_names is not None:
             return f, list(self.fixed_names), 1
-        return f, _csv.read_header(f, self.delimiter), 2
+        return f, read_header(f, self.delimiter), 2
 
     def read_chunks(
         self, file_index: int, path: str, chunk_rows: int = 50_000
     ) -> Iterator[tuple[EventChunk, list[DeadLetter]]]:
-        with _csv.open_text(path, self.encoding, errors="surrogateescape") as f:
+        with files.open_text(path, self.encoding, errors="surrogateescape") as f:
             lines, names, first = self._open(f, path)
             if not names:
                 return
             layout = self._layout(names, path)
-            for start, chunk in _csv.line_chunks(lines, chunk_rows, first):
-                cols, line_no, dead = _csv.parse_lines(chunk, start, layout, path)
+            for start, chunk in line_chunks(lines, chunk_rows, first):
+                cols, line_no, dead = parse_lines(chunk, start, layout, path)
                 raw_of = functools.partial(_raw_line, chunk, start)
                 yield self._finish(cols, line_no, dead, path, file_index, raw_of)
 
@@ -473,9 +485,9 @@ class MovieLensSource(_CsvSource):
         flags = df[[f"genre_{i}" for i in range(19)]].to_numpy() == "1"
         derived = {
             "genre": np.where(flags.any(axis=1), flags.argmax(axis=1), 0).astype(np.int64),
-            "year": _csv.categorical_codes(df["release_date"].str.strip().str[-4:]),
+            "year": categorical_codes(df["release_date"].str.strip().str[-4:]),
         }
-        return {n: derived[n] if n in derived else _csv.categorical_codes(df[n]) for n in names}
+        return {n: derived[n] if n in derived else categorical_codes(df[n]) for n in names}
 
 
 class KuaiRecSource(_CsvSource):
@@ -570,7 +582,7 @@ class TaobaoSource(_CsvSource):
         self._check_names("item", names)
         parts = []
         for path in self.log_files():
-            with _csv.open_text(path, errors="replace") as f:  # such rows do not parse
+            with files.open_text(path, errors="replace") as f:  # such rows do not parse
                 for df in pd.read_csv(f, header=None, usecols=[1, 2], dtype=str, na_filter=False,
                                       on_bad_lines="skip", chunksize=1_000_000):
                     num = df.apply(pd.to_numeric, errors="coerce").dropna()
@@ -613,7 +625,7 @@ class GenericSource(_CsvSource):
         if self.cfg.files:
             return self._files([])
         ext = "." + self.cfg.format
-        names = [n for n in _csv.list_dir(self.cfg.path) if n.endswith(ext)]
+        names = [n for n in files.list_dir(self.cfg.path) if n.endswith(ext)]
         if not names:
             raise FileNotFoundError(f"generic source: no *{ext} files in {self.cfg.path}")
         return [self._path(n) for n in names]
@@ -631,7 +643,7 @@ class GenericSource(_CsvSource):
         m = self.cfg.columns
 
         def ids(a: np.ndarray) -> np.ndarray:
-            return _csv.text_ids(a) if a.dtype == object else a
+            return text_ids(a) if a.dtype == object else a
 
         value = cols[m.value] if m.value else np.ones(len(cols[m.timestamp]))
         out = {"user_id": ids(cols[m.user_id]), "item_id": ids(cols[m.item_id]), "value": value}
@@ -650,18 +662,18 @@ class GenericSource(_CsvSource):
         kinds.update({c: "float" for c in [m.value] if c})
         if self.cfg.format == "jsonl":
             kinds.update({c: "float" for c in self.cfg.extra_columns if c not in kinds})
-            with _csv.open_text(path, errors="surrogateescape") as f:
-                for start, lines in _csv.line_chunks(f, chunk_rows, 1):
-                    df, nums, dead = _csv.json_records(lines, start, list(kinds), path)
+            with files.open_text(path, errors="surrogateescape") as f:
+                for start, lines in line_chunks(f, chunk_rows, 1):
+                    df, nums, dead = json_records(lines, start, list(kinds), path)
                     yield self._frame(df, np.asarray(nums, np.int64), dead, kinds, path,
                                       file_index, functools.partial(_raw_line, lines, start))
             return
         import pyarrow.parquet as pq
 
-        with _csv.open_binary(path) as fb:
+        with files.open_binary(path) as fb:
             pf = pq.ParquetFile(fb)
             names = pf.schema_arrow.names
-            _csv.require_columns(names, list(kinds), path)
+            require_columns(names, list(kinds), path)
             extras = [c for c in self.cfg.extra_columns if c in names and c not in kinds]
             kinds.update({c: "float" for c in extras})
             start = 1
@@ -684,7 +696,7 @@ class GenericSource(_CsvSource):
         self, df: pd.DataFrame, line_no: np.ndarray, dead: list[DeadLetter], kinds: dict[str, Any],
         path: str, file_index: int, raw_of: Callable[[int], str],
     ) -> tuple[EventChunk, list[DeadLetter]]:
-        cols, reasons = _csv.validate_frame(df, kinds)
+        cols, reasons = validate_frame(df, kinds)
         for i in np.flatnonzero(reasons != None):  # noqa: E711
             dead.append(DeadLetter(path, int(line_no[i]), raw_of(int(line_no[i])), reasons[i]))
         dead.sort(key=lambda d: d.line)

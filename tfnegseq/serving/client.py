@@ -1,11 +1,18 @@
 """A small client for TF Serving's REST API (and the local server that speaks it).
 
+The model's inputs are int64: raw ids and categorical values as the Beam job wrote
+them. `feature_id` and `raw_id` map text the same way (integers stay integers, other
+text becomes `tfnegseq.schema.fingerprint64`); `ServingClient.score` applies them.
+
 Example:
     >>> client = ServingClient("http://127.0.0.1:8501", "recommender", label="stable")
     >>> client.predict(instances=[{"x": [1.0, 2.0, 3.0]}])  # doctest: +SKIP
     [[0.3, 0.7]]
-    >>> client.score(7, [11, 12], [1, 3], [21], [2], candidates=[1, 2, 3])  # doctest: +SKIP
+    >>> client.score(7, [11, 12], [1, 3], [21], [2], candidates=[1, 2, 3],
+    ...              profile={"gender": "M"})  # doctest: +SKIP
     [0.78, 0.83, 0.86]
+    >>> feature_id("M"), feature_id("24"), feature_id(None)
+    (3923287086039162729, 24, -1)
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+
+from tfnegseq.ids import feature_id, raw_id
 
 
 class ServingError(Exception):
@@ -155,7 +164,22 @@ class ServingClient:
         model pads). `profile` maps the config's `samples.user_features` names to raw
         values and is sent as `user_<name>`; `item_features` maps the config's
         `samples.item_features` names to one raw value per candidate, sent as
-        `item_<name>` (e.g. `{"category": [3, 7]}` -> `item_category`).
+        `item_<name>` (e.g. `{"category": [3, 7]}` -> `item_category`). The export needs
+        every one of them. Text values go through `feature_id` (so `{"gender": "M"}`
+        sends `fingerprint64("M")`), text ids through `raw_id`; integers are sent as
+        they are.
+
+        Args:
+            user_id: int or str. The user's raw id.
+            pos_items: the user's recent positives (raw item ids), oldest first.
+            pos_orders: their ranks in the user's timeline.
+            neg_items: the user's recent negatives, oldest first.
+            neg_orders: their ranks.
+            candidates: raw item ids to score (at least one).
+            profile: dict or None. `samples.user_features` name -> value.
+                Defaults to None (no profile inputs).
+            item_features: dict or None. `samples.item_features` name -> one value per
+                candidate. Defaults to None.
 
         Returns:
             One probability per candidate.
@@ -167,22 +191,22 @@ class ServingClient:
                 f"{len(neg_items)} neg items, {len(neg_orders)} neg orders"
             )
         instance: dict[str, Any] = {
-            "user_id": user_id,
-            "pos_item_id": list(pos_items),
-            "pos_order": list(pos_orders),
-            "neg_item_id": list(neg_items),
-            "neg_order": list(neg_orders),
-            "item_id": list(candidates),
+            "user_id": raw_id(user_id),
+            "pos_item_id": [raw_id(i) for i in pos_items],
+            "pos_order": [int(o) for o in pos_orders],
+            "neg_item_id": [raw_id(i) for i in neg_items],
+            "neg_order": [int(o) for o in neg_orders],
+            "item_id": [raw_id(i) for i in candidates],
         }
         for name, value in (profile or {}).items():
-            instance[f"user_{name}"] = value
+            instance[f"user_{name}"] = feature_id(value)
         for name, values in (item_features or {}).items():
             if len(values) != len(candidates):
                 raise ValueError(
                     f"item feature {name!r} needs one value per candidate. Received: "
                     f"{len(values)} values for {len(candidates)} candidates"
                 )
-            instance[f"item_{name}"] = list(values)
+            instance[f"item_{name}"] = [feature_id(v) for v in values]
         prediction = self.predict(instances=[instance])[0]
         if isinstance(prediction, dict):
             prediction = prediction["probability"]
