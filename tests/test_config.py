@@ -186,3 +186,30 @@ def test_training_refuses_samples_of_another_task(tmp_path):
     cfg = load_config(write(tmp_path, {"samples": {"task": "sequential"}}))
     with pytest.raises(ConfigError, match=r"samples\.task: model\.kind 'ctr' trains on 'ctr'"):
         require_trainable(cfg, "c.yaml")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("name: 2024-05-01\n", r"name: expected a string. Received: datetime.date"),
+    ("split: {valid_start: 2020-07-10, test_start: 2020-08-01}\n", r"split.valid_start: expected an integer"),
+    ("train: {learning_rate: .nan}\n", r"train.learning_rate: must be > 0"),
+    ("train: {learning_rate: .inf}\n", r"train.learning_rate: must be > 0"),
+    ("model: {attention_units: []}\n", r"model.attention_units: needs at least one layer"),
+    ("model: {sequence_length: 1, positive_ratio: 0.5}\n", r"model.sequence_length: .* no slot"),
+])
+def test_values_that_used_to_crash_later_are_refused_at_load(tmp_path, text, match):
+    """Each of these loaded (or crashed with a TypeError traceback) before: YAML dates,
+    NaN/inf learning rates, DIN without layers, a sequence with no slot."""
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(p)
+
+
+def test_model_hash_ignores_what_a_resume_may_change():
+    base = config_from_dict({})
+    for free in ({"train": {"eval_split": "valid"}}, {"train": {"jit_compile": False}},
+                 {"train": {"epochs": 9}}, {"simulate": {"seed": 3}}, {"name": "x"}):
+        assert config_from_dict(free).model_hash() == base.model_hash(), free
+    for bound in ({"train": {"learning_rate": 0.01}}, {"model": {"embedding_dim": 32}},
+                  {"train": {"batch_size": 64}}, {"samples": {"max_history": 200}}):
+        assert config_from_dict(bound).model_hash() != base.model_hash(), bound

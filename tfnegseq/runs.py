@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from tfnegseq.config import Config, ConfigError, config_from_dict
+from tfnegseq.config.sections import RESUME_FREE, flatten
 
 RUN_DATA = "data"
 BACKUP = "backup"
@@ -102,15 +103,6 @@ def load_run(run_dir: str) -> tuple[Config, dict[str, Any]]:
     return config_from_dict(metrics["config"], where=path), metrics
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
-    return out
-
-
 def read_resume_state(run_dir: str, cfg: Config) -> dict[str, Any] | None:
     """The state of an interrupted run in `run_dir` (None when there is none).
 
@@ -129,15 +121,15 @@ def read_resume_state(run_dir: str, cfg: Config) -> dict[str, Any] | None:
     if not os.path.exists(path):
         raise ConfigError(
             f"train.run_dir: {run_dir!r} holds an interrupted run whose config was not "
-            f"recorded (an older version wrote it); {how}"
+            "recorded (an older version wrote it, or it stopped between Keras' backup and "
+            f"the state record of its first epoch); {how}"
         )
     with open(path, encoding="utf-8") as f:
         state = json.load(f)
     if state.get("config_hash") != cfg.model_hash():
-        old, new = _flatten(state.get("config", {})), _flatten(cfg.to_dict())
+        old, new = flatten(state.get("config", {})), flatten(cfg.to_dict())
         changed = sorted(k for k in set(old) | set(new)
-                         if old.get(k) != new.get(k) and not k.startswith(("name", "train.run_dir",
-                                                                           "train.export", "train.epochs")))
+                         if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE))
         listed = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
         raise ConfigError(
             f"train.run_dir: {run_dir!r} holds an interrupted run trained with a different "

@@ -2,8 +2,8 @@
 
 The toy `recommender` has the real export's `serving_default` signature (`user_id`,
 `pos_item_id`, `pos_order`, `neg_item_id`, `neg_order`, `item_id`, `user_age` ->
-`probability` [B, C], with tf.debugging asserts for "history longer than trained"
-and "empty candidate list") and `score_examples` (serialized tf.Example -> [B]).
+`probability` [B, C], with tf.debugging asserts for "pos_item_id is not left-padded"
+and "empty candidate list", as the real export has) and `score_examples` (serialized tf.Example -> [B]).
 Versions 1 and 2 differ in weight and bias; `expected_probability` is the numpy
 reference. `other` has one float input and two outputs. The real export
 (`tfnegseq.export`, profile inputs `user_<f>` and candidate side inputs `item_<f>` named
@@ -65,11 +65,11 @@ def _toy_modules(weight: float, bias: float):  # -> (recommender, other)
         )
         def serve(self, user_id, pos_item_id, pos_order, neg_item_id, neg_order, item_id, user_age):
             checks = [
-                tf.debugging.assert_less_equal(
-                    tf.shape(pos_item_id)[1], MAX_HISTORY, message="history longer than trained"
-                ),
-                tf.debugging.assert_less_equal(
-                    tf.shape(neg_item_id)[1], MAX_HISTORY, message="history longer than trained"
+                tf.debugging.assert_equal(
+                    tf.reduce_any(tf.logical_and(pos_item_id[:, :-1] >= 0,
+                                                 pos_item_id[:, 1:] < 0)),
+                    False,
+                    message="pos_item_id is not left-padded",
                 ),
                 tf.debugging.assert_greater_equal(
                     tf.shape(item_id)[1], 1, message="empty candidate list"

@@ -326,12 +326,12 @@ BAD_CASES = [
         "unexpected size",
     ),
     (
-        "history_longer_than_trained",
+        "history_not_left_padded",
         "POST",
         PREDICT,
-        {"instances": [instance(pos=range(MAX_HISTORY + 1))]},
+        {"instances": [instance(pos=[11, -1, 12])]},
         400,
-        "history longer than trained",
+        "pos_item_id is not left-padded",
     ),
     (
         "empty_candidate_list",

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import os
 import re
 import typing
@@ -127,7 +127,7 @@ def config_from_dict(
     """Builds a validated `Config` from a mapping plus `--set` style overrides."""
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{where}: top level must be a mapping. Received: {raw!r}")
-    raw = json.loads(json.dumps(raw or {}))  # deep copy, plain types
+    raw = copy.deepcopy(raw or {})  # YAML dates etc. reach the sections, which refuse them
     for item in overrides or []:
         _apply_override(raw, item, where)
     model, model_cls = _model_section(raw.pop("model", None), where)

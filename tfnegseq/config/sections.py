@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import field
 from typing import Any, Literal
@@ -155,9 +156,6 @@ class RulesConfig:
         if not self.positive:
             raise ValueError("positive: needs at least one condition")
         return self
-
-    def conditions(self, name: str) -> list[Condition]:
-        return [Condition.parse(c, f"rules.{name}") for c in getattr(self, name)]
 
 
 @dataclass(config=SECTION)
@@ -333,7 +331,7 @@ class TrainConfig:
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         at_least(self, 1, "epochs", "batch_size")
-        if self.learning_rate <= 0:
+        if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate: must be > 0. Received: {self.learning_rate}")
         at_least(self, 0, "steps_per_epoch")
         if self.auto_clustering and self.jit_compile:
@@ -342,6 +340,22 @@ class TrainConfig:
                 "whole step with XLA; auto_clustering leaves the matmuls out)"
             )
         return self
+
+
+# Keys a resumed run may change (prefixes of flattened keys; see `Config.model_hash`).
+RESUME_FREE = ("name", "simulate.", "train.run_dir", "train.export", "train.epochs",
+               "train.eval_split", "train.jit_compile", "train.auto_clustering",
+               "train.deterministic_input")
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {"a.b.c": value}."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else k))
+    return out
 
 
 def _default_model() -> ModelSection:
@@ -375,10 +389,9 @@ class Config:
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_hash(self) -> str:
-        """Stable hash of what a trained model depends on (all but `train.run_dir`,
-        `train.export` and `name`): a run resumed with a different one is refused."""
-        d = self.to_dict()
-        d.pop("name", None)
-        for k in ("run_dir", "export", "epochs"):
-            d["train"].pop(k, None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """Stable hash of what a trained model depends on: every key but those in
+        `RESUME_FREE` (where the run lives, how long it trains, how it is evaluated or
+        compiled, the simulator). A run resumed with a different hash is refused."""
+        flat = {k: v for k, v in flatten(self.to_dict()).items()
+                if not k.startswith(RESUME_FREE)}
+        return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import StrictBool, StrictFloat, StrictInt, model_validator
 from pydantic.dataclasses import dataclass
 
+from tfnegseq.budget import polarity_budget
 from tfnegseq.config import SECTION, ModelSection, at_least, in_range
 
 
@@ -15,7 +16,7 @@ from tfnegseq.config import SECTION, ModelSection, at_least, in_range
 class CtrModelConfig(ModelSection):
     """The mixed-polarity CTR model (`tfnegseq.models.CtrModel`).
 
-    `backbone` lists only what is built; a backbone that is not refused here at load.
+    `backbone` lists only the backbones that are built; any other is refused at load.
     """
 
     kind: Literal["ctr"] = "ctr"
@@ -65,4 +66,11 @@ class CtrModelConfig(ModelSection):
         for name in ("mlp_units", "attention_units"):
             if any(u < 1 for u in getattr(self, name)):
                 raise ValueError(f"{name}: every entry must be >= 1. Received: {getattr(self, name)}")
+        if not self.attention_units:
+            raise ValueError("attention_units: needs at least one layer (DIN's activation unit)")
+        if sum(polarity_budget(self.positive_ratio, self.sequence_length)) == 0:
+            raise ValueError(
+                f"sequence_length: floor(r * L) + floor((1 - r) * L) is 0 at sequence_length="
+                f"{self.sequence_length}, positive_ratio={self.positive_ratio}: no slot for any "
+                "event; raise sequence_length")
         return self
