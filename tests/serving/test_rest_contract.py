@@ -26,7 +26,6 @@ import requests
 
 from tests.serving.conftest import (
     LOCAL_MAX_BODY_BYTES,
-    MAX_HISTORY,
     copy_version,
     expected_probability,
     free_port,
