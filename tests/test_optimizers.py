@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers_optimizers import (
+    B1,
+    B2,
+    EPS,
+    LR,
+    check_dense_gradients_get_plain_adam,
+    numpy_dense_adam,
+)
 from tfnegseq.kinds.ctr.config import CtrModelConfig as ModelConfig
 from tfnegseq.models.ctr import CtrModel
 from tfnegseq.optimizers import RowSparseAdam
-
-LR, B1, B2, EPS = 0.05, 0.9, 0.999, 1e-7
 
 
 class NumpyLazyAdam:
@@ -33,17 +39,6 @@ class NumpyLazyAdam:
         self.m[used] = B1 * self.m[used] + (1 - B1) * g[used]
         self.v[used] = B2 * self.v[used] + (1 - B2) * g[used] ** 2
         self.w[used] -= alpha * self.m[used] / (np.sqrt(self.v[used]) + EPS)
-
-
-def numpy_dense_adam(w, grads):
-    """Plain Adam over every row for a list of dense gradients."""
-    w = w.astype(np.float64).copy()
-    m, v = np.zeros_like(w), np.zeros_like(w)
-    for t, g in enumerate(grads, start=1):
-        m = B1 * m + (1 - B1) * g
-        v = B2 * v + (1 - B2) * g**2
-        w -= LR * np.sqrt(1 - B2**t) / (1 - B1**t) * m / (np.sqrt(v) + EPS)
-    return w
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager_graph", "xla"])
@@ -94,20 +89,6 @@ def _dense(ids, weight, vocab):
     g = np.zeros((vocab, weight.shape[1]))
     np.add.at(g, ids, weight)
     return g
-
-
-def check_dense_gradients_get_plain_adam(seed=2):
-    """Dense gradients: three steps equal numpy Adam (any backend; under JAX every
-    gradient is dense, so this is all RowSparseAdam does there)."""
-    rng = np.random.default_rng(seed)
-    w0 = rng.normal(size=(4, 3)).astype("float32")
-    grads = [rng.normal(size=(4, 3)).astype("float32") for _ in range(3)]
-    variable = keras.Variable(w0)
-    optimizer = RowSparseAdam(LR, beta_1=B1, beta_2=B2, epsilon=EPS)
-    for g in grads:
-        optimizer.apply([keras.ops.convert_to_tensor(g)], [variable])
-    np.testing.assert_allclose(np.asarray(variable.value), numpy_dense_adam(w0, grads),
-                               rtol=1e-5, atol=1e-6)
 
 
 def test_dense_gradients_get_plain_adam():

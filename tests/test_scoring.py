@@ -8,7 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from tests.test_export import keras_probabilities, raw_rows, read_examples, trained_export
+from tests.helpers_export import (
+    keras_probabilities,
+    raw_rows,
+    read_examples,
+    to_example,
+    trained_export,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +67,6 @@ def test_job_scores_every_test_sample_like_keras(exported, tmp_path, capsys):
 def test_malformed_records_go_to_dead_letters(exported, tmp_path):
     import tensorflow as tf
 
-    from tests.test_export import to_example
     from tfnegseq.scoring import run
 
     examples = read_examples(exported.data_dir, "test", count=3)
@@ -92,7 +97,6 @@ def test_malformed_records_go_to_dead_letters(exported, tmp_path):
 
 
 def test_check_example_keys_and_reasons():
-    from tests.test_export import to_example
     from tfnegseq.scoring import check_example
 
     checks = [

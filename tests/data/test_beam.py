@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from tests.data.test_beam_job import HEADER, T0, kuairec_row
+from tests.helpers_data import HEADER, T0, kuairec_row
 from tfnegseq.config import config_from_dict
 from tfnegseq.data import job
 from tfnegseq.data.beam import (
@@ -162,7 +162,7 @@ def test_a_failing_user_is_counted_in_the_manifest(tmp_path, monkeypatch):
     """User 3's building raises after its first batch (8 examples) was written: one
     dead-letter user that says how many of its samples were written, and a manifest that
     counts exactly the examples in the shards."""
-    from tests.data.test_beam_job import read_split, write_log
+    from tests.helpers_data import read_split, write_log
     from tfnegseq.data import beam as beam_module
 
     real = beam_module.build_ctr_samples
@@ -201,7 +201,7 @@ def test_a_failing_user_is_counted_in_the_manifest(tmp_path, monkeypatch):
 def test_manifest_warns_of_an_empty_or_tiny_split(tmp_path, valid_start, test_start, warnings):
     """200 events at T0 + 0, 1, ..., 199 s, temporal cut-offs at T0 + valid_start /
     test_start seconds."""
-    from tests.data.test_beam_job import write_rows
+    from tests.helpers_data import write_rows
 
     write_rows(tmp_path / "log", [(i % 7, i % 13, i, 2.5) for i in range(200)])
     cfg = config_from_dict({
@@ -275,7 +275,7 @@ def test_build_samples_fn_reads_no_raw_file_and_takes_side_inputs(tmp_path):
 def test_job_reports_side_table_dead_letters(tmp_path):
     """End to end: the item table's corrupt row and duplicate are dead letters of the job
     (and counted in the manifest); samples carry the first row's category."""
-    from tests.data.test_beam_job import read_split, write_rows
+    from tests.helpers_data import read_split, write_rows
 
     write_rows(tmp_path / "log", [(1, 10, 1, 2.5), (1, 11, 2, 0.3), (2, 10, 3, 2.5)])
     with open(tmp_path / "log" / "item_categories.csv", "w") as f:
@@ -311,7 +311,7 @@ def test_dead_letter_reason_keys():
 def test_counters_are_in_the_manifest(tmp_path):
     """Events read, samples per split, users built and dead letters per reason: Beam
     counters in one namespace, read back from the PipelineResult into the manifest."""
-    from tests.data.test_beam_job import write_log
+    from tests.helpers_data import write_log
 
     rows = write_log(tmp_path / "log", np.random.default_rng(2), users=4, per_user=10)
     path = tmp_path / "log" / "big_matrix.csv"

@@ -9,7 +9,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.data.test_beam_job import make_cfg, write_log
+from tests.helpers_data import make_cfg, write_log
 from tfnegseq import schema
 from tfnegseq.data import job
 from tfnegseq.data.input import FeatureProcessor, left_pad

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.data.test_beam_job import write_rows
+from tests.helpers_data import write_rows
 from tfnegseq.data import job
 
 

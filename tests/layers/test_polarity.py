@@ -1,13 +1,12 @@
 """Tests for tfnegseq.layers.polarity: mixed-polarity sequences, PBE (eq. 2), TAPF (eq. 3-5).
 
-The `*_reference` functions are numpy transcriptions of the paper and the `check_*`
-functions are backend-agnostic; `test_jax_backend.py` runs them under JAX too.
+The numpy references of the paper and the backend-agnostic `check_*` functions live in
+`tests/helpers_polarity.py` (`test_jax_backend.py` runs the same checks under JAX).
 """
 
 from __future__ import annotations
 
 import fractions
-import math
 
 import keras
 import numpy as np
@@ -15,16 +14,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import (  # also imported from here by test_attention / test_transformer
-    assert_bf16_close,
+from tests.helpers import (
     assert_config_round_trip,
     assert_save_load_equal,
-    bf16_matmul,
-    bf16_ulp,
     eager_call,
-    to_bf16,
     to_numpy,
     xla_call,
+)
+from tests.helpers_polarity import (
+    TAPF_ROWS,
+    check_mixed_sequence,
+    check_pbe,
+    check_pbe_bf16,
+    check_tapf,
+    check_tapf_bf16,
+    mixed_sequence_reference,
+    pbe_reference,
+    random_histories,
+    random_tokens,
+    set_random_weights,
+    tapf_case,
+    tapf_reference,
 )
 from tfnegseq.layers.polarity import (
     MixedPolaritySequence,
@@ -34,68 +44,6 @@ from tfnegseq.layers.polarity import (
 
 # --------------------------------------------------------------------------------------
 # Mixed-polarity sequence (§3.3).
-
-
-def exact_floor(ratio, length):
-    return math.floor(fractions.Fraction(str(ratio)) * length)
-
-
-def mixed_sequence_reference(pos_item, pos_order, neg_item, neg_order, length, ratio, mode):
-    """Builds every row with plain Python lists and sorted() (§3.3, steps 1-2)."""
-    num_pos, num_neg = (
-        exact_floor(ratio, length),
-        exact_floor(1 - fractions.Fraction(str(ratio)), length),
-    )
-    batch = pos_item.shape[0]
-    items = np.zeros((batch, length), pos_item.dtype)
-    polarity = np.zeros((batch, length), np.int32)
-    for b in range(batch):
-        pos = [(int(o), int(i)) for i, o in zip(pos_item[b], pos_order[b], strict=True) if i != 0]
-        neg = [(int(o), int(i)) for i, o in zip(neg_item[b], neg_order[b], strict=True) if i != 0]
-        pos = sorted(pos)[len(pos) - min(num_pos, len(pos)) :]
-        neg = sorted(neg)[len(neg) - min(num_neg, len(neg)) :]
-        if mode == "interleaved":  # by order; on a tie the positive comes first
-            tokens = sorted([(o, 0, i, 1) for o, i in pos] + [(o, 1, i, -1) for o, i in neg])
-        else:
-            tokens = [(o, 0, i, 1) for o, i in pos] + [(o, 1, i, -1) for o, i in neg]
-        for k, (_, _, item, sign) in enumerate(tokens):
-            items[b, length - len(tokens) + k] = item
-            polarity[b, length - len(tokens) + k] = sign
-    return items, polarity
-
-
-def random_histories(rng, batch, max_history, max_order=30, dtype="int64", holes=0.0):
-    """Left-padded positive and negative histories; orders drawn from one small pool,
-    so ties between a positive and a negative happen. Row 0 is empty and row 1 full;
-    in the other rows each real slot is emptied (item 0) with probability `holes`, so
-    empty slots also sit between and after real ones. Empty slots get garbage orders."""
-
-    def one_side():
-        items = np.zeros((batch, max_history), dtype)
-        orders = np.zeros((batch, max_history), dtype)
-        for b in range(batch):
-            n = (0, max_history)[b] if b < 2 else int(rng.integers(0, max_history + 1))
-            items[b, max_history - n :] = rng.integers(1, 1000, n)
-            orders[b, max_history - n :] = np.sort(rng.choice(np.arange(1, max_order), n, False))
-        if holes:
-            items[2:][rng.random(items[2:].shape) < holes] = 0
-        orders = np.where(items == 0, rng.integers(-50, 2 * max_order, orders.shape), orders)
-        return items, orders.astype(dtype)
-
-    return (*one_side(), *one_side())
-
-
-def check_mixed_sequence(mode, ratio, length, seed=0, call=eager_call, dtype=None, holes=0.2):
-    rng = np.random.default_rng(seed)
-    inputs = random_histories(rng, batch=16, max_history=7, holes=holes)
-    layer = MixedPolaritySequence(length, ratio, mode=mode, dtype=dtype)
-    items, polarity = to_numpy(call(layer, *inputs))
-    want_items, want_polarity = mixed_sequence_reference(*inputs, length, ratio, mode)
-    np.testing.assert_array_equal(items, want_items)
-    np.testing.assert_array_equal(polarity, want_polarity)
-    # int64 ids stay int64 (JAX without x64 turns every int64 input into int32).
-    assert polarity.dtype == np.int32
-    assert items.dtype == to_numpy(keras.ops.convert_to_tensor(inputs[0])).dtype
 
 
 @pytest.mark.parametrize("mode", ["interleaved", "grouped"])
@@ -242,32 +190,6 @@ def test_mixed_sequence_mixed_bfloat16():
 # Polarity Bias Embedding (eq. 2).
 
 
-def pbe_reference(tokens, polarity, table):
-    """eq. 2 without pos_k: h = e + b_p for real tokens; padding unchanged."""
-    return np.where((polarity != 0)[..., None], tokens + table[polarity + 1], tokens)
-
-
-def random_tokens(rng, batch=4, length=6, dim=8):
-    tokens = rng.normal(size=(batch, length, dim)).astype("float32")
-    target = rng.normal(size=(batch, dim)).astype("float32")
-    polarity = rng.choice(np.array([-1, 1], np.int32), size=(batch, length))
-    for b in range(batch):  # left padding of b slots (row 0 unpadded)
-        polarity[b, : min(b, length - 1)] = 0
-    return tokens, target, polarity
-
-
-def check_pbe(seed=0, call=eager_call, dtype=None, atol=1e-6):
-    rng = np.random.default_rng(seed)
-    tokens, _, polarity = random_tokens(rng)
-    layer = PolarityBiasEmbedding(dtype=dtype)
-    layer(tokens, polarity)
-    table = rng.normal(size=(3, tokens.shape[-1])).astype("float32")
-    layer.embeddings.set_weights([table])
-    out = to_numpy(call(layer, tokens, polarity)).astype("float32")
-    np.testing.assert_allclose(out, pbe_reference(tokens, polarity, table), atol=atol, rtol=atol)
-    return out
-
-
 def test_pbe_matches_reference():
     check_pbe()
 
@@ -305,126 +227,6 @@ def test_pbe_xla():
 
 # --------------------------------------------------------------------------------------
 # Target-Aware Polarity Fusion (eq. 3-5), one case per row of Table 3.
-
-TAPF_ROWS = {
-    "full": {},
-    "no_polarity_embedding": {"use_polarity_embedding": False},
-    "no_gating": {"use_gating": False},
-    "no_polarity_sign": {"use_polarity_sign": False},
-    "no_residual": {"use_residual": False},
-    "no_target_interaction": {"use_target_interaction": False},
-    "no_target_interaction_no_gating": {"use_target_interaction": False, "use_gating": False},
-}
-
-
-def relu(x):
-    return np.maximum(x, 0.0)
-
-
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def tapf_reference(tokens, target, polarity, weights, switches):
-    """eq. 3-5 written literally (with the concat of eq. 4); padding tokens unchanged.
-
-    `weights` maps sublayer names to their weights (`[kernel]` or `[kernel, bias]`);
-    `weights["polarity_embedding"]` is the layer's own table or the shared one."""
-    use = {
-        "use_polarity_embedding": True,
-        "use_gating": True,
-        "use_polarity_sign": True,
-        "use_residual": True,
-        "use_target_interaction": True,
-        **switches,
-    }
-    h = tokens.astype("float64")
-    x = h * target[:, None, :] if use["use_target_interaction"] else h
-    w_int, b_int = (*weights["interaction"], 0.0)[:2]
-    e = relu(x @ w_int + b_int)  # eq. 3 (+ bias unless use_bias=False)
-    if use["use_gating"]:
-        parts = [h, e]
-        if use["use_polarity_embedding"]:
-            parts.append(weights["polarity_embedding"][0][polarity + 1])
-        w_g, b_g = (*weights["gate"], 0.0)[:2]
-        scale = 2.0 * sigmoid(np.concatenate(parts, axis=-1) @ w_g + b_g) - 1.0  # eq. 4
-    else:
-        scale = 1.0
-    sign = polarity if use["use_polarity_sign"] else np.ones_like(polarity)
-    update = sign[..., None] * scale * e
-    out = h + update if use["use_residual"] else update  # eq. 5
-    return np.where((polarity == 0)[..., None], h, out)
-
-
-def set_random_weights(layer, rng, scale=0.5):
-    """Random weights for every named sublayer; returns {sublayer name: weights}."""
-    weights = {}
-    for name in ("interaction", "gate", "polarity_embedding"):
-        sublayer = getattr(layer, name, None)
-        if sublayer is None:
-            continue
-        values = [(rng.normal(size=w.shape) * scale).astype("float32") for w in sublayer.weights]
-        sublayer.set_weights(values)
-        weights[name] = values
-    return weights
-
-
-def tapf_case(
-    row,
-    seed,
-    polarity_dim=None,
-    use_bias=True,
-    shared_dim=None,
-    dtype=None,
-    weight_scale=0.5,
-    **shape,
-):
-    """A built TAPF layer with random weights, its inputs, call kwargs and weights.
-
-    `shared_dim` set: `shared_polarity_embedding=True` and a random `[3, shared_dim]`
-    table passed as `polarity_embeddings` (also `weights["polarity_embedding"]`).
-    `weight_scale`: standard deviation of the random weights; small values give
-    updates small beside the tokens, as at the start of training."""
-    rng = np.random.default_rng(seed)
-    tokens, target, polarity = random_tokens(rng, **shape)
-    switches = dict(TAPF_ROWS[row])
-    if not use_bias:
-        switches["use_bias"] = False
-    kwargs = {}
-    if shared_dim is not None:
-        switches["shared_polarity_embedding"] = True
-        table = rng.normal(size=(3, shared_dim)) * weight_scale
-        kwargs["polarity_embeddings"] = table.astype("float32")
-    layer = TargetAwarePolarityFusion(polarity_dim=polarity_dim, dtype=dtype, **switches)
-    layer(tokens, target, polarity, **kwargs)
-    weights = set_random_weights(layer, rng, scale=weight_scale)
-    if shared_dim is not None:
-        weights["polarity_embedding"] = [kwargs["polarity_embeddings"]]
-    return layer, (tokens, target, polarity), kwargs, weights, switches
-
-
-def check_tapf(
-    row,
-    seed=0,
-    call=eager_call,
-    dtype=None,
-    atol=1e-5,
-    polarity_dim=None,
-    use_bias=True,
-    shared_dim=None,
-):
-    layer, inputs, kwargs, weights, switches = tapf_case(
-        row,
-        seed,
-        polarity_dim=polarity_dim,
-        use_bias=use_bias,
-        shared_dim=shared_dim,
-        dtype=dtype,
-    )
-    out = to_numpy(call(layer, *inputs, **kwargs)).astype("float32")
-    want = tapf_reference(*inputs, weights, switches)
-    np.testing.assert_allclose(out, want, atol=atol, rtol=atol)
-    return out
 
 
 @pytest.mark.parametrize("row", sorted(TAPF_ROWS))
@@ -659,154 +461,8 @@ def test_tapf_xla(row):
 
 # --------------------------------------------------------------------------------------
 # mixed_bfloat16: numpy references that round to bfloat16 after every op the layers
-# compute in bfloat16 (tests.helpers.to_bf16), compared within 2 bf16 ulps. A float32
+# compute in bfloat16 (tests.helpers_polarity), compared within 2 bf16 ulps. A float32
 # reference would need a tolerance of several percent, which hides real bugs.
-
-
-def test_to_bf16_hand_worked_values():
-    cases = {
-        1.0: 1.0,  # 0x3F800000: already a bf16
-        1 + 2**-8: 1.0,  # 0x3F808000: a tie, kept mantissa even -> down
-        1 + 3 * 2**-8: 1 + 2**-6,  # 0x3F818000: a tie, kept mantissa odd -> up (carry)
-        1 + 2**-8 + 2**-23: 1 + 2**-7,  # 0x3F808001: just above the tie -> up
-        1 + 2**-8 - 2**-23: 1.0,  # 0x3F807FFF: just below the tie -> down
-        257.0: 256.0,  # ulp 2 above 256: a tie, even -> 256
-        259.0: 260.0,  # a tie between 258 (odd mantissa) and 260 -> 260
-        257.5: 258.0,
-        -1.9990234375: -2.0,  # mantissa all ones rounds up into the exponent
-        3.1415927: 3.140625,  # 0x40490FDB -> 0x4049
-        -2.7182817: -2.71875,  # 0xC02DF854 -> 0xC02E
-        0.1: 0.10009765625,  # 0x3DCCCCCD -> 0x3DCD
-        3.3895313892515355e38: 3.3895313892515355e38,  # the largest bf16
-        3.4028234663852886e38: np.inf,  # the largest float32 rounds past it
-        1e-45: 0.0,  # the smallest float32 subnormal
-    }
-    x = np.array(list(cases), np.float32)
-    got = to_bf16(x)
-    assert got.dtype == np.float32
-    np.testing.assert_array_equal(got, np.array(list(cases.values()), np.float32))
-    np.testing.assert_array_equal(to_bf16(got), got)  # idempotent
-    special = to_bf16(np.array([np.nan, np.inf, -np.inf, -0.0], np.float32))
-    assert np.isnan(special[0]) and special[1] == np.inf and special[2] == -np.inf
-    assert special[3] == 0 and np.signbit(special[3])
-    bits = np.array([0x7F800001, 0xFF800001], np.uint32).view(np.float32)  # low-payload NaNs
-    assert np.isnan(to_bf16(bits)).all()
-
-
-def test_to_bf16_matches_ml_dtypes():
-    ml_dtypes = pytest.importorskip("ml_dtypes")
-    rng = np.random.default_rng(40)
-    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
-    bits[::7] = (bits[::7] & 0xFFFF0000) | 0x8000  # many exact ties
-    x = bits.view(np.float32)
-    with np.errstate(invalid="ignore"):  # NaN inputs
-        want = x.astype(ml_dtypes.bfloat16).astype(np.float32)
-    np.testing.assert_array_equal(to_bf16(x), want)  # NaNs compare equal here
-
-
-def test_bf16_ulp_and_assert_bf16_close():
-    np.testing.assert_array_equal(
-        bf16_ulp(np.array([1.0, 1.99, 2.0, -0.75, 3.0], np.float32)),
-        np.array([2**-7, 2**-7, 2**-6, 2**-8, 2**-6], np.float32),
-    )
-    assert_bf16_close(np.float32(1 + 2**-6), np.float32(1.0), ulps=2)
-    with pytest.raises(AssertionError, match="differ by more than 2 bf16 ulps"):
-        assert_bf16_close(np.float32(1 + 3 * 2**-7), np.float32(1.0), ulps=2)
-    # Measured against `scale` where a sum cancels: 1 ulp of 4 is 2**-5.
-    assert_bf16_close(np.float32(2**-5), np.float32(0.0), ulps=1, scale=np.float32(4.0))
-
-
-def pbe_bf16_reference(tokens, polarity, table):
-    """eq. 2 in bfloat16: h and b rounded to bf16, the sum rounded."""
-    h = to_bf16(tokens)
-    bias = to_bf16(table)[polarity + 1]
-    return np.where((polarity != 0)[..., None], to_bf16(h + bias), h)
-
-
-def tapf_bf16_reference(tokens, target, polarity, weights, switches):
-    """eq. 3-5 as the layer computes them under mixed_bfloat16, rounding to bf16 after
-    every op: bf16 inputs and weights, bf16 matmuls (float32 accumulation, biases and
-    the polarity table folded into the kernels as extra rows), `2 sigmoid(z) - 1` as
-    `tanh(z / 2)`. Returns the output and, per element, the magnitude its rounding
-    error is measured against (`max(|h|, |update|)`: `h + update` can cancel)."""
-    use = {
-        "use_polarity_embedding": True,
-        "use_gating": True,
-        "use_polarity_sign": True,
-        "use_residual": True,
-        "use_target_interaction": True,
-        "use_bias": True,
-        **switches,
-    }
-    h, v = to_bf16(tokens), to_bf16(target)
-    x = to_bf16(h * v[:, None, :]) if use["use_target_interaction"] else h
-    w_int = to_bf16(weights["interaction"][0])
-    if use["use_bias"]:  # [x, 1] @ [W_int; b_int]
-        x = np.concatenate([x, np.ones_like(x[..., :1])], axis=-1)
-        w_int = np.concatenate([w_int, to_bf16(weights["interaction"][1])[None]], axis=0)
-    e = relu(bf16_matmul(x, w_int))  # eq. 3
-    update = e
-    if use["use_gating"]:  # eq. 4
-        d = h.shape[-1]
-        w_g = to_bf16(weights["gate"][0])
-        w_h, w_e, w_p = w_g[:d], w_g[d : 2 * d], w_g[2 * d :]
-        bias = to_bf16(weights["gate"][1])[None] if use["use_bias"] else None
-        if use["use_polarity_embedding"]:  # [h, 1, [p = +1]] @ [W_h; t_-1; t_+1 - t_-1]
-            t = bf16_matmul(to_bf16(weights["polarity_embedding"][0]), w_p)  # [3, d]
-            if bias is not None:
-                t = to_bf16(t + bias)
-            positive = (polarity > 0)[..., None].astype("float32")
-            x = np.concatenate([h, np.ones_like(positive), positive], axis=-1)
-            kernel = np.concatenate([w_h, t[0:1], to_bf16(t[2:3] - t[0:1])], axis=0)
-        elif bias is not None:
-            x = np.concatenate([h, np.ones_like(h[..., :1])], axis=-1)
-            kernel = np.concatenate([w_h, bias], axis=0)
-        else:
-            x, kernel = h, w_h
-        logits = to_bf16(bf16_matmul(x, kernel) + bf16_matmul(e, w_e))
-        scale = to_bf16(np.tanh(to_bf16(0.5 * logits)))  # 2 sigmoid(z) - 1
-        update = to_bf16(scale * e)
-    real = (polarity != 0)[..., None]
-    sign = polarity[..., None] if use["use_polarity_sign"] else real
-    update = update * sign.astype("float32")  # exact: +1, -1, 0
-    if use["use_residual"]:  # eq. 5
-        return to_bf16(h + update), np.maximum(np.abs(h), np.abs(update))
-    out = np.where(real, update, h)
-    return out, np.abs(out)
-
-
-def check_pbe_bf16(seed=0, call=eager_call, ulps=2):
-    rng = np.random.default_rng(seed)
-    tokens, _, polarity = random_tokens(rng)
-    layer = PolarityBiasEmbedding(dtype="mixed_bfloat16")
-    layer(tokens, polarity)
-    table = rng.normal(size=(3, tokens.shape[-1])).astype("float32")
-    layer.embeddings.set_weights([table])
-    out = call(layer, tokens, polarity)
-    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
-    want = pbe_bf16_reference(tokens, polarity, table)
-    # h + b can cancel: errors are measured against max(|h|, |b|, |h + b|).
-    scale = np.maximum(np.abs(to_bf16(tokens)), np.abs(to_bf16(table)[polarity + 1]))
-    assert_bf16_close(to_numpy(out).astype("float32"), want, ulps=ulps, scale=scale)
-
-
-def check_tapf_bf16(
-    row, seed=0, call=eager_call, ulps=2, use_bias=True, shared_dim=None, weight_scale=0.5, **shape
-):
-    layer, inputs, kwargs, weights, switches = tapf_case(
-        row,
-        seed,
-        use_bias=use_bias,
-        shared_dim=shared_dim,
-        dtype="mixed_bfloat16",
-        weight_scale=weight_scale,
-        **shape,
-    )
-    out = call(layer, *inputs, **kwargs)
-    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
-    assert all(w.dtype == "float32" for w in layer.weights)
-    want, scale = tapf_bf16_reference(*inputs, weights, switches)
-    assert_bf16_close(to_numpy(out).astype("float32"), want, ulps=ulps, scale=scale)
 
 
 @pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
