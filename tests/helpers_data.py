@@ -1,7 +1,9 @@
 """Shared helpers of the Beam job's tests: tiny KuaiRec-layout logs and configs."""
 
+import collections
 import dataclasses
 import glob
+import json
 import os
 
 import numpy as np
@@ -80,3 +82,23 @@ def write_rows(path, rows):
 def read_tsv(path):
     return {int(a): int(b) for a, b in (ln.split("\t") for ln in open(path).read().splitlines())}
 
+
+
+def read_dead_letters(out):
+    """The job's dead letters (dicts: file, line, raw, reason) from `out/dead_letters`."""
+    recs = []
+    for path in sorted(glob.glob(os.path.join(out, "dead_letters", "*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            recs += [json.loads(ln) for ln in f if ln.strip()]
+    return recs
+
+
+def split_multiset(out, split):
+    """A split's examples as a multiset (Counter) of canonical serializations: each
+    record parsed and serialized again deterministically (sorted feature keys), so two
+    runs compare equal whatever the order of records and of features within them."""
+    files = sorted(glob.glob(os.path.join(out, split, "*.tfrecord.gz")))
+    return collections.Counter(
+        tf.train.Example.FromString(r.numpy()).SerializeToString(deterministic=True)
+        for r in tf.data.TFRecordDataset(files, compression_type="GZIP")
+    )

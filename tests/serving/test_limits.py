@@ -1,7 +1,8 @@
 """Limits on what one request and one client may cost the local server
-(`tfnegseq.serving.limits`): rows, candidates and history per request (400 naming the
-flag), scoring in chunks of rows, a body read timeout (408), an idle timeout for
-connections that never send a request, and a connection cap (503)."""
+(`tfnegseq.serving.limits`): rows, candidates, history and scored examples (rows x
+candidates) per request (400 naming the flag), scoring in chunks of rows and of
+examples, a body read timeout (408), an idle timeout for connections that never send a
+request, and a connection cap (503)."""
 
 from __future__ import annotations
 
@@ -83,13 +84,153 @@ def test_requests_at_the_limits_are_scored_in_chunks(small_limits_server) -> Non
     assert calls == [2, 1]  # chunk_rows=2
 
 
+@pytest.fixture(scope="module")
+def examples_limits_server(toy_models: pathlib.Path):
+    from tfnegseq.serving.limits import Limits
+    from tfnegseq.serving.server import serve_in_thread
+
+    limits = Limits(
+        max_rows=8, max_candidates=8, max_history=8, max_examples=20, chunk_rows=8,
+        chunk_examples=6,
+    )  # fmt: skip
+    with serve_in_thread(
+        model_config_file=str(toy_models / "models.config"),
+        file_system_poll_wait_seconds=0,
+        limits=limits,
+    ) as server:
+        yield server
+
+
+def _cands(n: int, row: int = 0) -> list[int]:
+    return [row + c for c in range(n)]
+
+
+@pytest.mark.parametrize("columnar", [False, True], ids=["rows", "columnar"])
+def test_more_examples_than_max_examples_is_400_and_the_server_stays_up(
+    examples_limits_server, columnar: bool
+) -> None:
+    # 3 rows x 7 candidates = 21 examples: each within --max_rows / --max_candidates,
+    # together over --max_examples=20.
+    rows = [instance(user_id=i, candidates=_cands(7, i)) for i in range(3)]
+    body = (
+        {"inputs": {k: [r[k] for r in rows] for k in rows[0]}} if columnar else {"instances": rows}
+    )
+    url = examples_limits_server.url
+    reply = requests.post(url + PREDICT, json=body, timeout=30)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert "--max_examples" in error and "21" in error and "20" in error, error
+    # The server answers the next request.
+    reply = requests.post(url + PREDICT, json={"instances": rows[:2]}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    np.testing.assert_allclose(
+        reply.json()["predictions"], [expected(2, r) for r in rows[:2]], rtol=1e-5
+    )
+    assert requests.get(url + "/v1/models/recommender", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "n_rows,n_cands,runs",
+    [
+        (5, 3, [2, 2, 1]),  # 15 examples; 6 // 3 = 2 rows per run
+        (5, 4, [1, 1, 1, 1, 1]),  # 20 examples, at --max_examples; 6 // 4 = 1 row per run
+        (2, 8, [1, 1]),  # a row of more than chunk_examples candidates is never split
+        (2, 2, [2]),  # 4 examples: one run
+    ],
+)
+def test_requests_are_scored_in_runs_of_at_most_chunk_examples(
+    examples_limits_server, n_rows: int, n_cands: int, runs: list[int]
+) -> None:
+    rows = [instance(user_id=i, candidates=_cands(n_cands, 3 * i)) for i in range(n_rows)]
+    servable = examples_limits_server.api.repository.resolve("recommender")
+    whole = servable.run(
+        "serving_default",
+        {k: np.asarray([r[k] for r in rows], dtype=np.int64) for k in rows[0]},
+    )["probability"]  # unchunked: one graph run
+    calls: list[int] = []
+    run = servable.run
+
+    def counting_run(key, inputs):
+        calls.append(len(inputs["item_id"]))
+        return run(key, inputs)
+
+    servable.run = counting_run
+    try:
+        reply = requests.post(
+            examples_limits_server.url + PREDICT, json={"instances": rows}, timeout=30
+        )
+    finally:
+        del servable.run
+    assert reply.status_code == 200, reply.text
+    scores = np.asarray(reply.json()["predictions"])
+    assert scores.shape == (n_rows, n_cands)
+    np.testing.assert_allclose(scores, whole, rtol=1e-6)
+    np.testing.assert_allclose(scores, [expected(2, r) for r in rows], rtol=1e-5)
+    assert calls == runs
+
+
+def test_default_limits_refuse_the_benchmarks_maximal_request() -> None:
+    """4096 rows x 206 candidates (what a 16 MiB body holds at the default caps) is
+    843,776 examples: refused before the graph runs, naming --max_examples."""
+    from tfnegseq.serving.limits import Limits, check_request_size
+    from tfnegseq.serving.status import ServingStatus
+
+    rows, cands, history = 4096, 206, 8
+    arrays = {
+        "user_id": np.zeros([rows], np.int64),
+        "pos_item_id": np.zeros([rows, history], np.int64),
+        "neg_item_id": np.zeros([rows, history], np.int64),
+        "item_id": np.zeros([rows, cands], np.int64),
+        "item_category": np.zeros([rows, cands], np.int64),
+    }
+    with pytest.raises(ServingStatus) as e:
+        check_request_size(arrays, Limits())
+    assert e.value.http_status == 400
+    assert "--max_examples" in e.value.message and str(rows * cands) in e.value.message
+
+
+def test_examples_count_candidates_not_history() -> None:
+    """Examples are rows x the widest candidate input (`item_id`, `item_<f>`); history
+    width does not count, and a signature without candidate inputs has one per row."""
+    from tfnegseq.serving.limits import Limits, check_request_size, examples_per_row
+    from tfnegseq.serving.status import ServingStatus
+
+    limits = Limits(max_examples=10)
+    arrays = {
+        "pos_item_id": np.zeros([2, 8], np.int64),  # 16 history entries: not examples
+        "item_id": np.zeros([2, 5], np.int64),  # 2 x 5 = 10 examples
+        "user_id": np.zeros([2], np.int64),
+    }
+    assert examples_per_row(arrays) == 5
+    check_request_size(arrays, limits)
+    assert examples_per_row({"x": np.zeros([11, 3]), "examples": np.zeros([11])}) == 1
+    with pytest.raises(ServingStatus, match="11 examples"):
+        check_request_size({"examples": np.zeros([11], object)}, limits)
+
+
 def test_limits_validate_their_values() -> None:
     from tfnegseq.serving.limits import Limits
 
     with pytest.raises(ValueError, match="`chunk_rows` must be a positive integer"):
         Limits(chunk_rows=0)
+    with pytest.raises(ValueError, match="`max_examples` must be a positive integer"):
+        Limits(max_examples=0)
+    with pytest.raises(ValueError, match="`chunk_examples` must be a positive integer"):
+        Limits(chunk_examples=-1)
     with pytest.raises(ValueError, match="`body_read_timeout` must be positive"):
         Limits(body_read_timeout=0)
+
+
+def test_cli_flags_set_the_example_limits(capsys) -> None:
+    from tfnegseq.serving import server
+
+    with pytest.raises(SystemExit) as e:
+        server.main(["--max_examples", "0"])
+    assert e.value.code == 2
+    assert "`max_examples` must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        server.main(["--chunk_examples", "0"])
+    assert "`chunk_examples` must be a positive integer" in capsys.readouterr().err
 
 
 def _recv_all(sock: socket.socket) -> bytes:

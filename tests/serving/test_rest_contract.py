@@ -495,7 +495,9 @@ def test_new_version_is_picked_up_and_removed_one_unloaded(
 
 def test_sigterm_finishes_in_flight_request_and_exits_0(toy_models: pathlib.Path) -> None:
     port = free_port()
-    args = ["--model_config_file", str(toy_models / "models.config")]
+    # 800k examples: above the default --max_examples, raised for this test
+    args = ["--model_config_file", str(toy_models / "models.config"),
+            "--max_examples", "1000000"]
     with server_subprocess(args, port) as proc:
         # A big batch keeps the server busy (parsing, converting) for a while.
         batch = [instance(user_id=i, candidates=list(range(200))) for i in range(4000)]

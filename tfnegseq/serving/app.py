@@ -4,7 +4,7 @@
 json_body)` the way TF Serving's `HttpRestApiHandler::ProcessRequest`
 (`model_servers/http_rest_api_handler.cc`, `http_rest_api_util.cc`) does: the same
 URL patterns, status and metadata replies, and error messages; predicts are capped and
-run in chunks of rows by `tfnegseq.serving.limits`. No HTTP here: the
+run in chunks of rows and examples by `tfnegseq.serving.limits`. No HTTP here: the
 transport (`tfnegseq.serving.local_server`) reads bodies, checks methods and runs
 predicts on its threads; the JSON <-> tensor work is `tfnegseq.serving.codec`.
 """
@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from tfnegseq.serving import codec
 from tfnegseq.serving._models import ModelRepository
-from tfnegseq.serving.limits import Limits, check_request_size, run_in_chunks
+from tfnegseq.serving.limits import Limits, check_request_size, rows_per_run, run_in_chunks
 from tfnegseq.serving.status import ServingStatus, error_body, invalid_argument
 
 # http_rest_api_util.h / .cc: the dispatcher's path filter and the two API regexes.
@@ -40,8 +40,8 @@ class RestApi:
 
     Args:
         repository: ModelRepository. The loaded models.
-        limits: Limits or None. Caps on rows, candidates and history per predict, and
-            the rows per graph run. Defaults to `Limits()`.
+        limits: Limits or None. Caps on rows, candidates, history and examples per
+            predict, and the rows and examples per graph run. Defaults to `Limits()`.
     """
 
     def __init__(self, repository: ModelRepository, limits: Limits | None = None) -> None:
@@ -128,7 +128,7 @@ class RestApi:
         codec.check_shapes(inputs, signature.inputs, key)
         check_request_size(inputs, self.limits)
         outputs = run_in_chunks(
-            functools.partial(servable.run, key), inputs, self.limits.chunk_rows
+            functools.partial(servable.run, key), inputs, rows_per_run(inputs, self.limits)
         )
         return codec.response_from_tensors(outputs, row_format)
 

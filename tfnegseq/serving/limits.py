@@ -1,11 +1,12 @@
 """What one request and one client may cost the local server.
 
 `Limits` holds the caps and their defaults (the CLI's flags of the same names, see
-`serving/README.md`); `check_request_size` refuses a predict whose rows, candidates or
-history exceed them, before the graph runs; `run_in_chunks` scores a batch a bounded
-number of rows at a time. The connection-level limits (body read timeout, idle
-timeout, connection cap) are applied by `tfnegseq.serving.local_server`. TF Serving has
-none of these (its REST server reads any body and runs any batch).
+`serving/README.md`); `check_request_size` refuses a predict whose rows, candidates,
+history or scored examples (rows x candidates) exceed them, before the graph runs;
+`rows_per_run` and `run_in_chunks` score a batch a bounded number of rows and examples
+at a time. The connection-level limits (body read timeout, idle timeout, connection
+cap) are applied by `tfnegseq.serving.local_server`. TF Serving has none of these (its
+REST server reads any body and runs any batch).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import numpy as np
 from tfnegseq.serving.status import invalid_argument
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Limits:
     """Caps on the work per request and on slow or idle clients.
 
     Candidate inputs are the export's `item_id` and `item_<feature>` ([B, C]); history
     inputs are `pos_*` and `neg_*` ([B, W]). Other inputs are only counted in rows.
+    The CTR signature scores every (row, candidate) pair with that row's history, so the
+    work of a request grows with its examples, rows x C (`examples_per_row`); a
+    signature without candidate inputs has one example per row.
 
     Args:
         max_rows: int. Rows per predict (instances, or the first dimension of columnar
@@ -32,8 +36,13 @@ class Limits:
             inputs); more get 400. Defaults to 4096.
         max_history: int. History length (second dimension of history inputs); more
             get 400. Defaults to 4096.
-        chunk_rows: int. Rows per graph run: a bigger batch is scored in chunks of this
-            many rows and the outputs concatenated. Defaults to 512.
+        max_examples: int. Scored examples per predict (rows x candidates per row);
+            more get 400. Defaults to 16384.
+        chunk_rows: int. Rows per graph run: a bigger batch is scored in chunks of at
+            most this many rows and the outputs concatenated. Defaults to 512.
+        chunk_examples: int. Examples per graph run: chunks also hold at most this many
+            examples, but never less than one row (a row is never split, so a run holds
+            at most max(chunk_examples, max_candidates) examples). Defaults to 2048.
         body_read_timeout: float. Seconds to receive a body once the headers are in;
             then 408 and the connection is closed. Defaults to 30.
         idle_timeout: float. Seconds a connection may go without a complete request
@@ -46,13 +55,18 @@ class Limits:
     max_rows: int = 4096
     max_candidates: int = 4096
     max_history: int = 4096
+    max_examples: int = 16384
     chunk_rows: int = 512
+    chunk_examples: int = 2048
     body_read_timeout: float = 30.0
     idle_timeout: float = 75.0
     max_connections: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_rows", "max_candidates", "max_history", "chunk_rows", "max_connections"):
+        for name in (
+            "max_rows", "max_candidates", "max_history", "max_examples", "chunk_rows",
+            "chunk_examples", "max_connections",
+        ):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value}")
@@ -69,6 +83,29 @@ def _kind(name: str) -> tuple[str, str] | None:
     if name.startswith(("pos_", "neg_")):
         return "history entries", "max_history"
     return None
+
+
+def _widest_candidate_input(arrays: Mapping[str, np.ndarray]) -> tuple[int, str | None]:
+    """(candidates per row, the input that has them); (1, None) without candidates."""
+    widths = [
+        (arrays[name].shape[1], name)
+        for name in sorted(arrays)
+        if arrays[name].ndim >= 2 and _kind(name) == ("candidates", "max_candidates")
+    ]
+    return max(widths, key=lambda w: w[0], default=(1, None))
+
+
+def examples_per_row(arrays: Mapping[str, np.ndarray]) -> int:
+    """Examples one row scores: the widest candidate input's second dimension, else 1.
+
+    The server knows which inputs hold candidates by name (`item_id`, `item_<f>`, as for
+    `max_candidates`); history inputs (`pos_*`, `neg_*`) and others do not count.
+    """
+    return _widest_candidate_input(arrays)[0]
+
+
+def _rows(arrays: Mapping[str, np.ndarray]) -> int:
+    return max((a.shape[0] for a in arrays.values() if a.ndim), default=0)
 
 
 def check_request_size(arrays: Mapping[str, np.ndarray], limits: Limits) -> None:
@@ -88,13 +125,30 @@ def check_request_size(arrays: Mapping[str, np.ndarray], limits: Limits) -> None
                 raise invalid_argument(
                     f"Input '{name}' has {shape[1]} {what} per row; the limit is {limit} (--{flag})"
                 )
+    per_row, where = _widest_candidate_input(arrays)
+    rows = _rows(arrays)
+    if rows * per_row > limits.max_examples:
+        detail = (
+            f"{rows} rows x {per_row} candidates (input '{where}')" if where else f"{rows} rows"
+        )
+        raise invalid_argument(
+            f"Request has {rows * per_row} examples ({detail}); the limit is "
+            f"{limits.max_examples} (--max_examples)"
+        )
+
+
+def rows_per_run(arrays: Mapping[str, np.ndarray], limits: Limits) -> int:
+    """Rows per graph run: at most `chunk_rows` rows and `chunk_examples` examples, and
+    at least one row."""
+    per_row = max(1, examples_per_row(arrays))  # an empty candidate list is the graph's error
+    return max(1, min(limits.chunk_rows, limits.chunk_examples // per_row))
 
 
 Run = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 def run_in_chunks(run: Run, inputs: Mapping[str, np.ndarray], chunk_rows: int) -> dict:
-    """`run(inputs)`, a batch of at most `chunk_rows` rows at a time.
+    """`run(inputs)`, a batch of at most `chunk_rows` rows at a time (see `rows_per_run`).
 
     Chunks only when every input has the same first dimension; when an output of the
     first chunk is not one row per input row, the batch is run whole instead.

@@ -54,8 +54,8 @@ class LocalServer:
         num_threads: int or None. Inference threads. Defaults to max(4, CPUs).
         shutdown_timeout: float. Seconds to wait for in-flight requests on stop.
             Defaults to 30.
-        limits: Limits or None. Work per request, timeouts, connection cap.
-            Defaults to `Limits()`.
+        limits: Limits or None. Work per request (rows, candidates, history, examples)
+            and per graph run, timeouts, connection cap. Defaults to `Limits()`.
     """
 
     def __init__(

@@ -7,10 +7,11 @@ Run `python -m tfnegseq.serving.server --model_base_path DIR [--model_name NAME]
 shapes, error messages and status codes of TF Serving's
 `model_servers/http_rest_api_handler.cc`, `http_rest_api_util.cc`, `http_server.cc`
 and `util/json_tensor.cc`. Deviations (all documented in `serving/README.md`): a
-request body cap (413), caps on rows / candidates / history (400), a body read timeout
-(408), a connection cap (503), 405 instead of libevent's 501 for methods it does not
-know, JSON bodies on 404s outside `/v1/`, shapes checked against the signature before
-the graph runs, input names in columnar-format errors, and no `:classify` / `:regress`.
+request body cap (413), caps on rows / candidates / history / scored examples (400),
+graph runs in chunks of rows and examples, a body read timeout (408), a connection cap
+(503), 405 instead of libevent's 501 for methods it does not know, JSON bodies on 404s
+outside `/v1/`, shapes checked against the signature before the graph runs, input
+names in columnar-format errors, and no `:classify` / `:regress`.
 
 This module is the command line. The server is built from `codec` (JSON <-> tensors),
 `app` (routing, status, metadata, predict), `limits` (work per request, timeouts,
@@ -83,7 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_rows", type=int, default=d.max_rows, help="rows per predict")
     p.add_argument("--max_candidates", type=int, default=d.max_candidates, help="per row")
     p.add_argument("--max_history", type=int, default=d.max_history, help="pos_*/neg_* width")
+    p.add_argument(
+        "--max_examples", type=int, default=d.max_examples, help="rows x candidates per predict"
+    )
     p.add_argument("--chunk_rows", type=int, default=d.chunk_rows, help="rows per graph run")
+    p.add_argument(
+        "--chunk_examples", type=int, default=d.chunk_examples,
+        help="rows x candidates per graph run (at least one row)",
+    )  # fmt: skip
     p.add_argument("--body_read_timeout_seconds", type=float, default=d.body_read_timeout)
     p.add_argument("--idle_timeout_seconds", type=float, default=d.idle_timeout)
     p.add_argument("--max_connections", type=int, default=d.max_connections)
@@ -92,14 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
     )
     try:
+        limits = Limits(
+            max_rows=args.max_rows, max_candidates=args.max_candidates,
+            max_history=args.max_history, max_examples=args.max_examples,
+            chunk_rows=args.chunk_rows, chunk_examples=args.chunk_examples,
+            body_read_timeout=args.body_read_timeout_seconds,
+            idle_timeout=args.idle_timeout_seconds, max_connections=args.max_connections,
+        )  # fmt: skip
         repository = build_repository(
             args.model_base_path, args.model_name, args.model_config_file, args.version_labels,
             args.model_version_policy, args.file_system_poll_wait_seconds,
             args.max_num_load_retries,
-        )  # fmt: skip
-        limits = Limits(
-            args.max_rows, args.max_candidates, args.max_history, args.chunk_rows,
-            args.body_read_timeout_seconds, args.idle_timeout_seconds, args.max_connections,
         )  # fmt: skip
     except (ValueError, OSError) as e:
         p.error(str(e))
