@@ -123,7 +123,8 @@ def test_ctr_model_matches_numpy_reference(polarity, ratio, mode, bias, shared, 
 def test_tapf_encoded_placement_is_encoder_then_tapf_then_pooling():
     """`tapf_position: encoded` (Transformer): PBE'd tokens -> encoder over all tokens ->
     TAPF on the encoded sequence -> target-attention pooling -> head; composed here from
-    the model's own sublayers (each has its numeric test) to check the wiring."""
+    the model's own sublayers (each has its numeric test) to check the wiring; the pooling
+    is a softmax over the real tokens' target-attention scores."""
     from keras import ops
 
     cfg = CtrModelConfig(backbone="transformer", tapf_position="encoded", sequence_length=L,
@@ -135,7 +136,11 @@ def test_tapf_encoded_placement_is_encoder_then_tapf_then_pooling():
     tokens, target, polarity, mask = model.encode_sequence(x)  # PBE applied, TAPF not yet
     encoded = model.backbone(tokens, target, mask, return_sequence=True)[:, :L]
     calibrated = model.tapf(encoded, target, polarity)
-    interest = model.aggregation(calibrated, target, mask)
+    _, scores = model.aggregation(calibrated, target, mask, return_attention_scores=True)
+    scores = np.where(np.asarray(mask), np.asarray(scores, np.float64), -np.inf)
+    w = np.exp(scores - scores.max(-1, keepdims=True))
+    w = np.where(np.asarray(mask), w / w.sum(-1, keepdims=True), 0.0)  # softmax over real
+    interest = ops.convert_to_tensor((w[..., None] * np.asarray(calibrated)).sum(1), "float32")
     z = ops.concatenate([interest, target, model._lookup(model.user_embedding, x["user_id"]),
                          model._lookup(model.side_embeddings["user_age"], x["user_age"])], -1)
     for layer in model.mlp:

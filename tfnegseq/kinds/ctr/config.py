@@ -34,8 +34,8 @@ class CtrModelConfig(ModelSection):
     # Where TAPF calibrates the tokens. "input": on the embedded tokens, before the
     # backbone (what Table 2 was first run with). "encoded": the paper's Figure 2 order
     # (PBE -> sequence encoding -> target-conditioned gating -> weighted aggregation): on
-    # the Transformer's encoded sequence outputs, then a target-attention pooling
-    # (`aggregation`, a DinAttention). DIN has no sequence encoder, so for DIN both
+    # the Transformer's encoded sequence outputs, then a softmax target-attention pooling
+    # (scores from `aggregation`, a DinAttention). DIN has no sequence encoder, so for DIN both
     # placements are the same model. Default "input" until the Table 2 re-run with both
     # placements says otherwise (docs/results/tapf_position_*.md).
     tapf_position: Literal["input", "encoded"] = "input"
