@@ -25,6 +25,17 @@ from tfnegseq.layers.polarity import (
 # Mixed-polarity sequence (§3.3).
 
 
+# TAPF's switches at their defaults (the layer's constructor), for the references.
+TAPF_SWITCHES = {
+    "use_polarity_embedding": True,
+    "use_gating": True,
+    "use_polarity_sign": True,
+    "use_residual": True,
+    "use_target_interaction": True,
+    "use_bias": True,
+}
+
+
 def exact_floor(ratio, length):
     return math.floor(fractions.Fraction(str(ratio)) * length)
 
@@ -144,14 +155,7 @@ def tapf_reference(tokens, target, polarity, weights, switches):
 
     `weights` maps sublayer names to their weights (`[kernel]` or `[kernel, bias]`);
     `weights["polarity_embedding"]` is the layer's own table or the shared one."""
-    use = {
-        "use_polarity_embedding": True,
-        "use_gating": True,
-        "use_polarity_sign": True,
-        "use_residual": True,
-        "use_target_interaction": True,
-        **switches,
-    }
+    use = {**TAPF_SWITCHES, **switches}
     h = tokens.astype("float64")
     x = h * target[:, None, :] if use["use_target_interaction"] else h
     w_int, b_int = (*weights["interaction"], 0.0)[:2]
@@ -259,15 +263,7 @@ def tapf_bf16_reference(tokens, target, polarity, weights, switches):
     the polarity table folded into the kernels as extra rows), `2 sigmoid(z) - 1` as
     `tanh(z / 2)`. Returns the output and, per element, the magnitude its rounding
     error is measured against (`max(|h|, |update|)`: `h + update` can cancel)."""
-    use = {
-        "use_polarity_embedding": True,
-        "use_gating": True,
-        "use_polarity_sign": True,
-        "use_residual": True,
-        "use_target_interaction": True,
-        "use_bias": True,
-        **switches,
-    }
+    use = {**TAPF_SWITCHES, **switches}
     h, v = to_bf16(tokens), to_bf16(target)
     x = to_bf16(h * v[:, None, :]) if use["use_target_interaction"] else h
     w_int = to_bf16(weights["interaction"][0])
