@@ -17,16 +17,15 @@ decode, JSON -> arrays, arrays -> tensors, graph, reply encoding; measured with 
 server's own functions, in this process).
 
 Under load (issue 13): the valid request's p50 / p99 while another client sends
-maximal-work requests back to back (a request at every work cap of the server:
-`--max_rows` rows, `--max_candidates` candidates, `--max_history` history entries
-(at most the trained `max_history`), scored `--chunk_rows` rows per graph run), beside
-its unloaded p50 / p99 measured in the same run, in alternating rounds (unloaded,
-loaded, unloaded, ...) so background load hits both alike; goal: loaded p99 < 3x
-unloaded p99. The server's RSS (psutil) is sampled throughout and read after the run.
-The export repeats a row's history over its candidates, so a request's work and
-memory grow with rows x candidates; the JSON also records what a maximal request at the
-server's *default* caps would cost, estimated from the measured memory per example,
-without sending it (it does not fit in this machine's memory).
+maximal-work requests back to back (the server's default caps, `Limits()`: `--heavy-rows`
+rows x `--max_examples / rows` candidates, full trained histories, i.e. the most work
+one request may ask for, scored `--chunk_examples` examples per graph run), beside its
+unloaded p50 / p99 measured in the same run, in alternating rounds (unloaded, loaded,
+unloaded, ...) so background load hits both alike; goal: loaded p99 < 3x unloaded p99.
+Measured twice, each on a fresh server: with the default `--graph_lanes` (small
+requests go before the queued chunks of big ones, `tfnegseq.serving.scheduler`) and
+without admission control (every predict thread runs its graph at once). The server's
+RSS (psutil) is sampled throughout and read after each run.
 
 Writes `benchmarks/results/serving.json` (machine, git commit, load average).
 
@@ -34,7 +33,7 @@ Without `--model-dir` it builds a model in a temp dir: simulate -> Beam job -> t
 (max_history 100, 1 short epoch) -> export.
 
     python benchmarks/bench_serving.py [--model-dir EXPORT/ctr/1] [--requests 300]
-        [--load-requests 150] [--max-rows 16] [--max-candidates 500] [--chunk-rows 4]
+        [--load-requests 150] [--heavy-rows 16]
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -58,7 +58,6 @@ import numpy as np
 
 from tfnegseq.provenance import git_commit
 from tfnegseq.serving.limits import Limits
-from tfnegseq.serving.local_server import DEFAULT_MAX_BODY_BYTES
 from tfnegseq.serving.server import stop_gracefully
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -68,6 +67,8 @@ from _machine import machine, write_result  # noqa: E402
 REPO = os.path.dirname(HERE)
 HISTORY = 100
 CANDIDATES = 100
+MIB = 2**20
+UNSCHEDULED_LANES = 1024  # more than the server's predict threads: no admission control
 GOALS = {
     "rest_p99_ms_concurrency_1": 20.0,
     "rest_overhead_ms": 3.0,
@@ -223,11 +224,12 @@ def local_server(
 
     port = free_port()
     caps = [
-        f"--max_rows={limits.max_rows}",
-        f"--max_candidates={limits.max_candidates}",
-        f"--max_history={limits.max_history}",
-        f"--chunk_rows={limits.chunk_rows}",
-    ]
+        f"--{flag}={getattr(limits, flag)}"
+        for flag in (
+            "max_rows", "max_candidates", "max_history", "max_examples", "chunk_rows",
+            "chunk_examples", "max_connections", "graph_lanes",
+        )
+    ]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(
         [
@@ -436,6 +438,24 @@ def under_load(
     }
 
 
+def session_call(port: int, name: str, payload: bytes) -> Callable[[], Any]:
+    """A lean keep-alive client (http.client) posting `payload` to the model's predict:
+    what is measured is the server, not the client library (ServingClient is timed
+    separately)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    path = f"/v1/models/{name}:predict"
+    headers = {"Content-Type": "application/json"}
+
+    def call() -> None:
+        conn.request("POST", path, body=payload, headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise RuntimeError(data.decode()[:500])
+
+    return call
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir", default=None, help="an exported version dir (else built)")
@@ -446,16 +466,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300, help="measured requests per setting")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--concurrency", default="1,8")
-    d = Limits()
     ap.add_argument(
         "--load-requests", type=int, default=150, help="valid requests measured under load"
     )
     ap.add_argument("--load-rounds", type=int, default=3)
-    ap.add_argument("--max-heavy", type=int, default=60, help="most maximal-work requests")
-    ap.add_argument("--max-rows", type=int, default=16, help=f"server cap (default {d.max_rows})")
-    ap.add_argument("--max-candidates", type=int, default=500, help="server cap")
-    ap.add_argument("--max-history", type=int, default=d.max_history, help="server cap")
-    ap.add_argument("--chunk-rows", type=int, default=4, help="server cap")
+    ap.add_argument("--max-heavy", type=int, default=40, help="most maximal-work requests")
+    ap.add_argument(
+        "--heavy-rows", type=int, default=16,
+        help="rows of the maximal-work request (candidates: --max_examples / rows)",
+    )  # fmt: skip
     ap.add_argument("--out", default=os.path.join(HERE, "results", "serving.json"))
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -464,12 +483,7 @@ def main() -> None:
     import tensorflow as tf
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    limits = Limits(
-        max_rows=args.max_rows,
-        max_candidates=args.max_candidates,
-        max_history=args.max_history,
-        chunk_rows=args.chunk_rows,
-    )
+    limits = Limits()  # the server's defaults (serving/README.md)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = args.work_dir or tmp
@@ -506,31 +520,19 @@ def main() -> None:
             reply.raise_for_status()
             np.testing.assert_allclose(reply.json()["predictions"], probs, rtol=1e-5, atol=1e-6)
 
-            def session_call(payload: bytes = body) -> Callable[[], Any]:
-                # A lean keep-alive client (http.client): what is measured is the
-                # server, not the client library (ServingClient is timed below).
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                path = f"/v1/models/{name}:predict"
-
-                def call() -> None:
-                    conn.request("POST", path, body=payload, headers=headers)
-                    r = conn.getresponse()
-                    data = r.read()
-                    if r.status != 200:
-                        raise RuntimeError(data.decode())
-
-                return call
+            def per_thread() -> Callable[[], Any]:
+                return session_call(port, name, body)
 
             in_process, rest, paired = {}, {}, None
             for c in levels:
                 if c == 1:  # interleaved, so both see the same background load
                     in_process["1"], rest["1"], paired = interleaved(
-                        local, session_call(), args.requests, args.warmup
+                        local, per_thread(), args.requests, args.warmup
                     )
                 else:
                     in_process[str(c)] = load(local, args.requests, c, args.warmup)
                     rest[str(c)] = load(
-                        session_call(), args.requests, c, args.warmup, per_thread=session_call
+                        per_thread(), args.requests, c, args.warmup, per_thread=per_thread
                     )
 
             from tfnegseq.serving.client import ServingClient
@@ -547,103 +549,67 @@ def main() -> None:
             small_body = json.dumps({"instances": [small]}).encode()
             small_local, small_rest, small_paired = interleaved(
                 lambda: serve(**small_tensors)["probability"].numpy(),
-                session_call(small_body),
+                session_call(port, name, small_body),
                 args.requests,
                 args.warmup,
             )
-
-            # Valid requests while another client sends maximal-work ones.
-            history = min(limits.max_history, trained_history)
-            heavy_body = json.dumps(
-                max_work_inputs(inst, version_dir, limits.max_rows, limits.max_candidates, history)
-            ).encode()
-            heavy_call = session_call(heavy_body)
-            rss_before_heavy = mem.rss()
-            heavy_call()  # warm-up, and the 200 check
-            rss_before_load = mem.rss()
-            under = under_load(
-                session_call(),
-                heavy_call,
-                args.load_requests,
-                args.load_rounds,
-                args.max_heavy,
-            )
             rss_after = mem.rss()
             hwm = vm_hwm(proc.pid)
-            peak_sampled = mem.peak
-            samples = mem.samples
 
-    # What a maximal request at the server's default caps would cost (not sent): as many
-    # candidates as a body under the default --max_body_bytes holds, beside the default
-    # rows; memory from the server's RSS growth over the first maximal request, per example
-    # of one chunk (the graph's working set; a rough figure: the allocator keeps memory).
-    chunk_examples = min(limits.chunk_rows, limits.max_rows) * limits.max_candidates
-    per_example = max(0, peak_sampled - rss_before_heavy) / chunk_examples
-    d = Limits()
-    row_bytes = len(json.dumps(max_work_inputs(inst, version_dir, 1, 1, trained_history)))
-    cand_bytes = (
-        len(json.dumps(max_work_inputs(inst, version_dir, 1, 101, trained_history))) - row_bytes
-    ) / 100
-    rows_default = d.max_rows
-    cands_fit = int((DEFAULT_MAX_BODY_BYTES / rows_default - row_bytes) / cand_bytes)
-    if cands_fit < 1:  # fewer rows, one candidate each
-        rows_default, cands_fit = int(DEFAULT_MAX_BODY_BYTES / (row_bytes + cand_bytes)), 1
-    cands_default = min(d.max_candidates, cands_fit)
-    default_chunk = min(d.chunk_rows, rows_default) * cands_default
-    mib = 2**20
-    under["caps"] = {
-        "max_rows": limits.max_rows,
-        "max_candidates": limits.max_candidates,
-        "max_history": limits.max_history,
-        "chunk_rows": limits.chunk_rows,
-    }
-    under["max_work_request"] = {
-        "rows": limits.max_rows,
-        "candidates": limits.max_candidates,
-        "history_each": history,
-        "examples": limits.max_rows * limits.max_candidates,
-        "examples_per_chunk": chunk_examples,
-        "body_bytes": len(heavy_body),
-    }
-    under["valid_request"] = "1 user, 100 candidates, 100 + 100 history items (as above)"
-    under["caps_note"] = (
-        "the server ran with these caps (--max-rows, --max-candidates, --max-history, "
-        "--chunk-rows of this script), not its defaults: a maximal request at the defaults "
-        "needs about default_caps_worst_case.estimated_chunk_memory_gib per graph run"
-    )
-    memory = {
-        "rss_at_start_mib": round(rss_start / mib),
-        "rss_before_first_max_work_request_mib": round(rss_before_heavy / mib),
-        "rss_before_load_phases_mib": round(rss_before_load / mib),
-        "rss_after_run_mib": round(rss_after / mib),
-        "rss_peak_sampled_mib": round(peak_sampled / mib),
-        "rss_samples": samples,
-        "vm_hwm_mib": round(hwm / mib) if hwm else None,
-        "rss_growth_per_example_kib": round(per_example / 1024, 1),
-    }
-    default_caps = {
-        "what": (
-            "a maximal request at the server's default caps, not sent: "
-            f"{rows_default} rows x {cands_default} candidates (the most a "
-            f"{DEFAULT_MAX_BODY_BYTES // mib} MiB body holds at {rows_default} rows), "
-            f"{trained_history} history; chunks of {d.chunk_rows} rows"
-        ),
-        "rows": rows_default,
-        "candidates": cands_default,
-        "examples": rows_default * cands_default,
-        "examples_per_chunk": default_chunk,
-        "estimated_chunk_memory_gib": round(default_chunk * per_example / 2**30, 1),
-        "estimated_seconds": round(
-            rows_default
-            * cands_default
-            * (under["max_work_requests"] or {}).get("mean_ms", 0)
-            / 1000
-            / max(1, limits.max_rows * limits.max_candidates),
-            1,
-        )
-        if under["max_work_requests"]
-        else None,
-    }
+        # Valid requests while another client sends maximal-work requests (a request at
+        # the default --max_examples), against a server with the default caps, with the
+        # default --graph_lanes and without admission control (--graph_lanes above the
+        # predict threads: every thread runs its graph at once, as before the
+        # scheduler), in the same run.
+        history = min(limits.max_history, trained_history)
+        heavy_rows = args.heavy_rows
+        heavy_candidates = min(limits.max_candidates, limits.max_examples // heavy_rows)
+        heavy_body = json.dumps(
+            max_work_inputs(inst, version_dir, heavy_rows, heavy_candidates, history)
+        ).encode()
+        settings = {
+            f"graph_lanes_{limits.graph_lanes}": limits,
+            "unscheduled": dataclasses.replace(limits, graph_lanes=UNSCHEDULED_LANES),
+        }
+        under: dict[str, Any] = {}
+        for key, server_limits in settings.items():
+            with (
+                local_server(base, name, server_limits) as (_, port, proc),
+                RssMonitor(proc.pid) as mem,
+            ):
+                heavy_call = session_call(port, name, heavy_body)
+                rss_before_heavy = mem.rss()
+                heavy_call()  # warm-up, and the 200 check
+                rss_before_load = mem.rss()
+                phase = under_load(
+                    session_call(port, name, body),
+                    heavy_call,
+                    args.load_requests,
+                    args.load_rounds,
+                    args.max_heavy,
+                )
+                phase["graph_lanes"] = server_limits.graph_lanes
+                phase["server_memory_mib"] = {
+                    "before_first_max_work_request": round(rss_before_heavy / MIB),
+                    "before_load_phases": round(rss_before_load / MIB),
+                    "after_run": round(mem.rss() / MIB),
+                    "peak_sampled": round(mem.peak / MIB),
+                    "vm_hwm": round((vm_hwm(proc.pid) or 0) / MIB) or None,
+                }
+                under[key] = phase
+        scheduled = under[f"graph_lanes_{limits.graph_lanes}"]
+        per_run = max(1, min(limits.chunk_rows, limits.chunk_examples // heavy_candidates))
+        under["max_work_request"] = {
+            "rows": heavy_rows,
+            "candidates": heavy_candidates,
+            "history_each": history,
+            "examples": heavy_rows * heavy_candidates,
+            "rows_per_graph_run": per_run,
+            "graph_runs": -(-heavy_rows // per_run),
+            "body_bytes": len(heavy_body),
+        }
+        under["caps"] = dataclasses.asdict(limits)
+        under["valid_request"] = "1 user, 100 candidates, 100 + 100 history items (as above)"
 
     overhead = rest["1"]["p50_ms"] - in_process["1"]["p50_ms"] if "1" in rest else None
     result = {
@@ -665,14 +631,17 @@ def main() -> None:
         },
         "serving_client_predict_p50_ms": client_p50,
         "under_load": under,
-        "server_memory": memory,
-        "default_caps_worst_case": default_caps,
+        "server_memory_mib": {
+            "at_start": round(rss_start / MIB),
+            "after_latency_runs": round(rss_after / MIB),
+            "vm_hwm": round(hwm / MIB) if hwm else None,
+        },
         "goals": GOALS,
         "goals_met": {
             "rest_p99_ms_concurrency_1": rest.get("1", {}).get("p99_ms", 1e9)
             < GOALS["rest_p99_ms_concurrency_1"],
             "rest_overhead_ms": overhead is not None and overhead < GOALS["rest_overhead_ms"],
-            "p99_under_load_over_unloaded_p99": under["p99_ratio"]
+            "p99_under_load_over_unloaded_p99": scheduled["p99_ratio"]
             < GOALS["p99_under_load_over_unloaded_p99"],
         },
         "model": model_config,
@@ -680,8 +649,9 @@ def main() -> None:
         or "built by build_model (1 short epoch; weights do not change the cost)",
         "load_average_1m": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "notes": (
-            "Shared machine: other jobs ran during the measurement (see load_average_1m); "
-            "compare ratios within this run, not absolute figures across runs."
+            "Shared machine: other jobs may run during the measurement (see "
+            "load_average_1m); compare ratios within this run, not absolute figures "
+            "across runs."
         ),
         "git_commit": git_commit(),
         "tensorflow": tf.__version__,

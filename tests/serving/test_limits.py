@@ -219,6 +219,8 @@ def test_limits_validate_their_values() -> None:
         Limits(chunk_examples=-1)
     with pytest.raises(ValueError, match="`body_read_timeout` must be positive"):
         Limits(body_read_timeout=0)
+    with pytest.raises(ValueError, match="`graph_lanes` must be a positive integer"):
+        Limits(graph_lanes=0)
 
 
 def test_cli_flags_set_the_example_limits(capsys) -> None:
@@ -231,6 +233,9 @@ def test_cli_flags_set_the_example_limits(capsys) -> None:
     with pytest.raises(SystemExit):
         server.main(["--chunk_examples", "0"])
     assert "`chunk_examples` must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        server.main(["--graph_lanes", "0"])
+    assert "`graph_lanes` must be a positive integer" in capsys.readouterr().err
 
 
 def _recv_all(sock: socket.socket) -> bytes:

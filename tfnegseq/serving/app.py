@@ -19,7 +19,14 @@ from urllib.parse import unquote
 
 from tfnegseq.serving import codec
 from tfnegseq.serving._models import ModelRepository
-from tfnegseq.serving.limits import Limits, check_request_size, rows_per_run, run_in_chunks
+from tfnegseq.serving.limits import (
+    Limits,
+    check_request_size,
+    request_examples,
+    rows_per_run,
+    run_in_chunks,
+)
+from tfnegseq.serving.scheduler import GraphScheduler
 from tfnegseq.serving.status import ServingStatus, error_body, invalid_argument
 
 # http_rest_api_util.h / .cc: the dispatcher's path filter and the two API regexes.
@@ -41,12 +48,14 @@ class RestApi:
     Args:
         repository: ModelRepository. The loaded models.
         limits: Limits or None. Caps on rows, candidates, history and examples per
-            predict, and the rows and examples per graph run. Defaults to `Limits()`.
+            predict, the rows and examples per graph run, and the graph runs at once
+            (`graph_lanes`). Defaults to `Limits()`.
     """
 
     def __init__(self, repository: ModelRepository, limits: Limits | None = None) -> None:
         self.repository = repository
         self.limits = limits or Limits()
+        self.scheduler = GraphScheduler(self.limits.graph_lanes)
 
     def process(self, method: str, path: str, body: bytes, origin: str = "") -> tuple[int, bytes]:
         """Answers one request: `(http_status, json_body)`, as `ProcessRequest`."""
@@ -127,9 +136,9 @@ class RestApi:
         inputs, row_format = codec.tensors_from_request(doc, signature.inputs)
         codec.check_shapes(inputs, signature.inputs, key)
         check_request_size(inputs, self.limits)
-        outputs = run_in_chunks(
-            functools.partial(servable.run, key), inputs, rows_per_run(inputs, self.limits)
-        )
+        light = request_examples(inputs) <= self.limits.chunk_examples
+        run = self.scheduler.wrap(functools.partial(servable.run, key), light)
+        outputs = run_in_chunks(run, inputs, rows_per_run(inputs, self.limits))
         return codec.response_from_tensors(outputs, row_format)
 
     def _classify_or_regress(

@@ -12,6 +12,7 @@ REST server reads any body and runs any batch).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -50,6 +51,9 @@ class Limits:
             closed. Defaults to 75.
         max_connections: int. Open connections; one more gets 503 and is closed.
             Defaults to 256.
+        graph_lanes: int. Graph runs at the same time (`tfnegseq.serving.scheduler`):
+            a request that fits one run goes before the waiting chunks of bigger
+            ones. Defaults to a quarter of the CPUs, at least 1.
     """
 
     max_rows: int = 4096
@@ -61,11 +65,12 @@ class Limits:
     body_read_timeout: float = 30.0
     idle_timeout: float = 75.0
     max_connections: int = 256
+    graph_lanes: int = dataclasses.field(default_factory=lambda: default_graph_lanes())
 
     def __post_init__(self) -> None:
         for name in (
             "max_rows", "max_candidates", "max_history", "max_examples", "chunk_rows",
-            "chunk_examples", "max_connections",
+            "chunk_examples", "max_connections", "graph_lanes",
         ):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -74,6 +79,16 @@ class Limits:
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"`{name}` must be positive. Received: {name}={value}")
+
+
+def default_graph_lanes() -> int:
+    """A quarter of the CPUs this process may use, at least 1: each graph run already
+    spreads over the CPU's intra-op threads."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 4)
 
 
 def _kind(name: str) -> tuple[str, str] | None:
@@ -135,6 +150,11 @@ def check_request_size(arrays: Mapping[str, np.ndarray], limits: Limits) -> None
             f"Request has {rows * per_row} examples ({detail}); the limit is "
             f"{limits.max_examples} (--max_examples)"
         )
+
+
+def request_examples(arrays: Mapping[str, np.ndarray]) -> int:
+    """Examples a predict scores: rows x candidates per row (`examples_per_row`)."""
+    return _rows(arrays) * examples_per_row(arrays)
 
 
 def rows_per_run(arrays: Mapping[str, np.ndarray], limits: Limits) -> int:

@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--body_read_timeout_seconds", type=float, default=d.body_read_timeout)
     p.add_argument("--idle_timeout_seconds", type=float, default=d.idle_timeout)
     p.add_argument("--max_connections", type=int, default=d.max_connections)
+    p.add_argument(
+        "--graph_lanes", type=int, default=d.graph_lanes,
+        help="graph runs at once; single-run requests go before chunks of bigger ones",
+    )  # fmt: skip
     args = p.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             chunk_rows=args.chunk_rows, chunk_examples=args.chunk_examples,
             body_read_timeout=args.body_read_timeout_seconds,
             idle_timeout=args.idle_timeout_seconds, max_connections=args.max_connections,
+            graph_lanes=args.graph_lanes,
         )  # fmt: skip
         repository = build_repository(
             args.model_base_path, args.model_name, args.model_config_file, args.version_labels,
