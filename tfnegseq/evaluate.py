@@ -23,22 +23,40 @@ from tfnegseq.kinds.base import ModelKind
 LABEL = "label"
 
 
+def _labelled(dataset: Any) -> bool:
+    """Whether the elements are `(features, label)` pairs (else features dicts)."""
+    return isinstance(dataset.element_spec, tuple)
+
+
+def features_of(element: Any) -> Any:
+    """The features of one element: `(features, label)` -> features; a dict as is."""
+    return element[0] if isinstance(element, tuple) else element
+
+
 def predict_outputs(model: keras.Model, dataset: Any,
                     verbose: int | str = "auto") -> dict[str, np.ndarray]:
-    """Every output of `model` over `dataset` (`(features, label)` batches),
-    concatenated over the batches. `predict` runs compiled, as the model was compiled
-    (`jit_compile` of its `compile`; XLA where Keras' "auto" picks it otherwise)."""
-    out = model.predict(dataset.map(lambda features, label: features), verbose=verbose)
+    """Every output of `model` over `dataset` (`(features, label)` batches, or feature
+    dicts without a label), concatenated over the batches. `predict` runs compiled, as
+    the model was compiled (`jit_compile` of its `compile`; XLA where Keras' "auto"
+    picks it otherwise)."""
+    if _labelled(dataset):
+        dataset = dataset.map(lambda features, label: features)
+    out = model.predict(dataset, verbose=verbose)
     if not isinstance(out, dict):
         out = {"output": out}
     return {k: np.asarray(v) for k, v in out.items()}
 
 
 def read_keys(dataset: Any, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """The labels and the named features of `dataset`, concatenated, in its order."""
-    parts: dict[str, list[np.ndarray]] = {LABEL: [], **{k: [] for k in keys}}
-    for features, label in dataset.as_numpy_iterator():
-        parts[LABEL].append(np.asarray(label))
+    """The labels (when the elements have them) and the named features of `dataset`,
+    concatenated, in its order."""
+    labelled = _labelled(dataset)
+    parts: dict[str, list[np.ndarray]] = {**({LABEL: []} if labelled else {}),
+                                          **{k: [] for k in keys}}
+    for element in dataset.as_numpy_iterator():
+        features = features_of(element)
+        if labelled:
+            parts[LABEL].append(np.asarray(element[1]))
         for k in keys:
             if k not in features:
                 raise KeyError(f"evaluation key {k!r} is not in the evaluation input; "

@@ -62,7 +62,7 @@ def copy_run_data(data_dir: str, run_dir: str) -> str:
     tf.io.gfile.copy(os.path.join(data_dir, "manifest.json"),
                      os.path.join(out, "manifest.json"), overwrite=True)
     examples: list[bytes] = []
-    for split in ("test", "valid", "train"):
+    for split in ("test", "valid", "train", "sequences"):
         try:
             files = split_files(data_dir, split)
         except FileNotFoundError:

@@ -96,8 +96,8 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
                 extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     import keras
 
-    from tfnegseq.data.input import FeatureProcessor, make_dataset
-    from tfnegseq.evaluate import evaluate
+    from tfnegseq.data.input import FeatureProcessor, make_datasets
+    from tfnegseq.evaluate import evaluate, features_of
 
     t0 = time.perf_counter()
     tc = cfg.train
@@ -111,13 +111,11 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     keras.mixed_precision.set_global_policy(tc.mixed_precision)
     processor = FeatureProcessor.from_data_dir(data_dir, cfg)
     vocab_sizes = {name: v.size for name, v in processor.vocabularies.items()}
-    train_ds = make_dataset(data_dir, "train", cfg, tc.batch_size, training=True,
-                            processor=processor, seed=tc.seed)
-    eval_ds = make_dataset(data_dir, tc.eval_split, cfg, tc.batch_size, processor=processor,
-                           keep_raw_ids=True)
+    train_ds, eval_ds = (kind.make_datasets(cfg, data_dir, processor)
+                         or make_datasets(cfg, data_dir, processor))
     model = kind.build_model(cfg, vocab_sizes)
-    sample_features, _ = next(iter(eval_ds.take(1)))
-    model(sample_features)  # build weights (BackupAndRestore needs a built model)
+    model(features_of(next(iter(eval_ds.take(1)))))  # build weights (BackupAndRestore
+    # needs a built model)
     # The model owns its loss (`compile` refuses one).
     model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=tc.jit_compile)
     def record(epoch: int, epochs: list[tuple[int, float]]) -> None:

@@ -162,6 +162,18 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+def make_datasets(cfg: Config, data_dir: str, processor: FeatureProcessor
+                  ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The CTR samples' training input and evaluation input (`train.eval_split`, with
+    the raw user id): what a kind's `make_datasets` returning None trains on."""
+    tc = cfg.train
+    train_ds = make_dataset(data_dir, "train", cfg, tc.batch_size, training=True,
+                            processor=processor, seed=tc.seed)
+    eval_ds = make_dataset(data_dir, tc.eval_split, cfg, tc.batch_size, processor=processor,
+                           keep_raw_ids=True)
+    return train_ds, eval_ds
+
+
 def manifest_examples(data_dir: str, split: str) -> int | None:
     """The number of examples the Beam job wrote to `split` (its manifest.json), or None
     when there is no manifest or it does not count that split."""

@@ -8,6 +8,7 @@ A kind brings everything that differs between families, so `train`, `evaluate`,
 | `config_class` | its `model:` section (a `ModelSection` subclass; the tagged union) |
 | `samples_task` | which samples the Beam job must have built (`samples.task`) |
 | `check_config` | rules across sections, checked at load |
+| `make_datasets` | the training and evaluation `tf.data` inputs (default None: the CTR samples) |
 | `build_model` | the Keras model (which owns its loss) for a config and vocabulary sizes |
 | `build_optimizer` | its optimizer (default: Adam, or lazy row-sparse Adam) |
 | `evaluation_keys` / `metrics` | what evaluation passes through beside the outputs, and the metrics computed from them |
@@ -29,7 +30,7 @@ from tfnegseq.kinds.base import ModelKind
 __all__ = ["ModelKind", "get_kind", "kind_names", "register_kind", "unregister_kind"]
 
 # name -> module whose import registers it (imported on first use)
-_BUILTIN = {"ctr": "tfnegseq.kinds.ctr"}
+_BUILTIN = {"ctr": "tfnegseq.kinds.ctr", "sequential": "tfnegseq.kinds.sequential"}
 _KINDS: dict[str, ModelKind] = {}
 
 

@@ -36,6 +36,11 @@ class ModelKind:
         """The (looked-up) feature names the model reads."""
         raise NotImplementedError
 
+    def make_datasets(self, cfg: Config, data_dir: str, processor: Any) -> tuple[Any, Any] | None:
+        """`(train, evaluation)` tf.data inputs, or None (the default) for the CTR
+        samples' `(features, label)` batches (`tfnegseq.data.input.make_datasets`)."""
+        return None
+
     def build_model(self, cfg: Config, vocab_sizes: Mapping[str, int]) -> Any:
         """The Keras model for `cfg`; it owns its loss (compile takes no `loss`)."""
         raise NotImplementedError

@@ -9,12 +9,22 @@ from tfnegseq.layers.polarity import (
     PolarityBiasEmbedding,
     TargetAwarePolarityFusion,
 )
+from tfnegseq.layers.sine import (
+    AdaptiveFusion,
+    SubInterestAssignment,
+    SubInterestProjection,
+    SubInterestSelfAttention,
+)
 from tfnegseq.layers.transformer import TransformerEncoder
 
 __all__ = [
+    "AdaptiveFusion",
     "DinAttention",
     "MixedPolaritySequence",
     "PolarityBiasEmbedding",
+    "SubInterestAssignment",
+    "SubInterestProjection",
+    "SubInterestSelfAttention",
     "TargetAwarePolarityFusion",
     "TransformerEncoder",
     "token_matmul",

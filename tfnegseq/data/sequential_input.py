@@ -1,0 +1,264 @@
+"""tf.data input of the sequential task: the windows of `tfnegseq.data.sequential`.
+
+Reads the Beam job's one-example-per-user shards (`<samples_dir>/sequences/`), and
+computes each split's windows for a batch of users at once with TensorFlow ops (no
+`tf.py_function`), equal to `sequential.user_windows` (tested). Each element is a dict
+of fixed-shape tensors (XLA compiles once), ids already looked up to embedding rows
+with the item vocabulary's `IntegerLookup` (`tfnegseq.data.vocab`; padding is row 0),
+as `tfnegseq.data.input` does for the CTR task:
+
+    train   inputs, input_negatives, targets, target_negatives,
+            random_negatives                                 [B, L] int64
+            mask                                             [B, L] float32
+    valid / test
+            inputs, input_negatives, exclude                 [B, L] int64
+            target                                           [B]    int64
+            candidates                                       [B, C] int64
+            candidate_mask                                   [B, C] float32
+            raw_user_id                                      [B]    int64
+
+`exclude` holds the inputs with the target's item blanked (row 0): the user's earlier
+positives that full ranking leaves out. `candidates` are left-padded, most recent last.
+
+Random negatives (SINE's L1 / SASRec's negative): one per target position, uniform
+over the vocabulary's kept items (OOV buckets and padding are never drawn), and never
+one of the user's training positives. They are drawn exactly from the catalogue minus
+those positives (the r-th free row, found with one `searchsorted`), so no draw collides
+and none needs redrawing: the residual collision rate is 0. A user whose positives
+cover the whole catalogue gets row 0 (possible only on toy catalogues). Draws are
+stateless, seeded per batch from `tf.data.Dataset.random(seed,
+rerandomize_each_iteration=True)`: fresh every epoch (each new iterator) and every
+batch of a repeated dataset, reproducible for a given `seed`.
+
+Example:
+    ds = make_sequential_dataset("build/samples/kuairand", "train", batch_size=128,
+                                 max_len=50, training=True, seed=0)
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfnegseq import schema
+from tfnegseq.config import SamplesConfig, VocabConfig
+from tfnegseq.data.input import RAW_USER_ID, left_pad, manifest_examples, split_files
+from tfnegseq.data.sequential import SPLITS, check_negative_rule
+from tfnegseq.data.vocab import Vocabulary
+
+AUTOTUNE = tf.data.AUTOTUNE
+SEQUENCES = "sequences"  # the Beam job's output folder (tfnegseq.data.beam.SEQUENCES)
+# the example features the windows read (names from the schema's sequential features)
+_KEYS = ("user_id", "seq_item_id", "seq_polarity", "valid_index", "valid_item_id",
+         "test_item_id")
+
+
+def _last_flagged(flags: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """[B, W] -> [B, W]: the position of the last flagged slot strictly before each slot,
+    or -1 (vectorised: the exclusive count of flags indexes the flagged positions)."""
+    before = tf.cumsum(tf.cast(flags, tf.int64), axis=1, exclusive=True)  # [B, W]
+    flagged = tf.ragged.boolean_mask(positions, flags).to_tensor(default_value=-1)
+    flagged = tf.pad(flagged, [[0, 0], [0, 1]], constant_values=-1)  # never empty
+    last = tf.gather(flagged, tf.maximum(before - 1, 0), batch_dims=1)  # [B, W]
+    return tf.where(before > 0, last, -1)
+
+
+class SequentialWindows:
+    """Parses serialized sequential examples into one split's window tensors.
+
+    Args:
+        item_vocab: Vocabulary. The item vocabulary (raw ids -> embedding rows).
+        split: str. "train", "valid" or "test".
+        max_len: int. L, the length of every input / target list.
+        negative_rule: str. "previous" or "window" (`tfnegseq.data.sequential`).
+            Defaults to "previous".
+        max_candidates: int. C, candidates kept per user (most recent). Defaults to 100.
+    """
+
+    def __init__(self, item_vocab: Vocabulary, split: str, max_len: int,
+                 negative_rule: str = "previous", max_candidates: int = 100):
+        if split not in SPLITS:
+            raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
+        if max_len < 1:
+            raise ValueError(f"`max_len` must be >= 1. Received: max_len={max_len}")
+        if max_candidates < 1:
+            raise ValueError(
+                f"`max_candidates` must be >= 1. Received: max_candidates={max_candidates}")
+        check_negative_rule(negative_rule)
+        self.item_vocab = item_vocab
+        self.split = split
+        self.max_len = max_len
+        self.negative_rule = negative_rule
+        self.max_candidates = max_candidates
+        self.lookup = item_vocab.lookup_layer()
+        self.first_row = item_vocab.oov_buckets + 1  # the first kept item's row
+        self.num_items = len(item_vocab.ids)
+        spec = schema.parse_spec(SamplesConfig(task="sequential"))
+        self.spec = {k: spec[k] for k in _KEYS}
+
+    def _rows(self, raw: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.lookup(raw), tf.int64)
+
+    def __call__(self, serialized: tf.Tensor, seed: tf.Tensor | None = None
+                 ) -> dict[str, tf.Tensor]:
+        """Window tensors of a batch of serialized examples (string [B]); `seed` is the
+        int64 [2] seed of the train split's random negatives."""
+        p = tf.io.parse_example(serialized, self.spec)
+        raw = p["seq_item_id"].to_tensor(default_value=schema.PAD_ID)  # [B, W]
+        rows = self._rows(raw)  # [B, W], padding -> 0
+        pol = p["seq_polarity"].to_tensor(default_value=0)  # [B, W], padding neutral
+        width = tf.shape(raw, out_type=tf.int64)[1]
+        pos = tf.broadcast_to(tf.range(width)[None, :], tf.shape(raw, out_type=tf.int64))
+        k = p["valid_index"][:, None]  # [B, 1]
+        is_pos, is_neg = pol == 1, pol == -1
+
+        if self.negative_rule == "previous":
+            prev_neg = tf.pad(is_neg[:, :-1], [[0, 0], [1, 0]])  # [B, W]
+            prev_rows = tf.pad(rows[:, :-1], [[0, 0], [1, 0]])
+            neg_rows = tf.where(prev_neg, prev_rows, 0)
+        else:  # "window": the latest negative after the latest earlier positive
+            last_neg = _last_flagged(is_neg, pos)
+            has = (last_neg >= 0) & (last_neg > _last_flagged(is_pos, pos))
+            neg_rows = tf.where(has, tf.gather(rows, tf.maximum(last_neg, 0), batch_dims=1), 0)
+
+        train_mask = is_pos & (pos < k)  # the training positives p_1 .. p_n
+        if self.split == "train":
+            return self._train(rows, neg_rows, train_mask, seed)
+        if self.split == "valid":
+            last_train = tf.reduce_max(tf.where(train_mask, pos, -1), axis=1, keepdims=True)
+            in_mask = train_mask
+            cand_mask = is_neg & (pos > last_train) & (pos < k)
+            target_raw = p["valid_item_id"]
+        else:
+            in_mask = is_pos & (pos <= k)
+            cand_mask = is_neg & (pos > k)
+            target_raw = p["test_item_id"]
+        cand_mask &= raw != target_raw[:, None]  # a skip of the target's item: dropped
+        L, C = self.max_len, self.max_candidates  # noqa: N806
+        inputs = left_pad(tf.ragged.boolean_mask(rows, in_mask), L, 0)
+        inputs_raw = left_pad(tf.ragged.boolean_mask(raw, in_mask), L, schema.PAD_ID)
+        candidates = left_pad(tf.ragged.boolean_mask(rows, cand_mask), C, 0)  # [B, C]
+        return {
+            "inputs": inputs,
+            "input_negatives": left_pad(tf.ragged.boolean_mask(neg_rows, in_mask), L, 0),
+            "exclude": tf.where(inputs_raw == target_raw[:, None], tf.zeros_like(inputs), inputs),
+            "target": self._rows(target_raw),
+            "candidates": candidates,
+            "candidate_mask": tf.cast(candidates != 0, tf.float32),
+            RAW_USER_ID: p[schema.USER_VOCAB],
+        }
+
+    def _train(self, rows: tf.Tensor, neg_rows: tf.Tensor, train_mask: tf.Tensor,
+               seed: tf.Tensor | None) -> dict[str, tf.Tensor]:
+        L = self.max_len  # noqa: N806
+        positives = tf.ragged.boolean_mask(rows, train_mask)  # [B, n]
+        negatives = tf.ragged.boolean_mask(neg_rows, train_mask)
+        targets = left_pad(positives[:, 1:], L, 0)
+        mask = targets != 0
+        if seed is None:
+            seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int64)
+        return {
+            "inputs": left_pad(positives[:, :-1], L, 0),
+            "input_negatives": left_pad(negatives[:, :-1], L, 0),
+            "targets": targets,
+            "target_negatives": left_pad(negatives[:, 1:], L, 0),
+            "random_negatives": self.random_negatives(positives, mask, seed),
+            "mask": tf.cast(mask, tf.float32),
+        }
+
+    def random_negatives(self, positives: tf.RaggedTensor, mask: tf.Tensor,
+                         seed: tf.Tensor) -> tf.Tensor:
+        """Rows drawn uniformly from the kept items minus each user's `positives`
+        (ragged [B, None] rows), at the `mask` slots ([B, L] bool); row 0 elsewhere.
+
+        With the user's distinct excluded catalogue indices e_0 < e_1 < ... and a draw
+        r uniform in [0, N - |e|), the r-th free index is r + #{i : e_i - i <= r}.
+        """
+        n = tf.constant(self.num_items, tf.int64)
+        idx = positives - self.first_row  # catalogue index; OOV rows fall outside
+        idx = tf.ragged.boolean_mask(idx, (idx >= 0) & (idx < n)).to_tensor(default_value=n)
+        idx = tf.pad(idx, [[0, 0], [0, 1]], constant_values=n)  # [B, P], never empty
+        idx = tf.sort(idx, axis=1)
+        dup = tf.pad(idx[:, 1:] == idx[:, :-1], [[0, 0], [1, 0]])
+        idx = tf.sort(tf.where(dup, n, idx), axis=1)  # distinct, sentinels n last
+        real = idx < n
+        rank = tf.range(tf.shape(idx, out_type=tf.int64)[1])[None, :]
+        shifted = tf.where(real, idx - rank, n)  # e_i - i, nondecreasing; sentinel n
+        free = n - tf.reduce_sum(tf.cast(real, tf.int64), axis=1, keepdims=True)  # [B, 1]
+        u = tf.random.stateless_uniform(tf.shape(mask), seed, dtype=tf.float64)  # [B, L]
+        r = tf.cast(tf.floor(u * tf.cast(free, tf.float64)), tf.int64)
+        r = tf.clip_by_value(r, 0, tf.maximum(free - 1, 0))
+        x = r + tf.searchsorted(shifted, r, side="right", out_type=tf.int64)  # [B, L]
+        return tf.where(mask & (free > 0), self.first_row + x, 0)
+
+
+def make_sequential_dataset(
+    samples_dir: str,
+    split: str,
+    batch_size: int,
+    max_len: int,
+    negative_rule: str = "previous",
+    max_candidates: int = 100,
+    training: bool = False,
+    seed: int | None = None,
+    item_vocab: Vocabulary | None = None,
+    vocab: VocabConfig | None = None,
+    shuffle_buffer: int = 10_000,
+    deterministic: bool = False,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """Batches of one split's windows from `<samples_dir>/sequences/*.tfrecord.gz`.
+
+    Args:
+        samples_dir: str. The Beam job's output directory (`samples.task: sequential`).
+        split: str. "train", "valid" or "test" (every user has all three).
+        batch_size: int. Users per batch.
+        max_len: int. L (`SequentialWindows`).
+        negative_rule: str. "previous" or "window". Defaults to "previous".
+        max_candidates: int. C. Defaults to 100. A user with more skips in the split's
+            gap keeps the most recent C; set C to at least the longest gap to rank
+            against every skip, as the paper's protocol does.
+        training: bool. Shuffle files and users (buffer `shuffle_buffer`) and drop the
+            last partial batch (fixed shapes); reads out of order unless
+            `deterministic`. Defaults to False.
+        seed: int or None. Seeds the shuffles and the random negatives. Defaults to None.
+        item_vocab: Vocabulary or None. The item vocabulary; None loads
+            `<samples_dir>/vocab/item_id.tsv` with `vocab`. Defaults to None.
+        vocab: VocabConfig or None. Trims the loaded vocabulary; None: the defaults.
+            Defaults to None.
+        shuffle_buffer: int. Users in the shuffle buffer. Defaults to 10000.
+        deterministic: bool. Read and parse in order when training. Defaults to False.
+        repeat: bool. Repeat forever. Defaults to False.
+
+    Returns:
+        A `tf.data.Dataset` of dicts (module docstring). Without `repeat`, its
+        cardinality comes from `manifest.json` when there is one.
+    """
+    if item_vocab is None:
+        item_vocab = Vocabulary.load(samples_dir, schema.ITEM_VOCAB, vocab or VocabConfig())
+    windows = SequentialWindows(item_vocab, split, max_len, negative_rule, max_candidates)
+    files = split_files(samples_dir, SEQUENCES)
+    in_order = not training or deterministic
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(len(files), 4), num_parallel_calls=AUTOTUNE, deterministic=in_order,
+    )
+    if training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    examples = None if repeat else manifest_examples(samples_dir, SEQUENCES)
+    if examples is not None:
+        batches = examples // batch_size if training else -(-examples // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    if split == "train":
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            windows, num_parallel_calls=AUTOTUNE, deterministic=in_order)
+    else:
+        ds = ds.map(windows, num_parallel_calls=AUTOTUNE, deterministic=in_order)
+    return ds.prefetch(AUTOTUNE)
+

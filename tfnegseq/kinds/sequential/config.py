@@ -1,0 +1,77 @@
+"""The `model:` section of the `sequential` kind (SINE and its baselines).
+
+Defaults follow the official SINE code (`tsinghua-fib-lab/RecSys2023-SINE`,
+`parameters.py`) where the paper is silent: 2 blocks, 1 head, d = 50, maximum length
+200, dropout 0.5, K = 3 sub-interests, distance-correlation weight 1.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import StrictBool, StrictFloat, StrictInt, model_validator
+from pydantic.dataclasses import dataclass
+
+from tfnegseq.config import SECTION, ModelSection, at_least, in_range
+
+
+@dataclass(config=SECTION)
+class SequentialModelConfig(ModelSection):
+    """A next-item recommender over one ordered sequence of positives per user.
+
+    `architecture`: "sine" (the paper's model), "sasrec" (positives only), "sasrec_n"
+    (SASRec whose training negatives also include the observed passive negatives,
+    §5.1.3). GRU4Rec and sequential DIN are not built yet (refused at load).
+    """
+
+    kind: Literal["sequential"] = "sequential"
+    architecture: Literal["sine", "sasrec", "sasrec_n"] = "sine"
+    embedding_dim: StrictInt = 50
+    max_length: StrictInt = 200
+    num_blocks: StrictInt = 2
+    num_heads: StrictInt = 1
+    dropout: StrictFloat = 0.5
+    # SINE
+    num_interests: StrictInt = 3
+    # beta_1 of eq. (8) in (0, 1); null = learnable (beta_2 = 1 - beta_1); with
+    # beta_mode "official", the code's `filter` weight of matching keys (> 0, required)
+    beta: StrictFloat | None = None
+    # "paper": eq. (8)-(9) in training and prediction; "official": the code's weighting
+    # (matching keys x beta, others x 1, no renormalisation, training only)
+    beta_mode: Literal["paper", "official"] = "paper"
+    # eq. (13) "ratio" of sigmoids; "softmax" (the official code); "mean" (w/o AF)
+    fusion: Literal["ratio", "softmax", "mean"] = "ratio"
+    # false: the assignment ignores passive negatives (Table 4 "w/o negative feedback",
+    # with lambda_2 = 0)
+    assignment_uses_negatives: StrictBool = True
+    # the passive negative paired with a positive: "previous" (the event right before
+    # it, the official code) or "window" (the latest skip since the previous positive)
+    negative_rule: Literal["previous", "window"] = "previous"
+    # evaluation candidates per user (the paper's protocol): the most recent skips of
+    # the split's window; raise it to rank against every skip
+    max_candidates: StrictInt = 100
+    lambda_1: StrictFloat = 1.0
+    lambda_2: StrictFloat = 1.0
+    lambda_3: StrictFloat = 1.0
+    # retrieval signature: top-K over the whole catalogue
+    retrieve_k: StrictInt = 100
+
+    @model_validator(mode="after")
+    def _check(self) -> SequentialModelConfig:
+        at_least(self, 1, "embedding_dim", "max_length", "num_blocks", "num_interests",
+                 "retrieve_k", "max_candidates")
+        in_range(self, "dropout", 0.0, 1.0, high_open=True)
+        if self.num_heads < 1 or self.embedding_dim % self.num_heads:
+            raise ValueError(
+                f"num_heads: must be >= 1 and divide embedding_dim={self.embedding_dim}. "
+                f"Received: {self.num_heads}"
+            )
+        if self.beta_mode == "paper" and self.beta is not None and not 0.0 < self.beta < 1.0:
+            raise ValueError(f"beta: must be null (learnable) or in (0, 1) with beta_mode "
+                             f"'paper'. Received: {self.beta}")
+        if self.beta_mode == "official" and (self.beta is None or not self.beta > 0.0):
+            raise ValueError(f"beta: beta_mode 'official' needs the code's `filter` weight, "
+                             f"a number > 0. Received: {self.beta}")
+        for name in ("lambda_1", "lambda_2", "lambda_3"):
+            at_least(self, 0.0, name)
+        return self
