@@ -213,3 +213,15 @@ def test_model_hash_ignores_what_a_resume_may_change():
     for bound in ({"train": {"learning_rate": 0.01}}, {"model": {"embedding_dim": 32}},
                   {"train": {"batch_size": 64}}, {"samples": {"max_history": 200}}):
         assert config_from_dict(bound).model_hash() != base.model_hash(), bound
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; the loader reads it as YAML 1.2 does,
+    in files and in --set overrides, and a quoted "1e-3" stays a string."""
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  learning_rate: 1e-3\nmodel:\n  positive_ratio: 5E-1\n")
+    cfg = load_config(p, ["train.batch_size=64"])
+    assert cfg.train.learning_rate == 0.001 and cfg.model.positive_ratio == 0.5
+    assert load_config(p, ["train.learning_rate=2.5e-4"]).train.learning_rate == 0.00025
+    with pytest.raises(ConfigError, match="learning_rate: expected a number"):
+        load_config(p, ['train.learning_rate="1e-3"'])

@@ -21,6 +21,7 @@ With `--seeds 0,1,2,3,4` each seed runs in `<run_dir>/seed_<s>/` and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -98,6 +99,7 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
 
     from tfnegseq.data.input import FeatureProcessor, make_datasets
     from tfnegseq.evaluate import evaluate, features_of
+    from tfnegseq.validation import ValidationCallback
 
     t0 = time.perf_counter()
     tc = cfg.train
@@ -126,14 +128,22 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     # after BackupAndRestore's own epoch-end save (callbacks run in order)
     throughput = throughput_callback(tc.batch_size, previous["epochs"] if previous else None,
                                      record)
+    validation = None
+    if tc.early_stopping_metric:
+        valid_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+            tc, eval_split="valid", early_stopping_metric=""))
+        _, valid_ds = (kind.make_datasets(valid_cfg, data_dir, processor)
+                       or make_datasets(valid_cfg, data_dir, processor))
+        validation = ValidationCallback(valid_ds, kind, cfg)
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(tc.run_dir, "backup")),
+        throughput,  # before validation: its epoch time leaves validation out
+        *([validation] if validation else []),  # before the checkpoint and TensorBoard
         keras.callbacks.ModelCheckpoint(
             os.path.join(tc.run_dir, "checkpoints", "epoch_{epoch:03d}.weights.h5"),
             save_weights_only=True,
         ),
         keras.callbacks.TensorBoard(os.path.join(tc.run_dir, "tensorboard"), update_freq=50),
-        throughput,
         *(extra_callbacks or []),
     ]
     os.makedirs(os.path.join(tc.run_dir, "checkpoints"), exist_ok=True)
@@ -153,6 +163,7 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
         train_examples_per_second=round(throughput.examples_per_second(), 1),
         seconds=round(earlier + time.perf_counter() - t0, 2),
         resumed_from_epoch=previous["epochs_done"] if previous else None,
+        validation=validation.summary() if validation else None,
         data_dir=data_dir,
         versions=versions(),
         config=cfg.to_dict(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import re
 import typing
@@ -26,6 +27,25 @@ _TYPE_WORDS = {
     "dataclass_type": "expected a mapping",
     "dict_type": "expected a mapping",
 }
+
+
+_FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    """`yaml.SafeLoader` that also reads `1e-3` and `5E+2` as floats (YAML 1.2; PyYAML
+    follows YAML 1.1, where a float needs a dot, and would hand the string "1e-3" to a
+    float key). Built on first use: the model classes import this module, and need no
+    YAML (GPU box)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789"))
+    return Loader
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -115,6 +135,12 @@ def _cross_check(cfg: Config, where: str) -> None:
     from tfnegseq import kinds
 
     kind = kinds.get_kind(cfg.model.kind)
+    metric = cfg.train.early_stopping_metric
+    if metric and metric not in kind.metric_keys:
+        raise ConfigError(
+            f"{where}: train.early_stopping_metric: must be one of the {kind.name!r} kind's "
+            f"metrics {list(kind.metric_keys)}. Received: {metric!r}"
+        )
     try:
         kind.check_config(cfg)
     except ValueError as e:
@@ -165,7 +191,7 @@ def _apply_override(raw: dict[str, Any], item: str, where: str) -> None:
     import yaml  # here, not at module level: the model classes need no YAML (GPU box)
 
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_yaml_loader())
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: --set {path}: cannot parse value {text!r}: {e}") from e
     if value is None and text.strip() == "":
@@ -187,7 +213,7 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
 
     with open(path, encoding="utf-8") as f:
         try:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_yaml_loader())
         except yaml.YAMLError as e:
             raise ConfigError(f"{where}: not valid YAML: {e}") from e
         except UnicodeDecodeError as e:

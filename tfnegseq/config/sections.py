@@ -325,6 +325,13 @@ class TrainConfig:
     deterministic_input: StrictBool = False
     steps_per_epoch: StrictInt = 0  # 0 = whole split
     eval_split: Literal["valid", "test"] = "test"
+    # Early stopping on the validation split: every `validate_every` epochs the kind's
+    # metrics are computed on "valid"; training stops after `early_stopping_patience`
+    # validations without a better `early_stopping_metric` (one of the kind's metrics;
+    # "" = off) and the best validated weights are restored before the final evaluation.
+    early_stopping_metric: StrictStr = ""
+    early_stopping_patience: StrictInt = 5
+    validate_every: StrictInt = 1
     # export a TF Serving SavedModel to <run_dir>/export/<name>/<version> after training
     export: StrictBool = True
 
@@ -334,6 +341,12 @@ class TrainConfig:
         if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate: must be > 0. Received: {self.learning_rate}")
         at_least(self, 0, "steps_per_epoch")
+        at_least(self, 1, "early_stopping_patience", "validate_every")
+        if self.early_stopping_metric and self.eval_split == "valid":
+            raise ValueError(
+                "eval_split: early stopping selects the weights on 'valid', so the final "
+                "evaluation must be on 'test'"
+            )
         if self.auto_clustering and self.jit_compile:
             raise ValueError(
                 "auto_clustering: needs train.jit_compile: false (jit_compile compiles the "

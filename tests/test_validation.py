@@ -1,0 +1,110 @@
+"""Early stopping on the validation split (`train.early_stopping_metric`)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from tfnegseq import train
+from tfnegseq.config import ConfigError, load_config
+from tfnegseq.data.input import make_dataset
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "synthetic.yaml")
+
+
+def _valid_auc(model, cfg) -> float:
+    """AUC of `model` on the valid split, with sklearn."""
+    ys, ps = [], []
+    for f, y in make_dataset(cfg.output.dir, "valid", cfg, 256):
+        ps.append(np.asarray(model(f)["probability"], np.float64))
+        ys.append(np.asarray(y))
+    return float(roc_auc_score(np.concatenate(ys), np.concatenate(ps)))
+
+
+def test_the_best_validated_weights_are_restored(tiny_samples, tmp_path):
+    cfg, sets, _ = tiny_samples
+    cfg = load_config(CONFIG, sets + [
+        f"train.run_dir={tmp_path}/run", "train.epochs=4", "train.learning_rate=0.05",
+        "train.early_stopping_metric=auc", "train.early_stopping_patience=10"])
+    train.run_config(cfg, verbose=0)
+    saved = json.load(open(tmp_path / "run" / "metrics.json"))
+    v = saved["validation"]
+    assert [h["epoch"] for h in v["history"]] == [1, 2, 3, 4]
+    aucs = [h["auc"] for h in v["history"]]
+    assert v["best_epoch"] == 1 + int(np.argmax(aucs))
+    assert v["stopped_epoch"] is None
+    # the saved model is the best validated one: its valid AUC (sklearn) is the best
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert _valid_auc(model, cfg) == pytest.approx(max(aucs), abs=1e-6)
+    # and the checkpoint of that epoch has the same weights
+    best = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    best.load_weights(tmp_path / "run" / "checkpoints" / f"epoch_{v['best_epoch']:03d}.weights.h5")
+    for a, b in zip(model.get_weights(), best.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_training_stops_after_patience_validations_without_improvement(tiny_samples, tmp_path):
+    cfg, sets, _ = tiny_samples
+    # a learning rate too small to move the AUC: no validation improves on the first
+    cfg = load_config(CONFIG, sets + [
+        f"train.run_dir={tmp_path}/run", "train.epochs=6", "train.learning_rate=1e-12",
+        "train.early_stopping_metric=auc", "train.early_stopping_patience=2"])
+    train.run_config(cfg, verbose=0)
+    v = json.load(open(tmp_path / "run" / "metrics.json"))["validation"]
+    assert v["best_epoch"] == 1
+    assert v["stopped_epoch"] == 3
+    assert [h["epoch"] for h in v["history"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("sets, says", [
+    (["train.early_stopping_metric=hr@10"],
+     "train.early_stopping_metric: must be one of the 'ctr' kind's metrics"),
+    (["train.early_stopping_metric=auc", "train.eval_split=valid"],
+     "eval_split: early stopping selects the weights on 'valid'"),
+    (["train.early_stopping_patience=0"], "early_stopping_patience: must be >= 1"),
+])
+def test_early_stopping_config_mistakes_are_refused_at_load(sets, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(CONFIG, sets)
+
+
+class _ScriptedKind:
+    metric_keys = ("auc", "logloss")
+
+
+@pytest.mark.parametrize("metric, values, best, stop", [
+    ("auc", [0.5, 0.7, 0.6, 0.65, 0.9], 2, 4),  # patience 2: epochs 3, 4 do not improve
+    ("logloss", [0.7, 0.6, 0.65, 0.5, 0.55, 0.58], 4, 6),  # lower is better
+])
+def test_callback_keeps_and_restores_the_best_weights(monkeypatch, metric, values, best, stop):
+    """Scripted validations: the weights of the best epoch come back at the end, and
+    training stops after `patience` validations without improvement."""
+    from types import SimpleNamespace
+
+    from tfnegseq import validation
+
+    script = iter(values)
+    monkeypatch.setattr(validation, "evaluate", lambda *a, **k: {metric: next(script)})
+    cfg = SimpleNamespace(train=SimpleNamespace(
+        early_stopping_metric=metric, early_stopping_patience=2, validate_every=1))
+    kind = _ScriptedKind()
+    kind.metric_keys = (metric,)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    callback = validation.ValidationCallback(None, kind, cfg)
+    callback.set_model(model)
+    model.stop_training = False  # as fit sets it
+    epoch = 0
+    while not model.stop_training and epoch < len(values):
+        model.set_weights([np.full((2, 1), epoch + 1.0), np.full((1,), -(epoch + 1.0))])
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        assert logs[f"val_{metric}"] == values[epoch]
+        epoch += 1
+    assert callback.stopped_epoch == stop and epoch == stop
+    callback.on_train_end()
+    np.testing.assert_array_equal(model.get_weights()[0], np.full((2, 1), float(best)))
+    summary = callback.summary()
+    assert summary["best_epoch"] == best and summary["best_value"] == values[best - 1]

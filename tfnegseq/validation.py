@@ -1,0 +1,84 @@
+"""Early stopping on the validation split (`train.early_stopping_metric`).
+
+`ValidationCallback` computes the run's kind metrics on "valid" every
+`train.validate_every` epochs (`tfnegseq.evaluate`, compiled prediction), puts them in
+the epoch's logs as `val_<metric>` (Keras' progress line, TensorBoard), keeps the
+weights of the best validation, stops training after `train.early_stopping_patience`
+validations without improvement, and restores the best weights when training ends,
+so the final evaluation scores the validated model. Higher is better for every metric
+but `logloss`.
+
+Its state (best value, best weights) lives in memory: a resumed run starts the
+patience count afresh from the restored epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+
+from tfnegseq.evaluate import evaluate
+
+LOWER_IS_BETTER = ("logloss",)
+
+
+class ValidationCallback(keras.callbacks.Callback):
+    """See the module docstring.
+
+    Args:
+        dataset: the validation input (the kind's evaluation format).
+        kind: ModelKind. Its `metrics` are computed.
+        cfg: Config. `train.early_stopping_metric` (may be "" to validate without
+            stopping), `early_stopping_patience`, `validate_every`.
+    """
+
+    def __init__(self, dataset: Any, kind: Any, cfg: Any) -> None:
+        super().__init__()
+        self.dataset, self.kind, self.cfg = dataset, kind, cfg
+        tc = cfg.train
+        self.metric = tc.early_stopping_metric
+        self.patience = tc.early_stopping_patience
+        self.every = tc.validate_every
+        self.sign = -1.0 if self.metric in LOWER_IS_BETTER else 1.0
+        self.best = -math.inf
+        self.best_epoch: int | None = None
+        self.best_weights: list[Any] | None = None
+        self.waited = 0
+        self.history: list[dict[str, Any]] = []
+        self.stopped_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if (epoch + 1) % self.every:
+            return
+        result = evaluate(self.model, self.dataset, self.kind, self.cfg, verbose=0)
+        scores = {k: float(result[k]) for k in self.kind.metric_keys if k in result}
+        self.history.append({"epoch": epoch + 1, **scores})
+        if logs is not None:
+            logs.update({f"val_{k}": v for k, v in scores.items()})
+        if not self.metric:
+            return
+        value = self.sign * scores[self.metric]
+        if value > self.best:
+            self.best, self.best_epoch, self.waited = value, epoch + 1, 0
+            self.best_weights = self.model.get_weights()
+        else:
+            self.waited += 1
+            if self.waited >= self.patience:
+                self.stopped_epoch = epoch + 1
+                self.model.stop_training = True
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+    def summary(self) -> dict[str, Any]:
+        """What metrics.json records: every validation, the best epoch, the stop."""
+        return {
+            "metric": self.metric or None,
+            "best_epoch": self.best_epoch,
+            "best_value": self.sign * self.best if self.best_epoch else None,
+            "stopped_epoch": self.stopped_epoch,
+            "history": self.history,
+        }
