@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -29,12 +28,18 @@ from typing import Any
 import numpy as np
 
 from tfnegseq.config import load_config
+from tfnegseq.experiments import records
+from tfnegseq.experiments.records import mean_std
 
 SETTINGS: dict[str, list[str]] = {
     "Pos Seq": ["model.positive_ratio=1.0", "model.polarity=none"],
-    "Pos Seq + TAPF": ["model.positive_ratio=1.0", "model.polarity=tapf"],
+    # TAPF on the input tokens: the placement Table 2 was first run with (the default
+    # became "encoded" after the placement comparison; pinned so these rows reproduce)
+    "Pos Seq + TAPF": ["model.positive_ratio=1.0", "model.polarity=tapf",
+                       "model.tapf_position=input"],
     "Mix Seq + PB": ["model.positive_ratio=0.5", "model.polarity=pbe"],
-    "Mix Seq + TAPF": ["model.positive_ratio=0.5", "model.polarity=tapf"],
+    "Mix Seq + TAPF": ["model.positive_ratio=0.5", "model.polarity=tapf",
+                       "model.tapf_position=input"],
     # TAPF after the sequence encoder (Figure 2's order; model.tapf_position). For DIN,
     # which has no sequence encoder, these equal the rows above: run them with
     # --backbones transformer.
@@ -47,32 +52,9 @@ DEFAULT_SETTINGS = ("Pos Seq", "Pos Seq + TAPF", "Mix Seq + PB", "Mix Seq + TAPF
 METRICS = ("auc", "gauc", "logloss")
 
 
-def _load(path: str) -> dict[str, Any]:
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    return {"records": []}
-
-
-def _save(path: str, data: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
-
-
 def summarize(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     """(backbone, setting) -> {metric: (mean, std, n)}."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["backbone"], r["setting"]), []).append(r)
-    out: dict[tuple[str, str], dict[str, Any]] = {}
-    for key, rs in groups.items():
-        out[key] = {}
-        for m in METRICS:
-            v = np.array([r[m] for r in rs], dtype=np.float64)
-            out[key][m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v))
-    return out
+    return mean_std(records, ("backbone", "setting"), METRICS)  # type: ignore[return-value]
 
 
 def markdown(dataset: str, data: dict[str, Any]) -> str:
@@ -168,19 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     dataset = base.name
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, f"table2_{dataset}.json")
-    data = _load(path)
+    data = records.load(path)
     seeds = [int(s) for s in args.seeds.split(",")]
     settings = [s for s in args.settings.split(",") if s]
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
         ap.error(f"unknown setting(s) {unknown}; known: {list(SETTINGS)}")
-    data.update(
-        dataset=dataset, config=args.config, overrides=args.overrides, seeds=seeds,
-        epochs=base.train.epochs,
-        command="python -m tfnegseq.experiments.table2 " + " ".join(argv or sys.argv[1:]),
-        machine={"processor": platform.processor() or platform.machine(),
-                 "cores": os.cpu_count()},
-    )
+    if not args.report_only:  # a report keeps the sweep's own command and settings
+        data.update(
+            dataset=dataset, config=args.config, overrides=args.overrides, seeds=seeds,
+            epochs=base.train.epochs,
+            command="python -m tfnegseq.experiments.table2 " + " ".join(argv or sys.argv[1:]),
+            machine={"processor": platform.processor() or platform.machine(),
+                     "cores": os.cpu_count()},
+        )
     done = {(r["backbone"], r["setting"], r["seed"]) for r in data["records"]}
     todo = [(b, s, seed) for b in args.backbones.split(",") for s in settings for seed in seeds
             if (b, s, seed) not in done]
@@ -200,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": m["seconds"],
         })
         data["versions"] = versions()
-        _save(path, data)
+        records.save(path, data)
         print(f"    auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f} "
               f"({m['seconds']:.0f}s)", flush=True)
     if not todo or not args.report_only:
         data["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    _save(path, data)
+    records.save(path, data)
     with open(os.path.join(args.results_dir, f"table2_{dataset}.md"), "w") as f:
         f.write(markdown(dataset, data))
     plot(dataset, data, os.path.join(args.results_dir, f"table2_{dataset}.png"))

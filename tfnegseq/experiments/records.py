@@ -1,0 +1,48 @@
+"""Result files of the experiment CLIs: one JSON per sweep, a record per finished run.
+
+A sweep appends each run's record as soon as it ends (`save` writes through a temporary
+file and renames it), so an interrupted sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+
+def load(path: str) -> dict[str, Any]:
+    """The sweep's JSON, or an empty one (`{"records": []}`)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"records": []}
+
+
+def save(path: str, data: dict[str, Any]) -> None:
+    """Writes `data` to `path` atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
+
+
+def mean_std(records: Iterable[dict[str, Any]], group: tuple[str, ...],
+             metrics: Iterable[str]) -> dict[tuple[Any, ...], dict[str, tuple[float, float, int]]]:
+    """Group records by the `group` fields -> {metric: (mean, sample std, runs)}; a metric
+    missing from some records is summarised over those that have it."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(tuple(r[g] for g in group), []).append(r)
+    out: dict[tuple[Any, ...], dict[str, tuple[float, float, int]]] = {}
+    for key, rs in groups.items():
+        out[key] = {}
+        for m in metrics:
+            v = np.array([r[m] for r in rs if r.get(m) is not None], dtype=np.float64)
+            if len(v):
+                out[key][m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                               len(v))
+    return out
