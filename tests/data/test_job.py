@@ -93,3 +93,16 @@ def test_a_local_run_prints_its_counters(tmp_path, capsys):
     assert "samples written to" in out
     counters = dict(line.split() for line in out.splitlines() if line.startswith("  "))
     assert counters["events_read"] == "3" and counters["samples_train"] == "3"
+
+
+def test_rules_that_overlap_on_the_data_are_one_line(tmp_path, capsys):
+    """Rules matching an event as both positive and negative are found inside the
+    pipeline; the CLI reports them in one line naming the config, without Beam's
+    traceback."""
+    config = write_config(tmp_path)
+    with open(config, "a") as f:
+        f.write('rules: {positive: ["watch_ratio >= 1.0"], negative: ["watch_ratio >= 2.0"]}\n')
+    assert job.main(["--config", config]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {config}: rules.positive")
+    assert "both hold for 2 event(s)" in line and line.endswith("make the rules disjoint")

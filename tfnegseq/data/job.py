@@ -21,6 +21,7 @@ import time
 from typing import Any, NoReturn
 
 from tfnegseq.config import Config, ConfigError, add_config_args, load_config, require_source
+from tfnegseq.data.rules import RulesError
 
 log = logging.getLogger("tfnegseq.build_samples")
 
@@ -297,7 +298,18 @@ def _one_line(error: Exception) -> str:
     return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+class _QuietRulesErrors(logging.Filter):
+    """Drops Beam's own ERROR log (with traceback) of a `RulesError`: `main` reports it
+    in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, RulesError) and "make the rules disjoint" not in str(
+            record.msg)
+
+
 def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("apache_beam.runners.common").addFilter(_QuietRulesErrors())
     try:
         args, beam_args = parse_args(argv)
     except UsageError as e:
@@ -310,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    manifest = run(cfg, beam_args, where=args.config)
+    try:
+        manifest = run(cfg, beam_args, where=args.config)
+    except RulesError as e:  # found in the data, inside the pipeline
+        message = _one_line(e).split(" [while running")[0]
+        print(f"error: {args.config}: {message}", file=sys.stderr)
+        return 2
     counts = " ".join(f"{k}={v}" for k, v in manifest["samples"].items())
     print(
         f"samples written to {cfg.output.dir}: {counts} dead_letters={manifest['dead_letters']} "

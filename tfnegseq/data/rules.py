@@ -93,6 +93,11 @@ def _match(chunk: EventChunk, conditions: list[str], name: str) -> np.ndarray:
     return mask
 
 
+class RulesError(ValueError):
+    """The configured rules do not fit the data (an event matched by both the positive
+    and the negative rules): the user's mistake, reported in one line by the CLI."""
+
+
 def apply_rules(chunk: EventChunk, rules: RulesConfig) -> EventChunk:
     """The chunk with `label` (int8 0/1) and `polarity` (int8 +1 / -1 / 0) filled.
 
@@ -104,7 +109,7 @@ def apply_rules(chunk: EventChunk, rules: RulesConfig) -> EventChunk:
     both = pos & neg
     if both.any():
         i = int(np.flatnonzero(both)[0])
-        raise ValueError(
+        raise RulesError(
             f"rules.positive {rules.positive} and rules.negative {rules.negative} both hold "
             f"for {int(both.sum())} event(s), e.g. user {chunk.user_id[i]} item "
             f"{chunk.item_id[i]} (file {chunk.file_index[i]}, line {chunk.line[i]}); "

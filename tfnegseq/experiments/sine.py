@@ -1,0 +1,271 @@
+"""SINE's Tables 3-4 and Figure 4 structure on one dataset, both protocols.
+
+    python -m tfnegseq.experiments.sine --config configs/movielens_100k_sine.yaml \
+        [--seeds 0,1,2,3,4] [--settings table3|table4|k_sweep|NAME,...] [--set k=v ...]
+
+Settings (each a set of `--set` overrides of the config; the config's own model is the
+SINE default: K = 3, fusion eq. 13, the assignment with negatives):
+
+    Popularity        the training-event count of each item (no training): the floor
+                      NDCG@2 must be read against (about 2.4 candidates per user)
+    SASRec            positives only, L1 (BPR against a uniform item)
+    SASRec-N          SASRec + L2: the passive negatives as training negatives
+    GRU4Rec, DIN      (when the model supports them)
+    SINE              the paper's model
+    SINE w/o AF       mean of the sub-interests instead of the adaptive fusion (Table 4)
+    SINE w/o NF       lambda_2 = 0 and the assignment without negatives (Table 4)
+    SINE K=k          k = 1..10 (Figure 4)
+
+Every run trains with `tfnegseq.train` (early stopping on the validation split when the
+config asks for it) and appends one record (setting, seed, both protocols' metrics,
+best epoch, seconds) to `docs/results/sine_<dataset>.json` as soon as it ends, so an
+interrupted sweep resumes where it stopped. At the end it writes `sine_<dataset>.md`
+(mean ± sample std) and `sine_<dataset>.png` (Table 3 bars, the K sweep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from typing import Any
+
+import numpy as np
+
+from tfnegseq.config import load_config
+from tfnegseq.experiments import records
+
+POPULARITY = "Popularity"
+SETTINGS: dict[str, list[str]] = {
+    POPULARITY: [],
+    "SASRec": ["model.architecture=sasrec"],
+    "SASRec-N": ["model.architecture=sasrec_n"],
+    "GRU4Rec": ["model.architecture=gru4rec"],
+    "DIN": ["model.architecture=din"],
+    "SINE": ["model.architecture=sine"],
+    "SINE w/o AF": ["model.architecture=sine", "model.fusion=mean"],
+    "SINE w/o NF": ["model.architecture=sine", "model.lambda_2=0.0",
+                    "model.assignment_uses_negatives=false"],
+    **{f"SINE K={k}": ["model.architecture=sine", f"model.num_interests={k}"]
+       for k in range(1, 11)},
+}
+GROUPS = {
+    "table3": [POPULARITY, "SASRec", "SASRec-N", "GRU4Rec", "DIN", "SINE"],
+    "table4": ["SINE", "SINE w/o AF", "SINE w/o NF"],
+    "k_sweep": [f"SINE K={k}" for k in range(1, 11)],
+}
+PAPER = ("auc", "gauc", "ndcg@2", "ndcg_no_cutoff")
+FULL = ("hr@10", "ndcg@10", "mrr")
+METRICS = PAPER + FULL
+LABELS = {"auc": "AUC", "gauc": "GAUC", "ndcg@2": "NDCG@2", "ndcg_no_cutoff": "NDCG (no cutoff)",
+          "hr@10": "HR@10", "ndcg@10": "NDCG@10", "mrr": "MRR"}
+
+
+def setting_names(spec: str) -> list[str]:
+    """Group names and setting names, comma-separated -> settings, in order, once."""
+    out: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        for name in GROUPS.get(part, [part] if part else []):
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def popularity_metrics(cfg: Any) -> dict[str, Any]:
+    """Both protocols for scores = the item's training-event count (the vocabulary's
+    count; OOV items score 0), on `train.eval_split`, with the kind's metrics."""
+    from tfnegseq import kinds
+    from tfnegseq.data.input import FeatureProcessor
+    from tfnegseq.data.vocab import read_vocab_file
+    from tfnegseq.runs import samples_dir
+
+    kind = kinds.get_kind(cfg.model.kind)
+    data_dir = samples_dir(cfg)
+    processor = FeatureProcessor.from_data_dir(data_dir, cfg)
+    vocab = processor.vocabularies["item_id"]
+    ids, file_counts = read_vocab_file(os.path.join(data_dir, "vocab", "item_id.tsv"))
+    count_of = dict(zip(ids.tolist(), file_counts.tolist(), strict=True))
+    rows = vocab.size
+    start = 1 + vocab.oov_buckets
+    counts = np.zeros(rows, np.float64)
+    counts[start:] = [count_of[i] for i in vocab.ids.tolist()]
+    _, eval_ds = kind.make_datasets(cfg, data_dir, processor)
+    outputs: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "target_score", "candidate_scores", "rank", "candidate_mask", "raw_user_id")}
+    for batch in eval_ds.as_numpy_iterator():
+        target = batch["target"]
+        t_score = counts[target]
+        outputs["target_score"].append(t_score)
+        outputs["candidate_scores"].append(counts[batch["candidates"]])
+        outputs["candidate_mask"].append(batch["candidate_mask"])
+        outputs["raw_user_id"].append(batch["raw_user_id"])
+        # full ranking, pessimistic ties: catalogue rows scoring >= the target, minus
+        # the target's own row and the excluded rows
+        catalogue = counts[start:]
+        above = (catalogue[None, :] >= t_score[:, None]).astype(np.float64)
+        cat_rows = np.arange(start, rows)
+        for u in range(len(target)):
+            excluded = np.isin(cat_rows, batch["exclude"][u]) | (cat_rows == target[u])
+            above[u, excluded] = 0.0
+        outputs["rank"].append(above.sum(axis=1))
+    return kind.metrics({k: np.concatenate(v) for k, v in outputs.items()})
+
+
+def markdown(dataset: str, data: dict[str, Any]) -> str:
+    summ = records.mean_std(data["records"], ("setting",), METRICS)
+    lines = [
+        f"# SINE experiments on {dataset}",
+        "",
+        f"Command: `{data.get('command', '')}`  ",
+        f"Config: `{data.get('config')}` with {data.get('overrides') or 'no overrides'}; "
+        f"seeds {data.get('seeds')}; machine: {data.get('machine', {}).get('processor', '')} "
+        f"({data.get('machine', {}).get('cores')} cores); finished "
+        f"{data.get('finished', 'in progress')}.",
+        "",
+        "Mean ± sample std over seeds, evaluated on the test split (the last positive of "
+        "each user). Paper protocol: the held-out positive against the passive negatives "
+        "between the validation and the test positive (users with none count only in "
+        "the pooled AUC); NDCG@2 with a true cutoff, and without (the official code's). "
+        "Full ranking: against every catalogue item, the user's earlier positives "
+        "excluded. Ties pessimistic.",
+    ]
+    for title, group in (("Table 3 structure: baselines", GROUPS["table3"]),
+                         ("Table 4 structure: ablations", GROUPS["table4"]),
+                         ("Figure 4 structure: number of sub-interests K",
+                          GROUPS["k_sweep"])):
+        names = [s for s in group if (s,) in summ]
+        if not names:
+            continue
+        lines += ["", f"## {title}", "",
+                  "| Setting | " + " | ".join(LABELS[m] for m in METRICS) + " | runs |",
+                  "| --- |" + " --- |" * (len(METRICS) + 1)]
+        for s in names:
+            r = summ[(s,)]
+            cells = [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" if m in r else "—" for m in METRICS]
+            runs = max((v[2] for v in r.values()), default=0)
+            lines.append(f"| {s} | " + " | ".join(cells) + f" | {runs} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(dataset: str, data: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summ = records.mean_std(data["records"], ("setting",), METRICS)
+    names = [s for s in GROUPS["table3"] + GROUPS["table4"][1:] if (s,) in summ]
+    ks = [k for k in range(1, 11) if (f"SINE K={k}",) in summ]
+    panels = [("paper protocol", ("auc", "gauc", "ndcg@2")), ("full ranking", FULL)]
+    fig, axes = plt.subplots(1, 3 if ks else 2, figsize=(16 if ks else 11, 4.2))
+    width = 0.8 / max(1, len(names))
+    for ax, (title, metrics) in zip(axes, panels, strict=False):
+        x = np.arange(len(metrics))
+        for i, s in enumerate(names):
+            means = [summ[(s,)].get(m, (np.nan, 0, 0))[0] for m in metrics]
+            stds = [summ[(s,)].get(m, (0, 0, 0))[1] for m in metrics]
+            ax.bar(x + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+                   label=s)
+        ax.set_xticks(x, [LABELS[m] for m in metrics])
+        ax.set_title(f"{dataset}: {title}")
+        ax.grid(axis="y", alpha=0.3)
+        if title == "paper protocol":
+            ax.set_ylim(0.45, 1.0)
+    axes[0].legend(fontsize=7, loc="upper left")
+    if ks:
+        ax = axes[2]
+        for m in ("auc", "gauc", "ndcg@2"):
+            means = [summ[(f"SINE K={k}",)][m][0] for k in ks]
+            stds = [summ[(f"SINE K={k}",)][m][1] for k in ks]
+            ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=LABELS[m])
+        ax.set_xlabel("number of sub-interests K")
+        ax.set_xticks(ks)
+        ax.set_title(f"{dataset}: SINE vs K (paper protocol)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tfnegseq.experiments.sine")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--settings", default="table3,table4",
+                    help=f"groups {list(GROUPS)} and/or setting names, comma-separated")
+    ap.add_argument("--results-dir", default="docs/results")
+    ap.add_argument("--runs-dir", default="runs/sine")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args(argv)
+    settings = setting_names(args.settings)
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        ap.error(f"unknown setting(s) {unknown}; known: {list(GROUPS)} or {list(SETTINGS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds: expected comma-separated integers. Received: {args.seeds!r}")
+
+    import keras
+
+    from tfnegseq.config import ConfigError
+    from tfnegseq.provenance import versions
+    from tfnegseq.train import run_config
+
+    try:
+        base = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        ap.error(str(e))
+    dataset = base.name
+    os.makedirs(args.results_dir, exist_ok=True)
+    path = os.path.join(args.results_dir, f"sine_{dataset}.json")
+    data = records.load(path)
+    if not args.report_only:
+        data.update(
+            dataset=dataset, config=args.config, overrides=args.overrides, seeds=seeds,
+            command="python -m tfnegseq.experiments.sine " + " ".join(argv or sys.argv[1:]),
+            machine={"processor": platform.processor() or platform.machine(),
+                     "cores": os.cpu_count()},
+        )
+    done = {(r["setting"], r["seed"]) for r in data["records"]}
+    todo = [(s, seed) for s in settings for seed in seeds if (s, seed) not in done]
+    for i, (s, seed) in enumerate([] if args.report_only else todo, start=1):
+        tag = s.lower().replace(" ", "_").replace("/", "").replace("=", "")
+        print(f"[{i}/{len(todo)}] {dataset} {s} seed={seed}", flush=True)
+        cfg = load_config(args.config, args.overrides + SETTINGS[s] + [
+            f"train.seed={seed}", "train.export=false",
+            f"train.run_dir={args.runs_dir}/{dataset}/{tag}_seed{seed}"])
+        keras.backend.clear_session()
+        if s == POPULARITY:
+            m = {**popularity_metrics(cfg), "seconds": 0.0}
+        else:
+            m = run_config(cfg, verbose=0)
+        validation = m.get("validation") or {}
+        data["records"].append({
+            "setting": s, "seed": seed, **{k: m.get(k) for k in METRICS},
+            "num_ranked_users": m.get("num_ranked_users"), "eval_users": m.get("eval_users"),
+            "best_epoch": validation.get("best_epoch"),
+            "stopped_epoch": validation.get("stopped_epoch"),
+            "train_examples_per_second": m.get("train_examples_per_second"),
+            "seconds": m.get("seconds"),
+        })
+        data["versions"] = versions()
+        records.save(path, data)
+        print("    " + " ".join(f"{k}={m[k]:.4f}" for k in METRICS if k in m)
+              + f" ({m.get('seconds', 0):.0f}s)", flush=True)
+    if todo and not args.report_only:
+        data["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    records.save(path, data)
+    with open(os.path.join(args.results_dir, f"sine_{dataset}.md"), "w") as f:
+        f.write(markdown(dataset, data))
+    plot(dataset, data, os.path.join(args.results_dir, f"sine_{dataset}.png"))
+    print(markdown(dataset, data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
