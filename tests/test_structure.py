@@ -96,8 +96,11 @@ def test_keras_private_imports_live_in_one_module():
 
 @pytest.mark.parametrize("module, names", [
     ("tfnegseq.layers", ["MixedPolaritySequence", "PolarityBiasEmbedding",
-                         "TargetAwarePolarityFusion", "DinAttention", "TransformerEncoder"]),
-    ("tfnegseq.models", ["CtrModel"]),
+                         "TargetAwarePolarityFusion", "DinAttention", "TransformerEncoder",
+                         "SubInterestAssignment", "SubInterestSelfAttention",
+                         "SubInterestProjection", "AdaptiveFusion"]),
+    ("tfnegseq.models", ["CtrModel", "SequentialRecommender"]),
+    ("tfnegseq.losses", ["bpr_loss", "distance_correlation", "sine_loss"]),
     ("tfnegseq.kinds", ["ModelKind", "register_kind", "get_kind"]),
 ])
 def test_public_api_imports_and_is_registered(module, names):

@@ -108,3 +108,28 @@ def test_callback_keeps_and_restores_the_best_weights(monkeypatch, metric, value
     np.testing.assert_array_equal(model.get_weights()[0], np.full((2, 1), float(best)))
     summary = callback.summary()
     assert summary["best_epoch"] == best and summary["best_value"] == values[best - 1]
+
+
+def test_selected_reports_test_metrics_at_each_metrics_best_validation(monkeypatch):
+    """Two metrics whose validation optima fall at different epochs: each is reported
+    with the test metrics of its own best validation epoch, never the test optimum."""
+    from types import SimpleNamespace
+
+    from tfnegseq import validation
+
+    valid = iter([{"auc": 0.7, "mrr": 0.1}, {"auc": 0.6, "mrr": 0.3}, {"auc": 0.65, "mrr": 0.2}])
+    test = iter([{"auc": 0.5, "mrr": 0.9}, {"auc": 0.9, "mrr": 0.0}, {"auc": 0.99, "mrr": 0.99}])
+    monkeypatch.setattr(validation, "evaluate",
+                        lambda model, ds, *a, **k: next(valid if ds == "valid" else test))
+    cfg = SimpleNamespace(train=SimpleNamespace(
+        early_stopping_metric="mrr", early_stopping_patience=5, validate_every=1))
+    kind = SimpleNamespace(metric_keys=("auc", "mrr"))
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    callback = validation.ValidationCallback("valid", kind, cfg, test_dataset="test")
+    callback.set_model(model)
+    model.stop_training = False
+    for epoch in range(3):
+        callback.on_epoch_end(epoch, {})
+    selected = callback.summary()["selected"]
+    assert selected["auc"] == {"epoch": 1, "valid": 0.7, "test": {"auc": 0.5, "mrr": 0.9}}
+    assert selected["mrr"] == {"epoch": 2, "valid": 0.3, "test": {"auc": 0.9, "mrr": 0.0}}

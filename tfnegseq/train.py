@@ -134,7 +134,8 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
             tc, eval_split="valid", early_stopping_metric=""))
         _, valid_ds = (kind.make_datasets(valid_cfg, data_dir, processor)
                        or make_datasets(valid_cfg, data_dir, processor))
-        validation = ValidationCallback(valid_ds, kind, cfg)
+        validation = ValidationCallback(valid_ds, kind, cfg,
+                                        eval_ds if tc.test_at_validation else None)
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(tc.run_dir, "backup")),
         throughput,  # before validation: its epoch time leaves validation out

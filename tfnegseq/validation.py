@@ -8,6 +8,12 @@ validations without improvement, and restores the best weights when training end
 so the final evaluation scores the validated model. Higher is better for every metric
 but `logloss`.
 
+With `train.test_at_validation`, each validation also computes the metrics on
+`train.eval_split` ("test"), and `summary()["selected"]` gives, for every metric, the
+epoch whose *validation* value was best and the test metrics of that epoch: model
+selection per metric without touching the test split (two protocols whose validation
+optima fall at different epochs are each reported at their own optimum).
+
 Its state (best value, best weights) lives in memory: a resumed run starts the
 patience count afresh from the restored epoch.
 """
@@ -32,11 +38,14 @@ class ValidationCallback(keras.callbacks.Callback):
         kind: ModelKind. Its `metrics` are computed.
         cfg: Config. `train.early_stopping_metric` (may be "" to validate without
             stopping), `early_stopping_patience`, `validate_every`.
+        test_dataset: the evaluation input, scored at every validation too; None: not
+            scored. Defaults to None.
     """
 
-    def __init__(self, dataset: Any, kind: Any, cfg: Any) -> None:
+    def __init__(self, dataset: Any, kind: Any, cfg: Any, test_dataset: Any = None) -> None:
         super().__init__()
         self.dataset, self.kind, self.cfg = dataset, kind, cfg
+        self.test_dataset = test_dataset
         tc = cfg.train
         self.metric = tc.early_stopping_metric
         self.patience = tc.early_stopping_patience
@@ -54,7 +63,11 @@ class ValidationCallback(keras.callbacks.Callback):
             return
         result = evaluate(self.model, self.dataset, self.kind, self.cfg, verbose=0)
         scores = {k: float(result[k]) for k in self.kind.metric_keys if k in result}
-        self.history.append({"epoch": epoch + 1, **scores})
+        entry: dict[str, Any] = {"epoch": epoch + 1, **scores}
+        if self.test_dataset is not None:
+            test = evaluate(self.model, self.test_dataset, self.kind, self.cfg, verbose=0)
+            entry["test"] = {k: v for k, v in test.items() if isinstance(v, int | float)}
+        self.history.append(entry)
         if logs is not None:
             logs.update({f"val_{k}": v for k, v in scores.items()})
         if not self.metric:
@@ -73,12 +86,27 @@ class ValidationCallback(keras.callbacks.Callback):
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
 
+    def selected(self) -> dict[str, Any]:
+        """Per metric: the epoch with the best validation value (the first on a tie)
+        and, when test metrics were tracked, that epoch's test metrics."""
+        out: dict[str, Any] = {}
+        for k in self.kind.metric_keys:
+            rows = [h for h in self.history if k in h]
+            if not rows:
+                continue
+            sign = -1.0 if k in LOWER_IS_BETTER else 1.0
+            best = max(rows, key=lambda h: sign * h[k])  # max keeps the first of ties
+            out[k] = {"epoch": best["epoch"], "valid": best[k], "test": best.get("test")}
+        return out
+
     def summary(self) -> dict[str, Any]:
-        """What metrics.json records: every validation, the best epoch, the stop."""
+        """What metrics.json records: every validation, the best epoch, the stop, and
+        the per-metric selection (`selected`)."""
         return {
             "metric": self.metric or None,
             "best_epoch": self.best_epoch,
             "best_value": self.sign * self.best if self.best_epoch else None,
             "stopped_epoch": self.stopped_epoch,
+            "selected": self.selected(),
             "history": self.history,
         }

@@ -332,6 +332,9 @@ class TrainConfig:
     early_stopping_metric: StrictStr = ""
     early_stopping_patience: StrictInt = 5
     validate_every: StrictInt = 1
+    # also score `eval_split` at every validation; metrics.json's validation.selected
+    # then holds, per metric, the test metrics at that metric's best validation epoch
+    test_at_validation: StrictBool = False
     # export a TF Serving SavedModel to <run_dir>/export/<name>/<version> after training
     export: StrictBool = True
 
@@ -347,6 +350,9 @@ class TrainConfig:
                 "eval_split: early stopping selects the weights on 'valid', so the final "
                 "evaluation must be on 'test'"
             )
+        if self.test_at_validation and not self.early_stopping_metric:
+            raise ValueError("test_at_validation: needs train.early_stopping_metric (the "
+                             "validation it rides on)")
         if self.auto_clustering and self.jit_compile:
             raise ValueError(
                 "auto_clustering: needs train.jit_compile: false (jit_compile compiles the "

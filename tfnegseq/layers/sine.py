@@ -235,7 +235,9 @@ class SubInterestSelfAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.supports_masking = True  # the padding mask passes through unchanged
+        # `mask` is a call argument: without this Keras warns that the mask is dropped;
+        # `compute_mask` attaches none to the output (callers pass the mask explicitly)
+        self.supports_masking = True
         _positive_int("num_heads", num_heads)
         _positive_int("key_dim", key_dim, allow_none=True)
         _positive_int("feed_forward_dim", feed_forward_dim, allow_none=True)
@@ -303,6 +305,9 @@ class SubInterestSelfAttention(keras.layers.Layer):
                 name="beta_logit", shape=(), initializer="zeros", dtype="float32", autocast=False
             )
         self.built = True
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None
 
     def _log_beta(self):
         """(log beta_1, log beta_2) as float32 scalars (paper mode)."""

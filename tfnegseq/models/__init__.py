@@ -1,8 +1,9 @@
 """Keras models, one per family, registered for serialization.
 
-    from tfnegseq.models import CtrModel
+    from tfnegseq.models import CtrModel, SequentialRecommender
 """
 
 from tfnegseq.models.ctr import CtrModel
+from tfnegseq.models.sequential import SequentialRecommender
 
-__all__ = ["CtrModel"]
+__all__ = ["CtrModel", "SequentialRecommender"]

@@ -12,7 +12,9 @@ protocols (`tfnegseq.metrics`):
 - full ranking: HR@10, NDCG@10 and MRR of the held-out positive against the whole
   catalogue (the vocabulary's kept items), the user's earlier positives excluded.
 
-Ties are pessimistic throughout (a constant model earns nothing). Importing this
+Ties are pessimistic throughout (a constant model earns nothing). Export: `score`
+(raw history + candidates -> scores) and `retrieve` (raw history -> top-K catalogue
+items, the history left out), `tfnegseq.kinds.sequential.export`. Importing this
 package registers the kind without importing Keras or TensorFlow.
 """
 
@@ -99,6 +101,21 @@ class SequentialKind(ModelKind):
                    for k, v in paper.items()},
                 **{k: float(v) for k, v in full.items()},
                 "eval_users": int(len(ranks))}
+
+    def export_module(self, model: Any, processor: Any, cfg: Config):
+        from tfnegseq.kinds.sequential import export
+
+        module, k = export.build_module(model, processor, cfg)
+        signatures = {
+            export.SCORE_SIGNATURE: module.score.get_concrete_function(),
+            export.RETRIEVE_SIGNATURE: module.retrieve.get_concrete_function(),
+        }
+        return module, signatures, export.signature_description(cfg, k)
+
+    def warmup_records(self, model_name: str, examples: list[bytes], cfg: Config) -> list[bytes]:
+        from tfnegseq.kinds.sequential import export
+
+        return export.warmup_records(model_name, examples, cfg)
 
 
 SEQUENTIAL = register_kind(SequentialKind())
