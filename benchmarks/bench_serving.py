@@ -22,9 +22,9 @@ rows x `--max_examples / rows` candidates, full trained histories, i.e. the most
 one request may ask for, scored `--chunk_examples` examples per graph run), beside its
 unloaded p50 / p99 measured in the same run, in alternating rounds (unloaded, loaded,
 unloaded, ...) so background load hits both alike; goal: loaded p99 < 3x unloaded p99.
-Measured twice, each on a fresh server: with the default `--graph_lanes` (small
-requests go before the queued chunks of big ones, `tfnegseq.serving.scheduler`) and
-without admission control (every predict thread runs its graph at once). The server's
+Measured on a fresh server per setting: the server's defaults, then each
+`--load-settings` entry (`--graph_lanes` and `--chunk_examples`; "unscheduled" = no
+admission control, every predict thread runs its graph at once), in the same run. The server's
 RSS (psutil) is sampled throughout and read after each run.
 
 Writes `benchmarks/results/serving.json` (machine, git commit, load average).
@@ -475,6 +475,11 @@ def main() -> None:
         "--heavy-rows", type=int, default=16,
         help="rows of the maximal-work request (candidates: --max_examples / rows)",
     )  # fmt: skip
+    ap.add_argument(
+        "--load-settings", default="1:2048,unscheduled:256,unscheduled:2048",
+        help="more servers to measure under load, beside the defaults: LANES:CHUNK_EXAMPLES "
+        "(LANES an integer or 'unscheduled'), comma-separated",
+    )
     ap.add_argument("--out", default=os.path.join(HERE, "results", "serving.json"))
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -567,10 +572,12 @@ def main() -> None:
         heavy_body = json.dumps(
             max_work_inputs(inst, version_dir, heavy_rows, heavy_candidates, history)
         ).encode()
-        settings = {
-            f"graph_lanes_{limits.graph_lanes}": limits,
-            "unscheduled": dataclasses.replace(limits, graph_lanes=UNSCHEDULED_LANES),
-        }
+        settings = {"server_defaults": limits}
+        for spec in filter(None, args.load_settings.split(",")):
+            lanes, chunk = spec.split(":")
+            graph_lanes = UNSCHEDULED_LANES if lanes == "unscheduled" else int(lanes)
+            settings[f"lanes_{lanes}_chunk_{chunk}"] = dataclasses.replace(
+                limits, graph_lanes=graph_lanes, chunk_examples=int(chunk))
         under: dict[str, Any] = {}
         for key, server_limits in settings.items():
             with (
@@ -589,6 +596,7 @@ def main() -> None:
                     args.max_heavy,
                 )
                 phase["graph_lanes"] = server_limits.graph_lanes
+                phase["chunk_examples"] = server_limits.chunk_examples
                 phase["server_memory_mib"] = {
                     "before_first_max_work_request": round(rss_before_heavy / MIB),
                     "before_load_phases": round(rss_before_load / MIB),
@@ -597,7 +605,7 @@ def main() -> None:
                     "vm_hwm": round((vm_hwm(proc.pid) or 0) / MIB) or None,
                 }
                 under[key] = phase
-        scheduled = under[f"graph_lanes_{limits.graph_lanes}"]
+        scheduled = under["server_defaults"]
         per_run = max(1, min(limits.chunk_rows, limits.chunk_examples // heavy_candidates))
         under["max_work_request"] = {
             "rows": heavy_rows,

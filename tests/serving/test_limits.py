@@ -132,14 +132,16 @@ def test_more_examples_than_max_examples_is_400_and_the_server_stays_up(
 @pytest.mark.parametrize(
     "n_rows,n_cands,runs",
     [
-        (5, 3, [2, 2, 1]),  # 15 examples; 6 // 3 = 2 rows per run
-        (5, 4, [1, 1, 1, 1, 1]),  # 20 examples, at --max_examples; 6 // 4 = 1 row per run
-        (2, 8, [1, 1]),  # a row of more than chunk_examples candidates is never split
-        (2, 2, [2]),  # 4 examples: one run
+        # (rows, candidates) of each graph run, chunk_examples=6
+        (5, 3, [(2, 3), (2, 3), (1, 3)]),  # 15 examples; 6 // 3 = 2 rows per run
+        (5, 4, [(1, 4)] * 5),  # 20 examples, at --max_examples; 6 // 4 = 1 row per run
+        # a row of more than chunk_examples candidates: its candidates 6 at a time
+        (2, 8, [(1, 6), (1, 2), (1, 6), (1, 2)]),
+        (2, 2, [(2, 2)]),  # 4 examples: one run
     ],
 )
 def test_requests_are_scored_in_runs_of_at_most_chunk_examples(
-    examples_limits_server, n_rows: int, n_cands: int, runs: list[int]
+    examples_limits_server, n_rows: int, n_cands: int, runs: list[tuple[int, int]]
 ) -> None:
     rows = [instance(user_id=i, candidates=_cands(n_cands, 3 * i)) for i in range(n_rows)]
     servable = examples_limits_server.api.repository.resolve("recommender")
@@ -147,11 +149,11 @@ def test_requests_are_scored_in_runs_of_at_most_chunk_examples(
         "serving_default",
         {k: np.asarray([r[k] for r in rows], dtype=np.int64) for k in rows[0]},
     )["probability"]  # unchunked: one graph run
-    calls: list[int] = []
+    calls: list[tuple[int, int]] = []
     run = servable.run
 
     def counting_run(key, inputs):
-        calls.append(len(inputs["item_id"]))
+        calls.append(inputs["item_id"].shape)
         return run(key, inputs)
 
     servable.run = counting_run
@@ -283,3 +285,27 @@ def test_stalled_clients_are_timed_out_and_capped(toy_models: pathlib.Path) -> N
         np.testing.assert_allclose(
             reply.json()["predictions"][0], expected(2, instance()), rtol=1e-5
         )
+
+
+def test_candidate_chunks_join_along_the_candidate_axis_or_run_whole() -> None:
+    """run_in_chunks with chunk_candidates: per-candidate outputs are joined in order;
+    an output that is not [rows, candidates] makes that row chunk run whole."""
+    from tfnegseq.serving.limits import run_in_chunks
+
+    items = np.arange(3 * 7, dtype=np.int64).reshape(3, 7)
+    inputs = {"item_id": items, "pos_item_id": np.ones((3, 2), np.int64)}
+    shapes: list[tuple[int, ...]] = []
+
+    def per_candidate(x):
+        shapes.append(x["item_id"].shape)
+        return {"p": x["item_id"] * 10 + x["pos_item_id"][:, :1]}
+
+    out = run_in_chunks(per_candidate, inputs, chunk_rows=2, chunk_candidates=3)
+    np.testing.assert_array_equal(out["p"], items * 10 + 1)
+    assert shapes == [(2, 3), (2, 3), (2, 1), (1, 3), (1, 3), (1, 1)]
+
+    def per_row(x):  # one value per row: not splittable along candidates
+        return {"s": x["item_id"].sum(axis=1)}
+
+    out = run_in_chunks(per_row, inputs, chunk_rows=2, chunk_candidates=3)
+    np.testing.assert_array_equal(out["s"], items.sum(axis=1))

@@ -21,6 +21,7 @@ from tfnegseq.serving import codec
 from tfnegseq.serving._models import ModelRepository
 from tfnegseq.serving.limits import (
     Limits,
+    candidates_per_run,
     check_request_size,
     request_examples,
     rows_per_run,
@@ -138,7 +139,8 @@ class RestApi:
         check_request_size(inputs, self.limits)
         light = request_examples(inputs) <= self.limits.chunk_examples
         run = self.scheduler.wrap(functools.partial(servable.run, key), light)
-        outputs = run_in_chunks(run, inputs, rows_per_run(inputs, self.limits))
+        outputs = run_in_chunks(run, inputs, rows_per_run(inputs, self.limits),
+                                candidates_per_run(inputs, self.limits))
         return codec.response_from_tensors(outputs, row_format)
 
     def _classify_or_regress(

@@ -42,8 +42,10 @@ class Limits:
         chunk_rows: int. Rows per graph run: a bigger batch is scored in chunks of at
             most this many rows and the outputs concatenated. Defaults to 512.
         chunk_examples: int. Examples per graph run: chunks also hold at most this many
-            examples, but never less than one row (a row is never split, so a run holds
-            at most max(chunk_examples, max_candidates) examples). Defaults to 2048.
+            examples; a row with more candidates is scored this many candidates at a
+            time (the outputs joined along the candidate axis). Bounds the time of one
+            graph run, which is what a small request waits for under load. Defaults to
+            256.
         body_read_timeout: float. Seconds to receive a body once the headers are in;
             then 408 and the connection is closed. Defaults to 30.
         idle_timeout: float. Seconds a connection may go without a complete request
@@ -53,7 +55,7 @@ class Limits:
             Defaults to 256.
         graph_lanes: int. Graph runs at the same time (`tfnegseq.serving.scheduler`):
             a request that fits one run goes before the waiting chunks of bigger
-            ones. Defaults to a quarter of the CPUs, at least 1.
+            ones. Defaults to half the CPUs, at least 2.
     """
 
     max_rows: int = 4096
@@ -61,7 +63,7 @@ class Limits:
     max_history: int = 4096
     max_examples: int = 16384
     chunk_rows: int = 512
-    chunk_examples: int = 2048
+    chunk_examples: int = 256
     body_read_timeout: float = 30.0
     idle_timeout: float = 75.0
     max_connections: int = 256
@@ -82,13 +84,14 @@ class Limits:
 
 
 def default_graph_lanes() -> int:
-    """A quarter of the CPUs this process may use, at least 1: each graph run already
-    spreads over the CPU's intra-op threads."""
+    """Half the CPUs this process may use, at least 2: a small request then runs beside
+    the chunk of a big one in progress instead of waiting for it, and several big
+    requests cannot fill every core (README, Performance: measured on 2 cores)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(1, cpus // 4)
+    return max(2, cpus // 2)
 
 
 def _kind(name: str) -> tuple[str, str] | None:
@@ -167,21 +170,62 @@ def rows_per_run(arrays: Mapping[str, np.ndarray], limits: Limits) -> int:
 Run = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def run_in_chunks(run: Run, inputs: Mapping[str, np.ndarray], chunk_rows: int) -> dict:
-    """`run(inputs)`, a batch of at most `chunk_rows` rows at a time (see `rows_per_run`).
+def candidates_per_run(arrays: Mapping[str, np.ndarray], limits: Limits) -> int | None:
+    """Candidates per graph run when one row holds more than `chunk_examples`
+    examples (its candidates are then scored `chunk_examples` at a time, so no graph
+    run holds more); None when a row fits in one run."""
+    per_row = examples_per_row(arrays)
+    return limits.chunk_examples if per_row > limits.chunk_examples else None
 
-    Chunks only when every input has the same first dimension; when an output of the
-    first chunk is not one row per input row, the batch is run whole instead.
+
+def _candidate_inputs(inputs: Mapping[str, np.ndarray]) -> list[str]:
+    return [n for n in inputs
+            if inputs[n].ndim >= 2 and _kind(n) == ("candidates", "max_candidates")]
+
+
+def _run_candidates(run: Run, inputs: Mapping[str, np.ndarray], per_run: int) -> dict:
+    """`run(inputs)` for one chunk of rows, its candidates `per_run` at a time, the
+    outputs joined along the candidate axis; the chunk is run whole when an output is
+    not `[rows, candidates, ...]` or the candidate inputs disagree in width."""
+    names = _candidate_inputs(inputs)
+    widths = {inputs[n].shape[1] for n in names}
+    if len(widths) != 1 or (width := widths.pop()) <= per_run:
+        return run(inputs)
+    rows = _rows(inputs)
+    parts = []
+    for start in range(0, width, per_run):
+        size = min(per_run, width - start)
+        chunk = {k: (v[:, start : start + size] if k in names else v) for k, v in inputs.items()}
+        outputs = run(chunk)
+        if any(v.ndim < 2 or v.shape[:2] != (rows, size) for v in outputs.values()):
+            return run(inputs)
+        parts.append(outputs)
+    return {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
+
+
+def run_in_chunks(run: Run, inputs: Mapping[str, np.ndarray], chunk_rows: int,
+                  chunk_candidates: int | None = None) -> dict:
+    """`run(inputs)`, a batch of at most `chunk_rows` rows at a time (see `rows_per_run`)
+    and, with `chunk_candidates`, at most that many candidates of each row at a time (see
+    `candidates_per_run`; the outputs are joined along the candidate axis).
+
+    Chunks only when every input has the same first dimension; when an output of a
+    chunk is not one row per input row (or one column per candidate), that part is run
+    whole instead.
     """
+    def run_rows(part: Mapping[str, np.ndarray]) -> dict:
+        return run(part) if chunk_candidates is None else _run_candidates(
+            run, part, chunk_candidates)
+
     rows = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
     if len(rows) != 1 or (n := rows.pop()) <= chunk_rows:
-        return run(inputs)
+        return run_rows(inputs)
     parts = []
     for start in range(0, n, chunk_rows):
         chunk = {k: v[start : start + chunk_rows] for k, v in inputs.items()}
-        outputs = run(chunk)
+        outputs = run_rows(chunk)
         size = min(chunk_rows, n - start)
         if any(v.ndim == 0 or v.shape[0] != size for v in outputs.values()):
-            return run(inputs)
+            return run_rows(inputs)
         parts.append(outputs)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
