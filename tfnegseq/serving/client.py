@@ -2,7 +2,10 @@
 
 The model's inputs are int64: raw ids and categorical values as the Beam job wrote
 them. `feature_id` and `raw_id` map text the same way (integers stay integers, other
-text becomes `tfnegseq.schema.fingerprint64`); `ServingClient.score` applies them.
+text becomes `tfnegseq.schema.fingerprint64`); `ServingClient.score` (a CTR export's
+`serving_default`) and the sequential methods (`retrieve`, `score_sequence` and their
+`_batch` forms: a sequential export's `retrieve` and `score` signatures,
+`serving/README.md` "Sequential models") apply them.
 
 Example:
     >>> client = ServingClient("http://127.0.0.1:8501", "recommender", label="stable")
@@ -11,6 +14,11 @@ Example:
     >>> client.score(7, [11, 12], [1, 3], [21], [2], candidates=[1, 2, 3],
     ...              profile={"gender": "M"})  # doctest: +SKIP
     [0.78, 0.83, 0.86]
+    >>> sine = ServingClient("http://127.0.0.1:8501", "sine")
+    >>> sine.retrieve([50, 172, 181, 174], [-1, 99, -1, 21])  # doctest: +SKIP
+    ([64, 98, 313, ...], [4.21, 4.17, 4.02, ...])
+    >>> sine.score_sequence([50, 172, 181], [1, 96, 258])  # doctest: +SKIP
+    [1.93, -0.42, 2.71]
     >>> feature_id("M"), feature_id("24"), feature_id(None)
     (3923287086039162729, 24, -1)
 """
@@ -27,6 +35,12 @@ from urllib.parse import quote
 import requests
 
 from tfnegseq.ids import feature_id, raw_id
+from tfnegseq.schema import PAD_ID
+
+# A sequential export's signatures and tensor names (`tfnegseq.kinds.sequential.export`,
+# which imports TensorFlow; the client does not).
+RETRIEVE_SIGNATURE = "retrieve"
+SCORE_SIGNATURE = "score"
 
 
 class ServingError(Exception):
@@ -212,6 +226,136 @@ class ServingClient:
             prediction = prediction["probability"]
         return [float(p) for p in prediction]
 
+    # ------------------------------------------------------------------ sequential
+    def retrieve(
+        self,
+        pos_items: Sequence[Any],
+        neg_items: Sequence[Any] | None = None,
+        signature_name: str = RETRIEVE_SIGNATURE,
+    ) -> tuple[list[int], list[float]]:
+        """The top K catalogue items for one user, from a sequential export's `retrieve`.
+
+        Sent in row format (`{"signature_name": "retrieve", "instances": [...]}`). Ids
+        go through `raw_id` (text ids -> `fingerprint64`; None -> -1). The export leaves
+        every item of `pos_items` out and reads the most recent `model.max_length`
+        positives; slots it could not fill (id -1: the user has seen nearly the whole
+        catalogue) are dropped, so fewer than K items may come back.
+
+        Args:
+            pos_items: the user's positives (raw item ids), oldest first; may be empty
+                (scored as a user without history).
+            neg_items: the nearest passive negative of each positive (same length), -1
+                or None where it has none; None sends no negatives at all (the
+                baselines ignore them; SINE reads them, eq. 4-5). Defaults to None.
+            signature_name: str. Defaults to "retrieve".
+
+        Returns:
+            `(item_ids, scores)`: raw ids and the model's scores, best first.
+
+        Raises:
+            ValueError: `neg_items` is not one entry per positive.
+            ServingError: the server's answer (e.g. 400 `pos_item_id is not
+                left-padded` when `pos_items` holds -1 after a real id).
+        """
+        pos, neg = _history(pos_items, neg_items)
+        reply = self.predict(
+            instances=[{"pos_item_id": pos, "neg_item_id": neg}], signature_name=signature_name
+        )
+        return _top_items(reply[0]["item_id"], reply[0]["score"])
+
+    def retrieve_batch(
+        self,
+        pos_items: Sequence[Sequence[Any]],
+        neg_items: Sequence[Sequence[Any] | None] | None = None,
+        signature_name: str = RETRIEVE_SIGNATURE,
+    ) -> list[tuple[list[int], list[float]]]:
+        """`retrieve` for several users in one columnar request (histories left-padded
+        with -1 to the longest).
+
+        Args:
+            pos_items: one list of positives per user (as `retrieve`).
+            neg_items: one list (or None) per user, or None. Defaults to None.
+            signature_name: str. Defaults to "retrieve".
+
+        Returns:
+            One `(item_ids, scores)` per user, in order.
+        """
+        inputs = _histories(pos_items, neg_items)
+        reply = self.predict(inputs=inputs, signature_name=signature_name)
+        return [
+            _top_items(ids, scores)
+            for ids, scores in zip(reply["item_id"], reply["score"], strict=True)
+        ]
+
+    def score_sequence(
+        self,
+        pos_items: Sequence[Any],
+        candidates: Sequence[Any],
+        neg_items: Sequence[Any] | None = None,
+        signature_name: str = SCORE_SIGNATURE,
+    ) -> list[float]:
+        """Scores candidates for one user with a sequential export's `score` signature.
+
+        Sent in row format. History as in `retrieve`; candidates through `raw_id`.
+
+        Args:
+            pos_items: the user's positives (raw item ids), oldest first.
+            candidates: raw item ids to score (at least one).
+            neg_items: as in `retrieve`. Defaults to None.
+            signature_name: str. Defaults to "score".
+
+        Returns:
+            One score per candidate (the model's own: higher is better, not a
+            probability; a -1 candidate scores the padding row).
+        """
+        pos, neg = _history(pos_items, neg_items)
+        instance = {
+            "pos_item_id": pos,
+            "neg_item_id": neg,
+            "item_id": [raw_id(i) for i in candidates],
+        }
+        prediction = self.predict(instances=[instance], signature_name=signature_name)[0]
+        if isinstance(prediction, dict):
+            prediction = prediction["score"]
+        return [float(s) for s in prediction]
+
+    def score_sequence_batch(
+        self,
+        pos_items: Sequence[Sequence[Any]],
+        candidates: Sequence[Sequence[Any]],
+        neg_items: Sequence[Sequence[Any] | None] | None = None,
+        signature_name: str = SCORE_SIGNATURE,
+    ) -> list[list[float]]:
+        """`score_sequence` for several users in one columnar request: histories
+        left-padded, candidate lists right-padded with -1 to the longest (the padded
+        columns' scores are dropped).
+
+        Args:
+            pos_items: one list of positives per user.
+            candidates: one list of raw item ids per user.
+            neg_items: one list (or None) per user, or None. Defaults to None.
+            signature_name: str. Defaults to "score".
+
+        Returns:
+            One list of scores per user, one score per candidate.
+
+        Raises:
+            ValueError: `candidates` is not one list per user.
+        """
+        if len(candidates) != len(pos_items):
+            raise ValueError(
+                "`candidates` needs one list per user. Received: "
+                f"{len(pos_items)} users, {len(candidates)} candidate lists"
+            )
+        inputs = _histories(pos_items, neg_items)
+        rows = [[raw_id(i) for i in c] for c in candidates]
+        width = max((len(r) for r in rows), default=0)
+        inputs["item_id"] = [r + [PAD_ID] * (width - len(r)) for r in rows]
+        reply = self.predict(inputs=inputs, signature_name=signature_name)
+        if isinstance(reply, dict):
+            reply = reply["score"]
+        return [[float(s) for s in out[: len(r)]] for out, r in zip(reply, rows, strict=True)]
+
     def close(self) -> None:
         """Closes the HTTP session."""
         self.session.close()
@@ -243,6 +387,50 @@ class ServingClient:
                     raise ServingError(response.status_code, _error_message(response))
             time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
+
+
+def _history(
+    pos_items: Sequence[Any], neg_items: Sequence[Any] | None
+) -> tuple[list[int], list[int]]:
+    """One user's `(pos_item_id, neg_item_id)` rows as raw ids; at least one slot (an
+    empty history is one padding slot, which the export reads as no history)."""
+    pos = [raw_id(i) for i in pos_items]
+    if neg_items is None:
+        neg = [PAD_ID] * len(pos)
+    else:
+        if len(neg_items) != len(pos):
+            raise ValueError(
+                "`neg_items` needs one entry per positive (-1 or None where a positive has "
+                f"no passive negative). Received: {len(pos)} positives, "
+                f"{len(neg_items)} negatives"
+            )
+        neg = [raw_id(i) for i in neg_items]
+    return (pos, neg) if pos else ([PAD_ID], [PAD_ID])
+
+
+def _histories(
+    pos_items: Sequence[Sequence[Any]], neg_items: Sequence[Sequence[Any] | None] | None
+) -> dict[str, list[list[int]]]:
+    """Columnar `pos_item_id` / `neg_item_id` [B, W], left-padded with -1."""
+    if neg_items is None:
+        neg_items = [None] * len(pos_items)
+    if len(neg_items) != len(pos_items):
+        raise ValueError(
+            "`neg_items` needs one entry (a list or None) per user. Received: "
+            f"{len(pos_items)} users, {len(neg_items)} negative lists"
+        )
+    rows = [_history(p, n) for p, n in zip(pos_items, neg_items, strict=True)]
+    width = max((len(p) for p, _ in rows), default=1)
+    return {
+        name: [[PAD_ID] * (width - len(r[i])) + r[i] for r in rows]
+        for i, name in ((0, "pos_item_id"), (1, "neg_item_id"))
+    }
+
+
+def _top_items(ids: Sequence[Any], scores: Sequence[Any]) -> tuple[list[int], list[float]]:
+    """A `retrieve` row without its unfilled slots (id -1)."""
+    kept = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if int(i) != PAD_ID]
+    return [i for i, _ in kept], [s for _, s in kept]
 
 
 def _error_message(response: requests.Response) -> str:

@@ -1,0 +1,579 @@
+"""Benchmark (issue 17): SINE training throughput against SASRec, and `retrieve` latency.
+
+Training (`--parts train`): `SequentialRecommender` SINE and SASRec built as `python -m
+tfnegseq.train` builds them (`SequentialKind.build_model` / `build_optimizer` on a
+config whose `model:` section is the official defaults, `SequentialModelConfig()`: d =
+50, L = 200, 2 blocks, 1 head, dropout 0.5, K = 3; batch 128, Adam 1e-3,
+`jit_compile` the `train:` default, float32), the same batches for both:
+
+- synthetic (default): `--distinct-batches` random training batches cycled, each user a
+  left-padded sequence of uniform length in [L/4, L] of positives (uniform over the
+  `--train-items` catalogue rows; 2,000 as `configs/synthetic_sine.yaml`), each input
+  and target positive paired with a passive negative with probability `--skip-rate`,
+  one uniform random negative per target (the windows `tfnegseq.data.sequential_input`
+  makes: `inputs`, `input_negatives`, `targets`, `target_negatives`,
+  `random_negatives`, `mask`);
+- `--data-dir build/samples/<x>` (TensorFlow only): the Beam job's sequential samples
+  read through `make_sequential_dataset(training=True, repeat=True)`, as training reads
+  them (their item vocabulary sizes the table).
+
+Each model is built, compiled (its first step, timed apart) and warmed up, then timed
+in `--rounds` rounds of `--steps` calls of the Keras train function (what `fit` calls
+once per step), SINE and SASRec alternating within every round (ABBA: the order flips
+each round) so a busy machine's background load hits both alike. Reported per model:
+sequences/s and ms per step (medians over rounds, and every round), CPU ms per step
+(TensorFlow); and SINE's step time over SASRec's, the median of the per-round ratios.
+Goal: <= 1.3.
+
+`--backend jax` measures the same training under `KERAS_BACKEND=jax` (synthetic
+batches placed on the device once; the train function with its state carried from step
+to step, as `bench_train_jax.py`); it imports no TensorFlow and skips retrieval. On a
+lent GPU machine (JAX, no TensorFlow, see `benchmarks/gpu_run.sh` for the wheels):
+
+    python -m pip install -q --no-index --find-links .gpu keras namex optree packaging
+    KERAS_BACKEND=jax python benchmarks/bench_sine.py --backend jax \\
+        --out "$OUT/sine_jax_gpu.json"
+
+Retrieval (`--parts retrieve`, TensorFlow): `retrieve` latency for a `--items` (100,000)
+item catalogue, K = 100 (`model.retrieve_k`), one user per request with a full
+history (L = 200 positives, about half with a passive negative), at concurrency 1 and
+8: in process (`tf.saved_model.load(...).signatures["retrieve"]`) and over REST (the
+local server, `python -m tfnegseq.serving.server`, in a subprocess on 127.0.0.1,
+row-format bodies serialized once, one keep-alive `http.client` connection per thread;
+`ServingClient.retrieve` is timed too). Concurrency 1 alternates in-process and REST
+requests (the REST overhead is the median of the paired differences). Helpers come
+from `bench_serving.py` (`local_server`, `session_call`, `load`, `interleaved`). Goal:
+p99 < 20 ms at concurrency 1.
+
+The model served is built without training, the least work that still goes through
+the real export: a run directory written by hand, exactly what `tfnegseq.train` leaves
+and `tfnegseq.export.export_run` reads (`tfnegseq.runs`):
+
+    <run>/metrics.json                  {"config": ...}: a sequential config (as above)
+    <run>/model.keras                   SINE from SequentialKind.build_model, random
+                                        (initial) weights, 1 + oov + --items rows
+    <run>/data/vocab/item_id.tsv        --items distinct random raw ids, counts descending
+    <run>/data/vocab/user_id.tsv        a few users (the sequential samples' vocabulary)
+    <run>/data/examples.tfrecord.gz     4 sequential tf.Examples (the warm-up requests)
+
+then `export_run` writes the SavedModel (signatures, asset lookup tables, warm-up
+records) as it does after training. Weights do not change the cost of a request: the
+graph scores the whole catalogue (one call, `rank_chunk_size` unset) and keeps a top K.
+A trained model from the real pipeline (simulate -> Beam job -> train) would need a log
+with 100,000 distinct kept items, minutes of Beam work for the same graph.
+`--model-dir` serves an existing export (a version directory) instead.
+
+Writes `benchmarks/results/sine.json` (TensorFlow) or `sine_jax_<platform>.json` (JAX)
+with the machine, git commit, load average, goals and `goals_met`, and prints a
+summary. A smoke run (about a minute; keep its JSON out of results/):
+
+    python benchmarks/bench_sine.py --items 2000 --steps 2 --rounds 1 --warmup 1 \\
+        --requests 20 --max-length 50 --out /tmp/sine_smoke.json
+
+Full run:
+
+    python benchmarks/bench_sine.py [--data-dir build/samples/synthetic_sine]
+        [--rounds 5] [--steps 10] [--items 100000] [--requests 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from _machine import machine, write_result  # noqa: E402
+
+ARCHITECTURES = ("sine", "sasrec")
+GOALS = {
+    "sine_over_sasrec_step_time_max": 1.3,
+    "retrieve_p99_ms_concurrency_1": 20.0,
+}
+MODEL_NAME = "sine"
+NUM_EXAMPLES = 4  # warm-up examples in the hand-written run directory
+
+
+# --------------------------------------------------------------------------- config
+
+
+def bench_config(args: argparse.Namespace, architecture: str, run_dir: str = "") -> Any:
+    """A `sequential` config: the official model defaults (`SequentialModelConfig()`),
+    L = `--max-length`, batch `--batch-size`, the `train:` defaults otherwise
+    (`jit_compile` unless `--jit-compile false`), the vocabulary of
+    `configs/synthetic_sine.yaml` (min_count 1, 1 OOV bucket). No YAML is read."""
+    from tfnegseq.config import config_from_dict
+
+    train: dict[str, Any] = {"batch_size": args.batch_size, "eval_split": "test"}
+    if args.jit_compile is not None:
+        train["jit_compile"] = args.jit_compile == "true"
+    if run_dir:
+        train["run_dir"] = run_dir
+    return config_from_dict({
+        "name": MODEL_NAME,
+        "source": {"kind": "kuairec", "path": "unused"},
+        "rules": {"label": ["watch_ratio >= 0.5"], "positive": ["watch_ratio >= 0.5"],
+                  "negative": ["play_duration < 3000", "watch_ratio < 0.5"]},
+        "samples": {"task": "sequential", "min_core": 10, "max_sequence": args.max_length},
+        "vocab": {"min_count": 1, "oov_buckets": 1},
+        "model": {"kind": "sequential", "architecture": architecture,
+                  "max_length": args.max_length},
+        "train": train,
+    })
+
+
+# --------------------------------------------------------------------------- training
+
+
+def synthetic_batches(rng: np.random.Generator, count: int, batch: int, length: int,
+                      num_items: int, start: int, skip_rate: float) -> list[dict[str, Any]]:
+    """`count` training batches shaped like `make_sequential_dataset`'s (rows, int64;
+    `mask` float32), each user's sequence left-padded (module docstring)."""
+    keys = ("inputs", "input_negatives", "targets", "target_negatives", "random_negatives")
+    out = []
+    for _ in range(count):
+        x = {k: np.zeros((batch, length), np.int64) for k in keys}
+        for b, n in enumerate(rng.integers(max(1, length // 4), length + 1, batch)):
+            pos = rng.integers(start, num_items, n + 1)  # n inputs, each one's next target
+            skip = rng.random(n + 1) < skip_rate
+            neg = np.where(skip, rng.integers(start, num_items, n + 1), 0)
+            x["inputs"][b, length - n:] = pos[:-1]
+            x["input_negatives"][b, length - n:] = neg[:-1]
+            x["targets"][b, length - n:] = pos[1:]
+            x["target_negatives"][b, length - n:] = neg[1:]
+            x["random_negatives"][b, length - n:] = rng.integers(start, num_items, n)
+        x["mask"] = (x["targets"] != 0).astype(np.float32)
+        out.append(x)
+    return out
+
+
+@dataclasses.dataclass
+class Trainee:
+    architecture: str
+    model: Any = None
+    state: Any = None  # JAX: the training state carried from step to step
+    first_step_s: float = 0.0
+    wall: list[float] = dataclasses.field(default_factory=list)  # s per step, per round
+    cpu: list[float] = dataclasses.field(default_factory=list)
+
+
+def training_data(args: argparse.Namespace, backend: str) -> tuple[int, int, Any, str]:
+    """(table rows, catalogue start, batches, description): a tf.data iterator under
+    TensorFlow, an endless iterator of device arrays under JAX."""
+    if args.data_dir:
+        from tfnegseq.config import VocabConfig
+        from tfnegseq.data.sequential_input import make_sequential_dataset
+        from tfnegseq.data.vocab import Vocabulary
+
+        vocab = Vocabulary.load(args.data_dir, "item_id", VocabConfig(min_count=1,
+                                                                      oov_buckets=1))
+        ds = make_sequential_dataset(args.data_dir, "train", args.batch_size, args.max_length,
+                                     training=True, seed=0, item_vocab=vocab, repeat=True)
+        return (vocab.size, 1 + vocab.oov_buckets, iter(ds),
+                f"make_sequential_dataset({args.data_dir!r}, 'train', repeat=True)")
+    start = 2  # padding row 0, one OOV row
+    num_items = start + args.train_items
+    batches = synthetic_batches(np.random.default_rng(0), args.distinct_batches,
+                                args.batch_size, args.max_length, num_items, start,
+                                args.skip_rate)
+    what = (f"{args.distinct_batches} synthetic batches cycled ({args.train_items} items, "
+            f"lengths uniform in [L/4, L], skip rate {args.skip_rate})")
+    if backend == "jax":
+        import jax
+
+        device = [jax.device_put({k: v.astype(np.int32) if v.dtype == np.int64 else v
+                                  for k, v in b.items()}) for b in batches]
+        return num_items, start, itertools.cycle(device), what
+    import tensorflow as tf
+
+    stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    ds = tf.data.Dataset.from_tensor_slices(stacked).repeat().prefetch(2)
+    return num_items, start, iter(ds), what
+
+
+def build_trainee(t: Trainee, args: argparse.Namespace, backend: str, num_items: int,
+                  batches: Iterator[Any]) -> None:
+    """The model as `tfnegseq.train` builds and compiles it; then its first step."""
+    import keras
+
+    from tfnegseq import kinds
+
+    cfg = bench_config(args, t.architecture)
+    kind = kinds.get_kind("sequential")
+    if backend != "jax":  # Keras' seeding imports TensorFlow when it can
+        keras.utils.set_random_seed(0)
+    t0 = time.perf_counter()
+    model = kind.build_model(cfg, {"item_id": num_items})
+    model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=cfg.train.jit_compile)
+    t.model = model
+    model._symbolic_build(data_batch=next(batches))  # what fit does first
+    model.make_train_function()
+    if backend == "jax":
+        t.state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                       optimizer_variables=True, metrics_variables=True,
+                                       purge_model_variables=True)
+    run_steps(t, backend, batches, 1)  # traces and compiles
+    t.first_step_s = time.perf_counter() - t0
+
+
+def run_steps(t: Trainee, backend: str, batches: Iterator[Any], steps: int
+              ) -> tuple[float, float]:
+    """Wall and process (CPU, all threads) seconds of `steps` train steps, the last one
+    finished."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    logs = None
+    if backend == "jax":
+        import jax
+
+        for _ in range(steps):
+            logs, t.state = t.model.train_function(t.state, batches)
+        jax.block_until_ready((logs, t.state))
+    else:
+        for _ in range(steps):
+            logs = t.model.train_function(batches)
+        float(logs["loss"])
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure_training(args: argparse.Namespace, backend: str) -> dict[str, Any]:
+    num_items, start, batches, what = training_data(args, backend)
+    trainees = [Trainee(a) for a in ARCHITECTURES]
+    for t in trainees:
+        build_trainee(t, args, backend, num_items, batches)
+        print(f"built {t.architecture}: first step (trace + compile) {t.first_step_s:.1f} s",
+              flush=True)
+    for t in trainees:
+        run_steps(t, backend, batches, args.warmup)
+    for r in range(args.rounds):
+        for t in trainees if r % 2 == 0 else trainees[::-1]:  # ABBA
+            wall, cpu = run_steps(t, backend, batches, args.steps)
+            t.wall.append(wall / args.steps)
+            t.cpu.append(cpu / args.steps)
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+
+    b = args.batch_size
+    models = {
+        t.architecture: {
+            "sequences_per_second_median": round(b / statistics.median(t.wall), 1),
+            "sequences_per_second_rounds": [round(b / s, 1) for s in t.wall],
+            "step_ms_median": round(1000 * statistics.median(t.wall), 2),
+            "cpu_ms_per_step_median": round(1000 * statistics.median(t.cpu), 1),
+            "first_step_s": round(t.first_step_s, 1),
+            "parameters": int(t.model.count_params()) if backend != "jax" else None,
+        }
+        for t in trainees
+    }
+    sine, sasrec = trainees
+    paired = [a / c for a, c in zip(sine.wall, sasrec.wall, strict=True)]
+    m = bench_config(args, "sine").model
+    return {
+        "models": models,
+        "sine_over_sasrec_step_time": round(statistics.median(paired), 3),
+        "sine_over_sasrec_step_time_rounds": [round(x, 3) for x in paired],
+        "sine_over_sasrec_ratio_of_medians": round(
+            statistics.median(sine.wall) / statistics.median(sasrec.wall), 3),
+        "sine_over_sasrec_cpu_time": round(
+            statistics.median(sine.cpu) / statistics.median(sasrec.cpu), 3),
+        "input": what,
+        "item_table_rows": num_items,
+        "batch_size": b,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "warmup_steps": args.warmup,
+        "model": {"embedding_dim": m.embedding_dim, "max_length": m.max_length,
+                  "num_blocks": m.num_blocks, "num_heads": m.num_heads,
+                  "dropout": m.dropout, "num_interests": m.num_interests,
+                  "beta_mode": m.beta_mode, "fusion": m.fusion,
+                  "jit_compile": bench_config(args, "sine").train.jit_compile,
+                  "dtype": "float32", "optimizer": "Adam 1e-3"},
+    }
+
+
+# --------------------------------------------------------------------------- retrieval
+
+
+def _int64_example(features: dict[str, list[int]]) -> bytes:
+    import tensorflow as tf
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        k: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in v]))
+        for k, v in features.items()
+    })).SerializeToString()
+
+
+def write_run(args: argparse.Namespace, run_dir: str) -> Any:
+    """A run directory as `tfnegseq.train` leaves it (module docstring), SINE with
+    random weights over `--items` catalogue items; returns its config."""
+    import tensorflow as tf
+
+    from tfnegseq import kinds
+
+    cfg = bench_config(args, "sine", run_dir)
+    rng = np.random.default_rng(0)
+    ids = np.unique(rng.integers(1, 2**40, int(args.items * 1.1) + 16))
+    ids = rng.permutation(ids)[: args.items]  # distinct raw ids, random order
+    users = np.arange(1, NUM_EXAMPLES + 1)
+    data = os.path.join(run_dir, "data")
+    os.makedirs(os.path.join(data, "vocab"), exist_ok=True)
+    with open(os.path.join(data, "vocab", "item_id.tsv"), "w") as f:
+        f.writelines(f"{i}\t{args.items - n}\n" for n, i in enumerate(ids))
+    with open(os.path.join(data, "vocab", "user_id.tsv"), "w") as f:
+        f.writelines(f"{u}\t1\n" for u in users)
+    # sequential samples: positive / skip alternating, the last positive validates
+    events = args.max_length - 1 + args.max_length % 2  # odd: the last event a positive
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with tf.io.TFRecordWriter(os.path.join(data, "examples.tfrecord.gz"), options) as w:
+        for u in users:
+            seq = rng.choice(ids, events, replace=False)
+            polarity = np.where(np.arange(events) % 2 == 0, 1, -1)
+            w.write(_int64_example({
+                "user_id": [u], "seq_item_id": seq, "seq_order": np.arange(1, events + 1),
+                "seq_polarity": polarity, "seq_timestamp": np.arange(events) * 1000,
+                "valid_index": [events - 1], "valid_item_id": [seq[-1]],
+                "test_item_id": [rng.choice(ids)]}))
+    start = 1 + cfg.vocab.oov_buckets
+    model = kinds.get_kind("sequential").build_model(cfg, {"item_id": start + args.items})
+    length = cfg.model.max_length
+    model({"inputs": np.full((1, length), start, np.int64),
+           "input_negatives": np.zeros((1, length), np.int64),
+           "target": np.asarray([start], np.int64),
+           "candidates": np.asarray([[start, start + 1]], np.int64)})  # builds every weight
+    model.save(os.path.join(run_dir, "model.keras"))
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump({"config": cfg.to_dict(), "data_dir": None,
+                   "note": "written by benchmarks/bench_sine.py: random weights"}, f)
+    return cfg
+
+
+def request_history(version_dir: str, length: int, seed: int = 0
+                    ) -> tuple[list[int], list[int]]:
+    """A full history: `length` distinct catalogue items, about half with a skip."""
+    rng = np.random.default_rng(seed)
+    items = np.loadtxt(os.path.join(version_dir, "assets", "item_id.txt"), np.int64, ndmin=1)
+    pos = rng.choice(items, min(length, len(items) // 2), replace=False)
+    neg = np.where(rng.random(len(pos)) < 0.5, rng.choice(items, len(pos)), -1)
+    return [int(x) for x in pos], [int(x) for x in neg]
+
+
+def measure_retrieval(args: argparse.Namespace, work: str) -> dict[str, Any]:
+    import tensorflow as tf
+    from bench_serving import interleaved, load, local_server, session_call
+
+    from tfnegseq.export import export_run, read_metadata
+    from tfnegseq.serving.client import ServingClient
+    from tfnegseq.serving.limits import Limits
+
+    build_s = None
+    if args.model_dir:
+        version_dir = args.model_dir
+    else:
+        t = time.perf_counter()
+        write_run(args, os.path.join(work, "run"))
+        version_dir = export_run(os.path.join(work, "run"), os.path.join(work, "export"),
+                                 MODEL_NAME)
+        build_s = round(time.perf_counter() - t, 1)
+        print(f"run written and exported in {build_s} s -> {version_dir}", flush=True)
+    meta = read_metadata(version_dir)
+    described = meta["signatures"]
+    k, length = int(described["retrieve"]["k"]), int(described["max_length"])
+    with open(os.path.join(version_dir, "assets", "item_id.txt")) as f:
+        catalogue = sum(1 for _ in f)
+    pos, neg = request_history(version_dir, length)
+    body = json.dumps({"signature_name": "retrieve",
+                       "instances": [{"pos_item_id": pos, "neg_item_id": neg}]}).encode()
+
+    loaded = tf.saved_model.load(version_dir)
+    retrieve = loaded.signatures["retrieve"]
+    tensors = {"pos_item_id": tf.constant([pos], tf.int64),
+               "neg_item_id": tf.constant([neg], tf.int64)}
+    want = {key: v.numpy() for key, v in retrieve(**tensors).items()}
+    assert want["item_id"].shape == (1, k), want["item_id"].shape
+
+    def local() -> Any:
+        return retrieve(**tensors)["item_id"].numpy()
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    base = os.path.dirname(version_dir)
+    name = os.path.basename(base)
+    in_process: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    paired = None
+    with local_server(base, name, Limits()) as (url, port, _):
+        with ServingClient(url, name, timeout=60) as client:
+            ids, scores = client.retrieve(pos, neg)  # the REST answer equals in-process
+            np.testing.assert_array_equal(ids, want["item_id"][0])
+            np.testing.assert_allclose(scores, want["score"][0], rtol=1e-5, atol=1e-5)
+
+            def per_thread() -> Callable[[], Any]:
+                return session_call(port, name, body)
+
+            for c in levels:
+                if c == 1:
+                    in_process["1"], rest["1"], paired = interleaved(
+                        local, per_thread(), args.requests, args.warmup_requests)
+                else:
+                    in_process[str(c)] = load(local, args.requests, c, args.warmup_requests)
+                    rest[str(c)] = load(per_thread(), args.requests, c, args.warmup_requests,
+                                        per_thread=per_thread)
+            client_p50 = load(lambda: client.retrieve(pos, neg),
+                              max(20, args.requests // 4), 1, 5)["p50_ms"]
+    return {
+        "catalogue_items": catalogue,
+        "k": k,
+        "history": len(pos),
+        "history_negatives": sum(1 for x in neg if x >= 0),
+        "request_body_bytes": len(body),
+        "in_process": in_process,
+        "rest_local_server": rest,
+        "rest_overhead_paired_median_ms": paired,
+        "serving_client_retrieve_p50_ms": client_p50,
+        "model_dir": args.model_dir or "a hand-written run (random weights) through "
+                     "export_run, see the module docstring",
+        "run_write_and_export_s": build_s,
+        "model": meta["config"]["model"],
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
+    ap.add_argument("--parts", default="train,retrieve", help="train, retrieve or both")
+    ap.add_argument("--data-dir", default=None, help="sequential samples (else synthetic)")
+    ap.add_argument("--train-items", type=int, default=2000, help="synthetic catalogue")
+    ap.add_argument("--skip-rate", type=float, default=0.5, help="synthetic skips")
+    ap.add_argument("--distinct-batches", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--max-length", type=int, default=200, help="L (model.max_length)")
+    ap.add_argument("--jit-compile", choices=("true", "false"), default=None,
+                    help="default: the train section's default (true)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps after compile")
+    ap.add_argument("--items", type=int, default=100_000, help="retrieval catalogue")
+    ap.add_argument("--model-dir", default=None, help="an exported version dir to serve")
+    ap.add_argument("--work-dir", default=None, help="write the run / export here")
+    ap.add_argument("--requests", type=int, default=300, help="measured per setting")
+    ap.add_argument("--warmup-requests", type=int, default=20)
+    ap.add_argument("--concurrency", default="1,8")
+    ap.add_argument("--out", default=None,
+                    help="default: results/sine.json (jax: results/sine_jax_<platform>.json)")
+    args = ap.parse_args(argv)
+    parts = {p for p in args.parts.split(",") if p}
+    if parts - {"train", "retrieve"} or not parts:
+        ap.error(f"--parts: train and/or retrieve. Received: {args.parts!r}")
+    if args.backend == "jax":
+        if args.data_dir:
+            ap.error("--data-dir needs TensorFlow (tf.data); --backend jax trains on "
+                     "synthetic batches")
+        parts.discard("retrieve")  # the export and its signatures are TensorFlow
+    os.environ["KERAS_BACKEND"] = args.backend  # before anything imports keras
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, REPO)
+    import keras
+
+    from tfnegseq.provenance import git_commit
+
+    if keras.backend.backend() != args.backend:
+        raise SystemExit(f"keras was imported with {keras.backend.backend()!r}")
+    t_start = time.perf_counter()
+    load_before = os.getloadavg()
+    platform = "cpu"
+    if args.backend == "jax":
+        import jax
+
+        platform = jax.devices()[0].platform
+    out_path = args.out or os.path.join(
+        HERE, "results", "sine.json" if args.backend == "tensorflow"
+        else f"sine_jax_{platform}.json")
+
+    training = measure_training(args, args.backend) if "train" in parts else None
+    retrieval = None
+    if "retrieve" in parts:
+        with tempfile.TemporaryDirectory(prefix="bench-sine-") as tmp:
+            retrieval = measure_retrieval(args, args.work_dir or tmp)
+
+    ratio = training["sine_over_sasrec_step_time"] if training else None
+    p99 = {where: retrieval[where]["1"]["p99_ms"]
+           for where in ("in_process", "rest_local_server")
+           if retrieval and "1" in retrieval[where]}
+    goal_p99 = GOALS["retrieve_p99_ms_concurrency_1"]
+    info = machine()
+    info.update(keras=keras.__version__, keras_backend=keras.backend.backend())
+    if "tensorflow" in sys.modules:
+        info["tensorflow"] = sys.modules["tensorflow"].__version__
+    if args.backend == "jax":
+        import jax
+
+        info.update(jax=jax.__version__, devices=[
+            {"id": d.id, "platform": d.platform, "kind": d.device_kind} for d in jax.devices()])
+    result = {
+        "benchmark": "SINE vs SASRec training throughput; retrieve latency (issue 17)",
+        "command": "python benchmarks/bench_sine.py "
+                   + " ".join(sys.argv[1:] if argv is None else argv),
+        "backend": args.backend,
+        "training": training,
+        "retrieve": retrieval,
+        "goals": GOALS,
+        "goals_met": {
+            "sine_over_sasrec_step_time_max":
+                None if ratio is None else ratio <= GOALS["sine_over_sasrec_step_time_max"],
+            "retrieve_in_process_p99_ms_concurrency_1":
+                None if "in_process" not in p99 else p99["in_process"] < goal_p99,
+            "retrieve_rest_p99_ms_concurrency_1":
+                None if "rest_local_server" not in p99 else p99["rest_local_server"] < goal_p99,
+        },
+        "load_average_before_after": [round(x, 2) for x in (*load_before, *os.getloadavg())],
+        "notes": "Shared machine: other jobs may run during the measurement (see the load "
+                 "average); compare ratios within this run, not absolute figures across runs.",
+        "tensorflow_imported": "tensorflow" in sys.modules,
+        "git_commit": git_commit(),
+        "machine": info,
+        "seconds_total": round(time.perf_counter() - t_start, 1),
+    }
+    write_result(result, out_path)
+    print_summary(result, out_path)
+    return 0
+
+
+def print_summary(result: dict[str, Any], out_path: str) -> None:
+    print()
+    training, retrieval = result["training"], result["retrieve"]
+    if training:
+        for arch, r in training["models"].items():
+            print(f"{arch:7s} {r['sequences_per_second_median']:10,.0f} sequences/s "
+                  f"({r['step_ms_median']:.1f} ms/step, CPU {r['cpu_ms_per_step_median']:.0f} "
+                  f"ms/step, first step {r['first_step_s']:.0f} s)")
+        print(f"SINE / SASRec step time: {training['sine_over_sasrec_step_time']:.2f} "
+              f"(paired per round; goal <= {GOALS['sine_over_sasrec_step_time_max']})")
+    if retrieval:
+        print(f"retrieve: {retrieval['catalogue_items']:,} items, K = {retrieval['k']}, "
+              f"history {retrieval['history']}")
+        for where in ("in_process", "rest_local_server"):
+            for c, r in retrieval[where].items():
+                print(f"  {where:17s} c={c}: p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} "
+                      f"ms  {r['throughput_rps']:7.1f} req/s")
+        print(f"  REST overhead (paired median): {retrieval['rest_overhead_paired_median_ms']} ms;"
+              f" ServingClient.retrieve p50 {retrieval['serving_client_retrieve_p50_ms']} ms "
+              f"(goal p99 < {GOALS['retrieve_p99_ms_concurrency_1']} ms at c=1)")
+    print(f"goals met: {result['goals_met']}")
+    print(f"load average before/after: {result['load_average_before_after']}; "
+          f"total {result['seconds_total']:.0f} s -> {out_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
