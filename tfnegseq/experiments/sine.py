@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                      "cores": os.cpu_count()},
         )
     done = {(r["setting"], r["seed"]) for r in data["records"]}
-    todo = [(s, seed) for s in settings for seed in seeds if (s, seed) not in done]
+    # seed-major: an interrupted sweep has every setting at the first seeds
+    todo = [(s, seed) for seed in seeds for s in settings if (s, seed) not in done]
     for i, (s, seed) in enumerate([] if args.report_only else todo, start=1):
         tag = s.lower().replace(" ", "_").replace("/", "").replace("=", "")
         print(f"[{i}/{len(todo)}] {dataset} {s} seed={seed}", flush=True)
