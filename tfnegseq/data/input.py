@@ -136,9 +136,26 @@ def make_dataset(
     keep_raw_ids=True adds `raw_user_id` (the user id before the lookup, int64 [B]) to
     the features, for evaluation to group by; training batches leave it out.
     """
-    files = split_files(data_dir, split)
     in_order = not training or cfg.train.deterministic_input
+    ds = record_batches(data_dir, split, batch_size, training=training, seed=seed,
+                        shuffle_buffer=cfg.train.shuffle_buffer, in_order=in_order,
+                        repeat=repeat)
     processor = processor or FeatureProcessor.from_data_dir(data_dir, cfg)
+    parse = functools.partial(processor, keep_raw_ids=True) if keep_raw_ids else processor
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=in_order)
+    return ds.prefetch(AUTOTUNE)
+
+
+def record_batches(data_dir: str, split: str, batch_size: int, training: bool = False,
+                   seed: int | None = None, shuffle_buffer: int = 0, in_order: bool = True,
+                   repeat: bool = False) -> tf.data.Dataset:
+    """Batches of serialized records from `<data_dir>/<split>/*.tfrecord.gz` (not parsed).
+
+    training=True shuffles files and records (buffer `shuffle_buffer`) and drops the
+    last partial batch; `in_order=False` reads files out of order. Without `repeat`,
+    the cardinality is declared from the job's manifest when it counts `split`.
+    """
+    files = split_files(data_dir, split)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -148,8 +165,8 @@ def make_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=in_order,
     )
-    if training and cfg.train.shuffle_buffer > 1:
-        ds = ds.shuffle(cfg.train.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if training and shuffle_buffer > 1:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
@@ -157,9 +174,7 @@ def make_dataset(
     if examples is not None:
         batches = examples // batch_size if training else -(-examples // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
-    parse = functools.partial(processor, keep_raw_ids=True) if keep_raw_ids else processor
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=in_order)
-    return ds.prefetch(AUTOTUNE)
+    return ds
 
 
 def make_datasets(cfg: Config, data_dir: str, processor: FeatureProcessor

@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from tfnegseq import schema
 from tfnegseq.config import SamplesConfig, VocabConfig
-from tfnegseq.data.input import RAW_USER_ID, left_pad, manifest_examples, split_files
+from tfnegseq.data.input import RAW_USER_ID, left_pad, record_batches
 from tfnegseq.data.sequential import SPLITS, check_negative_rule
 from tfnegseq.data.vocab import Vocabulary
 
@@ -236,24 +236,9 @@ def make_sequential_dataset(
     if item_vocab is None:
         item_vocab = Vocabulary.load(samples_dir, schema.ITEM_VOCAB, vocab or VocabConfig())
     windows = SequentialWindows(item_vocab, split, max_len, negative_rule, max_candidates)
-    files = split_files(samples_dir, SEQUENCES)
     in_order = not training or deterministic
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-        cycle_length=min(len(files), 4), num_parallel_calls=AUTOTUNE, deterministic=in_order,
-    )
-    if training and shuffle_buffer > 1:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
-    examples = None if repeat else manifest_examples(samples_dir, SEQUENCES)
-    if examples is not None:
-        batches = examples // batch_size if training else -(-examples // batch_size)
-        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    ds = record_batches(samples_dir, SEQUENCES, batch_size, training=training, seed=seed,
+                        shuffle_buffer=shuffle_buffer, in_order=in_order, repeat=repeat)
     if split == "train":
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(

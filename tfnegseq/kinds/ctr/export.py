@@ -37,7 +37,13 @@ import tensorflow as tf
 
 from tfnegseq import schema
 from tfnegseq.config import Config
-from tfnegseq.signatures import EXAMPLES_INPUT, EXAMPLES_SIGNATURE, OUTPUT, SERVING_SIGNATURE
+from tfnegseq.signatures import (
+    EXAMPLES_INPUT,
+    EXAMPLES_SIGNATURE,
+    OUTPUT,
+    SERVING_SIGNATURE,
+    warmup_record,
+)
 
 # Warm-up requests: (batch size, candidates per row) for serving_default, batch sizes for
 # score_examples. Small, so a server's start-up stays fast.
@@ -248,18 +254,8 @@ def warmup_records(model_name: str, examples: list[bytes], cfg: Config) -> list[
     Uses the `tensorflow_serving.apis` protos (package `tensorflow-serving-api`, which
     tfx-bsl depends on).
     """
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
     def record(signature: str, inputs: Mapping[str, np.ndarray]) -> bytes:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = signature
-        for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        log_ = prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request)
-        )
-        return log_.SerializeToString()
+        return warmup_record(model_name, signature, inputs)
 
     out = [
         record(SERVING_SIGNATURE, raw_serving_batch(examples, cfg, b, c)) for b, c in WARMUP_SERVING

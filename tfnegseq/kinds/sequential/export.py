@@ -59,6 +59,7 @@ import tensorflow as tf
 from tfnegseq import schema
 from tfnegseq.config import Config
 from tfnegseq.kinds.sequential.config import SequentialModelConfig
+from tfnegseq.signatures import warmup_record
 
 SCORE_SIGNATURE = "score"
 RETRIEVE_SIGNATURE = "retrieve"
@@ -311,8 +312,6 @@ def warmup_records(model_name: str, examples: list[bytes], cfg: Config) -> list[
     Histories are the samples' (cut to `model.max_length`); candidates of `score` are
     the test targets of consecutive samples.
     """
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
     samples = parse_samples(examples, cfg)
     m = _section(cfg)
     max_length = m.max_length
@@ -327,14 +326,7 @@ def warmup_records(model_name: str, examples: list[bytes], cfg: Config) -> list[
         return pad_histories([histories[i % len(histories)] for i in range(b)])
 
     def record(signature: str, inputs: Mapping[str, np.ndarray]) -> bytes:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model_name
-        request.model_spec.signature_name = signature
-        for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
-        log_ = prediction_log_pb2.PredictionLog(
-            predict_log=prediction_log_pb2.PredictLog(request=request))
-        return log_.SerializeToString()
+        return warmup_record(model_name, signature, inputs)
 
     out = []
     for b, c in WARMUP_SCORE:
