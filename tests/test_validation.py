@@ -28,7 +28,8 @@ def test_the_best_validated_weights_are_restored(tiny_samples, tmp_path):
     cfg, sets, _ = tiny_samples
     cfg = load_config(CONFIG, sets + [
         f"train.run_dir={tmp_path}/run", "train.epochs=4", "train.learning_rate=0.05",
-        "train.early_stopping_metric=auc", "train.early_stopping_patience=10"])
+        "train.early_stopping_metric=auc", "train.early_stopping_patience=10",
+        "train.test_at_validation=true"])
     train.run_config(cfg, verbose=0)
     saved = json.load(open(tmp_path / "run" / "metrics.json"))
     v = saved["validation"]
@@ -36,6 +37,11 @@ def test_the_best_validated_weights_are_restored(tiny_samples, tmp_path):
     aucs = [h["auc"] for h in v["history"]]
     assert v["best_epoch"] == 1 + int(np.argmax(aucs))
     assert v["stopped_epoch"] is None
+    # test metrics at every validation; `selected` picks each metric's best valid epoch
+    assert all(set(h["test"]) >= {"auc", "gauc", "logloss"} for h in v["history"])
+    best_ll = min(v["history"], key=lambda h: h["logloss"])
+    assert v["selected"]["logloss"]["epoch"] == best_ll["epoch"]
+    assert v["selected"]["auc"]["test"] == v["history"][int(np.argmax(aucs))]["test"]
     # the saved model is the best validated one: its valid AUC (sklearn) is the best
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
     assert _valid_auc(model, cfg) == pytest.approx(max(aucs), abs=1e-6)

@@ -131,7 +131,7 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     validation = None
     if tc.early_stopping_metric:
         valid_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-            tc, eval_split="valid", early_stopping_metric=""))
+            tc, eval_split="valid", early_stopping_metric="", test_at_validation=False))
         _, valid_ds = (kind.make_datasets(valid_cfg, data_dir, processor)
                        or make_datasets(valid_cfg, data_dir, processor))
         validation = ValidationCallback(valid_ds, kind, cfg,
