@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_build_samples.py
 	$(BIN)/python benchmarks/bench_input.py
 	$(BIN)/python benchmarks/bench_serving.py
+	$(BIN)/python benchmarks/bench_sine.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_tapf_floor.py
 	$(BIN)/python benchmarks/bench_embedding_updates.py
