@@ -127,6 +127,7 @@ def markdown(dataset: str, data: dict[str, Any]) -> str:
         f"seeds {data.get('seeds')}; machine: {data.get('machine', {}).get('processor', '')} "
         f"({data.get('machine', {}).get('cores')} cores); finished "
         f"{data.get('finished', 'in progress')}.",
+        *(["", f"**Note:** {data['notes']}"] if data.get("notes") else []),
         "",
         "Mean ± sample std over seeds, evaluated on the test split (the last positive of "
         "each user). Paper protocol: the held-out positive against the passive negatives "
