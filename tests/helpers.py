@@ -137,3 +137,31 @@ def assert_bf16_close(actual, expected, ulps=2, scale=None):
         f"expected={expected[worst]!r}, error={error[worst]:.3g} "
         f"({error[worst] / bf16_ulp(magnitude[worst]):.2f} ulps)"
     )
+
+
+# --------------------------------------------------------------------------------------
+# A script under the JAX backend.
+
+
+def run_under_jax(script: str, *args: str, timeout: int = 600):
+    """Runs `python -c script *args` from the repository root under `KERAS_BACKEND=jax`
+    on the CPU (TensorFlow logs quiet) and asserts it exits 0 (its output tails in the
+    message); returns the `subprocess.CompletedProcess`."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    env.update({
+        "KERAS_BACKEND": "jax",
+        "JAX_PLATFORMS": "cpu",
+        "CUDA_VISIBLE_DEVICES": "",
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")])),
+    })
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return result

@@ -8,13 +8,10 @@ sublayers and compare with the numpy transcriptions of the equations.
 
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from tests.helpers import run_under_jax
+
 
 SCRIPT = textwrap.dedent(
     """
@@ -75,24 +72,5 @@ SCRIPT = textwrap.dedent(
 
 
 def test_layers_under_jax_backend():
-    env = dict(os.environ)
-    env.update(
-        {
-            "KERAS_BACKEND": "jax",
-            "JAX_PLATFORMS": "cpu",
-            "CUDA_VISIBLE_DEVICES": "",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        }
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    result = run_under_jax(SCRIPT)
     assert "JAX_BACKEND_OK" in result.stdout

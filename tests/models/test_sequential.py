@@ -12,22 +12,17 @@ full-ranking rank counted over explicit catalogue scores.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
 
-from tests.helpers import assert_config_round_trip, to_numpy, xla_call
+from tests.helpers import assert_config_round_trip, run_under_jax, to_numpy, xla_call
 from tests.helpers_attention import din_reference
 from tfnegseq.config import ConfigError
 from tfnegseq.models import SequentialRecommender
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 ARCHS = ("sasrec", "sasrec_n", "sine", "gru4rec", "din")
 NUM_ITEMS, CAT, B, L, D = 30, 3, 5, 6, 8  # rows 1-2: OOV buckets; 3..29: the catalogue
 SMALL = {
@@ -630,26 +625,7 @@ JAX_SCRIPT = textwrap.dedent(
 
 
 def test_models_under_jax_backend():
-    env = dict(os.environ)
-    env.update(
-        {
-            "KERAS_BACKEND": "jax",
-            "JAX_PLATFORMS": "cpu",
-            "CUDA_VISIBLE_DEVICES": "",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        }
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_SCRIPT],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    result = run_under_jax(JAX_SCRIPT)
     assert "JAX_SEQUENTIAL_OK" in result.stdout
 
 
