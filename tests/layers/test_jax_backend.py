@@ -12,7 +12,6 @@ import textwrap
 
 from tests.helpers import run_under_jax
 
-
 SCRIPT = textwrap.dedent(
     """
     import keras
