@@ -369,6 +369,15 @@ def hit_rate(ranks, k) -> float:
     return _mean(ranks < k)
 
 
+def _gain_at(ranks, k, gain) -> float:
+    """Mean of `gain(rank)` over users, 0 where `rank >= k` (no cutoff for k None)."""
+    if k is not None:
+        _check_k(k)
+    ranks = _check_ranks(ranks)
+    values = gain(ranks)
+    return _mean(values if k is None else np.where(ranks < k, values, 0.0))
+
+
 def ndcg(ranks, k=None) -> float:
     """NDCG@k with one relevant item: `1 / log2(rank + 2)` if `rank < k` else 0.
 
@@ -381,11 +390,7 @@ def ndcg(ranks, k=None) -> float:
     Returns:
         The mean as a float; nan for no users.
     """
-    if k is not None:
-        _check_k(k)
-    ranks = _check_ranks(ranks)
-    gain = 1.0 / np.log2(ranks + 2.0)
-    return _mean(gain if k is None else np.where(ranks < k, gain, 0.0))
+    return _gain_at(ranks, k, lambda r: 1.0 / np.log2(r + 2.0))
 
 
 def mrr(ranks, k=None) -> float:
@@ -398,11 +403,7 @@ def mrr(ranks, k=None) -> float:
     Returns:
         The mean as a float; nan for no users.
     """
-    if k is not None:
-        _check_k(k)
-    ranks = _check_ranks(ranks)
-    reciprocal = 1.0 / (ranks + 1.0)
-    return _mean(reciprocal if k is None else np.where(ranks < k, reciprocal, 0.0))
+    return _gain_at(ranks, k, lambda r: 1.0 / (r + 1.0))
 
 
 def full_ranking_metrics(ranks, ks=(10,)) -> dict[str, float]:

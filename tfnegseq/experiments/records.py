@@ -6,9 +6,12 @@ file and renames it), so an interrupted sweep resumes where it stopped.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
-from collections.abc import Iterable
+import platform
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -46,3 +49,28 @@ def mean_std(records: Iterable[dict[str, Any]], group: tuple[str, ...],
                 out[key][m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0,
                                len(v))
     return out
+
+
+def describe(data: dict[str, Any], prog: str, argv: list[str] | None, **fields: Any) -> None:
+    """Records how a sweep was run (the command, the machine and `fields`) in `data`."""
+    data.update(
+        **fields,
+        command=f"python -m {prog} " + " ".join(argv or sys.argv[1:]),
+        machine={"processor": platform.processor() or platform.machine(),
+                 "cores": os.cpu_count()},
+    )
+
+
+def finish(path: str, data: dict[str, Any], ran: bool,
+           markdown: Callable[[dict[str, Any]], str], plot: Callable[[str], None]) -> str:
+    """Saves the JSON (stamped `finished` when this call ran runs), writes the markdown
+    beside it (`.md`) and the plot (`.png`); returns the markdown."""
+    if ran:
+        data["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
+    save(path, data)
+    stem = os.path.splitext(path)[0]
+    text = markdown(data)
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    plot(stem + ".png")
+    return text

@@ -26,9 +26,7 @@ interrupted sweep resumes where it stopped. At the end it writes `sine_<dataset>
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 from typing import Any
 
@@ -236,13 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, f"sine_{dataset}.json")
     data = records.load(path)
-    if not args.report_only:
-        data.update(
-            dataset=dataset, config=args.config, overrides=args.overrides, seeds=seeds,
-            command="python -m tfnegseq.experiments.sine " + " ".join(argv or sys.argv[1:]),
-            machine={"processor": platform.processor() or platform.machine(),
-                     "cores": os.cpu_count()},
-        )
+    if not args.report_only:  # a report keeps the sweep's own command and settings
+        records.describe(data, "tfnegseq.experiments.sine", argv, dataset=dataset,
+                         config=args.config, overrides=args.overrides, seeds=seeds,)
     done = {(r["setting"], r["seed"]) for r in data["records"]}
     # seed-major: an interrupted sweep has every setting at the first seeds
     todo = [(s, seed) for seed in seeds for s in settings if (s, seed) not in done]
@@ -279,13 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         print("    " + " ".join(f"{k}={r[k]:.4f}" for k in METRICS if r.get(k) is not None)
               + f" (epochs {r['paper_epoch']} / {r['full_epoch']}, {r['seconds']:.0f}s)",
               flush=True)
-    if todo and not args.report_only:
-        data["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    records.save(path, data)
-    with open(os.path.join(args.results_dir, f"sine_{dataset}.md"), "w") as f:
-        f.write(markdown(dataset, data))
-    plot(dataset, data, os.path.join(args.results_dir, f"sine_{dataset}.png"))
-    print(markdown(dataset, data))
+    print(records.finish(path, data, bool(todo) and not args.report_only,
+                         lambda d: markdown(dataset, d), lambda png: plot(dataset, data, png)))
     return 0
 
 

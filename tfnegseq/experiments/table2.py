@@ -19,9 +19,7 @@ relative improvement over Pos Seq of the same backbone) and `table2_<dataset>.pn
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 from typing import Any
 
@@ -157,13 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown setting(s) {unknown}; known: {list(SETTINGS)}")
     if not args.report_only:  # a report keeps the sweep's own command and settings
-        data.update(
-            dataset=dataset, config=args.config, overrides=args.overrides, seeds=seeds,
-            epochs=base.train.epochs,
-            command="python -m tfnegseq.experiments.table2 " + " ".join(argv or sys.argv[1:]),
-            machine={"processor": platform.processor() or platform.machine(),
-                     "cores": os.cpu_count()},
-        )
+        records.describe(data, "tfnegseq.experiments.table2", argv, dataset=dataset,
+                         config=args.config, overrides=args.overrides, seeds=seeds,
+                         epochs=base.train.epochs)
     done = {(r["backbone"], r["setting"], r["seed"]) for r in data["records"]}
     todo = [(b, s, seed) for b in args.backbones.split(",") for s in settings for seed in seeds
             if (b, s, seed) not in done]
@@ -186,13 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         records.save(path, data)
         print(f"    auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f} "
               f"({m['seconds']:.0f}s)", flush=True)
-    if not todo or not args.report_only:
-        data["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
-    records.save(path, data)
-    with open(os.path.join(args.results_dir, f"table2_{dataset}.md"), "w") as f:
-        f.write(markdown(dataset, data))
-    plot(dataset, data, os.path.join(args.results_dir, f"table2_{dataset}.png"))
-    print(markdown(dataset, data))
+    print(records.finish(path, data, bool(todo) and not args.report_only,
+                         lambda d: markdown(dataset, d), lambda png: plot(dataset, data, png)))
     return 0
 
 

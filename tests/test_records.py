@@ -1,0 +1,39 @@
+"""Sweep result files (`tfnegseq.experiments.records`) and the SINE sweep's settings."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tfnegseq.experiments import records
+from tfnegseq.experiments.sine import GROUPS, setting_names
+
+
+def test_mean_std_groups_records_with_the_sample_std():
+    rs = [{"s": "a", "auc": 0.5}, {"s": "a", "auc": 0.7}, {"s": "b", "auc": 0.6},
+          {"s": "b", "auc": None}]
+    out = records.mean_std(rs, ("s",), ("auc", "gauc"))
+    assert out[("a",)]["auc"] == pytest.approx((0.6, np.std([0.5, 0.7], ddof=1), 2))
+    assert out[("b",)]["auc"] == (0.6, 0.0, 1)  # the missing value is left out
+    assert "gauc" not in out[("a",)]
+
+
+def test_finish_writes_json_markdown_and_plot_and_stamps_only_a_run(tmp_path):
+    path = str(tmp_path / "sweep_x.json")
+    plots = []
+    data = records.load(path)
+    assert data == {"records": []}
+    records.describe(data, "tfnegseq.experiments.x", ["--seeds", "0"], seeds=[0])
+    assert data["command"] == "python -m tfnegseq.experiments.x --seeds 0"
+    text = records.finish(path, data, False, lambda d: f"{len(d['records'])} runs\n",
+                          plots.append)
+    assert text == "0 runs\n" and "finished" not in json.load(open(path))
+    assert (tmp_path / "sweep_x.md").read_text() == "0 runs\n"
+    assert plots == [str(tmp_path / "sweep_x.png")]
+    records.finish(path, data, True, lambda d: "", plots.append)
+    assert "finished" in json.load(open(path))
+
+
+def test_setting_names_expand_groups_once_in_order():
+    assert setting_names("table4,SINE,SASRec") == [*GROUPS["table4"], "SASRec"]
+    assert setting_names("k_sweep")[:2] == ["SINE K=1", "SINE K=2"]
