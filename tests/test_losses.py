@@ -8,10 +8,6 @@ the official SINE code's `dcor_custom` states it, with no epsilon).
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -19,9 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.helpers import run_under_jax
 from tfnegseq.losses import bpr_loss, distance_correlation, sine_loss
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def np_neg_log_sigmoid(x):
@@ -257,16 +252,7 @@ def test_same_values_and_finite_gradients_under_jax():
         "mask": mask.astype(int).tolist(),
         "z": z.tolist(),
     }
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_RUNNER, json.dumps(args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_under_jax(JAX_RUNNER, json.dumps(args), timeout=120)
     out = json.loads(result.stdout.strip().splitlines()[-1])
     clean_neg = np.where(mask, neg, 0.0)
     assert out["bpr"] == pytest.approx(np_neg_log_sigmoid(pos - clean_neg)[mask].mean(), rel=1e-5)
