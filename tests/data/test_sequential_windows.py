@@ -13,8 +13,12 @@ from tfx_bsl.coders.example_coder import RecordBatchToExamplesEncoder
 from tfnegseq.config import SamplesConfig
 from tfnegseq.data.events import EventChunk
 from tfnegseq.data.samples import build_sequential_sample
-from tfnegseq.data.sequential import user_windows
-from tfnegseq.data.sequential_input import SequentialWindows, make_sequential_dataset
+from tfnegseq.data.sequential import resolve_buckets, user_windows
+from tfnegseq.data.sequential_input import (
+    SequentialWindows,
+    group_by_length,
+    make_sequential_dataset,
+)
 from tfnegseq.data.vocab import Vocabulary
 from tfnegseq.schema import PAD_ID, arrow_schema
 
@@ -355,3 +359,79 @@ def test_random_negatives_are_uniform_over_the_free_rows():
     assert (got[1] == 0).all()  # nothing left to draw
     values, counts = np.unique(got[2], return_counts=True)
     assert values.tolist() == list(range(5, 15)) and np.abs(counts / 20000 - 0.1).max() < 0.01
+
+
+# ---------------------------------------------------------------- length grouping
+
+def test_resolve_buckets():
+    assert resolve_buckets(200, None) == [25, 50, 100, 200]
+    assert resolve_buckets(5, None) == [1, 2, 3, 5]  # ceil(5/8), ceil(5/4), ceil(5/2)
+    assert resolve_buckets(200, []) == []
+    assert resolve_buckets(200, [30, 60]) == [30, 60, 200]
+    assert resolve_buckets(200, [30, 200]) == [30, 200]
+    for bad in ([60, 30], [30, 30], [0, 10], [300]):
+        with pytest.raises(ValueError, match="strictly ascending"):
+            resolve_buckets(200, bad)
+
+
+def test_config_refuses_bad_length_buckets():
+    from tfnegseq.kinds.sequential.config import SequentialModelConfig
+
+    with pytest.raises(ValueError, match="length_buckets"):
+        SequentialModelConfig(max_length=50, length_buckets=[40, 20])
+    assert SequentialModelConfig(max_length=50, length_buckets=[20]).length_buckets == [20]
+
+
+def row_set(got):
+    """The multiset of users' (inputs, input_negatives, targets, target_negatives,
+    mask) rows, each left-padded back to `width` columns."""
+    keys = ("inputs", "input_negatives", "targets", "target_negatives", "mask")
+    return sorted(tuple(tuple(np.asarray(got[k][i]).tolist()) for k in keys)
+                  for i in range(len(got["mask"])))
+
+
+def test_length_grouping_keeps_every_user_and_only_cuts_padding(tmp_path):
+    """64 users, 4 chunks of 16 at batch 4, so no user is dropped: the grouped epoch holds exactly the ungrouped epoch's rows; each batch
+    is cut to the smallest bucket that holds its longest user."""
+    rng = np.random.default_rng(11)
+    rows = random_rows(rng, 64, 30)
+    vocab = Vocabulary("item_id", np.arange(1, 31), oov_buckets=1)
+    samples_dir = write_sequences(tmp_path, rows)
+    (tmp_path / "manifest.json").write_text('{"samples": {"sequences": 64}}')
+    L, B, buckets = 12, 4, [3, 6]  # noqa: N806 - resolved: [3, 6, 12]
+    plain = collect(make_sequential_dataset(samples_dir, "train", B, L, item_vocab=vocab,
+                                            training=True, seed=0))
+    ds = make_sequential_dataset(samples_dir, "train", B, L, item_vocab=vocab, training=True,
+                                 seed=0, length_buckets=buckets)
+    assert ds.cardinality().numpy() == 64 // B
+    widths, padded = [], {}
+    for batch in ds:
+        width = batch["mask"].shape[1]
+        longest = int(batch["mask"].numpy().sum(axis=1).max())
+        assert width == min(b for b in (3, 6, 12) if b >= longest), (width, longest)
+        assert all(v.shape == (B, width) for v in batch.values())
+        widths.append(width)
+        for k, v in batch.items():
+            padded.setdefault(k, []).append(np.pad(v.numpy(), [(0, 0), (L - width, 0)]))
+    grouped = {k: np.concatenate(v) for k, v in padded.items()}
+    assert len(widths) == 64 // B and len(set(widths)) > 1  # the data spans buckets
+    assert row_set(grouped) == row_set(plain)
+    # the random negatives sit on the target slots
+    assert ((grouped["random_negatives"] != 0) == (grouped["mask"] == 1)).all()
+
+
+def test_length_grouping_cuts_a_partial_chunk_before_sorting():
+    """A chunk of 6 users at batch 4 keeps the first 4 of the (shuffled) stream, not
+    the 4 shortest: the users an epoch drops are random ones."""
+    L = 8  # noqa: N806
+    lengths = [6, 5, 4, 3, 2, 1]
+    mask = np.array([[0.0] * (L - n) + [1.0] * n for n in lengths], np.float32)
+    chunk = {"mask": mask, "inputs": np.arange(6)[:, None] * np.ones((1, L), np.int64)}
+    ds = tf.data.Dataset.from_tensors(chunk)
+    got = [{k: v.numpy() for k, v in b.items()}
+           for b in group_by_length(ds, 4, [2, 4, 8], L, seed=0)]
+    assert len(got) == 1
+    assert sorted(got[0]["mask"].sum(axis=1).tolist()) == [3, 4, 5, 6]
+    assert got[0]["mask"].shape == (4, 8)
+    # sorted by length within the batch, each row's user intact
+    assert got[0]["inputs"][:, 0].tolist() == [3, 2, 1, 0]

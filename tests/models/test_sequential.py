@@ -437,6 +437,34 @@ def test_left_padding_equals_shorter_sequence(arch):
     assert np.isfinite(n(model.compute_loss(train, None, model(train, training=True))))
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_batch_cut_to_its_longest_user(arch):
+    """Length grouping (`sequential_input.group_by_length`) keeps only a batch's last
+    columns: the training scores of the real slots and the loss are those of the full
+    batch, also through a compiled step whose input length is dynamic (one trace for
+    every bucket)."""
+    import tensorflow as tf
+
+    model = make_model(arch)
+    full = train_batch(np.random.default_rng(10))  # longest user: 6 of L slots
+    assert not full["mask"][:, :-6].any() and not full["inputs"][:, :-6].any()
+    cut = {k: v[:, -6:] for k, v in full.items()}
+    want = to_numpy(model(full, training=False))
+    got = to_numpy(model(cut, training=False))
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key][:, -6:], rtol=1e-5, atol=1e-5)
+
+    def loss(batch):
+        return model.compute_loss(batch, None, model(batch, training=False))
+
+    np.testing.assert_allclose(n(loss(cut)), n(loss(full)), rtol=1e-5)
+    if keras.backend.backend() == "tensorflow":
+        spec = {k: tf.TensorSpec([None, None], tf.as_dtype(v.dtype)) for k, v in full.items()}
+        step = tf.function(loss, input_signature=[spec], jit_compile=True)
+        for batch in (full, cut):
+            np.testing.assert_allclose(n(step(batch)), n(loss(full)), rtol=1e-5)
+
+
 def test_gru_state_is_the_unpadded_state():
     """GRU4Rec's last state of a left-padded user is the GRU run over its real items
     only (the mask carries the zero initial state over the padding)."""

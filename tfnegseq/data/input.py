@@ -148,13 +148,16 @@ def make_dataset(
 
 def record_batches(data_dir: str, split: str, batch_size: int, training: bool = False,
                    seed: int | None = None, shuffle_buffer: int = 0, in_order: bool = True,
-                   repeat: bool = False) -> tf.data.Dataset:
+                   repeat: bool = False, drop_remainder: bool | None = None
+                   ) -> tf.data.Dataset:
     """Batches of serialized records from `<data_dir>/<split>/*.tfrecord.gz` (not parsed).
 
     training=True shuffles files and records (buffer `shuffle_buffer`) and drops the
-    last partial batch; `in_order=False` reads files out of order. Without `repeat`,
-    the cardinality is declared from the job's manifest when it counts `split`.
+    last partial batch (`drop_remainder`: None = `training`); `in_order=False` reads
+    files out of order. Without `repeat`, the cardinality is declared from the job's
+    manifest when it counts `split`.
     """
+    drop = training if drop_remainder is None else drop_remainder
     files = split_files(data_dir, split)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
@@ -169,10 +172,10 @@ def record_batches(data_dir: str, split: str, batch_size: int, training: bool = 
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=drop, num_parallel_calls=AUTOTUNE)
     examples = None if repeat else manifest_examples(data_dir, split)
     if examples is not None:
-        batches = examples // batch_size if training else -(-examples // batch_size)
+        batches = examples // batch_size if drop else -(-examples // batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     return ds
 

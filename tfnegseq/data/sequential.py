@@ -61,7 +61,7 @@ are empty, and candidates are every skip before the validation target.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -201,3 +201,19 @@ def user_windows(example: Mapping[str, Any], max_len: int, negative_rule: str = 
         [j for j in range(k + 1, len(items)) if pol[j] == -1], max_len, max_candidates,
     )
     return {"train": train, "valid": valid, "test": test}
+
+
+def resolve_buckets(max_len: int, buckets: Sequence[int] | None) -> list[int]:
+    """The bucket lengths of length grouping: `buckets` (ascending, each in
+    [1, max_len]) with `max_len` appended when missing; None: max_len / 8, / 4, / 2 and
+    max_len (rounded up, distinct); []: no grouping (returns [])."""
+    if buckets is None:
+        return sorted({-(-max_len // d) for d in (8, 4, 2)} | {max_len})
+    out = [int(b) for b in buckets]
+    if not out:
+        return []
+    ascending = all(a < b for a, b in zip(out, out[1:], strict=False))
+    if not ascending or any(b < 1 or b > max_len for b in out):
+        raise ValueError(f"length buckets must be strictly ascending, each in [1, "
+                         f"max_len={max_len}]. Received: {list(buckets)}")
+    return out if out[-1] == max_len else [*out, max_len]

@@ -17,6 +17,17 @@ as `tfnegseq.data.input` does for the CTR task:
             candidate_mask                                   [B, C] float32
             raw_user_id                                      [B]    int64
 
+Length grouping (train split, `length_buckets`): users are sorted by their number of
+training targets within chunks of `BUCKET_CHUNK` batches of the shuffled stream, cut
+into batches of `batch_size` in that order (a chunk's users beyond whole batches are
+dropped before sorting: the epoch loses `N mod batch_size` random users, as without
+grouping), and each batch keeps only its last `b` columns, `b` the
+smallest bucket that holds its longest user (left padding: nothing but padding is
+cut; the model's positions count from the right, so a user's inputs get the same
+position embeddings at any `b`). The batch order is then shuffled. XLA compiles the
+training step once per bucket. On MovieLens-100K (median 36 targets, L = 200) this
+cuts the padded slots about 2x (benchmarks/bench_sine.py, "length buckets").
+
 `exclude` holds the inputs with the target's item blanked (row 0): the user's earlier
 positives that full ranking leaves out. `candidates` are left-padded, most recent last.
 
@@ -37,15 +48,18 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import tensorflow as tf
 
 from tfnegseq import schema
 from tfnegseq.config import SamplesConfig, VocabConfig
-from tfnegseq.data.input import RAW_USER_ID, left_pad, record_batches
-from tfnegseq.data.sequential import SPLITS, check_negative_rule
+from tfnegseq.data.input import RAW_USER_ID, left_pad, manifest_examples, record_batches
+from tfnegseq.data.sequential import SPLITS, check_negative_rule, resolve_buckets
 from tfnegseq.data.vocab import Vocabulary
 
 AUTOTUNE = tf.data.AUTOTUNE
+BUCKET_CHUNK = 4  # batches sorted by length together (length grouping)
 SEQUENCES = "sequences"  # the Beam job's output folder (tfnegseq.data.beam.SEQUENCES)
 # the example features the windows read (names from the schema's sequential features)
 _KEYS = ("user_id", "seq_item_id", "seq_polarity", "valid_index", "valid_item_id",
@@ -60,6 +74,32 @@ def _last_flagged(flags: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     flagged = tf.pad(flagged, [[0, 0], [0, 1]], constant_values=-1)  # never empty
     last = tf.gather(flagged, tf.maximum(before - 1, 0), batch_dims=1)  # [B, W]
     return tf.where(before > 0, last, -1)
+
+
+def group_by_length(ds: tf.data.Dataset, batch_size: int, buckets: Sequence[int],
+                    max_len: int, seed: int | None = None) -> tf.data.Dataset:
+    """Length grouping of a stream of train-window chunks (module docstring): `ds`
+    yields dicts of `[n, max_len]` tensors, n <= BUCKET_CHUNK * batch_size users; the
+    result yields `[batch_size, b]` batches, b in `buckets`."""
+    bounds = tf.constant(list(buckets), tf.int32)
+
+    def sort_chunk(w: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        # whole batches only, cut before sorting: the users a partial chunk drops are
+        # random ones (the stream is shuffled), not its longest
+        whole = tf.shape(w["mask"])[0] // batch_size * batch_size
+        lengths = tf.reduce_sum(w["mask"][:whole], axis=1)
+        order = tf.argsort(lengths, stable=True)
+        return {k: tf.gather(v[:whole], order) for k, v in w.items()}
+
+    def cut(w: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        longest = tf.cast(tf.reduce_max(tf.reduce_sum(w["mask"], axis=1)), tf.int32)
+        b = tf.gather(bounds, tf.minimum(tf.searchsorted(bounds, longest[None])[0],
+                                         len(buckets) - 1))
+        return {k: v[:, max_len - b:] for k, v in w.items()}
+
+    ds = ds.map(sort_chunk, num_parallel_calls=AUTOTUNE).unbatch()
+    ds = ds.batch(batch_size, drop_remainder=True).map(cut, num_parallel_calls=AUTOTUNE)
+    return ds.shuffle(BUCKET_CHUNK * 4, seed=seed, reshuffle_each_iteration=True)
 
 
 class SequentialWindows:
@@ -205,6 +245,7 @@ def make_sequential_dataset(
     shuffle_buffer: int = 10_000,
     deterministic: bool = False,
     repeat: bool = False,
+    length_buckets: Sequence[int] | None = (),
 ) -> tf.data.Dataset:
     """Batches of one split's windows from `<samples_dir>/sequences/*.tfrecord.gz`.
 
@@ -228,6 +269,9 @@ def make_sequential_dataset(
         shuffle_buffer: int. Users in the shuffle buffer. Defaults to 10000.
         deterministic: bool. Read and parse in order when training. Defaults to False.
         repeat: bool. Repeat forever. Defaults to False.
+        length_buckets: list of int or None. Length grouping of the train split
+            (module docstring; `resolve_buckets`): None = automatic buckets, () = off.
+            Used only when `training` on the train split. Defaults to ().
 
     Returns:
         A `tf.data.Dataset` of dicts (module docstring). Without `repeat`, its
@@ -237,12 +281,21 @@ def make_sequential_dataset(
         item_vocab = Vocabulary.load(samples_dir, schema.ITEM_VOCAB, vocab or VocabConfig())
     windows = SequentialWindows(item_vocab, split, max_len, negative_rule, max_candidates)
     in_order = not training or deterministic
-    ds = record_batches(samples_dir, SEQUENCES, batch_size, training=training, seed=seed,
-                        shuffle_buffer=shuffle_buffer, in_order=in_order, repeat=repeat)
+    buckets = (resolve_buckets(max_len, length_buckets) if split == "train" and training
+               else [])
+    chunk = BUCKET_CHUNK * batch_size if buckets else batch_size
+    ds = record_batches(samples_dir, SEQUENCES, chunk, training=training, seed=seed,
+                        shuffle_buffer=shuffle_buffer, in_order=in_order, repeat=repeat,
+                        drop_remainder=training and not buckets)
     if split == "train":
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
             windows, num_parallel_calls=AUTOTUNE, deterministic=in_order)
+        if buckets:
+            ds = group_by_length(ds, batch_size, buckets, max_len, seed)
+            examples = None if repeat else manifest_examples(samples_dir, SEQUENCES)
+            if examples is not None:
+                ds = ds.apply(tf.data.experimental.assert_cardinality(examples // batch_size))
     else:
         ds = ds.map(windows, num_parallel_calls=AUTOTUNE, deterministic=in_order)
     return ds.prefetch(AUTOTUNE)

@@ -245,7 +245,7 @@ class SequentialRecommender(keras.Model):
         """DIN scores `[B, Q]` of the items `queries` `[B, Q, d]` (Q may be dynamic, as
         in the export's signatures), each attending over `keys` `[B, L, d]` where
         `valid` `[B, Q, L]` is true."""
-        length, dim = keys.shape[1], keys.shape[2]
+        length, dim = ops.shape(keys)[1], keys.shape[2]  # L may be dynamic
         batch, num_queries = ops.shape(queries)[0], ops.shape(queries)[1]
         flat_keys = ops.reshape(
             ops.broadcast_to(ops.expand_dims(keys, 1), (batch, num_queries, length, dim)),
@@ -267,7 +267,7 @@ class SequentialRecommender(keras.Model):
             return self.score(context, items)
         keys, mask = context
         batch, num_queries = ops.shape(items)[0], ops.shape(items)[1]
-        valid = ops.broadcast_to(ops.expand_dims(mask, 1), (batch, num_queries, keys.shape[1]))
+        valid = ops.broadcast_to(ops.expand_dims(mask, 1), (batch, num_queries, ops.shape(keys)[1]))
         return self._din_scores(keys, valid, items)
 
     # ------------------------------------------------------------------ call
@@ -276,7 +276,7 @@ class SequentialRecommender(keras.Model):
         if "targets" in inputs:  # a training batch: one target per position
             if self.din:
                 mask = ops.not_equal(inputs["inputs"], 0)
-                length = states.shape[1]
+                length = ops.shape(states)[1]  # dynamic under length grouping
                 causal = ops.tril(ops.ones((length, length), "bool"))  # [t, j]: j <= t
                 valid = ops.logical_and(ops.expand_dims(mask, 1), causal)  # [B, L, L]
 

@@ -65,7 +65,8 @@ class SequentialKind(ModelKind):
                       item_vocab=processor.vocabularies[ITEM_VOCAB])
         train_ds = make_sequential_dataset(
             data_dir, "train", tc.batch_size, training=True, seed=tc.seed,
-            shuffle_buffer=tc.shuffle_buffer, deterministic=tc.deterministic_input, **common)
+            shuffle_buffer=tc.shuffle_buffer, deterministic=tc.deterministic_input,
+            length_buckets=m.length_buckets, **common)
         eval_ds = make_sequential_dataset(data_dir, tc.eval_split, tc.batch_size, **common)
         return train_ds, eval_ds
 

@@ -73,6 +73,12 @@ class SequentialModelConfig(ModelSection):
     rank_chunk_size: StrictInt | None = None
     # retrieval signature: top-K over the whole catalogue
     retrieve_k: StrictInt = 100
+    # training batches grouped by length (`tfnegseq.data.sequential_input`): users
+    # sorted by length within chunks of 4 batches, each batch cut to the smallest of
+    # these lengths that holds it (ascending, in [1, max_length]; max_length added);
+    # null: max_length / 8, / 4, / 2 and max_length; []: off (every batch padded to
+    # max_length, the official code's batches)
+    length_buckets: list[StrictInt] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SequentialModelConfig:
@@ -111,6 +117,13 @@ class SequentialModelConfig(ModelSection):
                 )
         if not self.attention_units:
             raise ValueError("attention_units: needs at least one layer (DIN's activation unit)")
+        if self.length_buckets:
+            from tfnegseq.data.sequential import resolve_buckets
+
+            try:
+                resolve_buckets(self.max_length, self.length_buckets)
+            except ValueError as e:
+                raise ValueError(f"length_buckets: {e}") from None
         if self.rank_chunk_size is not None:
             at_least(self, 1, "rank_chunk_size")
         return self
