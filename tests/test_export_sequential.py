@@ -375,10 +375,12 @@ def test_rest_row_and_columnar_through_the_local_server(run):
         assert set(signatures["retrieve"]["inputs"]) == {"pos_item_id", "neg_item_id"}
 
 
-@pytest.mark.parametrize("architecture", ["sasrec", "gru4rec", "din"])
+@pytest.mark.parametrize("architecture", ["sasrec", "gru4rec", "din", "sine"])
 def test_baselines_export_the_same_signatures(samples, architecture):
-    """The baselines go through the same signatures (the whole catalogue in one call;
-    DIN's state depends on the item scored, so only `call` scores it)."""
+    """The baselines go through the same signatures (the whole catalogue against the
+    item table at once, `catalogue_scores`; DIN's state depends on the item scored, so
+    only `call` scores it, in chunks); "sine" here: SINE without `rank_chunk_size`
+    (the table path; the `run` fixture takes the chunked loop)."""
     import tensorflow as tf
 
     r = train_run(samples, architecture)

@@ -377,6 +377,25 @@ def test_fusion_matches_reference(normalization, call):
     )
 
 
+@pytest.mark.parametrize("normalization", ["ratio", "softmax", "mean"])
+def test_fusion_score_catalogue_matches_reference(normalization):
+    """`score_catalogue`: every user against one shared table, eq. 12-14 per item."""
+    rng = np.random.default_rng(13)
+    interests = rng.normal(size=(3, K, D)).astype("float32")
+    table = rng.normal(size=(7, D)).astype("float32")
+    layer = AdaptiveFusion(normalization)
+    layer(interests, table[:3])
+    kernel = bias = None
+    if normalization != "mean":
+        randomize(layer, rng, scale=0.7)
+        kernel, bias = to_numpy(layer.importance.kernel), to_numpy(layer.importance.bias)
+    want = np.stack([fusion_reference(interests, np.broadcast_to(table[i], (3, D)), kernel,
+                                      bias, normalization) for i in range(7)], axis=1)
+    got = to_numpy(layer.score_catalogue(interests, table))
+    assert got.shape == (3, 7)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_fusion_kernel_order_is_item_first():
     """Only the item half of the kernel non-zero: the weights depend on e_i alone."""
     interests = np.random.default_rng(12).normal(size=(1, 2, 4)).astype("float32")

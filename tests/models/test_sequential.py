@@ -465,6 +465,26 @@ def test_training_batch_cut_to_its_longest_user(arch):
             np.testing.assert_allclose(n(step(batch)), n(loss(full)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["sasrec", "sine", "gru4rec", "fusion_mean"])
+def test_catalogue_scores_equal_the_catalogue_as_candidates(arch):
+    """`catalogue_scores` (the table read in place; SINE's fused product) gives every
+    catalogue row the score `candidate_scores` gives it as a candidate."""
+    model = make_model("sine", fusion="mean") if arch == "fusion_mean" else make_model(arch)
+    batch = eval_batch(np.random.default_rng(14))
+    catalogue = np.arange(CAT, NUM_ITEMS)
+    as_candidates = dict(batch, candidates=np.tile(catalogue, (B, 1)))
+    want = to_numpy(model(as_candidates))["candidate_scores"]
+    got = n(model.catalogue_scores(batch))
+    assert got.shape == (B, NUM_ITEMS - CAT)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_catalogue_scores_refuse_din():
+    model = make_model("din")
+    with pytest.raises(ValueError, match="does not apply to DIN"):
+        model.catalogue_scores(eval_batch(np.random.default_rng(15)))
+
+
 def test_gru_state_is_the_unpadded_state():
     """GRU4Rec's last state of a left-padded user is the GRU run over its real items
     only (the mask carries the zero initial state over the padding)."""

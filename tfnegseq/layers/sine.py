@@ -511,6 +511,33 @@ class AdaptiveFusion(keras.layers.Layer):
             scores = ops.sum(weights * dots, axis=-1)  # [..., C]
         return ops.squeeze(scores, -1) if single else scores
 
+    def score_catalogue(self, interests, items):
+        """Scores `[B, N]` of every user's `interests` `[B, K, d]` against one shared
+        item table `items` `[N, d]`: `call(interests, items[None])`, computed with one
+        `[B*K + 1, d] x [d, N]` product (the `o_k . e_i` dot products and every item's
+        `e_i . W_e` term read the table once) and elementwise work on `[B, K, N]`."""
+        if not self.built:
+            self.build(tuple(interests.shape), tuple(items.shape))
+        batch, k, dim = ops.shape(interests)[0], interests.shape[-2], interests.shape[-1]
+        queries = ops.reshape(interests, (-1, dim))  # [B*K, d]
+        if self.importance is not None:
+            kernel = ops.cast(self.importance.kernel, interests.dtype)  # [2d, 1]
+            queries = ops.concatenate([queries, ops.transpose(kernel[:dim])], axis=0)
+        products = ops.matmul(queries, ops.transpose(ops.cast(items, interests.dtype)))
+        dots = ops.reshape(products[: batch * k], (batch, k, -1))  # [B, K, N]
+        if self.importance is None:
+            return ops.mean(dots, axis=1)
+        from_item = ops.expand_dims(products[batch * k:], 0)  # [1, 1, N]
+        bias = ops.cast(self.importance.bias, interests.dtype)
+        from_interest = ops.matmul(interests, kernel[dim:])  # [B, K, 1]
+        logits = from_item + from_interest + bias  # [B, K, N]
+        if self.normalization == "softmax":
+            weights = ops.softmax(logits, axis=1)
+        else:
+            r = ops.sigmoid(logits)
+            weights = r / ops.sum(r, axis=1, keepdims=True)
+        return ops.sum(weights * dots, axis=1)  # [B, N]
+
     def get_config(self):
         config = super().get_config()
         config.update(

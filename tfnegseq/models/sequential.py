@@ -321,14 +321,37 @@ class SequentialRecommender(keras.Model):
             return max(1, min(size, DIN_RANK_ELEMENTS // per_item))
         return size
 
-    def _catalogue_scores(self, context: Any, rows: Any) -> Any:
-        """float32 scores `[B, n]` of the item rows `rows` `[n]`."""
-        items = self._items(rows)  # [n, d]
+    def _catalogue_scores(self, context: Any, rows: Any = None) -> Any:
+        """float32 scores `[B, n]` of the item rows `rows` `[n]`; None: every row of the
+        table, read in place (no gather), `[B, num_items]`."""
+        if rows is None:
+            table = self.tables.read(self.tables.table(self.item_embedding))
+            items = ops.cast(table, self.compute_dtype)  # [num_items, d]
+        else:
+            items = self._items(rows)  # [n, d]
         if not self.din and not self.sine:
             return ops.cast(ops.matmul(context, ops.transpose(items)), "float32")  # [B, n]
-        batch = ops.shape(context[0] if self.din else context)[0]
+        if self.sine:
+            return ops.cast(self.fusion.score_catalogue(context, items), "float32")
+        batch = ops.shape(context[0])[0]
         items = ops.broadcast_to(items, (batch, *items.shape))  # [B, n, d]
         return ops.cast(self._score_items(context, items), "float32")
+
+    def catalogue_scores(self, inputs: dict[str, Any]) -> Any:
+        """float32 scores `[B, N]` of every catalogue item (rows `catalogue_start` ..
+        `num_items - 1`, in row order) for the users of `inputs` (`inputs`, and
+        `input_negatives` for SINE): the `candidate_scores` the model gives the whole
+        catalogue, computed against the item table in place. Not for DIN (its user
+        state depends on the item: score the catalogue as candidates, in chunks).
+
+        Raises:
+            ValueError: the model is DIN.
+        """
+        if self.din:
+            raise ValueError("`catalogue_scores` does not apply to DIN; score the catalogue "
+                             "as `candidates` in chunks (`rank_chunk_size`).")
+        context = self.encode(inputs, training=False)[:, -1]  # [B, d] or [B, K, d]
+        return self._catalogue_scores(context)[:, self.catalogue_start:]
 
     def _full_rank(self, context: Any, target: Any, target_ids: Any, exclude: Any) -> Any:
         """0-based rank of the target among the catalogue rows, rows in `exclude` left

@@ -35,12 +35,16 @@ shorter ones are padded to L inside the graph, and an empty one (W = 0 or all -1
 is scored as a user without history. Unknown ids land in the OOV rows, as in
 training: never retrieved, never excluded.
 
-Retrieval calls the model on the catalogue as candidates, `model.rank_chunk_size()`
-items at a time as its full-ranking evaluation does (the whole catalogue in one call
-unless `model.rank_chunk_size` says otherwise; DIN, whose score costs O(L) attention
-per item, in chunks), and keeps a running top K with `tf.math.top_k` (ties go to the
-lower vocabulary row, as one `top_k` over the catalogue would). Memory per graph
-run: B x chunk item rows (x L for DIN). `keras_rs.layers.BruteForceRetrieval`
+Retrieval, SASRec, SASRec-N, GRU4Rec and SINE (unless `model.rank_chunk_size` is set
+below the catalogue): `model.catalogue_scores` scores the user's state against the
+item table in place (one `[B, d] x [d, N]` product; SINE's fusion, eq. 12-14, on
+`[B, K, N]` dot products, never a `[B, N, d]` gather), the user's positives are set to
+-inf by one scatter, and one `tf.math.top_k` keeps the best K (ties to the lower
+vocabulary row). DIN (its score costs O(L) attention per item) and a set
+`rank_chunk_size`: the model is called on the catalogue as candidates,
+`model.rank_chunk_size()` items at a time, keeping a running top K (the same ties).
+Memory per graph run: B x N scores (x K for SINE), or B x chunk item rows (x L for
+DIN). `keras_rs.layers.BruteForceRetrieval`
 (keras-rs 0.4) does not fit: it scores by a dot product of one query vector with each
 candidate (SINE's score is the adaptive fusion over K sub-interests, eq. 12-14; DIN's
 state depends on the item), keeps candidate ids as int32 (raw ids are int64 up to
@@ -201,8 +205,32 @@ def build_module(model: Any, processor: Any, cfg: Config) -> tuple[Any, int]:
                     training=False)
         return {SCORE: tf.cast(out["candidate_scores"], tf.float32)}  # [B, C]
 
+    whole_table = not model.din and chunk >= size
+
+    def top_of_table(inputs: dict[str, tf.Tensor], seen: tf.Tensor, batch: tf.Tensor
+                     ) -> dict[str, tf.Tensor]:
+        """The whole catalogue scored against the item table at once
+        (`model.catalogue_scores`), the user's positives set to -inf by one scatter,
+        one `top_k` (ties to the lower catalogue index)."""
+        scores = tf.cast(model.catalogue_scores(inputs), tf.float32)  # [B, N]
+        index = seen - start  # [B, W] catalogue index; OOV / padding rows fall below 0
+        index = tf.where((index >= 0) & (index < size), index, size)  # size: a spare slot
+        users = tf.broadcast_to(tf.range(tf.cast(batch, tf.int64))[:, None], tf.shape(index))
+        where = tf.reshape(tf.stack([users, index], axis=-1), [-1, 2])
+        hit = tf.scatter_nd(where, tf.ones([tf.shape(where)[0]], tf.int32),
+                            tf.cast(tf.stack([batch, size + 1]), tf.int64))[:, :size] > 0
+        top, at = tf.math.top_k(tf.where(hit, -np.inf, scores), k=k, sorted=True)  # [B, K]
+        kept = tf.logical_not(tf.gather(hit, at, batch_dims=1))
+        return {
+            ITEM_ID: tf.where(kept, tf.gather(catalogue_ids, at),
+                              tf.constant(schema.PAD_ID, tf.int64)),
+            SCORE: tf.where(kept, top, tf.constant(EMPTY_SCORE, tf.float32)),
+        }
+
     def retrieve(pos: tf.Tensor, neg: tf.Tensor) -> dict[str, tf.Tensor]:
         inputs, seen = history(pos, neg)
+        if whole_table:
+            return top_of_table(inputs, seen, tf.shape(seen)[0])
         batch = tf.shape(seen)[0]
         # the user's positives: sorted rows, a -1 sentinel first so no row is empty
         seen = tf.sort(tf.pad(seen, [[0, 0], [1, 0]], constant_values=-1), axis=1)  # [B, W+1]
