@@ -6,6 +6,11 @@
    Serving SavedModel of each
 4. start the local TF-Serving-compatible REST server on the Mix Seq + TAPF export, score
    one real user's candidates through `tfnegseq.serving.client`, print, stop the server
+5. SINE on the same log (`configs/synthetic_sine.yaml`'s rules and model, a short
+   training): sequential samples with the Beam job, training with early stopping on
+   full-ranking NDCG@10, export, and one user's top 10 of the whole catalogue through
+   the `retrieve` signature over REST (`ServingClient.retrieve`), with the user's
+   actual next positive (the test target) marked where it was retrieved
 
 Run `python -m tfnegseq.demo [--config configs/synthetic.yaml] [--set k=v ...]`.
 """
@@ -24,6 +29,11 @@ from tfnegseq.config import load_config
 # to it), so the demo runs from an installed wheel in any directory.
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs",
                               "synthetic.yaml")
+SINE_CONFIG = os.path.join(os.path.dirname(DEFAULT_CONFIG), "synthetic_sine.yaml")
+# the demo's SINE: the log of step 1 (200 users), a few minutes on a laptop CPU
+SINE_DEMO = ["output.dir=build/samples/demo_sine", "train.run_dir=runs/demo/sine",
+             "train.batch_size=32", "train.epochs=40", "train.early_stopping_patience=4",
+             "train.validate_every=5"]
 
 
 def _step(n: int, text: str) -> None:
@@ -75,6 +85,18 @@ def main(argv: list[str] | None = None) -> int:
 
     _step(4, "serving the Mix Seq + TAPF export over REST and scoring one user")
     serve_and_score(cfg, results["Mix Seq + TAPF"]["export"])
+
+    _step(5, "SINE on the same log: sequential samples, training, retrieval over REST")
+    sine_cfg = load_config(SINE_CONFIG, [f"source.path={cfg.source.path}", *SINE_DEMO])
+    manifest = job.run(sine_cfg)
+    print(f"    sequences written: {manifest['samples'].get('sequences')} users, "
+          f"dead letters {manifest['dead_letters']}")
+    m = train.run_config(sine_cfg, verbose=0)
+    v = m.get("validation") or {}
+    print(f"    SINE after {v.get('stopped_epoch') or sine_cfg.train.epochs} epochs (best "
+          f"validation epoch {v.get('best_epoch')}): test HR@10 {m['hr@10']:.4f}, NDCG@10 "
+          f"{m['ndcg@10']:.4f}; against the user's skips AUC {m['auc']:.4f}")
+    serve(m["export"], lambda client: retrieve_one(sine_cfg, client))
     return 0
 
 
@@ -96,7 +118,9 @@ def _one_user(cfg, n_candidates: int = 5) -> tuple[dict, list[dict]]:
     return user, same
 
 
-def serve_and_score(cfg, version_dir: str) -> None:
+def serve(version_dir: str, work) -> None:
+    """Starts the local REST server on an export in a subprocess, calls
+    `work(client)`, stops the server."""
     import socket
     import subprocess
 
@@ -126,6 +150,13 @@ def serve_and_score(cfg, version_dir: str) -> None:
                     raise RuntimeError(f"server did not start: {err}") from e
                 time.sleep(0.5)
         print(f"    server up on 127.0.0.1:{port}: {status['model_version_status'][0]}")
+        work(client)
+    finally:
+        print(f"    server stopped (exit code {stop_gracefully(server, 60)})")
+
+
+def serve_and_score(cfg, version_dir: str) -> None:
+    def score(client) -> None:
         user, rows = _one_user(cfg)
         candidates = [r["item_id"][0] for r in rows]
         labels = [r["label"][0] for r in rows]
@@ -140,8 +171,37 @@ def serve_and_score(cfg, version_dir: str) -> None:
               f"{len(user['neg_item_id'])} negatives in history")
         for item, label, p in zip(candidates, labels, scores, strict=True):
             print(f"    candidate {item:>6}  p(click) = {p:.4f}  (logged label {label})")
-    finally:
-        print(f"    server stopped (exit code {stop_gracefully(server, 60)})")
+
+    serve(version_dir, score)
+
+
+def retrieve_one(cfg, client, top: int = 10) -> None:
+    """One user's test-time history (every positive before the test target, each with
+    its nearest passive negative) -> the top `top` of `retrieve`, the test target
+    marked."""
+    import glob
+
+    import tensorflow as tf
+
+    from tfnegseq.kinds.sequential.export import example_history
+
+    files = sorted(glob.glob(os.path.join(cfg.output.dir, "sequences", "*.tfrecord.gz")))
+    record = next(iter(tf.data.TFRecordDataset(files, compression_type="GZIP").take(1)))
+    f = tf.train.Example.FromString(record.numpy()).features.feature
+    example = {k: list(v.int64_list.value) for k, v in f.items()}
+    pos, neg = example_history(example, cfg.model.negative_rule)
+    target = example["test_item_id"][0]
+    items, scores = client.retrieve(pos, neg)
+    print(f"    user {example['user_id'][0]}: {len(pos)} positives in history "
+          f"({sum(1 for x in neg if x >= 0)} with a passive negative); next positive "
+          f"(test target) {target}")
+    for rank, (item, score) in enumerate(zip(items[:top], scores[:top], strict=True), 1):
+        mark = "  <- the test target" if item == target else ""
+        print(f"    {rank:>2}. item {item:>6}  score {score:8.4f}{mark}")
+    if target in items:
+        print(f"    the test target is at rank {items.index(target) + 1} of {len(items)}")
+    else:
+        print(f"    the test target is not in the top {len(items)}")
 
 
 if __name__ == "__main__":
