@@ -39,10 +39,16 @@ def test_demo_runs_from_an_installed_wheel(tmp_path):
     small = ["simulate.num_users=40", "simulate.events_per_user_max=150",
              "samples.max_history=20", "model.sequence_length=20", "model.embedding_dim=16",
              "train.epochs=1", "train.shuffle_buffer=1000"]
+    sine = ["samples.min_core=3", "model.max_length=20", "model.embedding_dim=16",
+            "train.batch_size=8",
+            "train.epochs=5", "train.validate_every=1"]
     args = [str(python), "-m", "tfnegseq.demo"]
     for s in small:
         args += ["--set", s]
+    for s in sine:
+        args += ["--sine-set", s]
     run = subprocess.run(args, capture_output=True, text=True, cwd=work, env=env, timeout=800)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Mix Seq + TAPF" in run.stdout
+    assert " 1. item " in run.stdout and "10. item " in run.stdout  # step 5's retrieval
     assert (work / "runs" / "demo").is_dir() and not (REPO / "elsewhere").exists()

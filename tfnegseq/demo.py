@@ -12,7 +12,8 @@
    the `retrieve` signature over REST (`ServingClient.retrieve`), with the user's
    actual next positive (the test target) marked where it was retrieved
 
-Run `python -m tfnegseq.demo [--config configs/synthetic.yaml] [--set k=v ...]`.
+Run `python -m tfnegseq.demo [--config configs/synthetic.yaml] [--set k=v ...]
+[--sine-set k=v ...]` (`--set` overrides the CTR config, `--sine-set` step 5's).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfnegseq.demo")
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--sine-set", dest="sine_overrides", action="append", default=[],
+                        help="overrides of step 5's SINE config (k=v)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     cfg = load_config(args.config, args.overrides)
@@ -87,10 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     serve_and_score(cfg, results["Mix Seq + TAPF"]["export"])
 
     _step(5, "SINE on the same log: sequential samples, training, retrieval over REST")
-    sine_cfg = load_config(SINE_CONFIG, [f"source.path={cfg.source.path}", *SINE_DEMO])
+    sine_cfg = load_config(SINE_CONFIG, [f"source.path={cfg.source.path}", *SINE_DEMO,
+                                         *args.sine_overrides])
     manifest = job.run(sine_cfg)
-    print(f"    sequences written: {manifest['samples'].get('sequences')} users, "
-          f"dead letters {manifest['dead_letters']}")
+    users = manifest["samples"].get("sequences") or 0
+    print(f"    sequences written: {users} users, dead letters {manifest['dead_letters']}")
+    if users < sine_cfg.train.batch_size:
+        print(f"    error: step 5 needs at least train.batch_size={sine_cfg.train.batch_size} "
+              f"users with samples.min_core={sine_cfg.samples.min_core} positives; the log "
+              f"gave {users}: simulate more users or events, or pass --sine-set "
+              f"samples.min_core=... / train.batch_size=...", file=sys.stderr)
+        return 1
     m = train.run_config(sine_cfg, verbose=0)
     v = m.get("validation") or {}
     print(f"    SINE after {v.get('stopped_epoch') or sine_cfg.train.epochs} epochs (best "
