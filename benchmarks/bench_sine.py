@@ -70,10 +70,16 @@ summary. A smoke run (about a minute; keep its JSON out of results/):
     python benchmarks/bench_sine.py --items 2000 --steps 2 --rounds 1 --warmup 1 \\
         --requests 20 --max-length 50 --out /tmp/sine_smoke.json
 
+Length grouping (`--parts buckets`, needs `--data-dir`): SINE training epochs through
+`make_sequential_dataset` with the automatic `model.length_buckets` against none (every
+batch padded to L), alternating epoch by epoch; reports the bucket widths of one epoch,
+the padded-slot ratio and the epoch-time ratio.
+
 Full run:
 
-    python benchmarks/bench_sine.py [--data-dir build/samples/synthetic_sine]
-        [--rounds 5] [--steps 10] [--items 100000] [--requests 300]
+    python benchmarks/bench_sine.py [--data-dir build/samples/movielens_100k_sine]
+        [--parts train,buckets,retrieve] [--rounds 5] [--steps 10] [--items 100000]
+        [--requests 300]
 """
 
 from __future__ import annotations
@@ -304,6 +310,53 @@ def measure_training(args: argparse.Namespace, backend: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- retrieval
 
 
+def measure_buckets(args: argparse.Namespace) -> dict[str, Any]:
+    """Length grouping (`model.length_buckets`, `tfnegseq.data.sequential_input`): SINE
+    training epochs over `--data-dir` with the automatic buckets against none (every
+    batch padded to L), as `fit` runs them; the two alternate epoch by epoch (ABBA)."""
+    import keras
+
+    from tfnegseq import kinds
+    from tfnegseq.data.sequential_input import make_sequential_dataset
+    from tfnegseq.data.vocab import Vocabulary
+
+    cfg = bench_config(args, "sine")
+    kind = kinds.get_kind("sequential")
+    vocab = Vocabulary.load(args.data_dir, "item_id", cfg.vocab)
+    length = cfg.model.max_length
+    trainees: dict[str, Any] = {}
+    widths: dict[str, list[int]] = {}
+    for name, buckets in (("buckets", None), ("padded", [])):
+        ds = make_sequential_dataset(args.data_dir, "train", args.batch_size, length,
+                                     training=True, seed=0, item_vocab=vocab,
+                                     length_buckets=buckets)
+        widths[name] = [int(b["mask"].shape[1]) for b in ds]
+        keras.utils.set_random_seed(0)
+        model = kind.build_model(cfg, {"item_id": vocab.size})
+        model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=cfg.train.jit_compile)
+        t = time.perf_counter()
+        model.fit(ds, epochs=1, verbose=0)  # compiles every bucket's program
+        trainees[name] = (model, ds, time.perf_counter() - t)
+    epochs: dict[str, list[float]] = {name: [] for name in trainees}
+    for r in range(args.rounds):
+        for name in (list(trainees) if r % 2 == 0 else list(reversed(trainees))):
+            model, ds, _ = trainees[name]
+            t = time.perf_counter()
+            model.fit(ds, epochs=1, verbose=0)
+            epochs[name].append(round(time.perf_counter() - t, 3))
+    ratios = [a / b for a, b in zip(epochs["buckets"], epochs["padded"], strict=True)]
+    return {
+        "data_dir": args.data_dir,
+        "batches_per_epoch": len(widths["padded"]),
+        "bucket_widths_one_epoch": widths["buckets"],
+        "padded_slots_ratio": round(sum(widths["buckets"]) / sum(widths["padded"]), 3),
+        "epoch_s": epochs,
+        "epoch_s_median": {k: statistics.median(v) for k, v in epochs.items()},
+        "first_epoch_s": {k: round(v[2], 1) for k, v in trainees.items()},
+        "buckets_over_padded_epoch_time": round(statistics.median(ratios), 3),
+    }
+
+
 def _int64_example(features: dict[str, list[int]]) -> bytes:
     import tensorflow as tf
 
@@ -452,7 +505,8 @@ def measure_retrieval(args: argparse.Namespace, work: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
-    ap.add_argument("--parts", default="train,retrieve", help="train, retrieve or both")
+    ap.add_argument("--parts", default="train,retrieve",
+                    help="comma-separated: train, retrieve, buckets (needs --data-dir)")
     ap.add_argument("--data-dir", default=None, help="sequential samples (else synthetic)")
     ap.add_argument("--train-items", type=int, default=2000, help="synthetic catalogue")
     ap.add_argument("--skip-rate", type=float, default=0.5, help="synthetic skips")
@@ -474,8 +528,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: results/sine.json (jax: results/sine_jax_<platform>.json)")
     args = ap.parse_args(argv)
     parts = {p for p in args.parts.split(",") if p}
-    if parts - {"train", "retrieve"} or not parts:
-        ap.error(f"--parts: train and/or retrieve. Received: {args.parts!r}")
+    if parts - {"train", "retrieve", "buckets"} or not parts:
+        ap.error(f"--parts: train, retrieve and/or buckets. Received: {args.parts!r}")
+    if "buckets" in parts and not args.data_dir:
+        ap.error("--parts buckets: needs --data-dir (sequential samples)")
     if args.backend == "jax":
         if args.data_dir:
             ap.error("--data-dir needs TensorFlow (tf.data); --backend jax trains on "
@@ -502,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         else f"sine_jax_{platform}.json")
 
     training = measure_training(args, args.backend) if "train" in parts else None
+    buckets = measure_buckets(args) if "buckets" in parts else None
     retrieval = None
     if "retrieve" in parts:
         with tempfile.TemporaryDirectory(prefix="bench-sine-") as tmp:
@@ -527,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                    + " ".join(sys.argv[1:] if argv is None else argv),
         "backend": args.backend,
         "training": training,
+        "length_buckets": buckets,
         "retrieve": retrieval,
         "goals": GOALS,
         "goals_met": {
@@ -560,6 +618,12 @@ def print_summary(result: dict[str, Any], out_path: str) -> None:
                   f"ms/step, first step {r['first_step_s']:.0f} s)")
         print(f"SINE / SASRec step time: {training['sine_over_sasrec_step_time']:.2f} "
               f"(paired per round; goal <= {GOALS['sine_over_sasrec_step_time_max']})")
+    buckets = result.get("length_buckets")
+    if buckets:
+        print(f"length buckets: SINE epoch {buckets['epoch_s_median']['buckets']:.2f} s vs "
+              f"{buckets['epoch_s_median']['padded']:.2f} s padded to L "
+              f"(ratio {buckets['buckets_over_padded_epoch_time']:.2f}; padded slots x"
+              f"{buckets['padded_slots_ratio']:.2f}; widths {buckets['bucket_widths_one_epoch']})")
     if retrieval:
         print(f"retrieve: {retrieval['catalogue_items']:,} items, K = {retrieval['k']}, "
               f"history {retrieval['history']}")

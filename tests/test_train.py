@@ -40,6 +40,22 @@ def test_run_writes_metrics_that_match_sklearn(tiny_samples, tmp_path):
     assert os.path.isdir(tmp_path / "run" / "tensorboard")
 
 
+@pytest.mark.parametrize("keep, want", [(None, [1, 2, 3, 4]), (2, [3, 4]), (0, [])])
+def test_keep_checkpoints(tiny_samples, tmp_path, keep, want):
+    cfg, sets, _ = tiny_samples
+    cfg = load_config(CONFIG, sets + [f"train.run_dir={tmp_path}/run", "train.epochs=4",
+                                      "train.steps_per_epoch=2", "train.export=false",
+                                      f"train.keep_checkpoints={'null' if keep is None else keep}"])
+    train.run_config(cfg, verbose=0)
+    names = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    assert names == [f"epoch_{e:03d}.weights.h5" for e in want]
+
+
+def test_keep_checkpoints_refuses_negative():
+    with pytest.raises(Exception, match="keep_checkpoints"):
+        load_config(CONFIG, ["train.keep_checkpoints=-1"])
+
+
 class Interrupt(Exception):
     pass
 

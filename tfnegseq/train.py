@@ -7,7 +7,8 @@ metrics (`tfnegseq.evaluate`) and writes a run directory:
 
     <run_dir>/metrics.json      the kind's metrics, examples/s, config, seed, versions
     <run_dir>/tensorboard/      TensorBoard logs
-    <run_dir>/checkpoints/      weights after each epoch
+    <run_dir>/checkpoints/      weights after each epoch (the `train.keep_checkpoints`
+                                most recent; all by default)
     <run_dir>/backup/           state for resuming an interrupted run (BackupAndRestore;
                                 present only while a run is unfinished)
     <run_dir>/model.keras       the trained model
@@ -25,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -37,6 +39,7 @@ from tfnegseq.provenance import versions
 from tfnegseq.runs import copy_run_data, read_resume_state, samples_dir, write_resume_state
 
 log = logging.getLogger("tfnegseq.train")
+CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5")
 
 
 def throughput_callback(batch_size: int, previous: list[tuple[int, float]] | None = None,
@@ -140,10 +143,8 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
         keras.callbacks.BackupAndRestore(os.path.join(tc.run_dir, "backup")),
         throughput,  # before validation: its epoch time leaves validation out
         *([validation] if validation else []),  # before the checkpoint and TensorBoard
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(tc.run_dir, "checkpoints", "epoch_{epoch:03d}.weights.h5"),
-            save_weights_only=True,
-        ),
+        *([] if tc.keep_checkpoints == 0 else [recent_checkpoints(
+            os.path.join(tc.run_dir, "checkpoints"), tc.keep_checkpoints)]),
         keras.callbacks.TensorBoard(os.path.join(tc.run_dir, "tensorboard"), update_freq=50),
         *(extra_callbacks or []),
     ]
@@ -180,6 +181,26 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
             json.dump(result, f, indent=2)
     log.info("%s: %s", tc.run_dir, format_metrics(result, kind.metric_keys))
     return result
+
+
+def recent_checkpoints(directory: str, keep: int | None) -> Any:
+    """`keras.callbacks.ModelCheckpoint` of every epoch's weights into
+    `<directory>/epoch_NNN.weights.h5`, deleting all but the `keep` most recent epoch
+    files (None: keeps every one)."""
+    import keras
+
+    class _Recent(keras.callbacks.ModelCheckpoint):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            super().on_epoch_end(epoch, logs)
+            if keep is None:
+                return
+            names = sorted((n for n in os.listdir(directory) if CHECKPOINT.fullmatch(n)),
+                           key=lambda n: int(CHECKPOINT.fullmatch(n)[1]))  # type: ignore[index]
+            for name in names[:max(0, len(names) - keep)]:
+                os.remove(os.path.join(directory, name))
+
+    return _Recent(os.path.join(directory, "epoch_{epoch:03d}.weights.h5"),
+                   save_weights_only=True)
 
 
 def format_metrics(result: dict[str, Any], keys: tuple[str, ...]) -> str:

@@ -337,10 +337,15 @@ class TrainConfig:
     test_at_validation: StrictBool = False
     # export a TF Serving SavedModel to <run_dir>/export/<name>/<version> after training
     export: StrictBool = True
+    # epoch checkpoints kept in <run_dir>/checkpoints/ (the most recent ones); null =
+    # every epoch's, 0 = none (a resumed run restores from backup/ either way)
+    keep_checkpoints: StrictInt | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         at_least(self, 1, "epochs", "batch_size")
+        if self.keep_checkpoints is not None:
+            at_least(self, 0, "keep_checkpoints")
         if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate: must be > 0. Received: {self.learning_rate}")
         at_least(self, 0, "steps_per_epoch")
@@ -363,6 +368,7 @@ class TrainConfig:
 
 # Keys a resumed run may change (prefixes of flattened keys; see `Config.model_hash`).
 RESUME_FREE = ("name", "simulate.", "train.run_dir", "train.export", "train.epochs",
+               "train.keep_checkpoints",
                "train.eval_split", "train.jit_compile", "train.auto_clustering",
                "train.deterministic_input")
 
