@@ -98,7 +98,7 @@ def test_keras_private_imports_live_in_one_module():
     ("tfnegseq.layers", ["MixedPolaritySequence", "PolarityBiasEmbedding",
                          "TargetAwarePolarityFusion", "DinAttention", "TransformerEncoder",
                          "SubInterestAssignment", "SubInterestSelfAttention",
-                         "SubInterestProjection", "AdaptiveFusion"]),
+                         "SubInterestProjection", "AdaptiveFusion", "TemporalConvolution"]),
     ("tfnegseq.models", ["CtrModel", "SequentialRecommender"]),
     ("tfnegseq.losses", ["bpr_loss", "distance_correlation", "sine_loss"]),
     ("tfnegseq.kinds", ["ModelKind", "register_kind", "get_kind"]),

@@ -4,6 +4,7 @@
 """
 
 from tfnegseq.layers.attention import DinAttention, token_matmul
+from tfnegseq.layers.cain import TemporalConvolution
 from tfnegseq.layers.polarity import (
     MixedPolaritySequence,
     PolarityBiasEmbedding,
@@ -26,6 +27,7 @@ __all__ = [
     "SubInterestProjection",
     "SubInterestSelfAttention",
     "TargetAwarePolarityFusion",
+    "TemporalConvolution",
     "TransformerEncoder",
     "token_matmul",
 ]

@@ -1,0 +1,160 @@
+"""CAIN's layers against numpy written from the paper's equations (issue 14)."""
+
+import keras
+import numpy as np
+import pytest
+
+from tests.helpers import eager_call, to_numpy, xla_call
+from tfnegseq.layers.cain import TemporalConvolution
+
+
+def tcn_reference(x, mask, kernel, bias, context_length, stride):
+    """Eq. (5), index by index: y[b, j] = sum over k in [-cl, cl] of x~[b, j*s + k] @
+    W[k + cl] + bias, x~ = x * mask inside [0, N), 0 outside. `kernel` is [2cl+1, d, f]
+    or per example [B, 2cl+1, d, f]."""
+    batch, length, _ = x.shape
+    n_out = -(-length // stride)
+    f = kernel.shape[-1]
+    y = np.zeros((batch, n_out, f))
+    for b in range(batch):
+        w = kernel[b] if kernel.ndim == 4 else kernel
+        for j in range(n_out):
+            centre = j * stride
+            total = np.array(bias, np.float64)
+            for k in range(-context_length, context_length + 1):
+                t = centre + k
+                if 0 <= t < length and mask[b, t]:
+                    total = total + x[b, t] @ w[k + context_length]
+            y[b, j] = total
+    return y
+
+
+def left_padded_mask(lengths, width):
+    return np.array([[t >= width - n for t in range(width)] for n in lengths])
+
+
+def randomize(layer, rng):
+    layer.set_weights([rng.normal(size=w.shape).astype("float32") for w in layer.get_weights()])
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+@pytest.mark.parametrize("context_length, stride", [(0, 1), (1, 1), (7, 1), (1, 4), (7, 4), (0, 4)])
+def test_tcn_matches_reference(context_length, stride, call):
+    rng = np.random.default_rng(context_length * 10 + stride)
+    width, d, f = 11, 5, 3
+    x = rng.normal(size=(4, width, d)).astype("float32")
+    mask = left_padded_mask([11, 7, 1, 0], width)  # full, padded, one item, all padding
+    x_noisy = np.where(mask[..., None], x, 9.0).astype("float32")  # padding holds junk
+    layer = TemporalConvolution(f, context_length, stride)
+    layer(x, mask)
+    randomize(layer, rng)
+    kernel, bias = to_numpy(layer.kernel), to_numpy(layer.bias)
+    assert kernel.shape == (2 * context_length + 1, d, f) and bias.shape == (f,)
+    got = to_numpy(call(layer, x_noisy, mask))
+    want = tcn_reference(x, mask, kernel, bias, context_length, stride)
+    assert got.shape == (4, -(-width // stride), f)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(layer.output_mask(mask), mask[:, ::stride])
+
+
+def test_tcn_ends_are_zero_padded_and_centres_are_j_times_stride():
+    """A hand-worked case: d = f = 1, kernel taps (1, 10, 100) at offsets (-1, 0, +1),
+    N = 8, stride 4: outputs centred on inputs 0 and 4."""
+    layer = TemporalConvolution(1, 1, stride=4)
+    x = np.arange(1, 9, dtype="float32").reshape(1, 8, 1)  # 1 .. 8
+    layer(x)
+    layer.set_weights([np.array([1.0, 10.0, 100.0], "float32").reshape(3, 1, 1),
+                       np.zeros(1, "float32")])
+    got = to_numpy(layer(x))[0, :, 0]
+    # output 0: x[-1]=0 (end padding) + 10*x[0] + 100*x[1]; output 1: x[3] + 10 x[4] + 100 x[5]
+    np.testing.assert_allclose(got, [10 * 1 + 100 * 2, 4 + 10 * 5 + 100 * 6])
+    got_last = to_numpy(TemporalConvolution(1, 1, stride=4, kernel_initializer="ones")(
+        x[:, :7]))[0, :, 0]  # N = 7: output 1 centred on 4 reads x[3..5]
+    np.testing.assert_allclose(got_last, [1 + 2, 4 + 5 + 6])
+
+
+def test_tcn_output_depends_only_on_its_window():
+    """Perturb one input: exactly the outputs whose window [j*s - cl, j*s + cl] holds
+    it move."""
+    rng = np.random.default_rng(3)
+    width, cl, s = 20, 2, 3
+    layer = TemporalConvolution(4, cl, s)
+    x = rng.normal(size=(1, width, 6)).astype("float32")
+    base = to_numpy(layer(x))
+    for t in range(width):
+        bumped = x.copy()
+        bumped[0, t] += 1.0
+        moved = np.abs(to_numpy(layer(bumped)) - base).max(axis=-1)[0] > 1e-6
+        want = [abs(j * s - t) <= cl for j in range(-(-width // s))]
+        assert moved.tolist() == want, t
+
+
+def test_tcn_per_example_filters_equal_single_example_calls():
+    rng = np.random.default_rng(4)
+    cl, s, d, f = 2, 2, 5, 3
+    x = rng.normal(size=(3, 9, d)).astype("float32")
+    mask = left_padded_mask([9, 5, 2], 9)
+    filters = rng.normal(size=(3, 2 * cl + 1, d, f)).astype("float32")
+    layer = TemporalConvolution(f, cl, s, bias_initializer="ones")
+    got = to_numpy(layer(x, mask, filters))
+    for b in range(3):
+        single = TemporalConvolution(f, cl, s, bias_initializer="ones")
+        single(x[b:b + 1], mask[b:b + 1])
+        single.set_weights([filters[b], to_numpy(layer.bias)])
+        np.testing.assert_allclose(got[b:b + 1], to_numpy(single(x[b:b + 1], mask[b:b + 1])),
+                                   rtol=1e-5, atol=1e-5)
+    want = tcn_reference(x, mask, filters, to_numpy(layer.bias), cl, s)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    xla = to_numpy(xla_call(layer, x, mask, filters))
+    np.testing.assert_allclose(xla, want, rtol=1e-4, atol=1e-4)
+
+
+def test_tcn_mixed_bfloat16():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 12, 8)).astype("float32")
+    mask = left_padded_mask([12, 6], 12)
+    layer = TemporalConvolution(4, 3, 2, dtype="mixed_bfloat16")
+    out = layer(x, mask)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    want = tcn_reference(x, mask, to_numpy(layer.kernel), to_numpy(layer.bias), 3, 2)
+    np.testing.assert_allclose(to_numpy(out).astype("float32"), want, rtol=0.05, atol=0.1)
+
+
+def test_tcn_serialization_round_trip(tmp_path):
+    inputs = keras.Input((10, 6))
+    mask = keras.Input((10,), dtype="bool")
+    out = TemporalConvolution(4, 2, 3, activation="relu", name="tcn")(inputs, mask)
+    model = keras.Model([inputs, mask], out)
+    rng = np.random.default_rng(6)
+    x, m = rng.normal(size=(2, 10, 6)).astype("float32"), left_padded_mask([10, 4], 10)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(to_numpy(loaded([x, m])), to_numpy(model([x, m])), atol=1e-6)
+    config = loaded.get_layer("tcn").get_config()
+    assert (config["filters"], config["context_length"], config["stride"]) == (4, 2, 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"filters": 0, "context_length": 1}, "filters"),
+    ({"filters": 4, "context_length": -1}, "context_length"),
+    ({"filters": 4, "context_length": 1, "stride": 0}, "stride"),
+    ({"filters": 4.0, "context_length": 1}, "filters"),
+])
+def test_tcn_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TemporalConvolution(**kwargs)
+
+
+def test_tcn_under_jax():
+    """The same checks under the JAX backend (eager and `jax.jit`)."""
+    from tests.helpers import run_under_jax
+
+    run_under_jax(
+        "import keras; assert keras.backend.backend() == 'jax'\n"
+        "from tests.helpers import eager_call, xla_call\n"
+        "from tests.layers import test_cain as t\n"
+        "for call in (eager_call, xla_call):\n"
+        "    for cl, s in ((0, 1), (7, 1), (1, 4)):\n"
+        "        t.test_tcn_matches_reference(cl, s, call)\n"
+        "t.test_tcn_per_example_filters_equal_single_example_calls()\n"
+        "t.test_tcn_output_depends_only_on_its_window()\n")

@@ -1,0 +1,142 @@
+"""CAIN's context extraction over lifelong sequences (issue 14).
+
+Paper: `../shared/papers/002_bbf64e76a3eb835d.txt` (CAIN), §4.1. Design notes:
+`docs/design/cain.md` §2.2-2.3.
+
+`TemporalConvolution` is eq. (5): each output is a linear map of the `2 cl + 1` items
+centred on it (`cl` = context length on each side), zero outside the sequence and at
+padding, so a padding slot never leaks into a real position; with PEG (eq. 12) the map
+is a per-user kernel passed at call time.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tfnegseq.api_export import register
+
+
+@register
+class TemporalConvolution(keras.layers.Layer):
+    """A temporal convolution along the sequence, centred windows (CAIN eq. 5, 12).
+
+    `y[b, j] = sum_{k=-cl..cl} x~[b, j*s + k] @ W[k + cl] + bias`, j = 0 ..
+    ceil(N / s) - 1, where `x~[b, t] = x[b, t] * mask[b, t]` inside the sequence and 0
+    outside it (both ends zero-padded; the padding slots of a left-padded sequence count
+    as zeros too). Output j is centred on input `j * s`. `context_length=0` is a
+    per-item dense layer (the paper's cl = 0 point).
+
+    The windows are not Keras' `padding="same"`: for `stride > 1` TensorFlow's SAME
+    padding centres output j on `j*s + cl - pad_left`, not on `j*s`. The sequence is
+    padded explicitly (cl zeros before, enough after) and each of the `2cl + 1` taps is
+    one batched matmul over strided slices, summed: no window tensor
+    `[B, n_out, 2cl+1, d]` is built (2 GB at B = 256, N = 2000, d = 64, cl = 7).
+
+    Args:
+        filters: int. Output channels f (the constructor's `filters`; the call's
+            `filters` argument is a per-example kernel, both names as issue 14 fixes
+            them).
+        context_length: int >= 0. cl, items on each side of the centre.
+        stride: int >= 1. Distance between the centres of adjacent outputs. Defaults
+            to 1.
+        activation: optional activation of the output. Defaults to None (eq. 5 is
+            linear).
+        kernel_initializer, bias_initializer: initializers of `kernel`
+            `[2cl+1, d, filters]` and `bias` `[filters]` (Conv1D's names and layout).
+        **kwargs: base layer arguments (`name`, `dtype`).
+
+    Call arguments:
+        sequence: float `[B, N, d]`.
+        mask: bool or 0/1 `[B, N]`, true at real items; None: every slot is real.
+        filters: optional float `[B, 2cl+1, d, filters]`, replaces `kernel` per example
+            (PEG, eq. 12); `bias` still applies.
+
+    Returns:
+        `[B, ceil(N / stride), filters]`. `output_mask(mask)` gives its mask (an output
+        is real where its centre is).
+
+    Example:
+
+    ```python
+    layer = TemporalConvolution(64, context_length=7, stride=1)
+    y = layer(np.ones((2, 10, 32), "float32"), np.ones((2, 10), bool))  # (2, 10, 64)
+    ```
+    """
+
+    def __init__(self, filters, context_length, stride=1, activation=None,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+        super().__init__(**kwargs)
+        for name, value, low in (("filters", filters, 1), ("context_length", context_length, 0),
+                                 ("stride", stride, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}. Received: {name}={value!r}")
+        self.filters = filters
+        self.context_length = context_length
+        self.stride = stride
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.supports_masking = False  # the mask is an explicit argument
+
+    @property
+    def taps(self) -> int:
+        return 2 * self.context_length + 1
+
+    def build(self, sequence_shape, mask_shape=None, filters_shape=None):
+        dim = sequence_shape[-1]
+        if dim is None:
+            raise ValueError("the last dimension of `sequence` must be known")
+        self.kernel = self.add_weight(name="kernel", shape=(self.taps, dim, self.filters),
+                                      initializer=self.kernel_initializer)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,),
+                                    initializer=self.bias_initializer)
+        self.built = True
+
+    def output_length(self, length):
+        return -(-length // self.stride)
+
+    def output_mask(self, mask):
+        """The outputs' mask `[B, ceil(N / stride)]`: the mask at each centre."""
+        return None if mask is None else mask[:, :: self.stride]
+
+    def call(self, sequence, mask=None, filters=None):
+        x = sequence
+        if mask is not None:
+            x = x * ops.expand_dims(ops.cast(mask, x.dtype), -1)
+        length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
+        cl, s = self.context_length, self.stride
+        n_out = -(-length // s) if isinstance(length, int) else (length + s - 1) // s
+        # cl zeros before; after: up to the last tap of the last output, (n_out-1)*s + cl
+        after = (n_out - 1) * s + cl - (length - 1)
+        after = max(after, 0) if isinstance(after, int) else ops.maximum(after, 0)
+        x = ops.pad(x, [[0, 0], [cl, after], [0, 0]])
+        per_example = filters is not None
+        kernel = ops.cast(filters if per_example else self.kernel, x.dtype)
+        out = None
+        for k in range(self.taps):  # static: 2cl + 1 batched matmuls, never per user
+            window = x[:, k: k + (n_out - 1) * s + 1: s] if s > 1 else x[:, k: k + n_out]
+            if per_example:
+                term = ops.matmul(window, kernel[:, k])  # [B, n_out, d] @ [B, d, f]
+            else:
+                term = ops.matmul(window, kernel[k])  # [B, n_out, d] @ [d, f]
+            out = term if out is None else out + term
+        out = out + ops.cast(self.bias, out.dtype)
+        return self.activation(out)
+
+    def compute_output_shape(self, sequence_shape, mask_shape=None, filters_shape=None):
+        length = sequence_shape[1]
+        return (sequence_shape[0], None if length is None else self.output_length(length),
+                self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            context_length=self.context_length,
+            stride=self.stride,
+            activation=keras.activations.serialize(self.activation),
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config
