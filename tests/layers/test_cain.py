@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import eager_call, to_numpy, xla_call
-from tfnegseq.layers.cain import TemporalConvolution
+from tfnegseq.layers.cain import PersonalizedExtractorGeneration, TemporalConvolution
 
 
 def tcn_reference(x, mask, kernel, bias, context_length, stride):
@@ -143,6 +143,70 @@ def test_tcn_serialization_round_trip(tmp_path):
 def test_tcn_refuses_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TemporalConvolution(**kwargs)
+
+
+# ---------------------------------------------------------------------- PEG
+
+
+def peg_reference(profile, w1, b1, w2, b2, shape):
+    """Eq. 10-11: O = ReLU(I W1 + b1); W^PC = reshape(O W2 + b2) to [B, K, d, f]."""
+    hidden = np.maximum(profile @ w1 + b1, 0.0)
+    return (hidden @ w2 + b2).reshape(len(profile), *shape)
+
+
+def test_peg_matches_reference_and_feeds_the_tcn():
+    rng = np.random.default_rng(7)
+    shapes = [(3, 4, 5), (1, 5, 2)]
+    profile = rng.normal(size=(3, 6)).astype("float32")
+    peg = PersonalizedExtractorGeneration(shapes, units=8)
+    peg(profile)
+    for sub in (*peg.hidden, *peg.generate):
+        sub.set_weights([rng.normal(size=w.shape).astype("float32") * 0.5
+                         for w in sub.get_weights()])
+    got = [to_numpy(k) for k in peg(profile)]
+    for n, shape in enumerate(shapes):
+        w1, b1 = (to_numpy(w) for w in peg.hidden[n].weights)
+        w2, b2 = (to_numpy(w) for w in peg.generate[n].weights)
+        want = peg_reference(profile, w1, b1, w2, b2, shape)
+        assert got[n].shape == (3, *shape)
+        np.testing.assert_allclose(got[n], want, rtol=1e-5, atol=1e-5)
+    # users with different profiles get different kernels
+    assert not np.allclose(got[0][0], got[0][1])
+    # eq. 12: the TCN with the generated kernels (bias kept) is eq. 5 with them
+    x = rng.normal(size=(3, 7, 4)).astype("float32")
+    mask = left_padded_mask([7, 3, 5], 7)
+    tcn = TemporalConvolution(5, 1, 1, bias_initializer="ones")
+    y = to_numpy(tcn(x, mask, peg(profile)[0]))
+    np.testing.assert_allclose(y, tcn_reference(x, mask, got[0], np.ones(5), 1, 1),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_peg_kernels_have_a_glorot_like_scale_at_initialisation():
+    """Xavier init: the generated kernels' spread is of the order of a Glorot kernel of
+    the same TCN layer (within a factor of 4), not far off as an unscaled generator."""
+    rng = np.random.default_rng(8)
+    k, d, f = 15, 64, 64
+    peg = PersonalizedExtractorGeneration([(k, d, f)], units=64)
+    kernels = to_numpy(peg(rng.normal(size=(16, 32)).astype("float32"))[0])
+    glorot = np.sqrt(2.0 / (k * d + k * f))  # std of glorot_uniform for a [k, d, f] kernel
+    assert glorot / 4 < kernels.std() < glorot * 4, (kernels.std(), glorot)
+
+
+def test_peg_serialization_and_validation(tmp_path):
+    inputs = keras.Input((6,))
+    outs = PersonalizedExtractorGeneration([(3, 4, 2), (1, 2, 2)], units=5, name="peg")(inputs)
+    model = keras.Model(inputs, outs)
+    x = np.random.default_rng(9).normal(size=(2, 6)).astype("float32")
+    model.save(tmp_path / "p.keras")
+    loaded = keras.saving.load_model(tmp_path / "p.keras")
+    for a, b in zip(loaded(x), model(x), strict=True):
+        np.testing.assert_allclose(to_numpy(a), to_numpy(b), atol=1e-6)
+    assert loaded.get_layer("peg").get_config()["kernel_shapes"] == [[3, 4, 2], [1, 2, 2]]
+    for bad in ([], [(3, 4)], [(0, 4, 2)]):
+        with pytest.raises(ValueError, match="kernel_shapes"):
+            PersonalizedExtractorGeneration(bad)
+    with pytest.raises(ValueError, match="units"):
+        PersonalizedExtractorGeneration([(1, 2, 2)], units=0)
 
 
 def test_tcn_under_jax():

@@ -4,7 +4,7 @@
 """
 
 from tfnegseq.layers.attention import DinAttention, token_matmul
-from tfnegseq.layers.cain import TemporalConvolution
+from tfnegseq.layers.cain import PersonalizedExtractorGeneration, TemporalConvolution
 from tfnegseq.layers.polarity import (
     MixedPolaritySequence,
     PolarityBiasEmbedding,
@@ -22,6 +22,7 @@ __all__ = [
     "AdaptiveFusion",
     "DinAttention",
     "MixedPolaritySequence",
+    "PersonalizedExtractorGeneration",
     "PolarityBiasEmbedding",
     "SubInterestAssignment",
     "SubInterestProjection",

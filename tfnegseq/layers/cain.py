@@ -6,7 +6,8 @@ Paper: `../shared/papers/002_bbf64e76a3eb835d.txt` (CAIN), §4.1. Design notes:
 `TemporalConvolution` is eq. (5): each output is a linear map of the `2 cl + 1` items
 centred on it (`cl` = context length on each side), zero outside the sequence and at
 padding, so a padding slot never leaks into a real position; with PEG (eq. 12) the map
-is a per-user kernel passed at call time.
+is a per-user kernel passed at call time, generated from the user's profile by
+`PersonalizedExtractorGeneration` (eq. 10-11).
 """
 
 from __future__ import annotations
@@ -138,5 +139,79 @@ class TemporalConvolution(keras.layers.Layer):
             activation=keras.activations.serialize(self.activation),
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config
+
+
+@register
+class PersonalizedExtractorGeneration(keras.layers.Layer):
+    """Per-user TCN kernels from the user's profile (CAIN PEG, eq. 10-11).
+
+    For every generated TCN layer n: `O_n = ReLU(W1_n I + b1_n)` (eq. 10, Dense
+    sublayer `hidden_<n>`) and `W^PC_n = reshape(W2_n O_n + b2_n, [K_n, d_n, f_n])`
+    (eq. 11, Dense sublayer `generate_<n>`), I the profile representation `[B, p]`.
+    The kernels replace the layer's own (eq. 12: `TemporalConvolution(..., filters=)`;
+    Table 6's "replace", the paper's default). Xavier (Glorot) initialisation, as the
+    paper's §5.1.4. The generator is large: `units * K * d * f` weights per layer
+    (3.9 M at units 64, K 15, d = f = 64).
+
+    Args:
+        kernel_shapes: list of `(K_n, d_n, f_n)`, one per generated layer (K_n = 2cl+1).
+        units: int. Width of eq. 10's hidden layer. Defaults to 64.
+        kernel_initializer: of both Dense layers. Defaults to "glorot_uniform".
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        profile: float `[B, p]`.
+
+    Returns:
+        A list of `[B, K_n, d_n, f_n]` kernels, in `kernel_shapes` order.
+    """
+
+    def __init__(self, kernel_shapes, units=64, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        shapes = [tuple(s) for s in kernel_shapes]
+        if not shapes or any(len(s) != 3 or any(not isinstance(v, int) or v < 1 for v in s)
+                             for s in shapes):
+            raise ValueError("`kernel_shapes` must be a non-empty list of (K, d, f) positive "
+                             f"ints. Received: kernel_shapes={kernel_shapes!r}")
+        if not isinstance(units, int) or units < 1:
+            raise ValueError(f"`units` must be an int >= 1. Received: units={units!r}")
+        self.kernel_shapes = shapes
+        self.units = units
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.hidden = [
+            keras.layers.Dense(units, activation="relu", kernel_initializer=self.kernel_initializer,
+                               dtype=self.dtype_policy, name=f"hidden_{n}")
+            for n in range(len(shapes))
+        ]
+        self.generate = [
+            keras.layers.Dense(k * d * f, kernel_initializer=self.kernel_initializer,
+                               dtype=self.dtype_policy, name=f"generate_{n}")
+            for n, (k, d, f) in enumerate(shapes)
+        ]
+
+    def build(self, profile_shape):
+        for hidden, generate in zip(self.hidden, self.generate, strict=True):
+            hidden.build(profile_shape)
+            generate.build((*profile_shape[:-1], self.units))
+        self.built = True
+
+    def call(self, profile):
+        out = []
+        for (k, d, f), hidden, generate in zip(self.kernel_shapes, self.hidden, self.generate,
+                                               strict=True):
+            out.append(ops.reshape(generate(hidden(profile)), (-1, k, d, f)))
+        return out
+
+    def compute_output_shape(self, profile_shape):
+        return [(profile_shape[0], *s) for s in self.kernel_shapes]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            kernel_shapes=[list(s) for s in self.kernel_shapes],
+            units=self.units,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config
