@@ -99,7 +99,7 @@ def test_keras_private_imports_live_in_one_module():
                          "TargetAwarePolarityFusion", "DinAttention", "TransformerEncoder",
                          "SubInterestAssignment", "SubInterestSelfAttention",
                          "SubInterestProjection", "AdaptiveFusion", "TemporalConvolution",
-                         "PersonalizedExtractorGeneration"]),
+                         "PersonalizedExtractorGeneration", "AuxiliaryTargetAttention"]),
     ("tfnegseq.models", ["CtrModel", "SequentialRecommender"]),
     ("tfnegseq.losses", ["bpr_loss", "distance_correlation", "sine_loss"]),
     ("tfnegseq.kinds", ["ModelKind", "register_kind", "get_kind"]),

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from tests.helpers import eager_call, to_numpy, xla_call
-from tfnegseq.layers.cain import PersonalizedExtractorGeneration, TemporalConvolution
+from tfnegseq.layers.cain import (
+    AuxiliaryTargetAttention,
+    PersonalizedExtractorGeneration,
+    TemporalConvolution,
+    receptive_field,
+)
 
 
 def tcn_reference(x, mask, kernel, bias, context_length, stride):
@@ -143,6 +148,102 @@ def test_tcn_serialization_round_trip(tmp_path):
 def test_tcn_refuses_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TemporalConvolution(**kwargs)
+
+
+@pytest.mark.parametrize("cls, strides", [([7, 7], [1, 1]), ([7, 7, 7, 7], [1, 4, 4, 4]),
+                                           ([1, 2, 1], [2, 3, 1]), ([0, 1], [4, 1])])
+def test_receptive_field_of_stacked_layers(cls, strides):
+    """Stack TCN layers (ReLU between), perturb each input: the last layer's outputs that
+    move are exactly those whose input distance to it is within the one-sided context
+    c_n of the formula (dense windows) or in the propagated dependency set (holes)."""
+    rng = np.random.default_rng(sum(cls) + sum(strides))
+    width = 160
+    layers = [TemporalConvolution(3, cl, s, activation="relu" if n < len(cls) - 1 else None,
+                                  bias_initializer="ones")
+              for n, (cl, s) in enumerate(zip(cls, strides, strict=True))]
+    x = rng.normal(size=(1, width, 3)).astype("float32")
+
+    def run(v):
+        for layer in layers:
+            v = layer(v)
+        return to_numpy(v)
+
+    base = run(x)
+    jump, context, r = receptive_field(cls, strides)[-1]
+    deps = [{t} for t in range(width)]  # dependency sets, propagated layer by layer
+    for cl, s in zip(cls, strides, strict=True):
+        deps = [set().union(*(deps[j * s + k] for k in range(-cl, cl + 1)
+                              if 0 <= j * s + k < len(deps))) for j in range(-(-len(deps) // s))]
+    assert r == 2 * context + 1
+    moved_total = dep_total = 0
+    for t in range(width):
+        bumped = x.copy()
+        bumped[0, t] += 3.0
+        moved = np.abs(run(bumped) - base).max(axis=-1)[0] > 1e-6
+        want = np.array([t in d for d in deps])
+        # a ReLU may hide a change (inactive unit): moved is a subset of the dependencies
+        assert not (moved & ~want).any(), t
+        moved_total, dep_total = moved_total + moved.sum(), dep_total + want.sum()
+        if all(cl > 0 for cl in cls):  # windows without holes: the interval formula
+            interval = np.array([abs(j * jump - t) <= context for j in range(len(deps))])
+            np.testing.assert_array_equal(want, interval)
+    assert moved_total > 0.5 * dep_total  # the perturbations reach most dependencies
+
+
+def test_receptive_field_paper_defaults():
+    # cl = 7 every layer, strides 1, 4, 4, 4 (docs/design/cain.md §2.3)
+    assert receptive_field([7] * 4, [1, 4, 4, 4]) == [(1, 7, 15), (4, 14, 29), (16, 42, 85),
+                                                      (64, 154, 309)]
+    # eq. 7 with stride 1: r_n = r_{n-1} + fs - 1 = 15 + 14 (n - 1)
+    assert [r for _, _, r in receptive_field([7] * 6, [1] * 6)] == [15, 29, 43, 57, 71, 85]
+    with pytest.raises(ValueError, match="one stride per layer"):
+        receptive_field([7, 7], [1])
+
+
+def aux_reference(keys, query, mask, wq, wk, wv, normalization):
+    """Eq. 8-9: sa_t = (q Wq).(k_t Wk)/sqrt(d_a); IR = sum_t a_t (k_t Wv) over real t."""
+    d_a = wq.shape[1]
+    out = np.zeros((len(keys), wv.shape[1]))
+    for b in range(len(keys)):
+        real = np.flatnonzero(mask[b])
+        if not len(real):
+            continue
+        sa = np.array([(query[b] @ wq) @ (keys[b, t] @ wk) for t in real]) / np.sqrt(d_a)
+        a = np.exp(sa - sa.max()) / np.exp(sa - sa.max()).sum() if normalization == "softmax" else sa
+        out[b] = sum(a_t * (keys[b, t] @ wv) for a_t, t in zip(a, real, strict=True))
+    return out
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+@pytest.mark.parametrize("normalization", ["softmax", "none"])
+def test_auxiliary_attention_matches_reference(normalization, call):
+    rng = np.random.default_rng(10)
+    keys = rng.normal(size=(3, 6, 5)).astype("float32")
+    query = rng.normal(size=(3, 4)).astype("float32")
+    mask = left_padded_mask([6, 2, 0], 6)
+    noisy = np.where(mask[..., None], keys, 50.0).astype("float32")
+    layer = AuxiliaryTargetAttention(7, value_dim=3, score_normalization=normalization)
+    layer(keys, query, mask)
+    weights = {w.path.split("/")[-2]: to_numpy(w) for w in layer.weights}
+    got = to_numpy(call(layer, noisy, query, mask))
+    want = aux_reference(keys, query, mask, weights["query"], weights["key"], weights["value"],
+                         normalization)
+    assert got.shape == (3, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert not got[2].any()  # no real key: zeros
+
+
+def test_auxiliary_attention_serialization_and_validation(tmp_path):
+    keys, query = keras.Input((6, 5)), keras.Input((4,))
+    out = AuxiliaryTargetAttention(7, score_normalization="none", name="aux")(keys, query)
+    model = keras.Model([keys, query], out)
+    rng = np.random.default_rng(11)
+    k, q = rng.normal(size=(2, 6, 5)).astype("float32"), rng.normal(size=(2, 4)).astype("float32")
+    model.save(tmp_path / "a.keras")
+    loaded = keras.saving.load_model(tmp_path / "a.keras")
+    np.testing.assert_allclose(to_numpy(loaded([k, q])), to_numpy(model([k, q])), atol=1e-5)
+    with pytest.raises(ValueError, match="score_normalization"):
+        AuxiliaryTargetAttention(4, score_normalization="sigmoid")
 
 
 # ---------------------------------------------------------------------- PEG

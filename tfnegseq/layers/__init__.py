@@ -4,7 +4,12 @@
 """
 
 from tfnegseq.layers.attention import DinAttention, token_matmul
-from tfnegseq.layers.cain import PersonalizedExtractorGeneration, TemporalConvolution
+from tfnegseq.layers.cain import (
+    AuxiliaryTargetAttention,
+    PersonalizedExtractorGeneration,
+    TemporalConvolution,
+    receptive_field,
+)
 from tfnegseq.layers.polarity import (
     MixedPolaritySequence,
     PolarityBiasEmbedding,
@@ -20,6 +25,7 @@ from tfnegseq.layers.transformer import TransformerEncoder
 
 __all__ = [
     "AdaptiveFusion",
+    "AuxiliaryTargetAttention",
     "DinAttention",
     "MixedPolaritySequence",
     "PersonalizedExtractorGeneration",
@@ -30,5 +36,6 @@ __all__ = [
     "TargetAwarePolarityFusion",
     "TemporalConvolution",
     "TransformerEncoder",
+    "receptive_field",
     "token_matmul",
 ]

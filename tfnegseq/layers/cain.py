@@ -215,3 +215,92 @@ class PersonalizedExtractorGeneration(keras.layers.Layer):
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config
+
+
+def receptive_field(context_lengths, strides):
+    """Per stacked TCN layer n: `(J_n, c_n, r_n)`, J_n the input distance between two
+    adjacent outputs, c_n the one-sided context (in inputs) and r_n = 2 c_n + 1 the
+    receptive-field width. Eq. (7) is r_n = r_{n-1} + fs_n - 1 for stride 1; with
+    strides, each tap of layer n is J_{n-1} inputs apart:
+
+        J_n = J_{n-1} s_n,  c_n = c_{n-1} + cl_n J_{n-1}   (J_0 = 1, c_0 = 0)
+
+    Output j of layer n is centred on input j J_n and reads inputs within c_n of it
+    (every one of them when J_{n-1} <= r_{n-1}; with cl = 0 and a stride > 1 the set
+    has holes)."""
+    if len(context_lengths) != len(strides):
+        raise ValueError(f"one stride per layer: {len(context_lengths)} context lengths, "
+                         f"{len(strides)} strides")
+    out, jump, context = [], 1, 0
+    for cl, s in zip(context_lengths, strides, strict=True):
+        context += cl * jump
+        jump *= s
+        out.append((jump, context, 2 * context + 1))
+    return out
+
+
+@register
+class AuxiliaryTargetAttention(keras.layers.Layer):
+    """Target attention with linear projections over a TCN layer's outputs (CAIN eq.
+    8-9): `sa_t = (W_Q e) . (W_K cr_t) / sqrt(d_a)`, `IR = sum_t a_t W_V cr_t` over the
+    real t, with `a = softmax(sa)` (default) or `a = sa` (`score_normalization="none"`,
+    eq. 9 as printed: an unnormalised sum grows with the number of items, which is why
+    softmax is the default). Projections `query`, `key`, `value` (Dense, no bias).
+
+    Args:
+        attention_dim: int. d_a.
+        value_dim: int or None. Width of W_V; None: the keys' width.
+        score_normalization: "softmax" or "none". Defaults to "softmax".
+
+    Call arguments:
+        keys: float `[B, n, f]` (a TCN layer's outputs); query: float `[B, d]` (the
+        target item); mask: bool `[B, n]` or None.
+
+    Returns:
+        `[B, value_dim]`; a user without a real key gets zeros.
+    """
+
+    def __init__(self, attention_dim, value_dim=None, score_normalization="softmax", **kwargs):
+        super().__init__(**kwargs)
+        if score_normalization not in ("softmax", "none"):
+            raise ValueError("`score_normalization` must be 'softmax' or 'none'. Received: "
+                             f"{score_normalization!r}")
+        self.attention_dim = attention_dim
+        self.value_dim = value_dim
+        self.score_normalization = score_normalization
+
+    def build(self, keys_shape, query_shape, mask_shape=None):
+        value_dim = self.value_dim or keys_shape[-1]
+        self.query_proj = keras.layers.Dense(self.attention_dim, use_bias=False,
+                                             dtype=self.dtype_policy, name="query")
+        self.key_proj = keras.layers.Dense(self.attention_dim, use_bias=False,
+                                           dtype=self.dtype_policy, name="key")
+        self.value_proj = keras.layers.Dense(value_dim, use_bias=False,
+                                             dtype=self.dtype_policy, name="value")
+        self.query_proj.build(query_shape)
+        self.key_proj.build(keys_shape)
+        self.value_proj.build(keys_shape)
+        self.built = True
+
+    def call(self, keys, query, mask=None):
+        q = self.query_proj(query)  # [B, d_a]
+        k = self.key_proj(keys)  # [B, n, d_a]
+        v = self.value_proj(keys)  # [B, n, d_v]
+        scores = ops.squeeze(ops.matmul(k, ops.expand_dims(q, -1)), -1)  # [B, n]
+        scores = scores / ops.cast(ops.sqrt(float(self.attention_dim)), scores.dtype)
+        real = (ops.ones_like(scores, dtype="bool") if mask is None
+                else ops.cast(mask, "bool"))
+        zero = ops.zeros_like(scores)
+        if self.score_normalization == "softmax":
+            lowest = ops.full_like(scores, -1e9 if scores.dtype == "float32" else -3e4)
+            weights = ops.softmax(ops.where(real, scores, lowest), axis=-1)
+            weights = ops.where(real, weights, zero)  # all-padding users: zeros
+        else:
+            weights = ops.where(real, scores, zero)
+        return ops.squeeze(ops.matmul(ops.expand_dims(weights, 1), v), 1)  # [B, d_v]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(attention_dim=self.attention_dim, value_dim=self.value_dim,
+                      score_normalization=self.score_normalization)
+        return config
