@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from tests.helpers import eager_call, to_numpy, xla_call
+from tests.helpers_attention import din_reference, set_random_weights
 from tfnegseq.layers.cain import (
     AuxiliaryTargetAttention,
+    MultiScopeInterestAggregator,
     PersonalizedExtractorGeneration,
     TemporalConvolution,
     receptive_field,
@@ -244,6 +246,77 @@ def test_auxiliary_attention_serialization_and_validation(tmp_path):
     np.testing.assert_allclose(to_numpy(loaded([k, q])), to_numpy(model([k, q])), atol=1e-5)
     with pytest.raises(ValueError, match="score_normalization"):
         AuxiliaryTargetAttention(4, score_normalization="sigmoid")
+
+
+def msia_reference(layer, x, mask, target, din_weights, peg=None):
+    """MSIA from the numpy references: eq. 5 per layer (ReLU between layers), the mask at
+    each centre, DIN (`din_reference`) on layer 1, eq. 8-9 on the later layers."""
+    interests, h, m = [], x.astype("float64"), mask
+    for n, tcn in enumerate(layer.tcn):
+        if n:
+            h = np.maximum(h, 0.0)
+        kernel = peg[n] if peg is not None and peg[n] is not None else to_numpy(tcn.kernel)
+        h = tcn_reference(h, m, kernel, to_numpy(tcn.bias), tcn.context_length, tcn.stride)
+        m = m[:, :: tcn.stride]
+        if n == 0:
+            interests.append(din_reference(h, target, m, din_weights, "sigmoid")[0])
+        else:
+            aux = layer.auxiliary[n - 1]
+            w = {v.path.split("/")[-2]: to_numpy(v) for v in aux.weights}
+            interests.append(aux_reference(h, target, m, w["query"], w["key"], w["value"],
+                                           aux.score_normalization))
+    return np.concatenate(interests, axis=-1)
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+def test_msia_matches_reference(call):
+    rng = np.random.default_rng(12)
+    d, width = 4, 24
+    x = (rng.normal(size=(3, width, d)) * 0.5).astype("float32")
+    mask = left_padded_mask([24, 13, 3], width)
+    target = rng.normal(size=(3, d)).astype("float32")
+    from tfnegseq.layers.attention import DinAttention
+
+    layer = MultiScopeInterestAggregator(3, context_length=[2, 1, 1], later_stride=2,
+                                         attention_dim=5, value_dim=3,
+                                         major_attention=DinAttention(units=(6,)))
+    out = layer(x, mask, target)
+    assert out.shape == (3, d + 2 * 3)
+    assert [t.stride for t in layer.tcn] == [1, 2, 2]
+    for tcn in layer.tcn:
+        randomize(tcn, rng)
+    for aux in layer.auxiliary:
+        randomize(aux, rng)
+    din_weights = set_random_weights(layer.major, rng)
+    got = to_numpy(call(layer, x, mask, target))
+    np.testing.assert_allclose(got, msia_reference(layer, x, mask, target, din_weights),
+                               rtol=1e-3, atol=1e-3)
+    # PEG on the later layers only (Table 4 "later"): per-user kernels replace theirs
+    peg = [None] + [(rng.normal(size=(3, 3, d, d)) * 0.3).astype("float32") for _ in range(2)]
+    got = to_numpy(layer(x, mask, target, peg))
+    np.testing.assert_allclose(got, msia_reference(layer, x, mask, target, din_weights, peg),
+                               rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="peg_filters"):
+        layer(x, mask, target, peg[:2])
+
+
+def test_msia_serialization_and_validation(tmp_path):
+    seq, m, tgt = keras.Input((16, 4)), keras.Input((16,), dtype="bool"), keras.Input((4,))
+    out = MultiScopeInterestAggregator(2, context_length=1, attention_dim=3, name="msia")(
+        seq, m, tgt)
+    model = keras.Model([seq, m, tgt], out)
+    rng = np.random.default_rng(13)
+    args = [rng.normal(size=(2, 16, 4)).astype("float32"), left_padded_mask([16, 5], 16),
+            rng.normal(size=(2, 4)).astype("float32")]
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(to_numpy(loaded(args)), to_numpy(model(args)), atol=1e-5)
+    config = loaded.get_layer("msia").get_config()
+    assert config["strides"] == [1, 4] and config["major_attention"]["class_name"] == "DinAttention"
+    with pytest.raises(ValueError, match="num_layers"):
+        MultiScopeInterestAggregator(0)
+    with pytest.raises(ValueError, match="entries"):
+        MultiScopeInterestAggregator(3, strides=[1, 4])
 
 
 # ---------------------------------------------------------------------- PEG

@@ -6,6 +6,7 @@
 from tfnegseq.layers.attention import DinAttention, token_matmul
 from tfnegseq.layers.cain import (
     AuxiliaryTargetAttention,
+    MultiScopeInterestAggregator,
     PersonalizedExtractorGeneration,
     TemporalConvolution,
     receptive_field,
@@ -28,6 +29,7 @@ __all__ = [
     "AuxiliaryTargetAttention",
     "DinAttention",
     "MixedPolaritySequence",
+    "MultiScopeInterestAggregator",
     "PersonalizedExtractorGeneration",
     "PolarityBiasEmbedding",
     "SubInterestAssignment",

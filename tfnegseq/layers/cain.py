@@ -304,3 +304,127 @@ class AuxiliaryTargetAttention(keras.layers.Layer):
         config.update(attention_dim=self.attention_dim, value_dim=self.value_dim,
                       score_normalization=self.score_normalization)
         return config
+
+
+@register
+class MultiScopeInterestAggregator(keras.layers.Layer):
+    """CAIN's MSIA (eq. 6, 8-9): stacked temporal convolutions, the major lifelong
+    attention on the first layer's outputs and an auxiliary target attention on each
+    later layer's, all interests concatenated.
+
+    Layer 1: `cr^1 = TCN_1(x, mask)`, `IR_1 = major(cr^1, target, mask^1)` (eq. 6: the
+    lifelong attention reads the contextualised items in place of the raw ones).
+    Layer n >= 2: `cr^n = TCN_n(act(cr^{n-1}), mask^{n-1})` and
+    `IR_n = AuxiliaryTargetAttention_n(cr^n, target, mask^n)` (eq. 8-9), with
+    `mask^n` the mask at each output's centre. The attentions read the linear `cr^n`
+    as eq. 6-9 write it; the next layer reads `act(cr^n)` (ReLU by default; eq. 5 is
+    linear and a purely linear stack would be one wider convolution, while §4.2.1
+    credits "the non-linearity of the TCN operations": our reading). Receptive fields:
+    `receptive_field`. `num_layers=1` is "CAIN w/o MSIA" (a TCN layer and the major
+    attention).
+
+    Args:
+        num_layers: int >= 1.
+        context_length: int, or a list (one per layer). Defaults to 7 (the paper's).
+        strides: list of ints (one per layer) or None: 1 for the first layer (§4.2.1)
+            and `later_stride` for the others.
+        later_stride: int. Defaults to 4.
+        filters: int or None. Channels of every TCN layer; None: the input's width
+            (the major attention compares the outputs with the target item).
+        major_attention: a layer called `layer(keys [B, n, f], query [B, d], mask)`
+            returning `[B, D]` (any of the lifelong attentions), or its serialized
+            config; None: `DinAttention()`.
+        attention_dim, value_dim, score_normalization: of the auxiliary attentions.
+        activation: between TCN layers. Defaults to "relu".
+
+    Call arguments:
+        sequence: float `[B, N, d]` lifelong item representations; mask: bool `[B, N]`;
+        target: float `[B, d]`; peg_filters: None or a list (one per layer) of None or
+        `[B, 2cl+1, d_in, f]` per-user kernels (PEG, eq. 12).
+
+    Returns:
+        `[B, D + (num_layers - 1) * value_dim]`.
+    """
+
+    def __init__(self, num_layers, context_length=7, strides=None, later_stride=4,
+                 filters=None, major_attention=None, attention_dim=64, value_dim=None,
+                 score_normalization="softmax", activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"`num_layers` must be an int >= 1. Received: {num_layers!r}")
+        cls = (list(context_length) if isinstance(context_length, (list, tuple))
+               else [context_length] * num_layers)
+        strides = list(strides) if strides is not None else [1] + [later_stride] * (num_layers - 1)
+        if len(cls) != num_layers or len(strides) != num_layers:
+            raise ValueError(f"`context_length` and `strides` need {num_layers} entries. "
+                             f"Received: {cls}, {strides}")
+        self.num_layers = num_layers
+        self.context_lengths = cls
+        self.strides = strides
+        self.later_stride = later_stride
+        self.filters = filters
+        self.attention_dim = attention_dim
+        self.value_dim = value_dim
+        self.score_normalization = score_normalization
+        self.activation = keras.activations.get(activation)
+        if major_attention is None:
+            from tfnegseq.layers.attention import DinAttention
+
+            major_attention = DinAttention(name="major")
+        elif isinstance(major_attention, dict):
+            major_attention = keras.layers.deserialize(major_attention)
+        self.major = major_attention
+        self.tcn: list = []
+        self.auxiliary: list = []
+
+    def build(self, sequence_shape, mask_shape=None, target_shape=None, peg_filters_shape=None):
+        filters = self.filters or sequence_shape[-1]
+        width = sequence_shape[-1]
+        self.tcn = [TemporalConvolution(filters, cl, s, dtype=self.dtype_policy, name=f"tcn_{n}")
+                    for n, (cl, s) in enumerate(zip(self.context_lengths, self.strides,
+                                                    strict=True))]
+        for n, layer in enumerate(self.tcn):
+            layer.build((None, None, width if n == 0 else filters))
+        self.auxiliary = [
+            AuxiliaryTargetAttention(self.attention_dim, self.value_dim,
+                                     self.score_normalization, dtype=self.dtype_policy,
+                                     name=f"auxiliary_{n}")
+            for n in range(1, self.num_layers)
+        ]
+        for layer in self.auxiliary:
+            layer.build((None, None, filters), (None, target_shape[-1]))
+        self.built = True
+
+    def call(self, sequence, mask, target, peg_filters=None):
+        peg = list(peg_filters) if peg_filters is not None else [None] * self.num_layers
+        if len(peg) != self.num_layers:
+            raise ValueError(f"`peg_filters` needs {self.num_layers} entries (None where a "
+                             f"layer has no PEG). Received: {len(peg)}")
+        x, m = sequence, mask
+        interests = []
+        for n, tcn in enumerate(self.tcn):
+            if n:
+                x = self.activation(x)
+            x = tcn(x, m, peg[n])
+            m = tcn.output_mask(m)
+            if n == 0:
+                interests.append(self.major(x, target, m))
+            else:
+                interests.append(self.auxiliary[n - 1](x, target, m))
+        return ops.concatenate(interests, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_layers=self.num_layers,
+            context_length=self.context_lengths,
+            strides=self.strides,
+            later_stride=self.later_stride,
+            filters=self.filters,
+            major_attention=keras.layers.serialize(self.major),
+            attention_dim=self.attention_dim,
+            value_dim=self.value_dim,
+            score_normalization=self.score_normalization,
+            activation=keras.activations.serialize(self.activation),
+        )
+        return config
