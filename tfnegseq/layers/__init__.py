@@ -11,6 +11,11 @@ from tfnegseq.layers.cain import (
     TemporalConvolution,
     receptive_field,
 )
+from tfnegseq.layers.lifelong import (
+    HashRetrievalAttention,
+    MultiHeadTargetAttention,
+    SoftSearchAttention,
+)
 from tfnegseq.layers.polarity import (
     MixedPolaritySequence,
     PolarityBiasEmbedding,
@@ -28,10 +33,13 @@ __all__ = [
     "AdaptiveFusion",
     "AuxiliaryTargetAttention",
     "DinAttention",
+    "HashRetrievalAttention",
     "MixedPolaritySequence",
+    "MultiHeadTargetAttention",
     "MultiScopeInterestAggregator",
     "PersonalizedExtractorGeneration",
     "PolarityBiasEmbedding",
+    "SoftSearchAttention",
     "SubInterestAssignment",
     "SubInterestProjection",
     "SubInterestSelfAttention",

@@ -1,0 +1,157 @@
+"""The lifelong-attention family (issue 14) against numpy brute forces."""
+
+import keras
+import numpy as np
+import pytest
+
+from tests.helpers import eager_call, to_numpy, xla_call
+from tfnegseq.layers.lifelong import (
+    HashRetrievalAttention,
+    MultiHeadTargetAttention,
+    SoftSearchAttention,
+)
+
+
+def left_padded_mask(lengths, width):
+    return np.array([[t >= width - n for t in range(width)] for n in lengths])
+
+
+def weights_of(layer):
+    return {w.path.split("/")[-2]: to_numpy(w) for w in layer.weights if w.trainable}
+
+
+def mhta_reference(items, target, mask, w, num_heads):
+    """Per head: softmax over real items of (q Wq)_h.(k Wk)_h / sqrt(d_h); concat; Wo."""
+    a = w["query"].shape[1]
+    dh = a // num_heads
+    out = np.zeros((len(items), w["output"].shape[1]))
+    for b in range(len(items)):
+        real = np.flatnonzero(mask[b])
+        if not len(real):
+            continue
+        q, k, v = target[b] @ w["query"], items[b, real] @ w["key"], items[b, real] @ w["value"]
+        heads = []
+        for h in range(num_heads):
+            s = k[:, h * dh:(h + 1) * dh] @ q[h * dh:(h + 1) * dh] / np.sqrt(dh)
+            p = np.exp(s - s.max())
+            heads.append((p / p.sum()) @ v[:, h * dh:(h + 1) * dh])
+        out[b] = np.concatenate(heads) @ w["output"]
+    return out
+
+
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+def test_multi_head_target_attention_matches_reference(call):
+    rng = np.random.default_rng(0)
+    items = rng.normal(size=(3, 7, 5)).astype("float32")
+    target = rng.normal(size=(3, 4)).astype("float32")
+    mask = left_padded_mask([7, 2, 0], 7)
+    layer = MultiHeadTargetAttention(6, num_heads=2, output_dim=3)
+    noisy = np.where(mask[..., None], items, 40.0).astype("float32")
+    got = to_numpy(call(layer, noisy, target, mask))
+    want = mhta_reference(items, target, mask, weights_of(layer), 2)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert not got[2].any() and np.isfinite(got).all()
+
+
+def test_soft_search_retrieves_the_top_k_by_inner_product_and_attends_over_them():
+    rng = np.random.default_rng(1)
+    n, d, k = 30, 6, 5
+    seq = rng.normal(size=(4, n, d)).astype("float32")
+    target = rng.normal(size=(4, d)).astype("float32")
+    mask = left_padded_mask([30, 12, 3, 0], n)  # user 2: fewer than k real items
+    layer = SoftSearchAttention(top_k=k, attention_dim=8, num_heads=2)
+    out = to_numpy(layer(seq, target, mask))
+    w = weights_of(layer)
+    scores = (seq @ w["gsu_items"]) @ (target @ w["gsu_target"])[:, :, None]
+    scores = np.where(mask, scores[..., 0], -np.inf)
+    indices, valid = (to_numpy(v) for v in layer.retrieve(seq, target, mask))
+    for b in range(4):
+        real = int(mask[b].sum())
+        want = np.argsort(-scores[b], kind="stable")[:min(k, real)]
+        np.testing.assert_array_equal(indices[b, :len(want)], want)
+        assert valid[b].sum() == min(k, real)
+        sel = indices[b][valid[b]]
+        esu = {kk.replace("esu_", ""): v for kk, v in weights_of(layer.esu).items()}
+        want_out = mhta_reference(seq[b:b + 1, sel], target[b:b + 1],
+                                  np.ones((1, len(sel)), bool), esu, 2)
+        np.testing.assert_allclose(out[b], want_out[0], rtol=1e-4, atol=1e-4)
+    assert not out[3].any()  # no real item
+    pooled = to_numpy(layer.gsu_pooled(seq, target, mask))
+    np.testing.assert_allclose(pooled, np.einsum("bn,bnd->bd", np.where(mask, scores, 0), seq),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_soft_search_gradients_reach_only_the_selected_items():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    seq = tf.constant(rng.normal(size=(2, 20, 4)).astype("float32"))
+    target = rng.normal(size=(2, 4)).astype("float32")
+    mask = left_padded_mask([20, 9], 20)
+    layer = SoftSearchAttention(top_k=4, attention_dim=4, num_heads=1)
+    with tf.GradientTape() as tape:
+        tape.watch(seq)
+        out = tf.reduce_sum(layer(seq, target, mask))
+    grad = np.abs(tape.gradient(out, seq).numpy()).sum(-1)  # [B, N]
+    indices = to_numpy(layer.retrieve(seq, target, mask)[0])
+    for b in range(2):
+        selected = np.zeros(20, bool)
+        selected[indices[b]] = True
+        assert (grad[b][~selected] == 0).all() and (grad[b][selected] > 0).all()
+
+
+def test_eta_retrieves_by_hamming_distance_with_recency_ties():
+    rng = np.random.default_rng(3)
+    n, d, m, k = 40, 6, 8, 6  # 8 bits: many ties, the recency rule decides
+    seq = rng.normal(size=(3, n, d)).astype("float32")
+    target = rng.normal(size=(3, d)).astype("float32")
+    mask = left_padded_mask([40, 17, 2], n)
+    layer = HashRetrievalAttention(top_k=k, hash_bits=m, attention_dim=4, num_heads=1, seed=5)
+    layer(seq, target, mask)
+    r = to_numpy(layer.projection)
+    assert not layer.projection.trainable
+    bits_x, bits_q = (seq @ r) >= 0, (target @ r) >= 0
+    hamming = (bits_x != bits_q[:, None, :]).sum(-1)  # XOR count
+    indices, valid = (to_numpy(v) for v in layer.retrieve(seq, target, mask))
+    for b in range(3):
+        real = np.flatnonzero(mask[b])
+        order = real[np.lexsort((-real, hamming[b, real]))]  # nearest, then most recent
+        want = order[:k]
+        np.testing.assert_array_equal(indices[b, :len(want)], want)
+        assert valid[b].sum() == len(want)
+    # the case exercises the tie-break: user 0's 40 items share at most 9 distances
+    assert len(set(hamming[0].tolist())) < mask[0].sum()
+
+
+def test_eta_projection_is_saved_and_hashes_are_stable(tmp_path):
+    seq, tgt, m = keras.Input((12, 4)), keras.Input((4,)), keras.Input((12,), dtype="bool")
+    out = HashRetrievalAttention(top_k=3, hash_bits=6, attention_dim=4, seed=1, name="eta")(
+        seq, tgt, m)
+    model = keras.Model([seq, tgt, m], out)
+    rng = np.random.default_rng(4)
+    args = [rng.normal(size=(2, 12, 4)).astype("float32"),
+            rng.normal(size=(2, 4)).astype("float32"), left_padded_mask([12, 5], 12)]
+    model.save(tmp_path / "e.keras")
+    loaded = keras.saving.load_model(tmp_path / "e.keras")
+    np.testing.assert_array_equal(to_numpy(loaded.get_layer("eta").projection),
+                                  to_numpy(model.get_layer("eta").projection))
+    np.testing.assert_allclose(to_numpy(loaded(args)), to_numpy(model(args)), atol=1e-5)
+    with pytest.raises(ValueError, match="widths must match"):
+        HashRetrievalAttention()(np.zeros((1, 3, 4), "float32"), np.zeros((1, 5), "float32"),
+                                 np.ones((1, 3), bool))
+
+
+@pytest.mark.parametrize("cls", [SoftSearchAttention, HashRetrievalAttention])
+def test_as_msia_major_attention(cls):
+    """A lifelong attention plugs into MSIA as its major attention, and serializes there."""
+    from tfnegseq.layers.cain import MultiScopeInterestAggregator
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(2, 16, 4)).astype("float32")
+    mask, target = left_padded_mask([16, 6], 16), rng.normal(size=(2, 4)).astype("float32")
+    msia = MultiScopeInterestAggregator(2, context_length=1, attention_dim=4,
+                                        major_attention=cls(top_k=4, attention_dim=4))
+    out = to_numpy(msia(x, mask, target))
+    assert out.shape == (2, 8) and np.isfinite(out).all()
+    clone = MultiScopeInterestAggregator.from_config(msia.get_config())
+    assert type(clone.major) is cls

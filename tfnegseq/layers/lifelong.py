@@ -1,0 +1,236 @@
+"""The lifelong-attention family CAIN is compared against (issue 14), usable as MSIA's
+major attention (`tfnegseq.layers.cain.MultiScopeInterestAggregator`) and standalone.
+
+Every layer is called `layer(sequence [B, N, d_s], target [B, d], mask [B, N])` and
+returns `[B, D]`; the retrieval stages are public (`retrieve`) so tests can compare them
+with a brute force. Rules shared by all (`docs/design/cain.md` §3.0):
+
+- top-k on float32 scores; padding scores `-inf`, so a padding item is selected only
+  when a user has fewer than k real ones, and then it is masked (`valid`) downstream;
+- a user without a real item gets a zero interest, never NaN;
+- the selected items are gathered with `take_along_axis`: gradients reach the selected
+  rows only (the retrieval itself, a top-k, has no gradient).
+
+Built so far: `MultiHeadTargetAttention` (the ESU of SIM, ETA and TWIN),
+`SoftSearchAttention` (SIM soft search) and `HashRetrievalAttention` (ETA). SDIM, TWIN
+and LAP follow (issue 14).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tfnegseq.api_export import register
+
+_FILL = -1e9  # finite masked-softmax fill: an all-padding row gets weights 0, not NaN
+
+
+def select_top_k(scores, mask, k):
+    """Indices `[B, k']` (k' = min(k, N)) of the k best real items by `scores`
+    `[B, N]` (float32, larger first) and whether each selected slot is real."""
+    scores = ops.cast(scores, "float32")
+    mask = ops.cast(mask, "bool")
+    k = min(int(k), int(scores.shape[1]))
+    masked = ops.where(mask, scores, ops.full_like(scores, float("-inf")))
+    _, indices = ops.top_k(masked, k, sorted=True)
+    valid = ops.take_along_axis(mask, indices, axis=1)
+    return indices, valid
+
+
+def gather_items(sequence, indices):
+    """`sequence[b, indices[b, j]]`: `[B, N, d]`, `[B, k]` -> `[B, k, d]`."""
+    return ops.take_along_axis(sequence, ops.expand_dims(indices, -1), axis=1)
+
+
+@register
+class MultiHeadTargetAttention(keras.layers.Layer):
+    """Multi-head target attention (the ESU of SIM, ETA and TWIN): per head h,
+    `a_h = softmax_t((q W_q)_h . (k_t W_k)_h / sqrt(d_h))` over the real items and
+    `o = concat_h(sum_t a_h,t (v_t W_v)_h) W_o`; projections without bias, as FuxiCTR's
+    `MultiHeadTargetAttention`.
+
+    Args:
+        attention_dim: int. Width of the query / key / value projections (split over
+            the heads). Defaults to 64.
+        num_heads: int dividing `attention_dim`. Defaults to 2.
+        output_dim: int or None. Width of W_o; None: the items' width.
+
+    Call arguments:
+        sequence `[B, n, d_s]`, target `[B, d]`, mask bool `[B, n]` or None.
+
+    Returns:
+        `[B, output_dim]`; zeros for a user without a real item.
+    """
+
+    def __init__(self, attention_dim=64, num_heads=2, output_dim=None, **kwargs):
+        super().__init__(**kwargs)
+        if num_heads < 1 or attention_dim % num_heads:
+            raise ValueError(f"`num_heads` must divide `attention_dim`. Received: "
+                             f"num_heads={num_heads}, attention_dim={attention_dim}")
+        self.attention_dim, self.num_heads, self.output_dim = attention_dim, num_heads, output_dim
+
+    def build(self, sequence_shape, target_shape, mask_shape=None):
+        def dense(units, name, shape):
+            layer = keras.layers.Dense(units, use_bias=False, dtype=self.dtype_policy,
+                                       name=name)
+            layer.build(shape)
+            return layer
+
+        self.query = dense(self.attention_dim, "query", target_shape)
+        self.key = dense(self.attention_dim, "key", sequence_shape)
+        self.value = dense(self.attention_dim, "value", sequence_shape)
+        self.out = dense(self.output_dim or sequence_shape[-1], "output",
+                         (None, self.attention_dim))
+        self.built = True
+
+    def call(self, sequence, target, mask=None):
+        h, dh = self.num_heads, self.attention_dim // self.num_heads
+        q = ops.reshape(self.query(target), (-1, h, 1, dh))  # [B, h, 1, dh]
+        k = ops.transpose(ops.reshape(self.key(sequence), (-1, ops.shape(sequence)[1], h, dh)),
+                          (0, 2, 1, 3))  # [B, h, n, dh]
+        v = ops.transpose(ops.reshape(self.value(sequence), (-1, ops.shape(sequence)[1], h, dh)),
+                          (0, 2, 1, 3))
+        scores = ops.matmul(q, ops.swapaxes(k, -1, -2))[:, :, 0] / ops.cast(
+            ops.sqrt(float(dh)), q.dtype)  # [B, h, n]
+        real = (ops.ones_like(scores, dtype="bool") if mask is None
+                else ops.expand_dims(ops.cast(mask, "bool"), 1))
+        real = ops.broadcast_to(real, ops.shape(scores))
+        weights = ops.softmax(ops.where(real, scores, ops.full_like(scores, _FILL)), axis=-1)
+        weights = ops.where(real, weights, ops.zeros_like(weights))
+        pooled = ops.matmul(ops.expand_dims(weights, 2), v)[:, :, 0]  # [B, h, dh]
+        return self.out(ops.reshape(pooled, (-1, self.attention_dim)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(attention_dim=self.attention_dim, num_heads=self.num_heads,
+                      output_dim=self.output_dim)
+        return config
+
+
+@register
+class SoftSearchAttention(keras.layers.Layer):
+    """SIM with soft search (Pi et al., CIKM 2020): the general search unit scores every
+    behaviour by an inner product of linear projections, `r_t = (x_t W_b) . (e W_a)`,
+    keeps the top k real ones, and the exact search unit is a multi-head target
+    attention over them.
+
+    Implemented: the soft-search GSU and the ESU. `gsu_pooled` gives SIM's auxiliary
+    input `U_r = sum_t r_t x_t` over every real item (the auxiliary CTR loss that trains
+    the GSU is the model's, `CainModel`). Simplified: no time-interval embedding in the
+    ESU (the lifelong lists carry no timestamps); padding never takes a top-k slot
+    (FuxiCTR multiplies padded scores by 0, so a padding item can outrank real items
+    with negative scores).
+
+    Args:
+        top_k: int. Defaults to 50. attention_dim, num_heads: of the GSU projections
+        (attention_dim) and the ESU. Defaults 64 and 2.
+    """
+
+    def __init__(self, top_k=50, attention_dim=64, num_heads=2, **kwargs):
+        super().__init__(**kwargs)
+        self.top_k, self.attention_dim, self.num_heads = top_k, attention_dim, num_heads
+
+    def build(self, sequence_shape, target_shape, mask_shape=None):
+        self.project_target = keras.layers.Dense(self.attention_dim, use_bias=False,
+                                                 dtype=self.dtype_policy, name="gsu_target")
+        self.project_items = keras.layers.Dense(self.attention_dim, use_bias=False,
+                                                dtype=self.dtype_policy, name="gsu_items")
+        self.project_target.build(target_shape)
+        self.project_items.build(sequence_shape)
+        self.esu = MultiHeadTargetAttention(self.attention_dim, self.num_heads,
+                                            dtype=self.dtype_policy, name="esu")
+        self.esu.build((None, self.top_k, sequence_shape[-1]), target_shape)
+        self.built = True
+
+    def relevance(self, sequence, target):
+        """GSU scores `[B, N]`."""
+        q = self.project_target(target)  # [B, a]
+        return ops.squeeze(ops.matmul(self.project_items(sequence), ops.expand_dims(q, -1)), -1)
+
+    def retrieve(self, sequence, target, mask):
+        return select_top_k(ops.stop_gradient(self.relevance(sequence, target)), mask,
+                            self.top_k)
+
+    def gsu_pooled(self, sequence, target, mask):
+        """`U_r = sum_t r_t x_t` over the real items `[B, d_s]` (SIM's auxiliary input)."""
+        r = self.relevance(sequence, target) * ops.cast(mask, sequence.dtype)
+        return ops.squeeze(ops.matmul(ops.expand_dims(r, 1), sequence), 1)
+
+    def call(self, sequence, target, mask):
+        indices, valid = self.retrieve(sequence, target, mask)
+        return self.esu(gather_items(sequence, indices), target, valid)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(top_k=self.top_k, attention_dim=self.attention_dim,
+                      num_heads=self.num_heads)
+        return config
+
+
+@register
+class HashRetrievalAttention(keras.layers.Layer):
+    """ETA (Chen et al., "End-to-End User Behavior Retrieval in CTR Prediction Model"):
+    SimHash signatures `sign(x R)` (R a fixed random `[d, m]` projection, a
+    non-trainable weight saved with the model) of the target and every behaviour; the
+    k behaviours nearest the target in Hamming distance (ties: the more recent first)
+    go to a multi-head target attention.
+
+    Implemented: SimHash retrieval on the shared embeddings (so it follows their
+    training, "end to end"), no gradient through the hash. Simplified: one fixed
+    projection (FuxiCTR can redraw it per call; a redraw would make serving
+    non-deterministic). The target and the items must share a width (one projection).
+
+    Args:
+        top_k: int. Defaults to 50. hash_bits: int, m. Defaults to 32.
+        attention_dim, num_heads: of the ESU. seed: of the projection. Defaults to 0.
+    """
+
+    def __init__(self, top_k=50, hash_bits=32, attention_dim=64, num_heads=2, seed=0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.top_k, self.hash_bits = top_k, hash_bits
+        self.attention_dim, self.num_heads, self.seed = attention_dim, num_heads, seed
+
+    def build(self, sequence_shape, target_shape, mask_shape=None):
+        if sequence_shape[-1] != target_shape[-1]:
+            raise ValueError("HashRetrievalAttention hashes the target and the items with "
+                             f"one projection: widths must match. Received: "
+                             f"{sequence_shape[-1]} and {target_shape[-1]}")
+        self.projection = self.add_weight(
+            name="projection", shape=(sequence_shape[-1], self.hash_bits), trainable=False,
+            initializer=keras.initializers.RandomNormal(seed=self.seed))
+        self.esu = MultiHeadTargetAttention(self.attention_dim, self.num_heads,
+                                            dtype=self.dtype_policy, name="esu")
+        self.esu.build((None, self.top_k, sequence_shape[-1]), target_shape)
+        self.built = True
+
+    def signatures(self, x):
+        """+-1 SimHash bits `[..., m]` (a projection of exactly 0 counts as +1)."""
+        projected = ops.matmul(ops.cast(x, "float32"), ops.cast(self.projection, "float32"))
+        return ops.where(projected >= 0, 1.0, -1.0)
+
+    def hamming(self, sequence, target):
+        """Hamming distances `[B, N]` between the items' and the target's signatures."""
+        s_x = self.signatures(ops.stop_gradient(sequence))  # [B, N, m]
+        s_q = self.signatures(ops.stop_gradient(target))  # [B, m]
+        agree = ops.squeeze(ops.matmul(s_x, ops.expand_dims(s_q, -1)), -1)  # [B, N]
+        return (self.hash_bits - agree) / 2.0
+
+    def retrieve(self, sequence, target, mask):
+        length = int(sequence.shape[1])
+        distance = self.hamming(sequence, target)
+        recency = ops.cast(ops.arange(length), "float32")[None, :]  # later = more recent
+        key = (self.hash_bits - distance) * float(length + 1) + recency  # exact in float32
+        return select_top_k(key, mask, self.top_k)
+
+    def call(self, sequence, target, mask):
+        indices, valid = self.retrieve(sequence, target, mask)
+        return self.esu(gather_items(sequence, indices), target, valid)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(top_k=self.top_k, hash_bits=self.hash_bits,
+                      attention_dim=self.attention_dim, num_heads=self.num_heads,
+                      seed=self.seed)
+        return config
