@@ -6,7 +6,9 @@ import pytest
 
 from tests.helpers import eager_call, to_numpy, xla_call
 from tfnegseq.layers.lifelong import (
+    ConsistentTopKAttention,
     HashRetrievalAttention,
+    HashSamplingAttention,
     MultiHeadTargetAttention,
     SoftSearchAttention,
 )
@@ -141,7 +143,68 @@ def test_eta_projection_is_saved_and_hashes_are_stable(tmp_path):
                                  np.ones((1, 3), bool))
 
 
-@pytest.mark.parametrize("cls", [SoftSearchAttention, HashRetrievalAttention])
+@pytest.mark.parametrize("with_side", [False, True])
+def test_twin_selects_per_head_and_its_esu_uses_the_same_logits(with_side):
+    rng = np.random.default_rng(7)
+    n, d, k, heads = 25, 6, 4, 2
+    seq = rng.normal(size=(3, n, d)).astype("float32")
+    target = rng.normal(size=(3, d)).astype("float32")
+    side = rng.normal(size=(3, n, 2)).astype("float32") if with_side else None
+    mask = left_padded_mask([25, 10, 0], n)
+    layer = ConsistentTopKAttention(top_k=k, attention_dim=8, num_heads=heads, output_dim=3)
+    out = to_numpy(layer(seq, target, mask, side) if with_side else layer(seq, target, mask))
+    w = weights_of(layer)
+    dh = 8 // heads
+    q, keys, vals = target @ w["query"], seq @ w["key"], seq @ w["value"]
+    bias = (side @ w["cross"])[..., 0] if with_side else np.zeros((3, n))
+    indices = to_numpy(layer.retrieve(seq, target, mask, side)[0])
+    for b in range(3):
+        real = np.flatnonzero(mask[b])
+        heads_out = []
+        for h in range(heads):
+            sl = slice(h * dh, (h + 1) * dh)
+            alpha = keys[b, :, sl] @ q[b, sl] / np.sqrt(dh) + bias[b]  # [N]
+            order = real[np.argsort(-alpha[real], kind="stable")][:k]
+            np.testing.assert_array_equal(indices[b, h, :len(order)], order)
+            if not len(order):
+                heads_out.append(np.zeros(dh))
+                continue
+            a = np.exp(alpha[order] - alpha[order].max())  # softmax of the GSU logits
+            heads_out.append((a / a.sum()) @ vals[b, order, sl])
+        np.testing.assert_allclose(out[b], np.concatenate(heads_out) @ w["output"],
+                                   rtol=1e-4, atol=1e-4)
+    assert not out[2].any()
+
+
+def test_sdim_buckets_and_aggregation_match_integer_arithmetic():
+    rng = np.random.default_rng(8)
+    n, d, m, tau = 30, 5, 6, 2
+    seq = rng.normal(size=(3, n, d)).astype("float32")
+    target = rng.normal(size=(3, d)).astype("float32")
+    mask = left_padded_mask([30, 8, 0], n)
+    for normalize in (True, False):
+        layer = HashSamplingAttention(num_hashes=m, hash_bits=tau, normalize=normalize, seed=2)
+        out = to_numpy(layer(seq, target, mask))
+        r = to_numpy(layer.projection).reshape(d, m, tau)
+        want = np.zeros((3, d))
+        for b in range(3):
+            per_hash = []
+            for h in range(m):
+                def bucket(v, h=h, r=r):
+                    return sum(int(bit) << i for i, bit in enumerate((v @ r[:, h]) >= 0))
+                qb = bucket(target[b])
+                hits = [t for t in range(n) if mask[b, t] and bucket(seq[b, t]) == qb]
+                total = seq[b, hits].sum(0) if hits else np.zeros(d)
+                if normalize and np.linalg.norm(total) > 0:
+                    total = total / np.linalg.norm(total)
+                per_hash.append(total)
+            want[b] = np.mean(per_hash, axis=0)
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-5)
+        assert not out[2].any()
+
+
+@pytest.mark.parametrize("cls", [SoftSearchAttention, HashRetrievalAttention,
+                                 ConsistentTopKAttention])
 def test_as_msia_major_attention(cls):
     """A lifelong attention plugs into MSIA as its major attention, and serializes there."""
     from tfnegseq.layers.cain import MultiScopeInterestAggregator
@@ -155,3 +218,38 @@ def test_as_msia_major_attention(cls):
     assert out.shape == (2, 8) and np.isfinite(out).all()
     clone = MultiScopeInterestAggregator.from_config(msia.get_config())
     assert type(clone.major) is cls
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SoftSearchAttention(top_k=5, attention_dim=4),
+    lambda: HashRetrievalAttention(top_k=5, hash_bits=8, attention_dim=4),
+    lambda: ConsistentTopKAttention(top_k=5, attention_dim=4),
+    lambda: HashSamplingAttention(num_hashes=4, hash_bits=2),
+], ids=["sim", "eta", "twin", "sdim"])
+def test_xla_equals_eager_and_empty_users_are_zero(make):
+    rng = np.random.default_rng(9)
+    seq = rng.normal(size=(3, 12, 4)).astype("float32")
+    target = rng.normal(size=(3, 4)).astype("float32")
+    mask = left_padded_mask([12, 3, 0], 12)
+    layer = make()
+    want = to_numpy(eager_call(layer, seq, target, mask))
+    np.testing.assert_allclose(to_numpy(xla_call(layer, seq, target, mask)), want,
+                               rtol=1e-4, atol=1e-5)
+    assert np.isfinite(want).all() and not want[2].any()
+
+
+def test_twin_gradients_reach_only_selected_items():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(10)
+    seq = tf.constant(rng.normal(size=(1, 20, 4)).astype("float32"))
+    target = rng.normal(size=(1, 4)).astype("float32")
+    mask = np.ones((1, 20), bool)
+    layer = ConsistentTopKAttention(top_k=3, attention_dim=4, num_heads=1)
+    with tf.GradientTape() as tape:
+        tape.watch(seq)
+        out = tf.reduce_sum(layer(seq, target, mask))
+    grad = np.abs(tape.gradient(out, seq).numpy()).sum(-1)[0]
+    selected = np.zeros(20, bool)
+    selected[to_numpy(layer.retrieve(seq, target, mask)[0])[0, 0]] = True
+    assert (grad[~selected] == 0).all() and (grad[selected] > 0).all()

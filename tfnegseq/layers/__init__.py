@@ -12,7 +12,9 @@ from tfnegseq.layers.cain import (
     receptive_field,
 )
 from tfnegseq.layers.lifelong import (
+    ConsistentTopKAttention,
     HashRetrievalAttention,
+    HashSamplingAttention,
     MultiHeadTargetAttention,
     SoftSearchAttention,
 )
@@ -32,8 +34,10 @@ from tfnegseq.layers.transformer import TransformerEncoder
 __all__ = [
     "AdaptiveFusion",
     "AuxiliaryTargetAttention",
+    "ConsistentTopKAttention",
     "DinAttention",
     "HashRetrievalAttention",
+    "HashSamplingAttention",
     "MixedPolaritySequence",
     "MultiHeadTargetAttention",
     "MultiScopeInterestAggregator",

@@ -12,8 +12,9 @@ with a brute force. Rules shared by all (`docs/design/cain.md` §3.0):
   rows only (the retrieval itself, a top-k, has no gradient).
 
 Built so far: `MultiHeadTargetAttention` (the ESU of SIM, ETA and TWIN),
-`SoftSearchAttention` (SIM soft search) and `HashRetrievalAttention` (ETA). SDIM, TWIN
-and LAP follow (issue 14).
+`SoftSearchAttention` (SIM soft search), `HashRetrievalAttention` (ETA),
+`ConsistentTopKAttention` (TWIN) and `HashSamplingAttention` (SDIM). LAP follows
+(issue 14; its method section was not available, `docs/design/cain.md` §3.1).
 """
 
 from __future__ import annotations
@@ -233,4 +234,160 @@ class HashRetrievalAttention(keras.layers.Layer):
         config.update(top_k=self.top_k, hash_bits=self.hash_bits,
                       attention_dim=self.attention_dim, num_heads=self.num_heads,
                       seed=self.seed)
+        return config
+
+
+@register
+class ConsistentTopKAttention(keras.layers.Layer):
+    """TWIN (Chang et al., KDD 2023): the consistency-preserving GSU scores every
+    behaviour with the ESU's own target-attention logits, per head h
+    `alpha_h,t = (q W_q)_h . (x_t W_k)_h / sqrt(d_h) + beta . (c_t W_c)` (the second
+    term only with cross features `side`, one scalar bias per behaviour), keeps each
+    head's top k, and the ESU is the softmax of those same logits over the selected
+    items, applied to `(x_t W_v)_h`, then `W_o`.
+
+    Implemented: the shared logits of both stages (the consistency), per-head top-k
+    (as TWIN and FuxiCTR), the cross-feature bias from `side` (e.g. polarity / value /
+    position embeddings). Simplified: no caching of the item-only projections (a
+    serving optimisation of the paper).
+
+    Args:
+        top_k: int. Defaults to 50. attention_dim, num_heads: defaults 64 and 2.
+        output_dim: int or None (None: the items' width).
+
+    Call arguments:
+        sequence `[B, N, d_s]`, target `[B, d]`, mask bool `[B, N]`, side: optional
+        float `[B, N, c]` cross features.
+    """
+
+    def __init__(self, top_k=50, attention_dim=64, num_heads=2, output_dim=None, **kwargs):
+        super().__init__(**kwargs)
+        if num_heads < 1 or attention_dim % num_heads:
+            raise ValueError(f"`num_heads` must divide `attention_dim`. Received: "
+                             f"num_heads={num_heads}, attention_dim={attention_dim}")
+        self.top_k, self.attention_dim = top_k, attention_dim
+        self.num_heads, self.output_dim = num_heads, output_dim
+
+    def build(self, sequence_shape, target_shape, mask_shape=None, side_shape=None):
+        def dense(units, name, shape):
+            layer = keras.layers.Dense(units, use_bias=False, dtype=self.dtype_policy,
+                                       name=name)
+            layer.build(shape)
+            return layer
+
+        self.query = dense(self.attention_dim, "query", target_shape)
+        self.key = dense(self.attention_dim, "key", sequence_shape)
+        self.value = dense(self.attention_dim, "value", sequence_shape)
+        self.out = dense(self.output_dim or sequence_shape[-1], "output",
+                         (None, self.attention_dim))
+        self.cross = None
+        if side_shape is not None:
+            self.cross = dense(1, "cross", side_shape)  # beta . (c W_c) in one map
+        self.built = True
+
+    def _heads(self, x):
+        h, dh = self.num_heads, self.attention_dim // self.num_heads
+        return ops.transpose(ops.reshape(x, (-1, ops.shape(x)[1], h, dh)), (0, 2, 1, 3))
+
+    def logits(self, sequence, target, side=None):
+        """The shared logits `[B, heads, N]` (GSU and ESU)."""
+        h, dh = self.num_heads, self.attention_dim // self.num_heads
+        q = ops.reshape(self.query(target), (-1, h, 1, dh))
+        scores = ops.matmul(q, ops.swapaxes(self._heads(self.key(sequence)), -1, -2))[:, :, 0]
+        scores = scores / ops.cast(ops.sqrt(float(dh)), scores.dtype)
+        if side is not None:
+            if self.cross is None:
+                raise ValueError("`side` was not given when the layer was built")
+            scores = scores + ops.expand_dims(ops.squeeze(self.cross(side), -1), 1)
+        return scores
+
+    def retrieve(self, sequence, target, mask, side=None):
+        """Per head: indices `[B, heads, k]`, valid, and the selected logits."""
+        scores = ops.cast(self.logits(sequence, target, side), "float32")
+        real = ops.broadcast_to(ops.expand_dims(ops.cast(mask, "bool"), 1), ops.shape(scores))
+        k = min(int(self.top_k), int(scores.shape[-1]))
+        picked, indices = ops.top_k(ops.where(real, scores, float("-inf")), k, sorted=True)
+        valid = ops.take_along_axis(real, indices, axis=-1)
+        return indices, valid, picked
+
+    def call(self, sequence, target, mask, side=None):
+        indices, valid, _ = self.retrieve(sequence, target, mask, side)
+        # the ESU weights: softmax of the *same* logits, recomputed on the selected items
+        # so that gradients flow to them (the top-k values carry no gradient on every
+        # backend), over the real ones
+        scores = self.logits(sequence, target, side)
+        selected = ops.take_along_axis(scores, indices, axis=-1)  # [B, h, k]
+        weights = ops.softmax(ops.where(valid, selected, ops.full_like(selected, _FILL)),
+                              axis=-1)
+        weights = ops.where(valid, weights, ops.zeros_like(weights))
+        values = self._heads(self.value(sequence))  # [B, h, N, dh]
+        gathered = ops.take_along_axis(values, ops.expand_dims(indices, -1), axis=2)
+        pooled = ops.matmul(ops.expand_dims(weights, 2), gathered)[:, :, 0]  # [B, h, dh]
+        return self.out(ops.reshape(pooled, (-1, self.attention_dim)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(top_k=self.top_k, attention_dim=self.attention_dim,
+                      num_heads=self.num_heads, output_dim=self.output_dim)
+        return config
+
+
+@register
+class HashSamplingAttention(keras.layers.Layer):
+    """SDIM (Cao et al., CIKM 2022): `m` SimHash functions of `tau` bits each put the
+    target and every behaviour in one of `2^tau` buckets; per function, the interest is
+    the sum of the behaviours in the target's bucket (L2-normalised when `normalize`),
+    and the output is the mean over the functions. No retrieval stage and no attention
+    weights: the collision probability stands in for an attention kernel on the angle.
+
+    Implemented: the sampling-based aggregation with fixed projections (non-trainable,
+    saved). Simplified: no separate short-sequence attention (the model has its own).
+    `normalize` defaults to True, the paper's reading (FuxiCTR's default is False).
+
+    Args:
+        num_hashes: int, m. Defaults to 48. hash_bits: int, tau. Defaults to 3.
+        normalize: bool. Defaults to True. seed: of the projections. Defaults to 0.
+    """
+
+    def __init__(self, num_hashes=48, hash_bits=3, normalize=True, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_hashes, self.hash_bits = num_hashes, hash_bits
+        self.normalize, self.seed = normalize, seed
+
+    def build(self, sequence_shape, target_shape, mask_shape=None):
+        if sequence_shape[-1] != target_shape[-1]:
+            raise ValueError("HashSamplingAttention hashes the target and the items with "
+                             f"the same projections: widths must match. Received: "
+                             f"{sequence_shape[-1]} and {target_shape[-1]}")
+        self.projection = self.add_weight(
+            name="projection", shape=(sequence_shape[-1], self.num_hashes * self.hash_bits),
+            trainable=False, initializer=keras.initializers.RandomNormal(seed=self.seed))
+        self.built = True
+
+    def buckets(self, x):
+        """Bucket `[..., m]` (float32, exact) of each hash function: sum_i bit_i 2^i."""
+        bits = ops.matmul(ops.cast(ops.stop_gradient(x), "float32"),
+                          ops.cast(self.projection, "float32")) >= 0
+        bits = ops.reshape(ops.cast(bits, "float32"),
+                           (*ops.shape(bits)[:-1], self.num_hashes, self.hash_bits))
+        powers = ops.cast(2 ** ops.arange(self.hash_bits), "float32")
+        return ops.sum(bits * powers, axis=-1)
+
+    def collisions(self, sequence, target, mask):
+        """`[B, N, m]` 1.0 where a real item shares the target's bucket."""
+        same = ops.equal(self.buckets(sequence), ops.expand_dims(self.buckets(target), 1))
+        return ops.cast(same & ops.expand_dims(ops.cast(mask, "bool"), -1), sequence.dtype)
+
+    def call(self, sequence, target, mask):
+        weights = self.collisions(sequence, target, mask)  # [B, N, m]
+        sums = ops.matmul(ops.swapaxes(weights, 1, 2), sequence)  # [B, m, d]
+        if self.normalize:
+            norm = ops.sqrt(ops.sum(sums * sums, axis=-1, keepdims=True))
+            sums = sums / ops.maximum(norm, ops.cast(1e-12, sums.dtype))
+        return ops.mean(sums, axis=1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_hashes=self.num_hashes, hash_bits=self.hash_bits,
+                      normalize=self.normalize, seed=self.seed)
         return config
