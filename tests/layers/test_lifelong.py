@@ -9,6 +9,7 @@ from tfnegseq.layers.lifelong import (
     ConsistentTopKAttention,
     HashRetrievalAttention,
     HashSamplingAttention,
+    LifelongAttentionPyramid,
     MultiHeadTargetAttention,
     SoftSearchAttention,
 )
@@ -204,7 +205,7 @@ def test_sdim_buckets_and_aggregation_match_integer_arithmetic():
 
 
 @pytest.mark.parametrize("cls", [SoftSearchAttention, HashRetrievalAttention,
-                                 ConsistentTopKAttention])
+                                 ConsistentTopKAttention, LifelongAttentionPyramid])
 def test_as_msia_major_attention(cls):
     """A lifelong attention plugs into MSIA as its major attention, and serializes there."""
     from tfnegseq.layers.cain import MultiScopeInterestAggregator
@@ -212,10 +213,11 @@ def test_as_msia_major_attention(cls):
     rng = np.random.default_rng(6)
     x = rng.normal(size=(2, 16, 4)).astype("float32")
     mask, target = left_padded_mask([16, 6], 16), rng.normal(size=(2, 4)).astype("float32")
+    top_k = (8, 4) if cls is LifelongAttentionPyramid else 4
     msia = MultiScopeInterestAggregator(2, context_length=1, attention_dim=4,
-                                        major_attention=cls(top_k=4, attention_dim=4))
+                                        major_attention=cls(top_k=top_k, attention_dim=4))
     out = to_numpy(msia(x, mask, target))
-    assert out.shape == (2, 8) and np.isfinite(out).all()
+    assert out.shape[0] == 2 and np.isfinite(out).all()
     clone = MultiScopeInterestAggregator.from_config(msia.get_config())
     assert type(clone.major) is cls
 
@@ -225,7 +227,8 @@ def test_as_msia_major_attention(cls):
     lambda: HashRetrievalAttention(top_k=5, hash_bits=8, attention_dim=4),
     lambda: ConsistentTopKAttention(top_k=5, attention_dim=4),
     lambda: HashSamplingAttention(num_hashes=4, hash_bits=2),
-], ids=["sim", "eta", "twin", "sdim"])
+    lambda: LifelongAttentionPyramid(top_k=(6, 2), attention_dim=4),
+], ids=["sim", "eta", "twin", "sdim", "lap"])
 def test_xla_equals_eager_and_empty_users_are_zero(make):
     rng = np.random.default_rng(9)
     seq = rng.normal(size=(3, 12, 4)).astype("float32")
@@ -253,3 +256,52 @@ def test_twin_gradients_reach_only_selected_items():
     selected = np.zeros(20, bool)
     selected[to_numpy(layer.retrieve(seq, target, mask)[0])[0, 0]] = True
     assert (grad[~selected] == 0).all() and (grad[selected] > 0).all()
+
+
+def test_lap_levels_nest_and_match_a_brute_force():
+    rng = np.random.default_rng(11)
+    n, d, k1, k2 = 30, 5, 8, 3
+    seq = rng.normal(size=(3, n, d)).astype("float32")
+    target = rng.normal(size=(3, d)).astype("float32")
+    mask = left_padded_mask([30, 6, 0], n)  # user 1: fewer than k1 real items
+    layer = LifelongAttentionPyramid(top_k=(k1, k2), attention_dim=4, num_heads=2)
+    out = to_numpy(layer(seq, target, mask))
+    assert out.shape == (3, 12)
+    (i1, v1), (i2, v2) = ((to_numpy(a), to_numpy(b)) for a, b in layer.retrieve(seq, target, mask))
+    lv = [{k: v for k, v in weights_of(level).items()} for level in layer.levels]
+    focus = weights_of(layer.focus)
+    for b in range(3):
+        real = np.flatnonzero(mask[b])
+        s1 = (seq[b] @ lv[0]["key"]) @ (target[b] @ lv[0]["query"]) / 2.0
+        top1 = real[np.argsort(-s1[real], kind="stable")][:k1]
+        np.testing.assert_array_equal(i1[b, :len(top1)], top1)
+        s2 = (seq[b] @ lv[1]["key"]) @ (target[b] @ lv[1]["query"]) / 2.0
+        top2 = top1[np.argsort(-s2[top1], kind="stable")][:k2]
+        np.testing.assert_array_equal(i2[b, :len(top2)], top2)
+        assert set(i2[b][v2[b]]) <= set(i1[b][v1[b]])  # S2 within S1
+        want = np.concatenate([
+            mhta_reference(seq[b:b + 1, real], target[b:b + 1], np.ones((1, len(real)), bool),
+                           lv[0], 1)[0],
+            mhta_reference(seq[b:b + 1, top1], target[b:b + 1], np.ones((1, len(top1)), bool),
+                           lv[1], 1)[0],
+            mhta_reference(seq[b:b + 1, top2], target[b:b + 1], np.ones((1, len(top2)), bool),
+                           focus, 2)[0],
+        ]) if len(real) else np.zeros(12)
+        np.testing.assert_allclose(out[b], want, rtol=1e-4, atol=1e-4)
+
+
+def test_lap_gives_every_real_item_a_gradient():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(12)
+    seq = tf.constant(rng.normal(size=(1, 20, 4)).astype("float32"))
+    target = rng.normal(size=(1, 4)).astype("float32")
+    mask = left_padded_mask([15], 20)
+    layer = LifelongAttentionPyramid(top_k=(6, 2), attention_dim=4)
+    with tf.GradientTape() as tape:
+        tape.watch(seq)
+        out = tf.reduce_sum(layer(seq, target, mask))
+    grad = np.abs(tape.gradient(out, seq).numpy()).sum(-1)[0]
+    assert (grad[mask[0]] > 0).all() and (grad[~mask[0]] == 0).all()
+    with pytest.raises(ValueError, match="top_k"):
+        LifelongAttentionPyramid(top_k=(2, 6))

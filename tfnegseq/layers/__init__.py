@@ -15,6 +15,7 @@ from tfnegseq.layers.lifelong import (
     ConsistentTopKAttention,
     HashRetrievalAttention,
     HashSamplingAttention,
+    LifelongAttentionPyramid,
     MultiHeadTargetAttention,
     SoftSearchAttention,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "DinAttention",
     "HashRetrievalAttention",
     "HashSamplingAttention",
+    "LifelongAttentionPyramid",
     "MixedPolaritySequence",
     "MultiHeadTargetAttention",
     "MultiScopeInterestAggregator",

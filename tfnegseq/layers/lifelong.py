@@ -13,8 +13,9 @@ with a brute force. Rules shared by all (`docs/design/cain.md` §3.0):
 
 Built so far: `MultiHeadTargetAttention` (the ESU of SIM, ETA and TWIN),
 `SoftSearchAttention` (SIM soft search), `HashRetrievalAttention` (ETA),
-`ConsistentTopKAttention` (TWIN) and `HashSamplingAttention` (SDIM). LAP follows
-(issue 14; its method section was not available, `docs/design/cain.md` §3.1).
+`ConsistentTopKAttention` (TWIN), `HashSamplingAttention` (SDIM) and
+`LifelongAttentionPyramid` (LAP, our reading: its method section was not available,
+`docs/design/cain.md` §3.1).
 """
 
 from __future__ import annotations
@@ -390,4 +391,101 @@ class HashSamplingAttention(keras.layers.Layer):
         config = super().get_config()
         config.update(num_hashes=self.num_hashes, hash_bits=self.hash_bits,
                       normalize=self.normalize, seed=self.seed)
+        return config
+
+
+@register
+class LifelongAttentionPyramid(keras.layers.Layer):
+    """LAP, the lifelong attention pyramid of LCN (Hou et al., "Cross-Domain LifeLong
+    Sequential Modeling for Online Click-Through Rate Prediction", KDD 2024; CAIN's
+    reference [21] and its major attention). **Our reading**: LCN's method section was
+    not available (`docs/design/cain.md` §3.1); what is known is three cascading
+    attention levels whose results are all combined, every item receiving a gradient,
+    and each level narrowing the candidates of the next. Implemented as:
+
+    - level 1 (all N items): `s1_t = (e W_q1) . (x_t W_k1) / sqrt(d_a)`, `IR_1 =
+      (sum_t softmax(s1)_t x_t W_v1) W_o1` over the real items (every real item gets a
+      gradient), and `S1` = its top `k1`;
+    - level 2 (the `k1` items of S1): the same form with its own projections, `IR_2`,
+      and `S2` = the top `k2` of S1 by `s2` (so S2 is a subset of S1);
+    - level 3 (the `k2` items of S2): `MultiHeadTargetAttention` ("advanced attention"
+      on the narrowest pool), `IR_3`;
+    - output `[IR_1 ; IR_2 ; IR_3]`.
+
+    Args:
+        top_k: (k1, k2). Defaults to (256, 64). attention_dim: d_a and the value width
+            of levels 1-2. Defaults to 64. num_heads: of level 3. Defaults to 2.
+    """
+
+    def __init__(self, top_k=(256, 64), attention_dim=64, num_heads=2, **kwargs):
+        super().__init__(**kwargs)
+        top_k = tuple(int(k) for k in top_k)
+        if len(top_k) != 2 or top_k[1] > top_k[0] or min(top_k) < 1:
+            raise ValueError(f"`top_k` must be (k1, k2) with 1 <= k2 <= k1. Received: {top_k}")
+        self.top_k, self.attention_dim, self.num_heads = top_k, attention_dim, num_heads
+
+    def build(self, sequence_shape, target_shape, mask_shape=None):
+        self.levels = [PyramidLevel(self.attention_dim, name=f"level_{n}",
+                                                      dtype=self.dtype_policy)
+                       for n in (1, 2)]
+        for level in self.levels:
+            level.build(sequence_shape, target_shape)
+        self.focus = MultiHeadTargetAttention(self.attention_dim, self.num_heads,
+                                              output_dim=self.attention_dim,
+                                              dtype=self.dtype_policy, name="level_3")
+        self.focus.build((None, self.top_k[1], sequence_shape[-1]), target_shape)
+        self.built = True
+
+    def retrieve(self, sequence, target, mask):
+        """`(S1 indices [B, k1], valid), (S2 indices [B, k2] into the sequence, valid)`."""
+        s1 = self.levels[0].scores(sequence, target)
+        i1, v1 = select_top_k(ops.stop_gradient(s1), mask, self.top_k[0])
+        s2 = self.levels[1].scores(gather_items(sequence, i1), target)
+        j2, v2 = select_top_k(ops.stop_gradient(s2), v1, self.top_k[1])
+        return (i1, v1), (ops.take_along_axis(i1, j2, axis=1), v2)
+
+    def call(self, sequence, target, mask):
+        (i1, v1), (i2, v2) = self.retrieve(sequence, target, mask)
+        ir1 = self.levels[0](sequence, target, mask)
+        ir2 = self.levels[1](gather_items(sequence, i1), target, v1)
+        ir3 = self.focus(gather_items(sequence, i2), target, v2)
+        return ops.concatenate([ir1, ir2, ir3], axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(top_k=list(self.top_k), attention_dim=self.attention_dim,
+                      num_heads=self.num_heads)
+        return config
+
+
+@register
+class PyramidLevel(keras.layers.Layer):
+    """One level of `LifelongAttentionPyramid`: a one-head `MultiHeadTargetAttention`
+    (`s_t = (e W_q) . (x_t W_k) / sqrt(d_a)`, output `(sum_t softmax(s)_t x_t W_v) W_o`
+    over the real items, zeros without one) whose scores `scores` also rank the items
+    for the next level."""
+
+    def __init__(self, attention_dim=64, **kwargs):
+        super().__init__(**kwargs)
+        self.attention_dim = attention_dim
+
+    def build(self, sequence_shape, target_shape, mask_shape=None):
+        self.inner = MultiHeadTargetAttention(self.attention_dim, 1,
+                                              output_dim=self.attention_dim,
+                                              dtype=self.dtype_policy, name="attention")
+        self.inner.build(sequence_shape, target_shape)
+        self.built = True
+
+    def scores(self, sequence, target):
+        q = self.inner.query(target)
+        k = self.inner.key(sequence)
+        s = ops.squeeze(ops.matmul(k, ops.expand_dims(q, -1)), -1)
+        return s / ops.cast(ops.sqrt(float(self.attention_dim)), s.dtype)
+
+    def call(self, sequence, target, mask):
+        return self.inner(sequence, target, mask)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(attention_dim=self.attention_dim)
         return config
