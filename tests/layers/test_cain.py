@@ -396,3 +396,23 @@ def test_tcn_under_jax():
         "        t.test_tcn_matches_reference(cl, s, call)\n"
         "t.test_tcn_per_example_filters_equal_single_example_calls()\n"
         "t.test_tcn_output_depends_only_on_its_window()\n")
+
+
+def test_msia_and_peg_under_mixed_bfloat16():
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(2, 16, 4)).astype("float32")
+    mask, target = left_padded_mask([16, 5], 16), rng.normal(size=(2, 4)).astype("float32")
+    profile = rng.normal(size=(2, 3)).astype("float32")
+    peg = PersonalizedExtractorGeneration([(3, 4, 4), (3, 4, 4)], units=4,
+                                          dtype="mixed_bfloat16")
+    msia = MultiScopeInterestAggregator(2, context_length=1, attention_dim=4,
+                                        dtype="mixed_bfloat16")
+    full = MultiScopeInterestAggregator(2, context_length=1, attention_dim=4)
+    want = to_numpy(full(x, mask, target))
+    msia(x, mask, target)
+    msia.set_weights(full.get_weights())
+    out = msia(x, mask, target)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    np.testing.assert_allclose(to_numpy(out).astype("float32"), want, rtol=0.05, atol=0.05)
+    with_peg = to_numpy(msia(x, mask, target, peg(profile))).astype("float32")
+    assert np.isfinite(with_peg).all()

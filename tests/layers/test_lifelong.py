@@ -305,3 +305,31 @@ def test_lap_gives_every_real_item_a_gradient():
     assert (grad[mask[0]] > 0).all() and (grad[~mask[0]] == 0).all()
     with pytest.raises(ValueError, match="top_k"):
         LifelongAttentionPyramid(top_k=(2, 6))
+
+
+@pytest.mark.parametrize("make", [
+    lambda dtype: MultiHeadTargetAttention(4, dtype=dtype),
+    lambda dtype: SoftSearchAttention(top_k=5, attention_dim=4, dtype=dtype),
+    lambda dtype: HashRetrievalAttention(top_k=5, hash_bits=8, attention_dim=4, dtype=dtype),
+    lambda dtype: ConsistentTopKAttention(top_k=5, attention_dim=4, dtype=dtype),
+    lambda dtype: HashSamplingAttention(num_hashes=4, hash_bits=2, dtype=dtype),
+    lambda dtype: LifelongAttentionPyramid(top_k=(6, 2), attention_dim=4, dtype=dtype),
+], ids=["mhta", "sim", "eta", "twin", "sdim", "lap"])
+def test_mixed_bfloat16(make):
+    """Under mixed_bfloat16 (weights float32, compute bfloat16) every layer runs, with
+    the float32 layer's weights, to a finite bfloat16 output near the float32 one (MHTA,
+    SDIM: no selection that rounding could change) or of the same shape."""
+    rng = np.random.default_rng(12)
+    seq = rng.normal(size=(3, 12, 4)).astype("float32")
+    target = rng.normal(size=(3, 4)).astype("float32")
+    mask = left_padded_mask([12, 3, 0], 12)
+    full, half = make("float32"), make("mixed_bfloat16")
+    want = to_numpy(full(seq, target, mask))
+    half(seq, target, mask)
+    half.set_weights(full.get_weights())
+    got = half(seq, target, mask)
+    assert keras.backend.standardize_dtype(got.dtype) == "bfloat16"
+    got = to_numpy(got).astype("float32")
+    assert got.shape == want.shape and np.isfinite(got).all() and not got[2].any()
+    if isinstance(full, (MultiHeadTargetAttention, HashSamplingAttention)):
+        np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05)

@@ -370,7 +370,7 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
         if major_attention is None:
             from tfnegseq.layers.attention import DinAttention
 
-            major_attention = DinAttention(name="major")
+            major_attention = DinAttention(name="major", dtype=self.dtype_policy)
         elif isinstance(major_attention, dict):
             major_attention = keras.layers.deserialize(major_attention)
         self.major = major_attention
