@@ -37,3 +37,21 @@ def test_finish_writes_json_markdown_and_plot_and_stamps_only_a_run(tmp_path):
 def test_setting_names_expand_groups_once_in_order():
     assert setting_names("table4,SINE,SASRec") == [*GROUPS["table4"], "SASRec"]
     assert setting_names("k_sweep")[:2] == ["SINE K=1", "SINE K=2"]
+
+
+def test_sine_markdown_shows_a_spread_only_over_several_runs():
+    from tfnegseq.experiments import sine
+
+    def record(setting, seed, auc):
+        return {"setting": setting, "seed": seed, "auc": auc, "gauc": 0.6, "ndcg@2": 0.7,
+                "ndcg_no_cutoff": 0.8, "hr@10": 0.1, "ndcg@10": 0.05, "mrr": 0.05,
+                "paper_epoch": 20, "full_epoch": 200}
+
+    data = {"records": [record("SASRec", 0, 0.70), record("SASRec", 1, 0.72),
+                        record("SINE", 0, 0.74)]}
+    text = sine.markdown("toy", data)
+    sasrec = next(line for line in text.splitlines() if line.startswith("| SASRec |"))
+    single = next(line for line in text.splitlines() if line.startswith("| SINE |"))
+    assert "0.7100 ± 0.0141" in sasrec and "| 2 |" in sasrec  # sample std of 0.70, 0.72
+    assert "±" not in single and "0.7400" in single and "| 1 |" in single
+    assert "still running." in text

@@ -123,11 +123,11 @@ def markdown(dataset: str, data: dict[str, Any]) -> str:
         f"Command: `{data.get('command', '')}`  ",
         f"Config: `{data.get('config')}` with {data.get('overrides') or 'no overrides'}; "
         f"seeds {data.get('seeds')}; machine: {data.get('machine', {}).get('processor', '')} "
-        f"({data.get('machine', {}).get('cores')} cores); finished "
-        f"{data.get('finished', 'in progress')}.",
+        f"({data.get('machine', {}).get('cores')} cores); "
+        + (f"finished {data['finished']}." if data.get("finished") else "still running."),
         *(["", f"**Note:** {data['notes']}"] if data.get("notes") else []),
         "",
-        "Mean ± sample std over seeds, evaluated on the test split (the last positive of "
+        "Mean ± sample std over seeds (a single run: its value), evaluated on the test split (the last positive of "
         "each user). Paper protocol: the held-out positive against the passive negatives "
         "between the validation and the test positive (users with none count only in "
         "the pooled AUC); NDCG@2 with a true cutoff, and without (the official code's). "
@@ -152,7 +152,9 @@ def markdown(dataset: str, data: dict[str, Any]) -> str:
                   "| --- |" + " --- |" * (len(METRICS) + 2)]
         for s in names:
             r = summ[(s,)]
-            cells = [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" if m in r else "—" for m in METRICS]
+            # one run has no spread: its value alone, not "± 0"
+            cells = [("—" if m not in r else f"{r[m][0]:.4f} ± {r[m][1]:.4f}" if r[m][2] > 1
+                      else f"{r[m][0]:.4f}") for m in METRICS]
             runs = max((v[2] for v in r.values()), default=0)
             epochs = " / ".join(f"{r[e][0]:.0f}" if e in r else "—" for e in EPOCHS)
             lines.append(f"| {s} | " + " | ".join(cells) + f" | {epochs} | {runs} |")
