@@ -178,8 +178,9 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
         for i, s in enumerate(names):
             means = [summ[(s,)].get(m, (np.nan, 0, 0))[0] for m in metrics]
             stds = [summ[(s,)].get(m, (0, 0, 0))[1] for m in metrics]
+            runs = max(v[2] for v in summ[(s,)].values())
             ax.bar(x + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-                   label=s)
+                   label=f"{s} ({runs} run{'s' if runs > 1 else ''})")
         ax.set_xticks(x, [LABELS[m] for m in metrics])
         ax.set_title(f"{dataset}: {title}")
         ax.grid(axis="y", alpha=0.3)
