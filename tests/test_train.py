@@ -34,7 +34,10 @@ def test_run_writes_metrics_that_match_sklearn(tiny_samples, tmp_path):
         ys.append(np.asarray(y))
     y, p = np.concatenate(ys), np.concatenate(ps)
     assert m["eval_examples"] == len(y)
-    assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    # the run scored with its XLA-compiled predict, this reference with eager calls: the
+    # float32 probabilities differ by ~1e-7, which can swap a near-tied pair and move
+    # the AUC by 1 / (positives * negatives) per swap (5.4e-6 seen once in CI)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-4)
     assert m["logloss"] == pytest.approx(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7)), abs=1e-5)
     assert os.listdir(tmp_path / "run" / "checkpoints")
     assert os.path.isdir(tmp_path / "run" / "tensorboard")
