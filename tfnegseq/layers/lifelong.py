@@ -86,22 +86,33 @@ class MultiHeadTargetAttention(keras.layers.Layer):
                          (None, self.attention_dim))
         self.built = True
 
-    def call(self, sequence, target, mask=None):
+    def heads(self, x):
+        """`[B, n, attention_dim]` -> `[B, heads, n, d_h]`."""
+        h, dh = self.num_heads, self.attention_dim // self.num_heads
+        return ops.transpose(ops.reshape(x, (-1, ops.shape(x)[1], h, dh)), (0, 2, 1, 3))
+
+    def logits(self, sequence, target):
+        """Scaled dot-product scores `[B, heads, n]`."""
         h, dh = self.num_heads, self.attention_dim // self.num_heads
         q = ops.reshape(self.query(target), (-1, h, 1, dh))  # [B, h, 1, dh]
-        k = ops.transpose(ops.reshape(self.key(sequence), (-1, ops.shape(sequence)[1], h, dh)),
-                          (0, 2, 1, 3))  # [B, h, n, dh]
-        v = ops.transpose(ops.reshape(self.value(sequence), (-1, ops.shape(sequence)[1], h, dh)),
-                          (0, 2, 1, 3))
-        scores = ops.matmul(q, ops.swapaxes(k, -1, -2))[:, :, 0] / ops.cast(
-            ops.sqrt(float(dh)), q.dtype)  # [B, h, n]
+        k = self.heads(self.key(sequence))  # [B, h, n, dh]
+        return ops.matmul(q, ops.swapaxes(k, -1, -2))[:, :, 0] / ops.cast(
+            ops.sqrt(float(dh)), q.dtype)
+
+    def pool(self, weights, values):
+        """`W_o` of the per-head weighted sums: weights `[B, h, n]`, values
+        `[B, h, n, d_h]` -> `[B, output_dim]`."""
+        pooled = ops.matmul(ops.expand_dims(weights, 2), values)[:, :, 0]  # [B, h, dh]
+        return self.out(ops.reshape(pooled, (-1, self.attention_dim)))
+
+    def call(self, sequence, target, mask=None):
+        scores = self.logits(sequence, target)  # [B, h, n]
         real = (ops.ones_like(scores, dtype="bool") if mask is None
                 else ops.expand_dims(ops.cast(mask, "bool"), 1))
         real = ops.broadcast_to(real, ops.shape(scores))
         weights = ops.softmax(ops.where(real, scores, ops.full_like(scores, _FILL)), axis=-1)
         weights = ops.where(real, weights, ops.zeros_like(weights))
-        pooled = ops.matmul(ops.expand_dims(weights, 2), v)[:, :, 0]  # [B, h, dh]
-        return self.out(ops.reshape(pooled, (-1, self.attention_dim)))
+        return self.pool(weights, self.heads(self.value(sequence)))
 
     def get_config(self):
         config = super().get_config()
@@ -270,32 +281,22 @@ class ConsistentTopKAttention(keras.layers.Layer):
         self.num_heads, self.output_dim = num_heads, output_dim
 
     def build(self, sequence_shape, target_shape, mask_shape=None, side_shape=None):
-        def dense(units, name, shape):
-            layer = keras.layers.Dense(units, use_bias=False, dtype=self.dtype_policy,
-                                       name=name)
-            layer.build(shape)
-            return layer
-
-        self.query = dense(self.attention_dim, "query", target_shape)
-        self.key = dense(self.attention_dim, "key", sequence_shape)
-        self.value = dense(self.attention_dim, "value", sequence_shape)
-        self.out = dense(self.output_dim or sequence_shape[-1], "output",
-                         (None, self.attention_dim))
+        # the projections and head split of a MultiHeadTargetAttention, whose logits
+        # serve both stages
+        self.attention = MultiHeadTargetAttention(self.attention_dim, self.num_heads,
+                                                  self.output_dim, dtype=self.dtype_policy,
+                                                  name="attention")
+        self.attention.build(sequence_shape, target_shape)
         self.cross = None
-        if side_shape is not None:
-            self.cross = dense(1, "cross", side_shape)  # beta . (c W_c) in one map
+        if side_shape is not None:  # beta . (c W_c) in one map
+            self.cross = keras.layers.Dense(1, use_bias=False, dtype=self.dtype_policy,
+                                            name="cross")
+            self.cross.build(side_shape)
         self.built = True
-
-    def _heads(self, x):
-        h, dh = self.num_heads, self.attention_dim // self.num_heads
-        return ops.transpose(ops.reshape(x, (-1, ops.shape(x)[1], h, dh)), (0, 2, 1, 3))
 
     def logits(self, sequence, target, side=None):
         """The shared logits `[B, heads, N]` (GSU and ESU)."""
-        h, dh = self.num_heads, self.attention_dim // self.num_heads
-        q = ops.reshape(self.query(target), (-1, h, 1, dh))
-        scores = ops.matmul(q, ops.swapaxes(self._heads(self.key(sequence)), -1, -2))[:, :, 0]
-        scores = scores / ops.cast(ops.sqrt(float(dh)), scores.dtype)
+        scores = self.attention.logits(sequence, target)
         if side is not None:
             if self.cross is None:
                 raise ValueError("`side` was not given when the layer was built")
@@ -321,10 +322,9 @@ class ConsistentTopKAttention(keras.layers.Layer):
         weights = ops.softmax(ops.where(valid, selected, ops.full_like(selected, _FILL)),
                               axis=-1)
         weights = ops.where(valid, weights, ops.zeros_like(weights))
-        values = self._heads(self.value(sequence))  # [B, h, N, dh]
+        values = self.attention.heads(self.attention.value(sequence))  # [B, h, N, dh]
         gathered = ops.take_along_axis(values, ops.expand_dims(indices, -1), axis=2)
-        pooled = ops.matmul(ops.expand_dims(weights, 2), gathered)[:, :, 0]  # [B, h, dh]
-        return self.out(ops.reshape(pooled, (-1, self.attention_dim)))
+        return self.attention.pool(weights, gathered)
 
     def get_config(self):
         config = super().get_config()
@@ -477,10 +477,8 @@ class PyramidLevel(keras.layers.Layer):
         self.built = True
 
     def scores(self, sequence, target):
-        q = self.inner.query(target)
-        k = self.inner.key(sequence)
-        s = ops.squeeze(ops.matmul(k, ops.expand_dims(q, -1)), -1)
-        return s / ops.cast(ops.sqrt(float(self.attention_dim)), s.dtype)
+        """The level's attention logits `[B, n]` (one head)."""
+        return self.inner.logits(sequence, target)[:, 0]
 
     def call(self, sequence, target, mask):
         return self.inner(sequence, target, mask)
