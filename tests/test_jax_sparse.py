@@ -41,8 +41,11 @@ def numpy_adam_step(w, m, v, g, t, rows=None):
 
 
 def assert_adam_close(actual, expected):
-    """Weights, first and second moments (float32 against float64)."""
-    for a, e, atol in zip(actual, expected, (1e-6, 1e-7, 1e-9), strict=True):
+    """Weights, first and second moments (float32 against float64). The weights' atol
+    1e-5 is 1/5000 of an Adam step here (LR 0.05): the step's gradient and this check's
+    are two float32 computations, and where sqrt(v) is near EPS the step amplifies their
+    rounding (2.3e-6 seen once in CI against the former 1e-6)."""
+    for a, e, atol in zip(actual, expected, (1e-5, 1e-7, 1e-9), strict=True):
         np.testing.assert_allclose(np.asarray(a), e, rtol=1e-4, atol=atol)
 
 
