@@ -16,6 +16,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
+from tfnegseq.layers.lifelong import masked_softmax
 
 
 @register
@@ -290,13 +291,10 @@ class AuxiliaryTargetAttention(keras.layers.Layer):
         scores = scores / ops.cast(ops.sqrt(float(self.attention_dim)), scores.dtype)
         real = (ops.ones_like(scores, dtype="bool") if mask is None
                 else ops.cast(mask, "bool"))
-        zero = ops.zeros_like(scores)
         if self.score_normalization == "softmax":
-            lowest = ops.full_like(scores, -1e9 if scores.dtype == "float32" else -3e4)
-            weights = ops.softmax(ops.where(real, scores, lowest), axis=-1)
-            weights = ops.where(real, weights, zero)  # all-padding users: zeros
+            weights = masked_softmax(scores, real)  # all-padding users: zeros
         else:
-            weights = ops.where(real, scores, zero)
+            weights = ops.where(real, scores, ops.zeros_like(scores))
         return ops.squeeze(ops.matmul(ops.expand_dims(weights, 1), v), 1)  # [B, d_v]
 
     def get_config(self):

@@ -25,7 +25,12 @@ from keras import ops
 
 from tfnegseq.api_export import register
 
-_FILL = -1e9  # finite masked-softmax fill: an all-padding row gets weights 0, not NaN
+
+def masked_softmax(scores, real):
+    """Softmax over the last axis of `scores` where `real` (bool, same shape) is true,
+    0 elsewhere; a row without a real entry gets all zeros (never NaN)."""
+    filled = ops.where(real, scores, ops.full_like(scores, -1e9))
+    return ops.where(real, ops.softmax(filled, axis=-1), ops.zeros_like(scores))
 
 
 def select_top_k(scores, mask, k):
@@ -110,9 +115,7 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         real = (ops.ones_like(scores, dtype="bool") if mask is None
                 else ops.expand_dims(ops.cast(mask, "bool"), 1))
         real = ops.broadcast_to(real, ops.shape(scores))
-        weights = ops.softmax(ops.where(real, scores, ops.full_like(scores, _FILL)), axis=-1)
-        weights = ops.where(real, weights, ops.zeros_like(weights))
-        return self.pool(weights, self.heads(self.value(sequence)))
+        return self.pool(masked_softmax(scores, real), self.heads(self.value(sequence)))
 
     def get_config(self):
         config = super().get_config()
@@ -319,9 +322,7 @@ class ConsistentTopKAttention(keras.layers.Layer):
         # backend), over the real ones
         scores = self.logits(sequence, target, side)
         selected = ops.take_along_axis(scores, indices, axis=-1)  # [B, h, k]
-        weights = ops.softmax(ops.where(valid, selected, ops.full_like(selected, _FILL)),
-                              axis=-1)
-        weights = ops.where(valid, weights, ops.zeros_like(weights))
+        weights = masked_softmax(selected, valid)
         values = self.attention.heads(self.attention.value(sequence))  # [B, h, N, dh]
         gathered = ops.take_along_axis(values, ops.expand_dims(indices, -1), axis=2)
         return self.attention.pool(weights, gathered)
