@@ -155,7 +155,7 @@ def test_sequence_budget_within_max_history_loads(tmp_path):
 
 
 @pytest.mark.parametrize("data, match", [
-    ({"model": {"kind": "sine"}}, r"c\.yaml: model\.kind: must be one of \['ctr', 'sequential'\]. Received: 'sine'"),
+    ({"model": {"kind": "sine"}}, r"c\.yaml: model\.kind: must be one of \['cain', 'ctr', 'sequential'\]. Received: 'sine'"),
     ({"model": {"backbone": "onetrans"}}, r"c\.yaml: model\.backbone: must be one of .*'din'.*'onetrans'"),
     ({"model": {"kind": "ctr", "sine_interests": 4}}, r"unknown key 'model\.sine_interests'"),
     ({"model": {"mlp_units": [8, 0]}}, r"model\.mlp_units: every entry must be >= 1"),

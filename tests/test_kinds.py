@@ -112,7 +112,7 @@ def popularity_kind():
 def test_unregistered_kind_is_refused_at_load(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"model": {"kind": "popularity"}}))
-    with pytest.raises(ConfigError, match=r"model\.kind: must be one of \['ctr', 'sequential'\]"):
+    with pytest.raises(ConfigError, match=r"model\.kind: must be one of \['cain', 'ctr', 'sequential'\]"):
         load_config(p)
 
 

@@ -30,7 +30,8 @@ from tfnegseq.kinds.base import ModelKind
 __all__ = ["ModelKind", "get_kind", "kind_names", "register_kind", "unregister_kind"]
 
 # name -> module whose import registers it (imported on first use)
-_BUILTIN = {"ctr": "tfnegseq.kinds.ctr", "sequential": "tfnegseq.kinds.sequential"}
+_BUILTIN = {"ctr": "tfnegseq.kinds.ctr", "sequential": "tfnegseq.kinds.sequential",
+            "cain": "tfnegseq.kinds.cain"}
 _KINDS: dict[str, ModelKind] = {}
 
 

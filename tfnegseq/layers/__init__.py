@@ -6,6 +6,7 @@
 from tfnegseq.layers.attention import DinAttention, token_matmul
 from tfnegseq.layers.cain import (
     AuxiliaryTargetAttention,
+    ContextSelfAttention,
     MultiScopeInterestAggregator,
     PersonalizedExtractorGeneration,
     TemporalConvolution,
@@ -36,6 +37,7 @@ __all__ = [
     "AdaptiveFusion",
     "AuxiliaryTargetAttention",
     "ConsistentTopKAttention",
+    "ContextSelfAttention",
     "DinAttention",
     "HashRetrievalAttention",
     "HashSamplingAttention",

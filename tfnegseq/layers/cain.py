@@ -46,6 +46,8 @@ class TemporalConvolution(keras.layers.Layer):
             linear).
         kernel_initializer, bias_initializer: initializers of `kernel`
             `[2cl+1, d, filters]` and `bias` `[filters]` (Conv1D's names and layout).
+        use_kernel: bool. False: no `kernel` weight; every call must pass `filters` (a
+            layer whose kernel PEG always replaces). Defaults to True.
         **kwargs: base layer arguments (`name`, `dtype`).
 
     Call arguments:
@@ -67,8 +69,10 @@ class TemporalConvolution(keras.layers.Layer):
     """
 
     def __init__(self, filters, context_length, stride=1, activation=None,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", use_kernel=True,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.use_kernel = bool(use_kernel)
         for name, value, low in (("filters", filters, 1), ("context_length", context_length, 0),
                                  ("stride", stride, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -89,8 +93,9 @@ class TemporalConvolution(keras.layers.Layer):
         dim = sequence_shape[-1]
         if dim is None:
             raise ValueError("the last dimension of `sequence` must be known")
-        self.kernel = self.add_weight(name="kernel", shape=(self.taps, dim, self.filters),
-                                      initializer=self.kernel_initializer)
+        self.kernel = (self.add_weight(name="kernel", shape=(self.taps, dim, self.filters),
+                                       initializer=self.kernel_initializer)
+                       if self.use_kernel else None)
         self.bias = self.add_weight(name="bias", shape=(self.filters,),
                                     initializer=self.bias_initializer)
         self.built = True
@@ -114,6 +119,9 @@ class TemporalConvolution(keras.layers.Layer):
         after = max(after, 0) if isinstance(after, int) else ops.maximum(after, 0)
         x = ops.pad(x, [[0, 0], [cl, after], [0, 0]])
         per_example = filters is not None
+        if not per_example and self.kernel is None:
+            raise ValueError(f"{self.name} was built without a kernel (use_kernel=False): "
+                             "pass `filters` (the per-example kernels)")
         kernel = ops.cast(filters if per_example else self.kernel, x.dtype)
         out = None
         for k in range(self.taps):  # static: 2cl + 1 batched matmuls, never per user
@@ -140,6 +148,7 @@ class TemporalConvolution(keras.layers.Layer):
             activation=keras.activations.serialize(self.activation),
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            use_kernel=self.use_kernel,
         )
         return config
 
@@ -334,20 +343,40 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
             config; None: `DinAttention()`.
         attention_dim, value_dim, score_normalization: of the auxiliary attentions.
         activation: between TCN layers. Defaults to "relu".
+        peg_aggregation: how a layer's per-user kernel (PEG) meets its global one
+            (Table 6): "replace" (eq. 12, the paper's default: `conv(x, W^PC) + b`),
+            "sum" (`conv(x, W^PC + W) + b`, one convolution: it is linear in the
+            kernel) or "concat" (`[conv(x, W^PC) + b ; conv(x, W) + b]`, then a Dense
+            `merge_<n>` back to f channels, our choice so that the attentions keep
+            comparing f-wide items with the target). Defaults to "replace".
+        peg_layers: the layers (0-based) that always receive per-user kernels: with
+            "replace" they have no global kernel (nothing would train it), with
+            "concat" they get their merge. Defaults to none (kernels passed to other
+            layers still replace or are summed with the global one).
 
     Call arguments:
         sequence: float `[B, N, d]` lifelong item representations; mask: bool `[B, N]`;
         target: float `[B, d]`; peg_filters: None or a list (one per layer) of None or
-        `[B, 2cl+1, d_in, f]` per-user kernels (PEG, eq. 12).
+        `[B, 2cl+1, d_in, f]` per-user kernels (PEG, eq. 12); return_first_layer: also
+        return the first layer's outputs and mask (SIM's auxiliary loss reads them).
 
     Returns:
-        `[B, D + (num_layers - 1) * value_dim]`.
+        `[B, D + (num_layers - 1) * value_dim]`, or `(that, (cr^1, mask^1))`.
     """
 
     def __init__(self, num_layers, context_length=7, strides=None, later_stride=4,
                  filters=None, major_attention=None, attention_dim=64, value_dim=None,
-                 score_normalization="softmax", activation="relu", **kwargs):
+                 score_normalization="softmax", activation="relu", peg_aggregation="replace",
+                 peg_layers=None, **kwargs):
         super().__init__(**kwargs)
+        if peg_aggregation not in ("replace", "sum", "concat"):
+            raise ValueError("`peg_aggregation` must be 'replace', 'sum' or 'concat'. "
+                             f"Received: {peg_aggregation!r}")
+        self.peg_aggregation = peg_aggregation
+        self.peg_layers = sorted(int(n) for n in (peg_layers or ()))
+        if any(not 0 <= n < num_layers for n in self.peg_layers):
+            raise ValueError(f"`peg_layers` must be layer indices in [0, {num_layers}). "
+                             f"Received: {peg_layers!r}")
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"`num_layers` must be an int >= 1. Received: {num_layers!r}")
         cls = (list(context_length) if isinstance(context_length, (list, tuple))
@@ -378,7 +407,10 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
     def build(self, sequence_shape, mask_shape=None, target_shape=None, peg_filters_shape=None):
         filters = self.filters or sequence_shape[-1]
         width = sequence_shape[-1]
-        self.tcn = [TemporalConvolution(filters, cl, s, dtype=self.dtype_policy, name=f"tcn_{n}")
+        # A layer whose kernel PEG replaces (eq. 12) has no global kernel to train.
+        replaced = set(self.peg_layers) if self.peg_aggregation == "replace" else set()
+        self.tcn = [TemporalConvolution(filters, cl, s, use_kernel=n not in replaced,
+                                        dtype=self.dtype_policy, name=f"tcn_{n}")
                     for n, (cl, s) in enumerate(zip(self.context_lengths, self.strides,
                                                     strict=True))]
         for n, layer in enumerate(self.tcn):
@@ -391,25 +423,55 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
         ]
         for layer in self.auxiliary:
             layer.build((None, None, filters), (None, target_shape[-1]))
+        self.merge = {}
+        if self.peg_aggregation == "concat":
+            for n in self.peg_layers:
+                self.merge[str(n)] = keras.layers.Dense(filters, dtype=self.dtype_policy,
+                                                        name=f"merge_{n}")
+                self.merge[str(n)].build((None, None, 2 * filters))
         self.built = True
 
-    def call(self, sequence, mask, target, peg_filters=None):
+    def kernel_shapes(self, width):
+        """`(2cl+1, d_in, f)` of each layer's kernel for input items of `width`
+        (what `PersonalizedExtractorGeneration` generates)."""
+        filters = self.filters or width
+        return [(2 * cl + 1, width if n == 0 else filters, filters)
+                for n, cl in enumerate(self.context_lengths)]
+
+    def _convolve(self, n, x, m, kernel):
+        tcn = self.tcn[n]
+        if kernel is None:
+            return tcn(x, m)
+        if self.peg_aggregation == "replace":
+            return tcn(x, m, kernel)
+        if self.peg_aggregation == "sum":
+            return tcn(x, m, kernel + ops.cast(ops.expand_dims(tcn.kernel, 0), kernel.dtype))
+        if str(n) not in self.merge:
+            raise ValueError(f"layer {n} has no merge for peg_aggregation='concat'; list it "
+                             f"in `peg_layers` (received {self.peg_layers})")
+        both = ops.concatenate([tcn(x, m, kernel), tcn(x, m)], axis=-1)
+        return self.merge[str(n)](both)
+
+    def call(self, sequence, mask, target, peg_filters=None, return_first_layer=False):
         peg = list(peg_filters) if peg_filters is not None else [None] * self.num_layers
         if len(peg) != self.num_layers:
             raise ValueError(f"`peg_filters` needs {self.num_layers} entries (None where a "
                              f"layer has no PEG). Received: {len(peg)}")
         x, m = sequence, mask
         interests = []
+        first = None
         for n, tcn in enumerate(self.tcn):
             if n:
                 x = self.activation(x)
-            x = tcn(x, m, peg[n])
+            x = self._convolve(n, x, m, peg[n])
             m = tcn.output_mask(m)
             if n == 0:
+                first = (x, m)
                 interests.append(self.major(x, target, m))
             else:
                 interests.append(self.auxiliary[n - 1](x, target, m))
-        return ops.concatenate(interests, axis=-1)
+        interest = ops.concatenate(interests, axis=-1)
+        return (interest, first) if return_first_layer else interest
 
     def get_config(self):
         config = super().get_config()
@@ -424,5 +486,65 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
             value_dim=self.value_dim,
             score_normalization=self.score_normalization,
             activation=keras.activations.serialize(self.activation),
+            peg_aggregation=self.peg_aggregation,
+            peg_layers=self.peg_layers,
         )
+        return config
+
+
+@register
+class ContextSelfAttention(keras.layers.Layer):
+    """Self-attention as the context extractor CAIN's Table 1 compares the TCN with: one
+    post-norm Transformer block over the whole lifelong sequence (multi-head attention
+    among the real items, residual, layer norm, a ReLU feed-forward of width `ff_dim`,
+    residual, layer norm), padding neither attending nor attended to and set to zero
+    at the output. Cost grows with N^2 (the paper's reason to prefer the TCN).
+
+    Args:
+        num_heads: int. Defaults to 2. ff_dim: int or None (None: twice the width).
+        dropout: float. Defaults to 0.
+
+    Call arguments:
+        sequence: float `[B, N, d]`; mask: bool `[B, N]`; training.
+
+    Returns:
+        `[B, N, d]`.
+    """
+
+    def __init__(self, num_heads=2, ff_dim=None, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.ff_dim, self.dropout = num_heads, ff_dim, dropout
+
+    def build(self, sequence_shape, mask_shape=None):
+        d = sequence_shape[-1]
+        if d % self.num_heads:
+            raise ValueError(f"`num_heads`={self.num_heads} must divide the width {d}")
+        self.attention = keras.layers.MultiHeadAttention(
+            self.num_heads, d // self.num_heads, dropout=self.dropout,
+            dtype=self.dtype_policy, name="attention")
+        self.attention.build(sequence_shape, sequence_shape)
+        self.norm_1 = keras.layers.LayerNormalization(dtype=self.dtype_policy, name="norm_1")
+        self.norm_2 = keras.layers.LayerNormalization(dtype=self.dtype_policy, name="norm_2")
+        self.norm_1.build(sequence_shape)
+        self.norm_2.build(sequence_shape)
+        self.hidden = keras.layers.Dense(self.ff_dim or 2 * d, activation="relu",
+                                         dtype=self.dtype_policy, name="hidden")
+        self.project = keras.layers.Dense(d, dtype=self.dtype_policy, name="project")
+        self.hidden.build(sequence_shape)
+        self.project.build((*sequence_shape[:-1], self.ff_dim or 2 * d))
+        self.built = True
+
+    def call(self, sequence, mask=None, training=None):
+        real = (ops.ones(ops.shape(sequence)[:2], dtype="bool") if mask is None
+                else ops.cast(mask, "bool"))
+        pairs = ops.logical_and(ops.expand_dims(real, 1), ops.expand_dims(real, 2))
+        x = sequence * ops.cast(ops.expand_dims(real, -1), sequence.dtype)
+        attended = self.attention(x, x, attention_mask=pairs, training=training)
+        x = self.norm_1(x + attended)
+        x = self.norm_2(x + self.project(self.hidden(x)))
+        return x * ops.cast(ops.expand_dims(real, -1), x.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_heads=self.num_heads, ff_dim=self.ff_dim, dropout=self.dropout)
         return config

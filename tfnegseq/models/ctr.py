@@ -64,6 +64,10 @@ class CtrModel(keras.Model):
         dict with `probability` [B] (float32) and `logit` [B].
     """
 
+    # The `model:` section this class is configured by (a subclass adds its own keys).
+    config_class: type = CtrModelConfig
+    kind_name = "ctr"
+
     def __init__(self, vocab_sizes: dict[str, int], model: dict[str, Any],
                  side_features: list[str] | None = None, row_sparse_gradients: bool = False,
                  **kwargs: Any):
@@ -71,14 +75,16 @@ class CtrModel(keras.Model):
         self.row_sparse_gradients = bool(row_sparse_gradients)
         self.tables = EmbeddingTables(row_sparse_gradients=self.row_sparse_gradients)
         self.vocab_sizes = dict(vocab_sizes)
-        m = validate_section(CtrModelConfig, {"kind": "ctr", **dict(model)},
+        m = validate_section(self.config_class, {**dict(model), "kind": self.kind_name},
                              where=f"{type(self).__name__}(model=...)")
         self.model_config = dict(model)
         self.side_features = list(side_features or [])
         self.m = m
         d = m.embedding_dim
-        self.sequence = MixedPolaritySequence(m.sequence_length, m.positive_ratio, mode=m.mode,
-                                              name="sequence")
+        short = self.has_short_term
+        # Construction order is initialisation order (seeded runs reproduce): keep it.
+        self.sequence = (MixedPolaritySequence(m.sequence_length, m.positive_ratio, mode=m.mode,
+                                               name="sequence") if short else None)
         self.item_embedding = keras.layers.Embedding(
             vocab_sizes["item_id"], d, name="item_embedding", dtype="float32",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
@@ -90,13 +96,14 @@ class CtrModel(keras.Model):
         self.position_embedding = keras.layers.Embedding(
             m.sequence_length, d, name="position_embedding", dtype="float32",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
-        )
+        ) if short else None
         self.side_embeddings = {
             name: keras.layers.Embedding(vocab_sizes[name], max(4, d // 4), name=f"emb_{name}",
                                         dtype="float32")
             for name in self.side_features
         }
-        self.pbe = PolarityBiasEmbedding(name="pbe") if m.polarity in ("pbe", "tapf") else None
+        self.pbe = (PolarityBiasEmbedding(name="pbe")
+                    if short and m.polarity in ("pbe", "tapf") else None)
         self.tapf = (
             TargetAwarePolarityFusion(
                 use_polarity_embedding=m.tapf_polarity_embedding,
@@ -108,12 +115,13 @@ class CtrModel(keras.Model):
                 shared_polarity_embedding=m.tapf_shared_polarity,
                 name="tapf",
             )
-            if m.polarity == "tapf"
+            if short and m.polarity == "tapf"
             else None
         )
-        if m.backbone == "din":
+        self.backbone: Any = None
+        if short and m.backbone == "din":
             self.backbone = DinAttention(units=tuple(m.attention_units), name="din_attention")
-        else:  # "transformer" (the config refuses any other backbone)
+        elif short:  # "transformer" (the config refuses any other backbone)
             self.backbone = TransformerEncoder(
                 num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=2 * d,
                 dropout=m.dropout, name="transformer",
@@ -130,6 +138,12 @@ class CtrModel(keras.Model):
                     for i, u in enumerate(m.mlp_units)]
         self.dropout = keras.layers.Dropout(m.dropout) if m.dropout else None
         self.out = keras.layers.Dense(1, name="logit", dtype="float32")
+
+    @property
+    def has_short_term(self) -> bool:
+        """Whether the model reads the short-term mixed-polarity sequence (always, here;
+        `CainModel` may go without it)."""
+        return True
 
     def compile(self, optimizer="adam", loss=None, **kwargs: Any):
         """`keras.Model.compile` with the model's own loss (cross-entropy on the logit).
@@ -180,6 +194,7 @@ class CtrModel(keras.Model):
 
     def encode_sequence(self, inputs: dict[str, Any], training: bool | None = None):
         """Tokens [B,L,d], target [B,d], polarity [B,L], mask [B,L] (shared with analyses)."""
+        assert self.sequence is not None, "a model without the short-term path"
         items, polarity = self.sequence(
             inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"], inputs["neg_order"]
         )
@@ -202,6 +217,12 @@ class CtrModel(keras.Model):
         return tokens, target, polarity, mask
 
     def call(self, inputs: dict[str, Any], training: bool | None = None):
+        interest, target = self.short_term_interest(inputs, training)
+        logit = self.head([interest, target], inputs, training)
+        return {"probability": ops.sigmoid(logit), "logit": logit}
+
+    def short_term_interest(self, inputs: dict[str, Any], training: bool | None = None):
+        """`(interest [B, d], target [B, d])` of the short-term mixed-polarity sequence."""
         tokens, target, polarity, mask = self.encode_sequence(inputs, training)
         if self.m.backbone == "din":
             interest = self.backbone(tokens, target, mask)  # [B, d]
@@ -223,15 +244,19 @@ class CtrModel(keras.Model):
             interest = ops.sum(ops.expand_dims(weights, -1) * calibrated, axis=1)  # [B, d]
         else:
             interest = self.backbone(tokens, target, mask, training=training)  # [B, d]
-        parts = [interest, target, self._lookup(self.user_embedding, inputs["user_id"])]
+        return interest, target
+
+    def head(self, parts: list[Any], inputs: dict[str, Any], training: bool | None = None):
+        """The logit `[B]` (float32): the MLP over `parts` (interests, target), the user
+        id and the profile / side features."""
+        parts = [*parts, self._lookup(self.user_embedding, inputs["user_id"])]
         parts += [self._lookup(self.side_embeddings[n], inputs[n]) for n in self.side_features]
         x = ops.concatenate(parts, axis=-1)
         for layer in self.mlp:
             x = layer(x)
             if self.dropout is not None:
                 x = self.dropout(x, training=training)
-        logit = ops.squeeze(ops.cast(self.out(x), "float32"), axis=-1)  # [B]
-        return {"probability": ops.sigmoid(logit), "logit": logit}
+        return ops.squeeze(ops.cast(self.out(x), "float32"), axis=-1)  # [B]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Binary cross-entropy on the logit (numerically stable); `compile` sets it."""

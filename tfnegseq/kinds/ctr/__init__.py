@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 class CtrKind(ModelKind):
     name = "ctr"
-    config_class = CtrModelConfig
+    config_class: type = CtrModelConfig
     samples_task = "ctr"
     metric_keys = ("auc", "gauc", "logloss")
 

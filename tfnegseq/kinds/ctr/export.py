@@ -50,6 +50,20 @@ from tfnegseq.signatures import (
 WARMUP_SERVING = ((1, 10), (4, 3))
 WARMUP_EXAMPLES = (1, 8)
 HISTORIES = ("pos", "neg")
+# The lifelong sequence (CAIN and the lifelong-attention baselines, kind `cain`): served
+# like the histories, as raw lists (ids, 1-based orders, polarity, float value), the
+# most recent `samples.lifelong_length` kept.
+LIFELONG = ("life_item_id", "life_order", "life_polarity", "life_value")
+
+
+def lifelong_inputs(cfg: Config) -> tuple[str, ...]:
+    """The lifelong lists, for a model section that reads them (`lifelong_length`)."""
+    return LIFELONG if getattr(cfg.model, "lifelong_length", 0) > 0 else ()
+
+
+def histories(cfg: Config) -> tuple[str, ...]:
+    """Prefixes of the id / order list pairs served (`pos`, `neg`, and `life`)."""
+    return HISTORIES + (("life",) if lifelong_inputs(cfg) else ())
 
 
 def side_feature_names(cfg: Config) -> list[str]:
@@ -62,7 +76,7 @@ def side_feature_names(cfg: Config) -> list[str]:
 def model_inputs(cfg: Config) -> list[str]:
     """The (looked-up) features `CtrModel` reads."""
     return ["user_id", "item_id", "pos_item_id", "pos_order", "neg_item_id", "neg_order",
-            *side_feature_names(cfg)]
+            *lifelong_inputs(cfg), *side_feature_names(cfg)]
 
 
 def serving_inputs(cfg: Config) -> dict[str, tuple[str, str | None]]:
@@ -73,7 +87,8 @@ def serving_inputs(cfg: Config) -> dict[str, tuple[str, str | None]]:
     """
     fmap = schema.feature_map(cfg.samples)
     out: dict[str, tuple[str, str | None]] = {}
-    names = ["user_id", "pos_item_id", "pos_order", "neg_item_id", "neg_order", "item_id"]
+    names = ["user_id", "pos_item_id", "pos_order", "neg_item_id", "neg_order",
+             *lifelong_inputs(cfg), "item_id"]
     for name in names + side_feature_names(cfg):
         f = fmap[name]
         if f.is_list:
@@ -102,23 +117,28 @@ def signature_description(cfg: Config) -> dict[str, Any]:
 
 def _input_specs(cfg: Config) -> dict[str, Any]:
     shapes = {"user": [None], "history": [None, None], "candidate": [None, None]}
+    fmap = schema.feature_map(cfg.samples)
     return {
-        name: tf.TensorSpec(shapes[kind], tf.int64, name=name)
+        name: tf.TensorSpec(shapes[kind], tf.as_dtype(fmap[name].dtype), name=name)
         for name, (kind, _) in serving_inputs(cfg).items()
     }
 
 
-def _history_checks(features: Mapping[str, tf.Tensor]) -> list[Any]:
-    """Assertions that each history is left-padded and strictly increasing in order."""
+def _history_checks(features: Mapping[str, tf.Tensor], prefixes: tuple[str, ...]) -> list[Any]:
+    """Assertions that each history is left-padded and strictly increasing in order
+    (and that the lists of one history have one shape)."""
     checks = []
-    for prefix in HISTORIES:
+    for prefix in prefixes:
         ids, orders = features[f"{prefix}_item_id"], features[f"{prefix}_order"]
-        checks.append(
-            tf.debugging.assert_equal(
-                tf.shape(ids), tf.shape(orders),
-                message=f"{prefix}_item_id and {prefix}_order need the same shape",
+        for other in sorted(n for n in features if n.startswith(f"{prefix}_")):
+            if other == f"{prefix}_item_id":
+                continue
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(ids), tf.shape(features[other]),
+                    message=f"{prefix}_item_id and {other} need the same shape",
+                )
             )
-        )
         real = tf.not_equal(ids, schema.PAD_ID)  # [B, W]
         # Left-padded: once a row has a real id, every later entry is real.
         checks.append(
@@ -150,7 +170,8 @@ def build_module(model: Any, processor: Any, cfg: Config) -> Any:
     """
     inputs = serving_inputs(cfg)
     model_keys = model_inputs(cfg)
-    max_history = processor.max_lengths["pos_item_id"]
+    max_lengths = processor.max_lengths
+    prefixes = histories(cfg)
     lookups = processor.lookups
 
     def serve(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -179,17 +200,18 @@ def build_module(model: Any, processor: Any, cfg: Config) -> Any:
                         message=f"{name} needs one value per candidate in item_id",
                     )
                 )
-        checks += _history_checks(features)
+        checks += _history_checks(features, prefixes)
         rows: dict[str, tf.Tensor] = {}
         with tf.control_dependencies(checks):
             for name, (kind, vocab) in inputs.items():
                 x = tf.identity(features[name])
                 if kind == "history":
-                    x = x[:, -max_history:]  # the most recent H, as training keeps
+                    length = max_lengths[name]
+                    x = x[:, -length:]  # the most recent H (or N), as training keeps
                     pad = schema.PAD_ID if vocab else 0
-                    width = tf.maximum(max_history - tf.shape(x)[1], 0)
-                    x = tf.pad(x, [[0, 0], [width, 0]], constant_values=tf.cast(pad, tf.int64))
-                    x.set_shape([None, max_history])  # [B, H]
+                    width = tf.maximum(length - tf.shape(x)[1], 0)
+                    x = tf.pad(x, [[0, 0], [width, 0]], constant_values=tf.cast(pad, x.dtype))
+                    x.set_shape([None, length])  # [B, H]
                 if vocab:
                     x = tf.cast(lookups[vocab](x), tf.int64)
                 if kind == "candidate":
@@ -231,14 +253,16 @@ def raw_serving_batch(
     Histories are left-padded with -1 ids / 0 orders to the longest in the batch.
     """
     parsed = tf.io.parse_example(tf.constant(examples), schema.parse_spec(cfg.samples))
+    fmap = schema.feature_map(cfg.samples)
     out: dict[str, np.ndarray] = {}
     for name, (kind, vocab) in serving_inputs(cfg).items():
         x = parsed[name]
         if kind == "history":
-            rows = [r[: cfg.samples.max_history] for r in x[:batch].to_list()]
+            dtype = np.dtype(fmap[name].dtype)
+            rows = [r[-fmap[name].max_len:] for r in x[:batch].to_list()]
             width = max(1, max(len(r) for r in rows))
             pad = schema.PAD_ID if vocab else 0
-            out[name] = np.asarray([[pad] * (width - len(r)) + r for r in rows], np.int64)
+            out[name] = np.asarray([[pad] * (width - len(r)) + r for r in rows], dtype)
         elif kind == "candidate":
             values = x.numpy()
             idx = (np.arange(batch)[:, None] + np.arange(candidates)[None, :]) % len(values)

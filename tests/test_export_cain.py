@@ -1,0 +1,175 @@
+"""The CAIN model (kind `cain`) exports and serves like the CTR models, with the
+lifelong sequence as raw lists (issue 14): `serving_default` in a process that never
+imports keras or tfnegseq equals the Keras model on the same examples, a lifelong list
+longer than trained keeps its most recent `lifelong_length` entries, and malformed
+lifelong lists are refused with the field named."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.helpers_export import keras_probabilities, raw_rows, read_examples, Exported
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LIFE = 24  # samples.lifelong_length of the fixture
+LISTS = ("pos_item_id", "pos_order", "neg_item_id", "neg_order",
+         "life_item_id", "life_order", "life_polarity", "life_value")
+
+
+@pytest.fixture(scope="module")
+def cain_export(tmp_path_factory) -> Exported:
+    from tfnegseq import train
+    from tfnegseq.config import load_config
+    from tfnegseq.data import job
+    from tfnegseq.data.simulate import simulate_to_dir
+    from tfnegseq.export import export_run
+
+    root = tmp_path_factory.mktemp("cain")
+    sets = [f"source.path={root}/log", f"output.dir={root}/samples", "simulate.num_users=40",
+            "simulate.num_items=200", "simulate.events_per_user_min=20",
+            "simulate.events_per_user_max=120", "samples.max_history=10",
+            f"samples.lifelong_length={LIFE}", "name=cain_tiny",
+            "model.kind=cain", "model.sequence_length=10", "model.embedding_dim=8",
+            f"model.lifelong_length={LIFE}", "model.msia_layers=2", "model.context_length=2",
+            "model.lap_top_k=[12,6]", "model.lifelong_attention_dim=8", "model.peg_units=4",
+            "model.peg_inputs=[user_id]", "model.lifelong_value_boundaries=[0.3,0.7]",
+            "train.batch_size=256", "train.epochs=1", f"train.run_dir={root}/run"]
+    cfg = load_config(REPO / "configs" / "synthetic.yaml", sets)
+    simulate_to_dir(cfg.simulate, cfg.source.path)
+    job.run(cfg)
+    train.run_config(cfg, verbose=0)
+    version_dir = export_run(cfg.train.run_dir)
+    return Exported(cfg, cfg.train.run_dir, version_dir, cfg.output.dir, cfg.name)
+
+
+def to_example(row: dict[str, Any], cfg) -> bytes:
+    """A tf.Example with each feature typed by the sample schema (float lists may be
+    empty)."""
+    import tensorflow as tf
+
+    from tfnegseq import schema
+
+    dtypes = {f.name: f.dtype for f in schema.features(cfg.samples)}
+    feats = {}
+    for name, value in row.items():
+        values = value if isinstance(value, list) else [value]
+        if dtypes[name] == "float32":
+            feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
+        else:
+            feats[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+def serving_case(exp: Exported, rows, candidates, widths):
+    """`serving_default` inputs (every list cut to its last `widths[b]` entries and
+    left-padded, -1 ids / 0 elsewhere) and one reference example per (user, candidate)."""
+    user_side = [f"user_{f}" for f in exp.cfg.samples.user_features]
+    item_side = [f"item_{f}" for f in exp.cfg.samples.item_features]
+    inputs: dict[str, Any] = {"user_id": [r["user_id"] for r in rows]}
+    for name in user_side:
+        inputs[name] = [r[name] for r in rows]
+    cut = [{k: r[k][len(r[k]) - min(w, len(r[k])):] for k in LISTS}
+           for r, w in zip(rows, widths, strict=True)]
+    for name in LISTS:
+        width = max(1, max(len(c[name]) for c in cut))
+        pad: Any = -1 if name.endswith("item_id") else (0.0 if name == "life_value" else 0)
+        inputs[name] = [[pad] * (width - len(c[name])) + c[name] for c in cut]
+    inputs["item_id"] = [[c["item_id"] for c in candidates] for _ in rows]
+    for name in item_side:
+        inputs[name] = [[c[name] for c in candidates] for _ in rows]
+    examples = []
+    for r, c_hist in zip(rows, cut, strict=True):
+        for cand in candidates:
+            row = {"user_id": r["user_id"], "timestamp": 0, "order": 0, "label": 0, **c_hist,
+                   "item_id": cand["item_id"], **{n: r[n] for n in user_side},
+                   **{n: cand[n] for n in item_side}}
+            examples.append(to_example(row, exp.cfg))
+    return inputs, examples
+
+
+SCRIPT = r"""
+import json, sys
+sys.modules["keras"] = None
+sys.modules["tfnegseq"] = None
+import numpy as np
+import tensorflow as tf
+
+model_dir, spec_path, out_path = sys.argv[1:4]
+spec = json.load(open(spec_path))
+serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+dtypes = {k: v.dtype for k, v in serve.structured_input_signature[1].items()}
+
+def call(batch):
+    return serve(**{k: tf.constant(v, dtypes[k], shape=np.shape(v)) for k, v in batch.items()})
+
+out = {"inputs": sorted(dtypes), "float_inputs": sorted(k for k, v in dtypes.items() if v == tf.float32)}
+out["serving"] = [call(b)["probability"].numpy().tolist() for b in spec["serving"]]
+out["errors"], out["scored"] = {}, {}
+for name, batch in spec["bad"].items():
+    try:
+        out["scored"][name] = call(batch)["probability"].numpy().tolist()
+        out["errors"][name] = None
+    except tf.errors.InvalidArgumentError as e:
+        out["errors"][name] = e.message
+out["imported"] = sorted(k for k, v in sys.modules.items()
+                         if v is not None and k.split(".")[0] in ("keras", "tfnegseq"))
+json.dump(out, open(out_path, "w"))
+"""
+
+
+def test_cain_saved_model_matches_keras_in_a_tensorflow_only_process(cain_export, tmp_path):
+    import tfnegseq.models  # noqa: F401  (registers CainModel for keras_probabilities)
+
+    exp = cain_export
+    examples = read_examples(exp.data_dir, count=60)
+    rows = raw_rows(exp.cfg, examples)
+    long = [r for r in rows if len(r["life_item_id"]) >= 10 and r["pos_item_id"]]
+    assert long, "the fixture has no sample with a lifelong history"
+    cases = [serving_case(exp, long[:1], rows[5:9], [7]),
+             serving_case(exp, long[1:4], rows[20:23], [LIFE, 3, 0])]
+    first = cases[0][0]
+    n = LIFE + 5
+    too_long = {**first, "life_item_id": [list(range(1, n + 1))],
+                "life_order": [list(range(1, n + 1))], "life_polarity": [[1] * n],
+                "life_value": [[0.5] * n]}
+    truncated = {**first, "life_item_id": [list(range(6, n + 1))],
+                 "life_order": [list(range(6, n + 1))], "life_polarity": [[1] * LIFE],
+                 "life_value": [[0.5] * LIFE]}
+    not_left_padded = {**first, "life_item_id": [[5, -1]], "life_order": [[1, 0]],
+                       "life_polarity": [[1, 0]], "life_value": [[1.0, 0.0]]}
+    unordered = {**first, "life_item_id": [[5, 6]], "life_order": [[4, 4]],
+                 "life_polarity": [[1, 1]], "life_value": [[1.0, 1.0]]}
+    ragged = {**first, "life_item_id": [[5, 6]], "life_order": [[1, 2]],
+              "life_polarity": [[1, 1]], "life_value": [[1.0]]}
+    spec = {"serving": [b for b, _ in cases],
+            "bad": {"too_long": too_long, "truncated": truncated, "ragged": ragged,
+                    "not_left_padded": not_left_padded, "unordered": unordered}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "check.py").write_text(SCRIPT)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, str(tmp_path / "check.py"), exp.version_dir,
+                           str(tmp_path / "spec.json"), str(tmp_path / "out.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+
+    assert out["imported"] == []
+    assert {"life_item_id", "life_order", "life_polarity", "life_value"} <= set(out["inputs"])
+    assert out["float_inputs"] == ["life_value"]
+    for (batch, refs), got in zip(cases, out["serving"], strict=True):
+        want = keras_probabilities(exp, refs).reshape(len(batch["user_id"]), -1)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    assert out["errors"]["too_long"] is None and out["errors"]["truncated"] is None
+    assert out["scored"]["too_long"] == out["scored"]["truncated"]
+    assert "life_item_id is not left-padded" in out["errors"]["not_left_padded"]
+    assert "life_order must increase strictly" in out["errors"]["unordered"]
+    assert "life_item_id and life_value need the same shape" in out["errors"]["ragged"]

@@ -1,0 +1,81 @@
+"""The `cain` kind: CTR over a lifelong sequence (CAIN and the lifelong-attention
+baselines LAP, SIM, ETA, SDIM, TWIN; paper `../shared/papers/002_bbf64e76a3eb835d.txt`).
+
+One impression per example, like the `ctr` kind, whose samples, metrics (AUC, GAUC by
+raw user, logloss) and serving signatures it shares; the samples must carry the
+lifelong lists (`samples.lifelong_length` >= `model.lifelong_length`) and the serving
+signature takes them as raw lists (`tfnegseq.kinds.ctr.export`). Model:
+`tfnegseq.models.CainModel`.
+
+Importing this package registers the kind; it imports neither Keras nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from tfnegseq.kinds import register_kind
+from tfnegseq.kinds.cain.config import CainModelConfig
+from tfnegseq.kinds.ctr import CtrKind
+
+if TYPE_CHECKING:
+    from tfnegseq.config import Config
+
+
+def profile_features(cfg: Config) -> list[str]:
+    """PEG's inputs as model input names (`user_<f>`, `user_id`); [] without PEG."""
+    m = cfg.model
+    assert isinstance(m, CainModelConfig)
+    if m.peg_layers == "none":
+        return []
+    names = m.peg_inputs if m.peg_inputs is not None else list(cfg.samples.user_features)
+    return [n if n == "user_id" else f"user_{n}" for n in names]
+
+
+class CainKind(CtrKind):
+    name = "cain"
+    config_class = CainModelConfig
+
+    def check_config(self, cfg: Config) -> None:
+        m = cfg.model
+        assert isinstance(m, CainModelConfig)
+        if cfg.samples.task != self.samples_task:
+            return
+        if m.short_term:
+            super().check_config(cfg)
+        available = cfg.samples.lifelong_length
+        if m.lifelong_length > available:
+            raise ValueError(
+                f"model.lifelong_length: {m.lifelong_length} exceeds samples.lifelong_length="
+                f"{available} (the lifelong items the samples carry); lower it or raise "
+                "samples.lifelong_length and rebuild the samples")
+        if m.peg_layers != "none":
+            names = m.peg_inputs if m.peg_inputs is not None else cfg.samples.user_features
+            unknown = [n for n in names if n != "user_id" and n not in cfg.samples.user_features]
+            if unknown:
+                raise ValueError(
+                    f"model.peg_inputs: {unknown} are not in samples.user_features "
+                    f"{cfg.samples.user_features} (or 'user_id')")
+            if not names:
+                raise ValueError(
+                    "model.peg_inputs: PEG needs at least one profile input; "
+                    "samples.user_features is empty (use [user_id] or peg_layers: none)")
+
+    def build_model(self, cfg: Config, vocab_sizes: Mapping[str, int]) -> Any:
+        import dataclasses
+
+        from tfnegseq.kinds.ctr.export import side_feature_names
+        from tfnegseq.models.cain import CainModel
+
+        return CainModel(
+            vocab_sizes=dict(vocab_sizes),
+            model=dataclasses.asdict(cfg.model),
+            side_features=side_feature_names(cfg),
+            profile_features=profile_features(cfg),
+            row_sparse_gradients=cfg.train.embedding_updates == "row_sparse",
+            name="cain_model",
+        )
+
+
+CAIN = register_kind(CainKind())

@@ -1,0 +1,255 @@
+"""CAIN, assembled from the `cain` kind's `model:` section (paper
+`../shared/papers/002_bbf64e76a3eb835d.txt`, §3-4, Figure 2; `docs/design/cain.md`).
+
+    life_item_id --item embedding (shared with the target)--> (+ value-bucket embedding)
+        -> lhe [B, N, d]; mask: life_order > 0 (1-based orders; polarity 0 is also a
+           neutral event, so it cannot be the mask)
+        -> optional PBE / TAPF on the lifelong tokens (`lifelong_polarity`)
+    context: tcn   -> MSIA (stacked TCN layers, the major attention on the first, eq. 6,
+                      auxiliary target attentions on the later ones, eq. 8-9), the TCN
+                      kernels generated per user by PEG where `peg_layers` says (eq. 10-12)
+             none  -> the major attention on the raw items (the LAP / SIM / ETA / SDIM /
+                      TWIN baselines, Figure 5's -1)
+             gru / self_attention -> Table 1's other extractors, then the major attention
+    short-term path: `CtrModel`'s mixed-polarity sequence (optional, `short_term`)
+    head: MLP over [lifelong interest, short-term interest, target, user, profile, side]
+          -> p(click), cross-entropy (eq. 2-3); SIM adds its auxiliary GSU loss.
+
+Written with `keras.ops` only, so the same model runs on TensorFlow and on JAX.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from tfnegseq.api_export import register
+from tfnegseq.kinds.cain.config import CainModelConfig
+from tfnegseq.layers.attention import DinAttention
+from tfnegseq.layers.cain import (
+    ContextSelfAttention,
+    MultiScopeInterestAggregator,
+    PersonalizedExtractorGeneration,
+)
+from tfnegseq.layers.lifelong import (
+    ConsistentTopKAttention,
+    HashRetrievalAttention,
+    HashSamplingAttention,
+    LifelongAttentionPyramid,
+    SoftSearchAttention,
+)
+from tfnegseq.layers.polarity import PolarityBiasEmbedding, TargetAwarePolarityFusion
+from tfnegseq.models.ctr import CtrModel
+
+LIFELONG_INPUTS = ("life_item_id", "life_order", "life_polarity", "life_value")
+
+
+def major_attention(m: Any, name: str = "major") -> keras.layers.Layer:
+    """The lifelong attention `m.major_attention` names, sized by the config."""
+    kind = m.major_attention
+    if kind == "lap":
+        return LifelongAttentionPyramid(tuple(m.lap_top_k), m.lifelong_attention_dim,
+                                        m.lifelong_heads, name=name)
+    if kind == "sim":
+        return SoftSearchAttention(m.top_k, m.lifelong_attention_dim, m.lifelong_heads,
+                                   name=name)
+    if kind == "eta":
+        return HashRetrievalAttention(m.top_k, m.hash_bits, m.lifelong_attention_dim,
+                                      m.lifelong_heads, name=name)
+    if kind == "sdim":
+        return HashSamplingAttention(m.sdim_hashes, m.sdim_hash_bits, name=name)
+    if kind == "twin":
+        return ConsistentTopKAttention(m.top_k, m.lifelong_attention_dim, m.lifelong_heads,
+                                       name=name)
+    return DinAttention(units=tuple(m.attention_units), name=name)  # "din"
+
+
+@register
+class CainModel(CtrModel):
+    """CAIN and the lifelong-attention baselines (one class; the config picks).
+
+    Args:
+        vocab_sizes, side_features, row_sparse_gradients: as `CtrModel`.
+        model: dict. A `CainModelConfig` as a dict.
+        profile_features: list of str. The inputs PEG generates kernels from (eq. 10's
+            I): `user_<f>` side features and/or `user_id`, each read through the same
+            embedding the head uses. Needed when `peg_layers` is not "none".
+
+    Call arguments:
+        inputs: `CtrModel`'s (when `short_term`) plus `life_item_id`, `life_order`,
+            `life_value` `[B, N_s]` (N_s >= `lifelong_length`; the last N are read) and
+            `life_polarity` when `lifelong_polarity` is not "none".
+
+    Returns:
+        dict with `probability` [B], `logit` [B] and, for SIM, `auxiliary_logit` [B]
+        (its GSU's auxiliary CTR head; `compute_loss` adds its cross-entropy weighted
+        by `sim_auxiliary_weight`).
+    """
+
+    config_class = CainModelConfig
+    kind_name = "cain"
+
+    def __init__(self, vocab_sizes: dict[str, int], model: dict[str, Any],
+                 side_features: list[str] | None = None,
+                 profile_features: list[str] | None = None,
+                 row_sparse_gradients: bool = False, **kwargs: Any):
+        super().__init__(vocab_sizes, model, side_features=side_features,
+                         row_sparse_gradients=row_sparse_gradients, **kwargs)
+        self.profile_features = list(profile_features or [])
+        m = self.m
+        d = m.embedding_dim
+        if m.peg_layers != "none" and not self.profile_features:
+            raise ValueError("peg_layers needs profile_features (PEG's input, eq. 10)")
+        missing = [f for f in self.profile_features
+                   if f != "user_id" and f not in self.side_features]
+        if missing:
+            raise ValueError(f"profile_features {missing} are not among side_features "
+                             f"{self.side_features} (PEG reads the head's embeddings)")
+        self.value_boundaries = [float(b) for b in m.lifelong_value_boundaries]
+        self.value_embedding = keras.layers.Embedding(
+            len(self.value_boundaries) + 1, d, name="value_embedding", dtype="float32",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
+        ) if self.value_boundaries else None
+        self.life_pbe = (PolarityBiasEmbedding(name="life_pbe")
+                         if m.lifelong_polarity in ("pbe", "tapf") else None)
+        self.life_tapf = (TargetAwarePolarityFusion(name="life_tapf")
+                          if m.lifelong_polarity == "tapf" else None)
+        self.extractor: Any = None
+        self.msia: Any = None
+        self.peg: Any = None
+        self.major: Any = None
+        if m.context == "tcn":
+            self.msia = MultiScopeInterestAggregator(
+                m.msia_layers, m.context_length, strides=m.strides, later_stride=m.later_stride,
+                major_attention=major_attention(m), attention_dim=m.lifelong_attention_dim,
+                score_normalization=m.auxiliary_normalization, activation=m.tcn_activation,
+                peg_aggregation=m.peg_aggregation, peg_layers=m.peg_layer_indices(),
+                name="msia",
+            )
+            layers = m.peg_layer_indices()
+            if layers:
+                shapes = self.msia.kernel_shapes(d)
+                self.peg = PersonalizedExtractorGeneration([shapes[n] for n in layers],
+                                                           units=m.peg_units, name="peg")
+        else:
+            self.major = major_attention(m)
+            if m.context == "gru":
+                # Bidirectional: the TCN sees both sides of an item (our reading of
+                # Table 1's "RNN").
+                self.extractor = keras.layers.Bidirectional(
+                    keras.layers.GRU(d // 2, return_sequences=True), merge_mode="concat",
+                    name="gru")
+                if d % 2:
+                    raise ValueError(f"context 'gru' needs an even embedding_dim. Received: {d}")
+            elif m.context == "self_attention":
+                self.extractor = ContextSelfAttention(m.lifelong_heads, name="self_attention")
+        self.auxiliary_head = (
+            [keras.layers.Dense(m.lifelong_attention_dim, activation="relu", name="sim_aux_0"),
+             keras.layers.Dense(1, name="sim_aux_logit", dtype="float32")]
+            if m.major_attention == "sim" else None
+        )
+
+    @property
+    def has_short_term(self) -> bool:
+        return bool(self.m.short_term)
+
+    def lifelong_tokens(self, inputs: dict[str, Any], target):
+        """`(tokens [B, N, d], mask [B, N] bool, polarity [B, N])` of the last N items."""
+        n = self.m.lifelong_length
+        items = inputs["life_item_id"][:, -n:]
+        mask = ops.greater(inputs["life_order"][:, -n:], 0)
+        batch, length = ops.shape(items)[0], ops.shape(items)[1]
+        rows = self.tables.gather(self, self.tables.table(self.item_embedding),
+                                  ops.reshape(items, (-1,)))
+        tokens = ops.reshape(rows, (batch, length, -1))
+        if self.value_embedding is not None:
+            values = ops.cast(inputs["life_value"][:, -n:], "float32")
+            bucket = ops.zeros_like(values, dtype="int32")
+            for edge in self.value_boundaries:  # bucket = number of edges <= value
+                bucket = bucket + ops.cast(ops.greater_equal(values, edge), "int32")
+            value_rows = self.tables.gather(self, self.tables.table(self.value_embedding),
+                                            ops.reshape(bucket, (-1,)))
+            tokens = tokens + ops.reshape(value_rows, (batch, length, -1))
+        tokens = ops.cast(tokens, self.compute_dtype)
+        tokens = tokens * ops.cast(ops.expand_dims(mask, -1), tokens.dtype)
+        polarity = None
+        if self.life_pbe is not None:
+            polarity = ops.where(mask, ops.cast(inputs["life_polarity"][:, -n:], "int32"), 0)
+            tokens = self.life_pbe(tokens, polarity)
+            if self.life_tapf is not None:
+                tokens = self.life_tapf(tokens, target, polarity)
+        return tokens, mask, polarity
+
+    def profile(self, inputs: dict[str, Any]):
+        """PEG's input I `[B, p]`: the profile features' embeddings, concatenated."""
+        parts = []
+        for name in self.profile_features:
+            layer = self.user_embedding if name == "user_id" else self.side_embeddings[name]
+            parts.append(self._lookup(layer, inputs[name]))
+        return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+
+    def lifelong_interest(self, inputs: dict[str, Any], target, training=None):
+        """`(interest [B, D], first-layer items [B, n, f], their mask)` of the lifelong
+        sequence (the items and mask feed SIM's auxiliary GSU loss)."""
+        tokens, mask, _ = self.lifelong_tokens(inputs, target)
+        if self.msia is not None:
+            kernels = None
+            if self.peg is not None:
+                generated = iter(self.peg(self.profile(inputs)))
+                layers = set(self.m.peg_layer_indices())
+                kernels = [next(generated) if n in layers else None
+                           for n in range(self.m.msia_layers)]
+            interest, (items, items_mask) = self.msia(tokens, mask, target, kernels,
+                                                      return_first_layer=True)
+            return interest, items, items_mask
+        items = tokens
+        if isinstance(self.extractor, keras.layers.Bidirectional):
+            items = self.extractor(tokens, mask=mask, training=training)
+            items = items * ops.cast(ops.expand_dims(mask, -1), items.dtype)
+        elif self.extractor is not None:
+            items = self.extractor(tokens, mask, training=training)
+        return self.major(items, target, mask), items, mask
+
+    def _target(self, inputs: dict[str, Any]):
+        return self._lookup(self.item_embedding, inputs["item_id"])
+
+    def call(self, inputs: dict[str, Any], training: bool | None = None):
+        if self.has_short_term:
+            short, target = self.short_term_interest(inputs, training)
+            parts = [short]
+        else:
+            target, parts = self._target(inputs), []
+        life, items, items_mask = self.lifelong_interest(inputs, target, training)
+        logit = self.head([life, *parts, target], inputs, training)
+        out = {"probability": ops.sigmoid(logit), "logit": logit}
+        if self.auxiliary_head is not None:
+            # SIM's GSU is trained by an auxiliary CTR task on U_r = sum_t r_t x_t (§3.2).
+            major = self.msia.major if self.msia is not None else self.major
+            pooled = major.gsu_pooled(items, target, items_mask)
+            x = ops.concatenate([pooled, target], axis=-1)
+            for layer in self.auxiliary_head:
+                x = layer(x)
+            out["auxiliary_logit"] = ops.squeeze(ops.cast(x, "float32"), axis=-1)
+        return out
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Cross-entropy on the logit (eq. 3), plus SIM's auxiliary cross-entropy."""
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        if isinstance(y_pred, dict) and "auxiliary_logit" in y_pred and y is not None:
+            labels = ops.cast(ops.reshape(y, (-1, 1)), "float32")
+            aux = keras.losses.binary_crossentropy(
+                labels, ops.expand_dims(y_pred["auxiliary_logit"], -1), from_logits=True)  # [B]
+            if sample_weight is not None:
+                weights = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
+                aux = ops.sum(aux * weights) / ops.maximum(ops.sum(weights), 1e-12)
+            else:
+                aux = ops.mean(aux)
+            loss = loss + self.m.sim_auxiliary_weight * aux
+        return loss
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(profile_features=self.profile_features)
+        return config
