@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers_export import keras_probabilities, raw_rows, read_examples, Exported
+from tests.helpers_export import Exported, keras_probabilities, raw_rows, read_examples
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LIFE = 24  # samples.lifelong_length of the fixture

@@ -290,3 +290,152 @@ def test_long_user_needs_memory_for_its_events_plus_one_batch():
     assert numpy_peak < own_events + 4 * one_batch, numpy_peak
     assert numpy_peak < all_samples // 2, (numpy_peak, all_samples)
     assert arrow_peak < 4 * one_batch, arrow_peak
+
+
+def test_long_user_with_lifelong_needs_memory_for_its_events_plus_one_batch():
+    """A 120,000-event user with 2,000-long lifelong lists: its samples hold ~240M
+    lifelong values per list (~7.6 GB if held at once); building them peaks at the
+    user's own arrays plus about one batch, whose targets `targets_per_batch` caps so
+    that a batch holds at most `MAX_BATCH_VALUES` values (475 targets here, not the
+    2,048 of `batch_size`, which alone would need ~130 MB per list column)."""
+    import tracemalloc
+
+    import pyarrow as pa
+
+    from tfnegseq.data.samples import MAX_BATCH_VALUES, targets_per_batch, values_per_row
+
+    n, life = 120_000, 2000
+    rng = np.random.default_rng(0)
+    ev = make_events(1, rng.integers(0, 5000, n), np.arange(n), rng.choice([1, -1, 0], n),
+                     values=rng.random(n))
+    cfg = SamplesConfig(max_history=100, lifelong_length=life, batch_size=2048)
+    rows = targets_per_batch(cfg)
+    assert rows == MAX_BATCH_VALUES // values_per_row(cfg) == 475
+    pool = pa.default_memory_pool()
+    tracemalloc.start()
+    arrow_start = pool.bytes_allocated()
+    arrow_peak, count, life_values, longest = 0, 0, 0, 0
+    for _, batch in build_ctr_samples(ev, cfg, SplitAssigner(SplitConfig(kind="last_k"))):
+        count += batch.num_rows
+        lens = np.diff(batch.column("life_order").offsets.to_numpy())
+        life_values += int(lens.sum())
+        longest = max(longest, int(lens.max()))
+        arrow_peak = max(arrow_peak, pool.bytes_allocated() - arrow_start)
+        del batch
+    _, numpy_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == n and longest == life
+    assert life_values == sum(min(i, life) for i in range(n))
+    one_batch = rows * values_per_row(cfg) * 8  # every list value as 8 bytes: ~32 MB
+    all_samples = life_values * 4 * 8  # the four lifelong lists alone, ~7.6 GB
+    own_events = n * 8 * 64
+    assert numpy_peak < own_events + 4 * one_batch, numpy_peak
+    assert numpy_peak < all_samples // 50, (numpy_peak, all_samples)
+    assert arrow_peak < 4 * one_batch, arrow_peak
+
+
+def rows_by_split(events, cfg, split_cfg=None, side=None, **kwargs):
+    """{split: pyarrow.Table of every batch of that split, in order}, and the sizes of
+    the batches."""
+    import pyarrow as pa
+
+    from tfnegseq.schema import arrow_schema
+
+    splitter = SplitAssigner(split_cfg or SplitConfig(kind="last_k", k=7))
+    got, sizes = {}, []
+    for split, batch in build_ctr_samples(events, cfg, splitter, side, **kwargs):
+        got.setdefault(split, []).append(batch)
+        sizes.append(batch.num_rows)
+    schema = arrow_schema(cfg)
+    return {s: pa.Table.from_batches(b, schema=schema) for s, b in got.items()}, sizes
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"target_stride": 3, "max_targets_per_user": 50},
+    {"negatives": {"kind": "uniform", "per_positive": 2}},
+    {"negatives": {"kind": "uniform", "mode": "replace"}},
+])
+def test_the_row_budget_never_changes_the_samples(extra):
+    """A tiny value budget (a few targets per batch) and an unlimited one give the same
+    samples in the same order, for every split."""
+    from tfnegseq.config.sections import NegativesConfig
+    from tfnegseq.data.samples import values_per_row
+
+    rng = np.random.default_rng(5)
+    n = 400
+    ev = make_events(3, rng.integers(0, 60, n), np.sort(rng.integers(0, 150, n)),
+                     rng.choice([1, -1, 0], n), values=rng.random(n))
+    if "negatives" in extra:
+        extra = {**extra, "negatives": NegativesConfig(**extra["negatives"])}
+    cfg = SamplesConfig(max_history=6, lifelong_length=40, item_features=["genre"],
+                        batch_size=64, **extra)
+    side = SideTables(items={i: {"genre": i % 7} for i in range(0, 200, 2)})
+    catalogue = np.arange(200)
+    small, small_sizes = rows_by_split(ev, cfg, side=side, catalogue=catalogue,
+                                       max_batch_values=3 * values_per_row(cfg))
+    big, big_sizes = rows_by_split(ev, cfg, side=side, catalogue=catalogue,
+                                   max_batch_values=10**12)
+    assert max(small_sizes) <= 9 and max(big_sizes) > 9
+    assert small.keys() == big.keys() == {0, 1, 2}
+    for s in big:
+        assert small[s].equals(big[s]), s
+
+
+def test_select_targets_and_targets_per_batch():
+    from tfnegseq.data.samples import select_targets, targets_per_batch
+
+    assert select_targets(10, SamplesConfig(target_stride=3)).tolist() == [0, 3, 6, 9]
+    assert select_targets(10, SamplesConfig(target_stride=3, max_targets_per_user=2)
+                          ).tolist() == [6, 9]
+    assert select_targets(3, SamplesConfig(max_targets_per_user=1)).tolist() == [2]
+    assert select_targets(4, SamplesConfig()).tolist() == [0, 1, 2, 3]
+    assert targets_per_batch(SamplesConfig(batch_size=100)) == 100
+    cfg = SamplesConfig(max_history=100, lifelong_length=2000)
+    assert targets_per_batch(cfg) == 4_000_000 // 8405
+    assert targets_per_batch(cfg, max_batch_values=10) == 1
+
+
+@pytest.mark.parametrize("before", ["timestamp", "order"])
+def test_thinning_keeps_the_histories_of_the_kept_targets(before):
+    """Thinned targets are a subset of the full build's rows, identical to them (the
+    histories still hold every event); the last event is always a target."""
+    rng = np.random.default_rng(2)
+    n = 150
+    ev = make_events(2, rng.integers(0, 40, n), np.sort(rng.integers(0, 60, n)),
+                     rng.choice([1, -1, 0], n), values=rng.random(n))
+    full = all_rows(ev, SamplesConfig(max_history=8, lifelong_length=30, before=before))
+    thin = all_rows(ev, SamplesConfig(max_history=8, lifelong_length=30, before=before,
+                                      target_stride=4, max_targets_per_user=20))
+    want = [r for r in full if (n - r["order"]) % 4 == 0][-20:]
+    assert thin == want and thin[-1]["order"] == n
+
+
+def test_thinned_vocab_counts_history_items_once_per_event():
+    """With thinning, `ctr_vocab_counts(..., seen)` counts each event's item once,
+    whether the event is a target or only in a history; without thinning it adds
+    nothing to the per-sample counts."""
+    from collections import Counter
+
+    rng = np.random.default_rng(4)
+    n = 120
+    items = rng.integers(0, 30, n)
+    ev = make_events(5, items, np.arange(n), rng.choice([1, -1, 0], n))
+    splitter = SplitAssigner(SplitConfig(kind="user", valid_fraction=0, test_fraction=0))
+
+    def vocab(cfg, with_seen):
+        seen = np.zeros(n + 1, bool) if with_seen else None
+        out = Counter()
+        for _, batch in build_ctr_samples(ev, cfg, splitter, max_batch_values=400):
+            out.update(ctr_vocab_counts(batch, cfg, seen))
+        return Counter({i: c for (name, i), c in out.items() if name == "item_id"})
+
+    plain = SamplesConfig(max_history=5, lifelong_length=10)
+    assert vocab(plain, True) == vocab(plain, False) == Counter(items.tolist())
+    thin = SamplesConfig(max_history=5, lifelong_length=10, target_stride=7)
+    rows = all_rows(ev, thin)
+    held = {r["order"] for r in rows}  # targets, and every event in a history
+    for r in rows:
+        held.update(r["pos_order"] + r["neg_order"] + r["life_order"])
+    assert vocab(thin, True) == Counter(items[o - 1] for o in held)
+    assert sum(vocab(thin, False).values()) == len(rows) < len(held)

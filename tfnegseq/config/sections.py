@@ -159,6 +159,35 @@ class RulesConfig:
 
 
 @dataclass(config=SECTION)
+class NegativesConfig:
+    """Generated negatives for logs that hold only positives (Taobao UserBehavior), as
+    MIMN / ETA build them (`tfnegseq.data.negatives`).
+
+    kind: "none" (default) or "uniform": the negative's item is drawn uniformly from
+      the item catalogue (every item of the log) minus every item of the user.
+    mode: "add": each label-1 target also yields `per_positive` label-0 samples;
+      "replace": MIMN's coin flip, each label-1 target is replaced by one label-0
+      sample with probability 0.5 (`per_positive` must be 1).
+    A generated sample has its positive's user, timestamp, order and history lists.
+    Draws depend only on (`seed`, user): the job is deterministic under retries.
+    """
+
+    kind: Literal["none", "uniform"] = "none"
+    mode: Literal["add", "replace"] = "add"
+    per_positive: StrictInt = 1
+    seed: StrictInt = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> NegativesConfig:
+        at_least(self, 1, "per_positive")
+        at_least(self, 0, "seed")
+        if self.mode == "replace" and self.per_positive != 1:
+            raise ValueError(
+                f"per_positive: must be 1 with mode 'replace'. Received: {self.per_positive}")
+        return self
+
+
+@dataclass(config=SECTION)
 class SamplesConfig:
     """How samples are built from each user's timeline."""
 
@@ -177,16 +206,32 @@ class SamplesConfig:
     min_core_rounds: StrictInt = 10
     # sequential task: longest kept sequence (most recent events)
     max_sequence: StrictInt = 200
-    # samples per Arrow batch inside one user (bounds memory for very long users)
+    # samples per Arrow batch inside one user (bounds memory for very long users); fewer
+    # when long lists would make a batch hold more than
+    # `tfnegseq.data.samples.MAX_BATCH_VALUES` values
     batch_size: StrictInt = 2048
+    # ctr task, target thinning (history lists keep every event): an event is a target
+    # when (n - order) % target_stride == 0 (n = the user's event count, so the last event
+    # always is), and of those only the last `max_targets_per_user` (0 = all). The split
+    # is assigned to targets (`last_k` counts targets).
+    target_stride: StrictInt = 1
+    max_targets_per_user: StrictInt = 0
+    # ctr task: generated label-0 samples for positive-only logs (see NegativesConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
 
     @model_validator(mode="after")
     def _check(self) -> SamplesConfig:
-        at_least(self, 0, "max_history", "lifelong_length", "min_core", "min_core_rounds")
+        at_least(self, 0, "max_history", "lifelong_length", "min_core", "min_core_rounds",
+                 "max_targets_per_user")
         if self.max_history == 0 and self.task == "ctr":
             raise ValueError("max_history: must be > 0 for the ctr task")
         at_least(self, 3, "max_sequence")
-        at_least(self, 1, "batch_size")
+        at_least(self, 1, "batch_size", "target_stride")
+        if self.task != "ctr":
+            if self.target_stride != 1 or self.max_targets_per_user != 0:
+                raise ValueError("target_stride / max_targets_per_user: only for the ctr task")
+            if self.negatives.kind != "none":
+                raise ValueError("negatives: only for the ctr task")
         return self
 
 

@@ -4,6 +4,7 @@
           -> GroupByKey(user) -> [KCoreFilter] -> BuildSamples (per user, batched)
           -> tf.Example (tfx-bsl) -> gzip TFRecord shards per split
     side tables (ReadSideTable, dead letters) -> side inputs of BuildSamples
+    item catalogue (ItemCatalogue, for samples.negatives) -> a side input of BuildSamples
     plus vocabularies with counts over the training split (see `BuildSamplesFn`,
     `WriteVocabularies`), dead letters (JSONL) and stats; the driver turns the stats
     and the counters into `manifest.json` and writes `schema.pbtxt`.
@@ -348,6 +349,55 @@ def TemporalCutoffs(chunks: beam.PCollection, split: SplitConfig) -> beam.PColle
     )
 
 
+@with_input_types(Any)  # np.ndarray of ids
+@with_output_types(Any)  # one sorted np.ndarray
+class UnionIdsFn(beam.CombineFn):
+    """Sorted unique int64 ids of many id arrays. The accumulator is a list of arrays,
+    compacted (one `np.unique`) whenever it holds twice as many ids as its last compact
+    form plus `COMPACT_IDS`, so memory stays near the number of distinct ids."""
+
+    COMPACT_IDS = 1_000_000
+
+    def create_accumulator(self) -> list[np.ndarray]:
+        return []
+
+    @classmethod
+    def _compact(cls, acc: list[np.ndarray], force: bool = False) -> list[np.ndarray]:
+        total = sum(len(a) for a in acc)
+        if force or total > 2 * len(acc[0]) + cls.COMPACT_IDS:
+            return [np.unique(np.concatenate(acc).astype(np.int64))]
+        return acc
+
+    def add_input(self, acc: list[np.ndarray], ids: np.ndarray) -> list[np.ndarray]:
+        if not acc:
+            return [np.unique(np.asarray(ids, np.int64))]
+        return self._compact([*acc, np.asarray(ids, np.int64)])
+
+    def merge_accumulators(self, accs: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
+        arrays = [a for acc in accs for a in acc]
+        return self._compact(arrays, force=True) if arrays else []
+
+    def extract_output(self, acc: list[np.ndarray]) -> np.ndarray:
+        return self._compact(acc, force=True)[0] if acc else np.zeros(0, np.int64)
+
+
+def _chunk_items(kv: UserEvents) -> np.ndarray:
+    return np.unique(kv[1].item_id)
+
+
+@beam.ptransform_fn
+@with_input_types(UserEvents)
+@with_output_types(Any)  # one np.ndarray
+def ItemCatalogue(chunks: beam.PCollection) -> beam.PCollection:  # noqa: N802
+    """(user, EventChunk) -> one sorted array of every distinct item id (int64): the
+    catalogue `samples.negatives` draws from (a side input of `BuildSamplesFn`)."""
+    return (
+        chunks
+        | "ChunkItems" >> beam.Map(_chunk_items)
+        | "UnionItems" >> beam.CombineGlobally(UnionIdsFn())
+    )
+
+
 # ---------------------------------------------------------------------- build samples
 
 
@@ -359,8 +409,8 @@ class BuildSamplesFn(beam.DoFn):
 
     Side inputs (keyword): `cutoffs` (the temporal split's (valid_start, test_start)),
     `users` and `items` (id -> {feature: code}, `ReadSideTable`'s main outputs as
-    `beam.pvalue.AsDict`); without them no user / item table is used. Nothing is read
-    from the raw files here.
+    `beam.pvalue.AsDict`); without them no user / item table is used; `catalogue`
+    (`ItemCatalogue`, for `samples.negatives`). Nothing is read from the raw files here.
 
     A user whose sample building raises becomes a dead letter (`user_id`, `events`,
     `samples_written`, `reason`) and the job goes on. Samples are streamed, a batch at
@@ -370,7 +420,8 @@ class BuildSamplesFn(beam.DoFn):
 
     Vocabularies count the training split only, so valid / test frequencies never
     decide `min_count` / `max_size` and ids first seen there map to OOV buckets: CTR
-    counts the train split's samples (`samples.ctr_vocab_counts`), the sequential task
+    counts the train split's samples and, once per event, the events that appear only
+    in their histories (`samples.ctr_vocab_counts` with `seen`), the sequential task
     each user's training events, `seq_*[:valid_index]` (`samples.sequential_vocab_counts`).
     """
 
@@ -383,6 +434,8 @@ class BuildSamplesFn(beam.DoFn):
         self._encoder = RecordBatchToExamplesEncoder()
         self._side_key: tuple[Any, Any] | None = None
         self._side = SideTables()
+        self._catalogue_key: Any = None
+        self._catalogue: np.ndarray | None = None
         self._progress = Progress("users built")
 
     def start_bundle(self) -> None:
@@ -398,13 +451,25 @@ class BuildSamplesFn(beam.DoFn):
                                     item_names=tuple(self._cfg.samples.item_features))
         return self._side
 
+    def _checked_catalogue(self, catalogue: Any) -> np.ndarray | None:
+        """The catalogue side input, checked (sorted, unique) once per view."""
+        from tfnegseq.data.negatives import check_catalogue
+
+        if catalogue is None:
+            return None
+        if self._catalogue_key is not catalogue:
+            self._catalogue = check_catalogue(catalogue)
+            self._catalogue_key = catalogue
+        return self._catalogue
+
     def process(self, kv: UserEvents, cutoffs: Any = None, users: Any = None,
-                items: Any = None) -> Iterator[Any]:
+                items: Any = None, catalogue: Any = None) -> Iterator[Any]:
         user, events = kv
         side = self._side_tables(users, items)
         written = 0
         try:
-            for tag, examples in self._build(events, cutoffs, side):
+            catalogue = self._checked_catalogue(catalogue)
+            for tag, examples in self._build(events, cutoffs, side, catalogue):
                 for ex in examples:
                     yield beam.pvalue.TaggedOutput(tag, ex)
                 written += len(examples)
@@ -421,7 +486,8 @@ class BuildSamplesFn(beam.DoFn):
         self._progress.add(1)
 
     def _build(self, events: EventChunk, cutoffs: tuple[int, int] | None,
-               side: SideTables) -> Iterator[tuple[str, list[bytes]]]:
+               side: SideTables, catalogue: np.ndarray | None = None
+               ) -> Iterator[tuple[str, list[bytes]]]:
         """(output tag, serialized examples) per batch of one user. A batch's stats and
         vocabulary counts are added only once it is fully encoded, just before it is
         handed out, so they count exactly the examples written."""
@@ -438,9 +504,10 @@ class BuildSamplesFn(beam.DoFn):
                 yield SEQUENCES, examples
             return
         splitter = SplitAssigner(self._cfg.split, *(cutoffs or (None, None)))
-        for split, batch in build_ctr_samples(events, s, splitter, side):
+        seen = np.zeros(len(events) + 1, dtype=bool)  # orders counted (ctr_vocab_counts)
+        for split, batch in build_ctr_samples(events, s, splitter, side, catalogue=catalogue):
             examples = self._encoder.encode(batch)
-            vocab = ctr_vocab_counts(batch, s) if split == TRAIN else Counter()
+            vocab = ctr_vocab_counts(batch, s, seen) if split == TRAIN else Counter()
             count_ctr_batch(self._stats, split, batch)
             self._vocab.update(vocab)
             yield SPLITS[split], examples
@@ -510,6 +577,9 @@ def BuildSamples(  # noqa: N802
     if cfg.samples.task == "ctr" and cfg.split.kind == "temporal":
         cutoffs = read[CHUNKS] | "TemporalCutoffs" >> TemporalCutoffs(cfg.split)
         side_inputs["cutoffs"] = beam.pvalue.AsSingleton(cutoffs)
+    if cfg.samples.task == "ctr" and cfg.samples.negatives.kind != "none":
+        catalogue = read[CHUNKS] | "ItemCatalogue" >> ItemCatalogue()
+        side_inputs["catalogue"] = beam.pvalue.AsSingleton(catalogue)
     for what, names in (("user", cfg.samples.user_features), ("item", cfg.samples.item_features)):
         if names:
             table = pcoll.pipeline | f"Read{what.title()}Table" >> ReadSideTable(cfg, what)
@@ -684,6 +754,8 @@ def _stats_to_dict(stats: UserStats, dead: int, vocab_sizes: list[tuple[str, int
         "neg_len_sum": stats.neg_len_sum,
         "pos_len_max": stats.pos_len_max,
         "neg_len_max": stats.neg_len_max,
+        "life_len_sum": stats.life_len_sum,
+        "life_len_max": stats.life_len_max,
         "excluded": stats.excluded,
         "dead_letters": dead,
         "dead_letter_users": dead_users,

@@ -128,6 +128,8 @@ def finalize(cfg: Config, seconds: float, counters: dict[str, int] | None = None
             "neg_max": stats["neg_len_max"],
             "pos_mean": stats["pos_len_sum"] / total if total else 0.0,
             "neg_mean": stats["neg_len_sum"] / total if total else 0.0,
+            "life_max": stats.get("life_len_max", 0),
+            "life_mean": stats.get("life_len_sum", 0) / total if total else 0.0,
         },
         "lifelong_length": cfg.samples.lifelong_length,
         "dead_letters": stats["dead_letters"],

@@ -4,7 +4,14 @@ Given one user's events (an `EventChunk` with `label` and `polarity` filled), th
 module sorts the timeline, assigns ranks and splits, and builds the samples of the
 sample contract (`tfnegseq.schema`) as Arrow RecordBatches, `batch_size` targets at a
 time, so a user with 100,000+ events needs memory for that user's events plus one
-batch, never more.
+batch, never more. With long lists (`lifelong_length` 2,000) a batch holds fewer
+targets, so that it carries at most about `MAX_BATCH_VALUES` list values
+(`targets_per_batch`); the samples, and their order, do not depend on the batching.
+
+Targets (CTR): every event, or a thinned subset (`samples.target_stride`,
+`samples.max_targets_per_user`; `select_targets`). Histories always hold every event.
+Positive-only logs get generated label-0 samples (`samples.negatives`,
+`tfnegseq.data.negatives`).
 
 Timeline: stable sort by (timestamp, file_index, line), i.e. timestamp then input
 order. Event `order` = 1-based rank in that sort.
@@ -32,9 +39,14 @@ import numpy as np
 
 from tfnegseq.config import SamplesConfig, SplitConfig
 from tfnegseq.data.events import EventChunk
-from tfnegseq.schema import PAD_ID, fingerprint64
+from tfnegseq.data.negatives import draw_negatives, target_rows
+from tfnegseq.schema import ITEM_VOCAB, PAD_ID, fingerprint64
 
 SPLITS = ("train", "valid", "test")
+# list values (ids, orders, polarities, values over every list column) one sample batch
+# holds at most, whatever `samples.batch_size` says: 4M values are about 32 MB of
+# int64, before Arrow and the tf.Example encoder copy them
+MAX_BATCH_VALUES = 4_000_000
 
 
 # ------------------------------------------------------------------------ timeline
@@ -194,6 +206,8 @@ class UserStats:
     pos_len_max: int = 0
     neg_len_max: int = 0
     excluded: dict[str, int] = field(default_factory=dict)
+    life_len_sum: int = 0
+    life_len_max: int = 0
 
     def merge(self, other: UserStats) -> UserStats:
         ex = dict(self.excluded)
@@ -207,12 +221,14 @@ class UserStats:
             max(self.pos_len_max, other.pos_len_max),
             max(self.neg_len_max, other.neg_len_max),
             ex,
+            self.life_len_sum + other.life_len_sum,
+            max(self.life_len_max, other.life_len_max),
         )
 
 
 def count_ctr_batch(stats: UserStats, split: int, batch: Any) -> None:
     """Adds one CTR batch of split `split` to `stats`: samples, positives and the
-    lengths of its positive / negative histories.
+    lengths of its positive / negative histories and lifelong lists.
 
     `build_ctr_samples(..., stats=...)` calls it for each batch it yields; a caller
     that passes no `stats` calls it for the batches it has written, so the stats never
@@ -222,16 +238,21 @@ def count_ctr_batch(stats: UserStats, split: int, batch: Any) -> None:
 
     stats.samples[split] += batch.num_rows
     stats.positives[split] += int(np.sum(batch.column("label").flatten().to_numpy()))
-    for name in ("pos", "neg"):
+    for name in ("pos", "neg", "life"):
+        if f"{name}_item_id" not in batch.schema.names:
+            continue
         lens = pc.list_value_length(batch.column(f"{name}_item_id")).to_numpy(
             zero_copy_only=False)
         total, longest = int(lens.sum()), int(lens.max(initial=0))
         if name == "pos":
             stats.pos_len_sum += total
             stats.pos_len_max = max(stats.pos_len_max, longest)
-        else:
+        elif name == "neg":
             stats.neg_len_sum += total
             stats.neg_len_max = max(stats.neg_len_max, longest)
+        else:
+            stats.life_len_sum += total
+            stats.life_len_max = max(stats.life_len_max, longest)
 
 
 def _list_array(offsets: np.ndarray, values: np.ndarray, pa_type):
@@ -252,17 +273,53 @@ def _labelled(ev: EventChunk) -> tuple[np.ndarray, np.ndarray]:
     return ev.label, ev.polarity
 
 
+def values_per_row(cfg: SamplesConfig) -> int:
+    """Upper bound of the values one CTR sample holds: 4 history lists of
+    `max_history`, 4 lifelong lists of `lifelong_length`, scalars and side features."""
+    return (4 * cfg.max_history + 4 * cfg.lifelong_length + 5
+            + len(cfg.user_features) + len(cfg.item_features))
+
+
+def targets_per_batch(cfg: SamplesConfig, max_batch_values: int = MAX_BATCH_VALUES) -> int:
+    """Targets per Arrow batch: `batch_size`, fewer when a batch would hold more than
+    `max_batch_values` values (rows of generated negatives included); at least 1."""
+    rows = max_batch_values // values_per_row(cfg)
+    neg = cfg.negatives
+    if neg.kind != "none" and neg.mode == "add":
+        rows //= 1 + neg.per_positive
+    return max(1, min(cfg.batch_size, rows))
+
+
+def select_targets(n: int, cfg: SamplesConfig) -> np.ndarray:
+    """Timeline positions (0-based, increasing) of the targets among `n` events: those
+    with `(n - order) % target_stride == 0` (order = position + 1, so the last event is
+    always one), then only the last `max_targets_per_user` of them (0: all)."""
+    pos = np.arange(n - 1, -1, -cfg.target_stride, dtype=np.int64)[::-1]
+    if cfg.max_targets_per_user:
+        pos = pos[-cfg.max_targets_per_user:]
+    return np.ascontiguousarray(pos)
+
+
 def build_ctr_samples(
     user_events: EventChunk,
     cfg: SamplesConfig,
     splitter: SplitAssigner,
     side: SideTables | None = None,
     stats: UserStats | None = None,
+    catalogue: np.ndarray | None = None,
+    max_batch_values: int = MAX_BATCH_VALUES,
 ) -> Iterator[tuple[int, object]]:
     """Yields (split index, pyarrow.RecordBatch) for one user's events.
 
     `user_events` must hold one user's events (any order; sorted here) with labels
-    and polarities. Batches have the columns of `tfnegseq.schema.arrow_schema(cfg)`.
+    and polarities. Batches have the columns of `tfnegseq.schema.arrow_schema(cfg)`,
+    rows in target order (a generated negative right after its positive), at most
+    `targets_per_batch(cfg, max_batch_values)` targets each.
+
+    `catalogue`: the item ids negatives are drawn from, sorted and unique (checked by
+    the caller, once: `negatives.check_catalogue`); required when `cfg.negatives.kind`
+    is not "none". Raises `ValueError` without it, or when the user's items cover it
+    (before anything is yielded).
     """
     import pyarrow as pa
 
@@ -275,27 +332,37 @@ def build_ctr_samples(
     label, polarity = _labelled(ev)
     n = len(ev)
     user_id = int(ev.user_id[0])
+    draws = None
+    if cfg.negatives.kind != "none":
+        if catalogue is None:
+            raise ValueError("samples.negatives: needs the item catalogue (`catalogue`)")
+        draws = draw_negatives(cfg.negatives, user_id, ev.item_id,
+                               np.asarray(catalogue, dtype=np.int64))
     cut = history_cut(ev.timestamp, cfg.before)
     pos_idx = np.flatnonzero(polarity == 1)
     neg_idx = np.flatnonzero(polarity == -1)
     n_pos_before = np.searchsorted(pos_idx, cut, side="left")
     n_neg_before = np.searchsorted(neg_idx, cut, side="left")
-    split = splitter.assign(user_id, ev.timestamp)
+    targets = select_targets(n, cfg)
+    split_of_target = splitter.assign(user_id, ev.timestamp[targets])
     order = np.arange(1, n + 1, dtype=np.int64)
     schema = arrow_schema(cfg)
     user_vals = side.user_values(user_id, cfg.user_features)
     h, life = cfg.max_history, cfg.lifelong_length
     i64, f32 = pa.int64(), pa.float32()
+    step = targets_per_batch(cfg, max_batch_values)
 
-    for start in range(0, n, cfg.batch_size):
-        t = np.arange(start, min(start + cfg.batch_size, n))
+    for start in range(0, len(targets), step):
+        chunk = targets[start:start + step]
+        rows = target_rows(chunk, ev.item_id, label, cfg.negatives, draws)
+        t = rows.src  # timeline position of each row
         m = len(t)
         cols: dict[str, object] = {
             "user_id": _scalar_array(np.full(m, user_id, np.int64), i64),
-            "item_id": _scalar_array(ev.item_id[t], i64),
+            "item_id": _scalar_array(rows.item, i64),
             "timestamp": _scalar_array(ev.timestamp[t], i64),
             "order": _scalar_array(order[t], i64),
-            "label": _scalar_array(label[t].astype(np.int64), i64),
+            "label": _scalar_array(rows.label, i64),
         }
         for name, idx_all, counts in (
             ("pos", pos_idx, n_pos_before[t]),
@@ -311,12 +378,17 @@ def build_ctr_samples(
             cols["life_order"] = _list_array(offsets, order[ev_idx], i64)
             cols["life_polarity"] = _list_array(offsets, polarity[ev_idx].astype(np.int64), i64)
             cols["life_value"] = _list_array(offsets, ev.value[ev_idx].astype(np.float32), f32)
+            del ev_idx
         for f in cfg.user_features:
             cols[f"user_{f}"] = _scalar_array(np.full(m, user_vals[f], np.int64), i64)
+        gen = np.flatnonzero(rows.generated)
         for f in cfg.item_features:
-            cols[f"item_{f}"] = _scalar_array(side.item_values(ev.item_id[t], f, ev, t), i64)
+            vals = side.item_values(ev.item_id[t], f, ev, t)
+            if len(gen):  # the drawn item's own feature, never the positive's
+                vals[gen] = side.item_values(rows.item[gen], f, None, None)
+            cols[f"item_{f}"] = _scalar_array(vals, i64)
 
-        sp = split[t]
+        sp = split_of_target[start:start + step][np.searchsorted(chunk, t)]
         for s in range(3):
             sel = np.flatnonzero(sp == s)
             if not len(sel):
@@ -328,6 +400,8 @@ def build_ctr_samples(
             if stats is not None:
                 count_ctr_batch(stats, s, batch)
             yield s, batch
+            del batch, arrays
+        del cols, rows, t  # before the next batch is built: one batch alive at a time
 
 
 # ------------------------------------------------------------ sequential samples
@@ -407,14 +481,24 @@ def _count(counts: Counter[tuple[str, int]], name: str, values: np.ndarray) -> N
         counts[(name, i)] += c
 
 
-def ctr_vocab_counts(batch: Any, cfg: SamplesConfig) -> Counter[tuple[str, int]]:
+def ctr_vocab_counts(batch: Any, cfg: SamplesConfig,
+                     seen: np.ndarray | None = None) -> Counter[tuple[str, int]]:
     """Vocabulary counts of one batch of CTR samples: every scalar id feature
-    (`user_id`, `item_id`, `user_<f>`, `item_<f>`), one count per sample.
+    (`user_id`, `item_id`, `user_<f>`, `item_<f>`), one count per sample (a generated
+    negative's item included).
 
-    The Beam job counts the train split's batches only. History lists are not counted:
-    every event is a target, and a train sample's history holds earlier events of the
-    same user, which the temporal, user and last-k splits all put in train too; their
-    ids are counted as those targets.
+    `seen`: a bool array over one user's orders (`len(events) + 1` long), False at the
+    user's first batch, passed again with each later batch of the user. With it the
+    history lists (`pos_*`, `neg_*`, `life_*`) count too: `item_id` once per event of
+    the user that no earlier sample of the user counted, as a target or in a history
+    (`seen` records them). Without thinning every history event is an earlier target
+    of the same split, so this adds nothing; with `target_stride` /
+    `max_targets_per_user` it counts the events that appear only in histories, which
+    would otherwise map to OOV buckets. Their `item_<f>` are not counted.
+
+    The Beam job counts the train split's batches only. A train sample's history holds
+    earlier events of the same user, which the temporal, user and last-k splits all put
+    in train too.
     """
     from tfnegseq import schema
 
@@ -422,6 +506,21 @@ def ctr_vocab_counts(batch: Any, cfg: SamplesConfig) -> Counter[tuple[str, int]]
     for f in schema.features(cfg):
         if f.vocab and not f.is_list:
             _count(counts, f.vocab, batch.column(f.name).flatten().to_numpy())
+    if seen is None:
+        return counts
+    seen[batch.column("order").flatten().to_numpy()] = True
+    lists = ["pos", "neg"] + (["life"] if cfg.lifelong_length > 0 else [])
+
+    def flat(name: str) -> np.ndarray:
+        return np.asarray(batch.column(name).flatten().to_numpy(zero_copy_only=False),
+                          np.int64)
+
+    orders = np.concatenate([flat(f"{p}_order") for p in lists])
+    items = np.concatenate([flat(f"{p}_item_id") for p in lists])
+    new = ~seen[orders]
+    first_orders, first = np.unique(orders[new], return_index=True)
+    _count(counts, ITEM_VOCAB, items[new][first])
+    seen[first_orders] = True
     return counts
 
 
