@@ -13,9 +13,12 @@ At lifelong lengths `--lengths` (500, 1,000, 2,000), batch `--batch` (256) and d
 | gru | a bidirectional GRU in place of the TCN (Table 1) |
 | self_attention | one Transformer block over all N items in place of the TCN (Table 1) |
 
-LAP's (k1, k2) = (256, 64); PEG reads the user id embedding; Adam 1e-3, XLA
-(`jit_compile`, the `train:` default), float32. Inputs are random ids, every user with a
-full lifelong list (the worst case), random labels.
+LAP's (k1, k2) = (256, 64); PEG reads the user id embedding; Adam 1e-3. `--mode xla`
+(default): float32, XLA (`jit_compile`, the `train:` default). `--mode bf16`:
+`mixed_bfloat16` with `train.auto_clustering` (XLA fuses everything but the matmuls,
+which run on oneDNN and, on CPUs with AMX, on AMX; `tfnegseq.runtime`), the faster way
+to train on such CPUs. Inputs are random ids, every user with a full lifelong list (the
+worst case), random labels.
 
 Timing: one worker process per length builds every variant, compiles and warms each
 (timed apart), then runs `--rounds` rounds of `--steps` steps of each variant's Keras
@@ -35,6 +38,7 @@ msia_4; the JSON also records whether the TCN is the cheapest context extractor 
 paper's claim): tcn_1's step time below gru's and self_attention's.
 
     python benchmarks/bench_cain.py                       # -> benchmarks/results/cain.json
+    python benchmarks/bench_cain.py --mode bf16 --out benchmarks/results/cain_bf16.json
     python benchmarks/bench_cain.py --lengths 64 --batch 16 --steps 1 --rounds 1 \\
         --out /tmp/cain_smoke.json                         # smoke run (about 2 minutes)
 """
@@ -99,7 +103,7 @@ def build(variant: str, length: int, args: argparse.Namespace):
     peg = VARIANTS[variant]["peg_layers"] != "none"
     model = CainModel({"item_id": ITEMS, "user_id": USERS}, model_config(variant, length, args.dim),
                       profile_features=["user_id"] if peg else [], name=f"cain_{variant}")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=args.mode == "xla")
     rng = np.random.default_rng(0)
     b = args.batch
     x = {"user_id": rng.integers(1, USERS, b), "item_id": rng.integers(1, ITEMS, b),
@@ -198,7 +202,7 @@ def run_worker(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
 
 
 def argv_of(args: argparse.Namespace) -> list[str]:
-    return ["--batch", str(args.batch), "--dim", str(args.dim), "--steps", str(args.steps),
+    return ["--mode", args.mode, "--batch", str(args.batch), "--dim", str(args.dim), "--steps", str(args.steps),
             "--rounds", str(args.rounds), "--warmup", str(args.warmup),
             "--memory-steps", str(args.memory_steps), "--variants", ",".join(args.variants),
             "--scratch", args.scratch]
@@ -207,6 +211,7 @@ def argv_of(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="500,1000,2000")
+    p.add_argument("--mode", choices=("xla", "bf16"), default="xla")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--steps", type=int, default=2)
@@ -228,6 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     os.makedirs(args.scratch, exist_ok=True)
     if args.worker_out:  # a worker process
+        if args.mode == "bf16":
+            import keras
+
+            from tfnegseq.runtime import enable_auto_clustering
+
+            enable_auto_clustering()  # before the first tf.function
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
         args.skip = [v for v in args.worker_skip.split(",") if v]
         result = (memory_worker(args) if args.worker_variant else time_worker(args))
         with open(args.worker_out, "w") as f:
@@ -239,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(n) for n in args.lengths.split(",")]
     started = time.time()
     result: dict[str, Any] = {
-        "benchmark": "cain", "machine": machine(), "lengths": lengths,
+        "benchmark": "cain", "mode": args.mode, "machine": machine(), "lengths": lengths,
         "batch": args.batch, "dim": args.dim, "steps": args.steps, "rounds": args.rounds,
         "variants": {v: model_config(v, 0, args.dim) | {"lifelong_length": "N"}
                      for v in args.variants},
