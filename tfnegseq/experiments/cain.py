@@ -238,11 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         for setting, overrides in STUDIES[study].items():
             if not wanted or setting in wanted:
                 load_config(args.config, args.overrides + overrides)
-    import keras
-
-    from tfnegseq.provenance import versions
-    from tfnegseq.train import run_config
-
     dataset = base.name
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, f"cain_{dataset}.json")
@@ -261,18 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides + STUDIES[study][setting] + [
             f"train.seed={seed}", "train.export=false",
             f"train.run_dir={args.runs_dir}/{dataset}/{tag}"])
-        keras.backend.clear_session()
-        m = run_config(cfg, verbose=0)
-        data["records"].append({
-            "study": study, "setting": setting, "seed": seed, "auc": m["auc"],
-            "gauc": m["gauc"], "logloss": m["logloss"], "eval_examples": m["eval_examples"],
-            "train_examples_per_second": m["train_examples_per_second"],
-            "seconds": m["seconds"],
-        })
-        data["versions"] = versions()
-        records.save(path, data)
-        print(f"    auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f} "
-              f"({m['seconds']:.0f}s)", flush=True)
+        records.run_ctr(path, data, cfg, study=study, setting=setting, seed=seed)
     print(records.finish(path, data, bool(todo) and not args.report_only,
                          lambda d: markdown(dataset, d), lambda png: plot(dataset, data, png)))
     return 0

@@ -51,6 +51,36 @@ def mean_std(records: Iterable[dict[str, Any]], group: tuple[str, ...],
     return out
 
 
+def ctr_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The fields a CTR sweep records of one run's `metrics.json` (`run_config`'s)."""
+    keys = ("auc", "gauc", "logloss", "eval_examples", "train_examples_per_second", "seconds")
+    return {k: metrics[k] for k in keys}
+
+
+def ctr_line(metrics: dict[str, Any]) -> str:
+    """One progress line for a finished CTR run."""
+    return (f"    auc={metrics['auc']:.4f} gauc={metrics['gauc']:.4f} "
+            f"logloss={metrics['logloss']:.4f} ({metrics['seconds']:.0f}s)")
+
+
+def run_ctr(path: str, data: dict[str, Any], cfg: Any, **fields: Any) -> dict[str, Any]:
+    """Trains one CTR run of a sweep (`tfnegseq.train.run_config`, fresh Keras session),
+    appends `{**fields, **ctr_fields(metrics)}` to `data` and saves it at once; returns
+    the run's metrics."""
+    import keras
+
+    from tfnegseq.provenance import versions
+    from tfnegseq.train import run_config
+
+    keras.backend.clear_session()
+    metrics = run_config(cfg, verbose=0)
+    data["records"].append({**fields, **ctr_fields(metrics)})
+    data["versions"] = versions()
+    save(path, data)
+    print(ctr_line(metrics), flush=True)
+    return metrics
+
+
 def describe(data: dict[str, Any], prog: str, argv: list[str] | None, **fields: Any) -> None:
     """Records how a sweep was run (the command, the machine and `fields`) in `data`."""
     data.update(

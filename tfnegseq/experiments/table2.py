@@ -139,11 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)
 
-    import keras
-
-    from tfnegseq.provenance import versions
-    from tfnegseq.train import run_config
-
     base = load_config(args.config, args.overrides)
     dataset = base.name
     os.makedirs(args.results_dir, exist_ok=True)
@@ -168,18 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides + SETTINGS[s] + [
             f"model.backbone={b}", f"train.seed={seed}", "train.export=false",
             f"train.run_dir={args.runs_dir}/{dataset}/{tag}"])
-        keras.backend.clear_session()
-        m = run_config(cfg, verbose=0)
-        data["records"].append({
-            "backbone": b, "setting": s, "seed": seed, "auc": m["auc"], "gauc": m["gauc"],
-            "logloss": m["logloss"], "eval_examples": m["eval_examples"],
-            "train_examples_per_second": m["train_examples_per_second"],
-            "seconds": m["seconds"],
-        })
-        data["versions"] = versions()
-        records.save(path, data)
-        print(f"    auc={m['auc']:.4f} gauc={m['gauc']:.4f} logloss={m['logloss']:.4f} "
-              f"({m['seconds']:.0f}s)", flush=True)
+        records.run_ctr(path, data, cfg, backbone=b, setting=s, seed=seed)
     print(records.finish(path, data, bool(todo) and not args.report_only,
                          lambda d: markdown(dataset, d), lambda png: plot(dataset, data, png)))
     return 0
