@@ -47,6 +47,7 @@ def test_cli_refuses_bad_arguments_with_one_line(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two CAIN trainings on simulated samples: about two minutes
 def test_a_tiny_sweep_writes_results_and_resumes(tmp_path, capsys):
     from tfnegseq.data import job
     from tfnegseq.data.simulate import simulate_to_dir

@@ -240,7 +240,13 @@ TABLE_7 = {
 }
 
 
-@pytest.mark.parametrize("name", list(TABLE_7))
+# Three variants by default (the raw-attention baseline with its auxiliary loss, CAIN,
+# and CAIN with every option on); the rest with `make test-slow`.
+DEFAULT_VARIANTS = ("SIM", "CAIN", "CAIN, concat PEG, TAPF on lifelong")
+
+
+@pytest.mark.parametrize("name", [n if n in DEFAULT_VARIANTS else
+                                  pytest.param(n, marks=pytest.mark.slow) for n in TABLE_7])
 def test_every_variant_trains_and_round_trips(name, tmp_path):
     keras.utils.set_random_seed(6)
     model = make_model(**TABLE_7[name])
