@@ -23,14 +23,20 @@ if TYPE_CHECKING:
     from tfnegseq.config import Config
 
 
-def profile_features(cfg: Config) -> list[str]:
-    """PEG's inputs as model input names (`user_<f>`, `user_id`); [] without PEG."""
+def peg_input_names(cfg: Config) -> list[str]:
+    """PEG's inputs as the config names them (`samples.user_features` entries or
+    `user_id`): `model.peg_inputs`, or every user feature when it is unset."""
     m = cfg.model
     assert isinstance(m, CainModelConfig)
-    if m.peg_layers == "none":
+    return list(m.peg_inputs if m.peg_inputs is not None else cfg.samples.user_features)
+
+
+def profile_features(cfg: Config) -> list[str]:
+    """PEG's inputs as model input names (`user_<f>`, `user_id`); [] without PEG."""
+    assert isinstance(cfg.model, CainModelConfig)
+    if cfg.model.peg_layers == "none":
         return []
-    names = m.peg_inputs if m.peg_inputs is not None else list(cfg.samples.user_features)
-    return [n if n == "user_id" else f"user_{n}" for n in names]
+    return [n if n == "user_id" else f"user_{n}" for n in peg_input_names(cfg)]
 
 
 class CainKind(CtrKind):
@@ -51,7 +57,7 @@ class CainKind(CtrKind):
                 f"{available} (the lifelong items the samples carry); lower it or raise "
                 "samples.lifelong_length and rebuild the samples")
         if m.peg_layers != "none":
-            names = m.peg_inputs if m.peg_inputs is not None else cfg.samples.user_features
+            names = peg_input_names(cfg)
             unknown = [n for n in names if n != "user_id" and n not in cfg.samples.user_features]
             if unknown:
                 raise ValueError(
