@@ -100,6 +100,7 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
                 extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     import keras
 
+    from tfnegseq import distribute
     from tfnegseq.data.input import FeatureProcessor, make_datasets
     from tfnegseq.evaluate import evaluate, features_of
     from tfnegseq.validation import ValidationCallback
@@ -111,6 +112,7 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     data_dir = samples_dir(cfg)
     previous = read_resume_state(tc.run_dir, cfg)  # refuses a changed config
     earlier = previous["seconds"] if previous else 0.0
+    plan = distribute.setup(cfg)  # first: devices are fixed when the backend starts
     os.makedirs(tc.run_dir, exist_ok=True)
     keras.utils.set_random_seed(tc.seed)
     keras.mixed_precision.set_global_policy(tc.mixed_precision)
@@ -118,11 +120,12 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     vocab_sizes = {name: v.size for name, v in processor.vocabularies.items()}
     train_ds, eval_ds = (kind.make_datasets(cfg, data_dir, processor)
                          or make_datasets(cfg, data_dir, processor))
-    model = kind.build_model(cfg, vocab_sizes)
-    model(features_of(next(iter(eval_ds.take(1)))))  # build weights (BackupAndRestore
-    # needs a built model)
-    # The model owns its loss (`compile` refuses one).
-    model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=tc.jit_compile)
+    with plan.scope():
+        model = kind.build_model(cfg, vocab_sizes)
+        model(features_of(next(iter(eval_ds.take(1)))))  # build weights (BackupAndRestore
+        # needs a built model)
+        # The model owns its loss (`compile` refuses one).
+        model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=plan.jit_compile(tc))
     def record(epoch: int, epochs: list[tuple[int, float]]) -> None:
         write_resume_state(tc.run_dir, cfg, {
             "epochs_done": epoch + 1, "epochs": epochs,
@@ -166,6 +169,7 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
         seconds=round(earlier + time.perf_counter() - t0, 2),
         resumed_from_epoch=previous["epochs_done"] if previous else None,
         validation=validation.summary() if validation else None,
+        distribution=plan.describe(),
         data_dir=data_dir,
         versions=versions(),
         config=cfg.to_dict(),
@@ -174,13 +178,35 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     with open(metrics_path, "w") as f:
         json.dump(result, f, indent=2)
     if tc.export:  # reads metrics.json (config) and model.keras
-        from tfnegseq.export import export_run
-
-        result["export"] = export_run(tc.run_dir)
+        result["export"] = export(tc.run_dir)
         with open(metrics_path, "w") as f:
             json.dump(result, f, indent=2)
     log.info("%s: %s", tc.run_dir, format_metrics(result, kind.metric_keys))
     return result
+
+
+def export(run_dir: str) -> str:
+    """`tfnegseq.export.export_run(run_dir)`; from another Keras backend (JAX), in a
+    TensorFlow-backend subprocess (the SavedModel is TensorFlow's; `model.keras` is the
+    same on every backend). Returns the version directory."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        from tfnegseq.export import export_run
+
+        return export_run(run_dir)
+    import subprocess
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    for name in ("XLA_FLAGS", "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+                 "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "tfnegseq.export", "--run-dir", run_dir],
+                          env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"export of {run_dir} (KERAS_BACKEND=tensorflow) failed:\n"
+                           f"{done.stderr[-4000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def recent_checkpoints(directory: str, keep: int | None) -> Any:

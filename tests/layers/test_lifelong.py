@@ -204,6 +204,35 @@ def test_sdim_buckets_and_aggregation_match_integer_arithmetic():
         assert not out[2].any()
 
 
+def test_sdim_gradient_is_finite_where_no_item_shares_the_targets_bucket():
+    """A hash function whose bucket holds no item has a zero sum; L2-normalising it must
+    not differentiate sqrt at 0 (0 * inf = nan: the ML-100K overall run trained SDIM to
+    logloss nan)."""
+    rng = np.random.default_rng(3)
+    seq = rng.normal(size=(3, 12, 4)).astype("float32")
+    target = rng.normal(size=(3, 4)).astype("float32")
+    mask = left_padded_mask([12, 3, 0], 12)  # the last user has no real item at all
+    layer = HashSamplingAttention(num_hashes=8, hash_bits=3, normalize=True, seed=1)
+    layer(seq, target, mask)
+    empty = ~to_numpy(layer.collisions(seq, target, mask)).any(axis=1)  # [B, m]
+    assert empty[2].all() and empty[:2].any()  # the case under test occurs
+
+    import tensorflow as tf  # the test's backend (conftest); the layer is keras.ops only
+
+    x = tf.Variable(seq)
+
+    def gradient():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x, target, mask) ** 2)
+        return tape.gradient(loss, x)
+
+    grad = gradient().numpy()
+    np.testing.assert_allclose(tf.function(gradient, jit_compile=True)().numpy(), grad,
+                               rtol=1e-5, atol=1e-6)  # compiled as training compiles it
+    assert np.isfinite(grad).all()
+    assert np.abs(grad[0]).sum() > 0  # and the gradient still flows through real sums
+
+
 @pytest.mark.parametrize("cls", [SoftSearchAttention, HashRetrievalAttention,
                                  ConsistentTopKAttention, LifelongAttentionPyramid])
 def test_as_msia_major_attention(cls):

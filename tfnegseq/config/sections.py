@@ -385,10 +385,34 @@ class TrainConfig:
     # epoch checkpoints kept in <run_dir>/checkpoints/ (the most recent ones); null =
     # every epoch's, 0 = none (a resumed run restores from backup/ either way)
     keep_checkpoints: StrictInt | None = None
+    # Training on several devices or hosts (tfnegseq/distribute.py, docs/distributed.md).
+    # TensorFlow backend: "mirrored" (tf.distribute.MirroredStrategy over the local GPUs,
+    # or over `cpu_devices` logical CPU devices); "multi_worker" is refused (Keras 3's fit
+    # fails under MultiWorkerMirroredStrategy, keras-team/keras#20585). JAX backend:
+    # "data_parallel" (keras.distribution.DataParallel over every device of every process;
+    # several hosts through the KERAS_DISTRIBUTION_* environment variables) and
+    # "model_parallel" (ModelParallel: the item table's rows split over `model_shards`
+    # devices, the batch over the rest). batch_size stays the global batch.
+    distribution: Literal["none", "mirrored", "multi_worker", "data_parallel",
+                          "model_parallel"] = "none"
+    # split the host CPU into this many logical devices before the backend starts (0 = as
+    # it is): CPU-only data parallelism, and how the tests run it on one machine
+    cpu_devices: StrictInt = 0
+    model_shards: StrictInt = 2  # model_parallel: devices on the mesh's "model" axis
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         at_least(self, 1, "epochs", "batch_size")
+        at_least(self, 0, "cpu_devices")
+        at_least(self, 1, "model_shards")
+        if self.distribution == "multi_worker":
+            raise ValueError(
+                "distribution: multi_worker (tf.distribute.MultiWorkerMirroredStrategy) is "
+                "refused: Keras 3's model.fit fails under it (keras-team/keras#20585, checked "
+                "on keras 3.15.1 / TensorFlow 2.21: a PerReplica value reaches a tensor "
+                "conversion). For several hosts train on the JAX backend with "
+                "distribution: data_parallel (docs/distributed.md)"
+            )
         if self.keep_checkpoints is not None:
             at_least(self, 0, "keep_checkpoints")
         if not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
@@ -415,7 +439,8 @@ class TrainConfig:
 RESUME_FREE = ("name", "simulate.", "train.run_dir", "train.export", "train.epochs",
                "train.keep_checkpoints",
                "train.eval_split", "train.jit_compile", "train.auto_clustering",
-               "train.deterministic_input")
+               "train.deterministic_input", "train.distribution", "train.cpu_devices",
+               "train.model_shards")
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -384,8 +384,10 @@ class HashSamplingAttention(keras.layers.Layer):
         weights = self.collisions(sequence, target, mask)  # [B, N, m]
         sums = ops.matmul(ops.swapaxes(weights, 1, 2), sequence)  # [B, m, d]
         if self.normalize:
-            norm = ops.sqrt(ops.sum(sums * sums, axis=-1, keepdims=True))
-            sums = sums / ops.maximum(norm, ops.cast(1e-12, sums.dtype))
+            # rsqrt of the clamped square, not sqrt then clamp: a function whose bucket
+            # holds no item has sums == 0, and sqrt's gradient at 0 is 0 * inf = nan
+            squared = ops.sum(sums * sums, axis=-1, keepdims=True)
+            sums = sums * ops.rsqrt(ops.maximum(squared, ops.cast(1e-24, sums.dtype)))
         return ops.mean(sums, axis=1)
 
     def get_config(self):

@@ -26,6 +26,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
+from tfnegseq.keras_internals import scale_loss_for_distribution
 from tfnegseq.kinds.cain.config import CainModelConfig
 from tfnegseq.layers.attention import DinAttention
 from tfnegseq.layers.cain import (
@@ -246,7 +247,8 @@ class CainModel(CtrModel):
                 aux = ops.sum(aux * weights) / ops.maximum(ops.sum(weights), 1e-12)
             else:
                 aux = ops.mean(aux)
-            loss = loss + self.m.sim_auxiliary_weight * aux
+            # / replicas under a tf.distribute strategy, as Keras' own loss above
+            loss = loss + scale_loss_for_distribution(self.m.sim_auxiliary_weight * aux)
         return loss
 
     def get_config(self) -> dict[str, Any]:

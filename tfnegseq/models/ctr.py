@@ -261,7 +261,13 @@ class CtrModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Binary cross-entropy on the logit (numerically stable); `compile` sets it."""
         logit = y_pred["logit"] if isinstance(y_pred, dict) else y_pred
-        return super().compute_loss(x, y, logit, sample_weight, training)
+        # [B, 1] each: Keras' cross-entropy averages over the last axis, so [B] labels and
+        # logits would give a scalar "per-example" loss, which Keras' reduction leaves
+        # unscaled under tf.distribute (each replica's mean summed: twice the gradient
+        # on two replicas)
+        if y is not None:
+            y = ops.reshape(y, (-1, 1))
+        return super().compute_loss(x, y, ops.reshape(logit, (-1, 1)), sample_weight, training)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

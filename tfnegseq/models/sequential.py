@@ -48,6 +48,7 @@ from keras import ops
 from tfnegseq.api_export import register
 from tfnegseq.config import validate_section
 from tfnegseq.embeddings import EmbeddingTables
+from tfnegseq.keras_internals import scale_loss_for_distribution
 from tfnegseq.kinds.sequential.config import SequentialModelConfig
 from tfnegseq.layers.attention import DinAttention
 from tfnegseq.layers.sine import (
@@ -439,7 +440,9 @@ class SequentialRecommender(keras.Model):
         losses = [total]
         if self.losses:  # regularisers
             losses.append(ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses])))
-        return ops.sum(ops.stack(losses))
+        # / replicas under a tf.distribute strategy, as Keras' own losses (the replicas'
+        # gradients are summed)
+        return scale_loss_for_distribution(ops.sum(ops.stack(losses)))
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
