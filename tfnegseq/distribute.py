@@ -45,9 +45,9 @@ log = logging.getLogger("tfnegseq.distribute")
 TF_DISTRIBUTIONS = ("mirrored",)
 JAX_DISTRIBUTIONS = ("data_parallel", "model_parallel")
 # The item embedding table's variable path in every model kind (the `Embedding` layer
-# named "item_embedding"; LayoutMap matches it with re.search): what model_parallel
-# shards by rows.
-ITEM_TABLE_PATTERN = r"item_embedding/embeddings$"
+# named "item_embedding", under the model's name; LayoutMap matches the whole path with
+# re.fullmatch): what model_parallel shards by rows.
+ITEM_TABLE_PATTERN = r".*/item_embedding/embeddings"
 
 
 @dataclasses.dataclass
@@ -213,9 +213,7 @@ def _setup_jax(cfg: Config) -> Plan:
 
     num_processes = int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1") or 1)
     if num_processes > 1:
-        # CPU collectives across processes need gloo; must precede jax.distributed
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        keras.distribution.initialize()  # reads the KERAS_DISTRIBUTION_* variables
+        _start_processes(num_processes)
     devices = jax.devices()
     if tc.distribution == "data_parallel":
         distribution = keras.distribution.DataParallel(
@@ -240,6 +238,59 @@ def _setup_jax(cfg: Config) -> Plan:
                 devices=tuple(str(d) for d in devices))
 
 
+_STARTED: list[int] = []  # jax.distributed starts once per process (run_seeds reuses it)
+# Seconds a process waits for a dead peer's heartbeat, and at exit for the others, before
+# it aborts (jax's defaults: 100 s and 300 s); a job scheduler then restarts the group.
+HEARTBEAT_TIMEOUT_S = int(os.environ.get("TFNEGSEQ_HEARTBEAT_TIMEOUT", "30"))
+SHUTDOWN_TIMEOUT_S = int(os.environ.get("TFNEGSEQ_SHUTDOWN_TIMEOUT", "300"))
+
+
+def _start_processes(num_processes: int) -> None:
+    """`jax.distributed.initialize` from Keras' KERAS_DISTRIBUTION_* variables (what
+    `keras.distribution.initialize` reads), called directly for its timeouts. Must come
+    before anything starts JAX's backend."""
+    import jax
+
+    if _STARTED:
+        return
+    addresses = os.environ.get("KERAS_DISTRIBUTION_JOB_ADDRESSES", "")
+    process_id = os.environ.get("KERAS_DISTRIBUTION_PROCESS_ID", "")
+    if not addresses or not process_id.isdigit():
+        raise ConfigError(
+            "train.distribution: KERAS_DISTRIBUTION_NUM_PROCESSES="
+            f"{num_processes} needs KERAS_DISTRIBUTION_JOB_ADDRESSES (the coordinator's "
+            "host:port first) and KERAS_DISTRIBUTION_PROCESS_ID (0.."
+            f"{num_processes - 1}). Received: {addresses!r} and {process_id!r}")
+    if int(process_id) >= num_processes:
+        raise ConfigError(f"KERAS_DISTRIBUTION_PROCESS_ID: must be < {num_processes}. "
+                          f"Received: {process_id}")
+    # gloo: CPU collectives across processes (jax's default since 0.4.3x; said here
+    # for older versions); a GPU uses NCCL whatever this says
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=addresses.split(",")[0].strip(),
+        num_processes=num_processes, process_id=int(process_id),
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+        shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
+    _STARTED.append(num_processes)
+
+
+def shard_files(files: list[str], process_id: int, num_processes: int,
+                where: str = "") -> list[str]:
+    """The training files process `process_id` reads: `files[process_id::num_processes]`.
+    Refused when there are fewer files than processes; warns when they do not divide
+    evenly (the processes then hold different amounts of data)."""
+    if len(files) < num_processes:
+        raise ConfigError(
+            f"{where or 'training input'}: {len(files)} file(s) for {num_processes} "
+            "processes; each process reads its own files, so rebuild the samples with "
+            f"output.shards >= {num_processes} (a multiple of it)")
+    if len(files) % num_processes:
+        log.warning("%s: %d files over %d processes: some read one file more than others",
+                    where or "training input", len(files), num_processes)
+    return files[process_id::num_processes]
+
+
 def _force_host_devices(count: int) -> None:
     """`XLA_FLAGS=--xla_force_host_platform_device_count=count` before JAX starts."""
     import jax
@@ -257,6 +308,134 @@ def _force_host_devices(count: int) -> None:
             f"it already runs with {len(cpus)}; start training in a fresh process "
             "(python -m tfnegseq.train), or set XLA_FLAGS="
             f"--xla_force_host_platform_device_count={count}")
+
+
+def check_vocabularies(plan: Plan, cfg: Config, vocab_sizes: dict[str, int]) -> None:
+    """model_parallel splits the item table's rows evenly over `model_shards` devices.
+    The CTR kinds pad the table to a multiple of it (`CtrModel(item_rows_multiple)`);
+    other kinds, whose table is also their catalogue, are refused (naming the numbers)
+    when the rows do not divide."""
+    if plan.name != "model_parallel":
+        return
+    from tfnegseq import kinds
+
+    if kinds.get_kind(cfg.model.kind).samples_task == "ctr":
+        return
+    rows = vocab_sizes.get("item_id")
+    if rows is not None and rows % cfg.train.model_shards:
+        raise ConfigError(
+            f"train.model_shards: the item table's {rows} rows do not split evenly over "
+            f"{cfg.train.model_shards} devices (jax shards a dimension in equal parts); "
+            f"change vocab.oov_buckets by {-rows % cfg.train.model_shards} (or "
+            "model_shards) so that they do")
+
+
+def process_input(plan: Plan, cfg: Config, kind: Any, data_dir: str,
+                  processor: Any) -> tuple[Any, int]:
+    """One process's training input under multi-process data parallelism: its own files
+    (`tfnegseq.data.input.input_shard`), batches of `batch_size / P`, repeated; and the
+    steps per epoch, the same on every process (`train.steps_per_epoch`, else the
+    split's examples / batch_size from the samples' manifest)."""
+    from tfnegseq.data.input import input_shard, make_datasets, manifest_examples
+
+    tc = cfg.train
+    if tc.early_stopping_metric:
+        raise ConfigError(
+            "train.early_stopping_metric: not available with several processes yet "
+            "(validation would have to run in step on every process); train a fixed "
+            "number of epochs")
+    if plan.name == "model_parallel":
+        raise ConfigError(
+            "train.distribution: model_parallel runs in one process (over its devices); "
+            "for several processes use data_parallel")
+    steps = tc.steps_per_epoch
+    if not steps:
+        examples = manifest_examples(data_dir, "train")
+        if not examples:
+            raise ConfigError(
+                "train.steps_per_epoch: must be set with several processes when the "
+                f"samples' manifest does not count the training examples ({data_dir})")
+        steps = examples // tc.batch_size
+    local = dataclasses.replace(cfg, train=dataclasses.replace(
+        tc, batch_size=tc.batch_size // plan.num_processes))
+    with input_shard(plan.process_id, plan.num_processes):
+        train_ds, _ = (kind.make_datasets(local, data_dir, processor)
+                       or make_datasets(local, data_dir, processor))
+    return train_ds, steps
+
+
+def backup_callback(plan: Plan, directory: str) -> Any:
+    """`keras.callbacks.BackupAndRestore` into `directory`; with several processes, one
+    directory per process (Keras' callback has no chief: each process saves its own
+    copy) keeping both checkpoints, since a process whose peer died blocks mid-save and
+    leaves a truncated file."""
+    import keras
+
+    if not plan.multi_process:
+        return keras.callbacks.BackupAndRestore(directory)
+    return keras.callbacks.BackupAndRestore(
+        os.path.join(directory, f"process_{plan.process_id}"), double_checkpoint=True)
+
+
+def host_values(variables: list[Any]) -> list[Any]:
+    """Variables' values as numpy on every process (gathered across processes where a
+    variable is sharded over devices of other processes; every process must call it)."""
+    import numpy as np
+
+    out = []
+    for v in variables:
+        value = v.value
+        if getattr(value, "is_fully_addressable", True):
+            out.append(np.asarray(value))
+        else:
+            from jax.experimental import multihost_utils
+
+            out.append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
+    return out
+
+
+def sharded_variables(model: Any) -> dict[str, str]:
+    """`{variable path: partition spec}` of the variables split over devices (JAX), for
+    the run's metrics.json: what model_parallel actually sharded."""
+    out = {}
+    for v in model.weights:
+        spec = getattr(getattr(v.value, "sharding", None), "spec", None)
+        if spec is not None and any(axis is not None for axis in spec):
+            out[v.path] = str(tuple(spec))
+    return out
+
+
+def local_copy(model: Any, build: Any) -> Any:
+    """A plain copy of a distributed `model` on this process's devices: `build()` (a
+    built, compiled model of the same structure) with the model's weights and its
+    optimizer's state (so the saved model resumes and reports its steps as the
+    original). Every process must call it (values may be gathered)."""
+    weights = host_values(model.weights)
+    state = host_values(model.optimizer.variables)
+    end_distribution()
+    copy = build()
+    copy.set_weights(weights)
+    copy.optimizer.build(copy.trainable_variables)
+    for variable, value in zip(copy.optimizer.variables, state, strict=True):
+        variable.assign(value)
+    return copy
+
+
+def end_distribution() -> None:
+    """No `keras.distribution` from here on in this process (JAX): what follows training
+    (evaluation, saving) runs on the process's own devices."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        keras.distribution.set_distribution(None)
+
+
+def wait_for_all(name: str) -> None:
+    """A barrier over every process (JAX multi-process): none goes on before all
+    arrive."""
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"tfnegseq: {name}")
 
 
 @contextlib.contextmanager

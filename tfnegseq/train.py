@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from typing import Any
@@ -118,18 +119,31 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     keras.mixed_precision.set_global_policy(tc.mixed_precision)
     processor = FeatureProcessor.from_data_dir(data_dir, cfg)
     vocab_sizes = {name: v.size for name, v in processor.vocabularies.items()}
+    distribute.check_vocabularies(plan, cfg, vocab_sizes)
     train_ds, eval_ds = (kind.make_datasets(cfg, data_dir, processor)
                          or make_datasets(cfg, data_dir, processor))
-    with plan.scope():
+    steps_per_epoch = tc.steps_per_epoch or None
+    if plan.multi_process:  # each process: its own files, batch / P, the same steps
+        train_ds, steps_per_epoch = distribute.process_input(plan, cfg, kind, data_dir,
+                                                             processor)
+
+    def build() -> Any:
         model = kind.build_model(cfg, vocab_sizes)
         model(features_of(next(iter(eval_ds.take(1)))))  # build weights (BackupAndRestore
         # needs a built model)
         # The model owns its loss (`compile` refuses one).
         model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=plan.jit_compile(tc))
+        return model
+
+    with plan.scope():
+        model = build()
+    sharded = distribute.sharded_variables(model)
+
     def record(epoch: int, epochs: list[tuple[int, float]]) -> None:
-        write_resume_state(tc.run_dir, cfg, {
-            "epochs_done": epoch + 1, "epochs": epochs,
-            "seconds": earlier + time.perf_counter() - t0})
+        if plan.is_chief:  # one writer of the run's files
+            write_resume_state(tc.run_dir, cfg, {
+                "epochs_done": epoch + 1, "epochs": epochs,
+                "seconds": earlier + time.perf_counter() - t0})
 
     # after BackupAndRestore's own epoch-end save (callbacks run in order)
     throughput = throughput_callback(tc.batch_size, previous["epochs"] if previous else None,
@@ -142,23 +156,33 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
                        or make_datasets(valid_cfg, data_dir, processor))
         validation = ValidationCallback(valid_ds, kind, cfg,
                                         eval_ds if tc.test_at_validation else None)
+    chief = plan.is_chief
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(tc.run_dir, "backup")),
+        distribute.backup_callback(plan, os.path.join(tc.run_dir, "backup")),
         throughput,  # before validation: its epoch time leaves validation out
         *([validation] if validation else []),  # before the checkpoint and TensorBoard
-        *([] if tc.keep_checkpoints == 0 else [recent_checkpoints(
+        *([] if tc.keep_checkpoints == 0 or not chief else [recent_checkpoints(
             os.path.join(tc.run_dir, "checkpoints"), tc.keep_checkpoints)]),
-        keras.callbacks.TensorBoard(os.path.join(tc.run_dir, "tensorboard"), update_freq=50),
+        *([keras.callbacks.TensorBoard(os.path.join(tc.run_dir, "tensorboard"),
+                                       update_freq=50)] if chief else []),
         *(extra_callbacks or []),
     ]
     os.makedirs(os.path.join(tc.run_dir, "checkpoints"), exist_ok=True)
     model.fit(
         train_ds,
         epochs=tc.epochs,
-        steps_per_epoch=tc.steps_per_epoch or None,
+        steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
-        verbose=verbose,
+        verbose=verbose if chief else 0,
     )
+    if plan.multi_process:
+        # predict cannot gather outputs across processes: the chief scores the whole
+        # split with a plain copy of the trained model and writes the run; the others
+        # wait for it (a process that exits first fails jax's shutdown barrier)
+        model = distribute.local_copy(model, build)  # every process: may gather
+        if not chief:
+            distribute.wait_for_all("run written")
+            return {"distribution": plan.describe(), "chief": False}
     result = evaluate(model, eval_ds, kind, cfg, verbose=verbose)
     model.save(os.path.join(tc.run_dir, "model.keras"))
     copy_run_data(data_dir, tc.run_dir)
@@ -169,7 +193,7 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
         seconds=round(earlier + time.perf_counter() - t0, 2),
         resumed_from_epoch=previous["epochs_done"] if previous else None,
         validation=validation.summary() if validation else None,
-        distribution=plan.describe(),
+        distribution={**plan.describe(), "sharded": sharded},
         data_dir=data_dir,
         versions=versions(),
         config=cfg.to_dict(),
@@ -182,6 +206,11 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
         with open(metrics_path, "w") as f:
             json.dump(result, f, indent=2)
     log.info("%s: %s", tc.run_dir, format_metrics(result, kind.metric_keys))
+    if plan.multi_process:
+        distribute.wait_for_all("run written")
+        # every process removed its backup/process_<i>; what is left is the resume
+        # state, which Keras' callback removes with backup/ on one process
+        shutil.rmtree(os.path.join(tc.run_dir, "backup"), ignore_errors=True)
     return result
 
 
@@ -288,8 +317,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{k}: {summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}")
         else:
             m = run_config(cfg)
-            print(f"{format_metrics(m, keys)} ({m['train_examples_per_second']} examples/s)"
-                  f" -> {cfg.train.run_dir}")
+            if m.get("chief", True):
+                print(f"{format_metrics(m, keys)} ({m['train_examples_per_second']} "
+                      f"examples/s) -> {cfg.train.run_dir}")
+            else:
+                d = m["distribution"]
+                print(f"process {d['process_id']} of {d['num_processes']}: trained; the "
+                      f"chief (process 0) wrote {cfg.train.run_dir}")
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,10 +21,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import glob
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -34,6 +37,23 @@ from tfnegseq.config import Config
 from tfnegseq.data.vocab import Vocabulary, load_vocabularies
 
 AUTOTUNE = tf.data.AUTOTUNE
+# (process_id, num_processes) while `input_shard` is active: training inputs read only
+# this process's files, repeated (multi-process training, tfnegseq/distribute.py)
+_SHARD: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "tfnegseq_input_shard", default=None)
+
+
+@contextlib.contextmanager
+def input_shard(process_id: int, num_processes: int) -> Iterator[None]:
+    """Inside, every training input built by `record_batches` (the CTR and sequential
+    inputs alike) reads the files `files[process_id::num_processes]` and repeats without
+    end (the trainer fixes the steps per epoch, the same on every process); evaluation
+    inputs read every file."""
+    token = _SHARD.set((process_id, num_processes))
+    try:
+        yield
+    finally:
+        _SHARD.reset(token)
 RAW_USER_ID = "raw_user_id"
 
 
@@ -159,6 +179,12 @@ def record_batches(data_dir: str, split: str, batch_size: int, training: bool = 
     """
     drop = training if drop_remainder is None else drop_remainder
     files = split_files(data_dir, split)
+    shard = _SHARD.get() if training else None
+    if shard is not None:
+        from tfnegseq.distribute import shard_files
+
+        files = shard_files(files, *shard, where=os.path.join(data_dir, split))
+        repeat = True
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)

@@ -70,9 +70,12 @@ class CtrModel(keras.Model):
 
     def __init__(self, vocab_sizes: dict[str, int], model: dict[str, Any],
                  side_features: list[str] | None = None, row_sparse_gradients: bool = False,
-                 **kwargs: Any):
+                 item_rows_multiple: int = 1, **kwargs: Any):
         super().__init__(**kwargs)
         self.row_sparse_gradients = bool(row_sparse_gradients)
+        # the item table's rows rounded up to a multiple of this (rows past the vocabulary
+        # are never looked up): model_parallel splits them evenly over its devices
+        self.item_rows_multiple = int(item_rows_multiple)
         self.tables = EmbeddingTables(row_sparse_gradients=self.row_sparse_gradients)
         self.vocab_sizes = dict(vocab_sizes)
         m = validate_section(self.config_class, {**dict(model), "kind": self.kind_name},
@@ -85,8 +88,9 @@ class CtrModel(keras.Model):
         # Construction order is initialisation order (seeded runs reproduce): keep it.
         self.sequence = (MixedPolaritySequence(m.sequence_length, m.positive_ratio, mode=m.mode,
                                                name="sequence") if short else None)
+        rows = -(-vocab_sizes["item_id"] // self.item_rows_multiple) * self.item_rows_multiple
         self.item_embedding = keras.layers.Embedding(
-            vocab_sizes["item_id"], d, name="item_embedding", dtype="float32",
+            rows, d, name="item_embedding", dtype="float32",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
         )
         self.user_embedding = keras.layers.Embedding(
@@ -276,6 +280,7 @@ class CtrModel(keras.Model):
             model=self.model_config,
             side_features=self.side_features,
             row_sparse_gradients=self.row_sparse_gradients,
+            item_rows_multiple=self.item_rows_multiple,
         )
         return config
 

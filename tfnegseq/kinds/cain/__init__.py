@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tfnegseq.kinds import register_kind
 from tfnegseq.kinds.cain.config import CainModelConfig
-from tfnegseq.kinds.ctr import CtrKind
+from tfnegseq.kinds.ctr import CtrKind, item_rows_multiple
 
 if TYPE_CHECKING:
     from tfnegseq.config import Config
@@ -80,6 +80,7 @@ class CainKind(CtrKind):
             side_features=side_feature_names(cfg),
             profile_features=profile_features(cfg),
             row_sparse_gradients=cfg.train.embedding_updates == "row_sparse",
+            item_rows_multiple=item_rows_multiple(cfg),
             name="cain_model",
         )
 

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from tfnegseq.config import Config
 
 
+def item_rows_multiple(cfg: Config) -> int:
+    """`train.model_shards` under `train.distribution: model_parallel` (the item table's
+    rows split evenly over that many devices), else 1."""
+    return cfg.train.model_shards if cfg.train.distribution == "model_parallel" else 1
+
+
 class CtrKind(ModelKind):
     name = "ctr"
     config_class: type = CtrModelConfig
@@ -65,6 +71,7 @@ class CtrKind(ModelKind):
             model=dataclasses.asdict(cfg.model),
             side_features=side_feature_names(cfg),
             row_sparse_gradients=cfg.train.embedding_updates == "row_sparse",
+            item_rows_multiple=item_rows_multiple(cfg),
             name="ctr_model",
         )
 
