@@ -16,7 +16,7 @@ import pytest
 import tfnegseq.models  # noqa: F401  (registers the model classes for loading)
 from tfnegseq.config import ConfigError, load_config
 
-from .conftest import REPO
+from .conftest import REPO, build_tiny_samples
 
 CONFIG = str(REPO / "configs" / "synthetic.yaml")
 
@@ -65,18 +65,7 @@ STEPS = ["train.epochs=1", "train.steps_per_epoch=4", "train.deterministic_input
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
     """Tiny simulated samples in one file per split: the `--set` list."""
-    from tfnegseq.data import job
-    from tfnegseq.data.simulate import simulate_to_dir
-
-    root = tmp_path_factory.mktemp("tiny1")
-    sets = [f"source.path={root}/log", f"output.dir={root}/samples", "output.shards=1",
-            "simulate.num_users=60", "simulate.num_items=300",
-            "simulate.events_per_user_min=20", "simulate.events_per_user_max=200",
-            "samples.max_history=20", "model.sequence_length=20", "model.embedding_dim=16"]
-    cfg = load_config(CONFIG, sets)
-    simulate_to_dir(cfg.simulate, cfg.source.path)
-    job.run(cfg)
-    return sets
+    return build_tiny_samples(tmp_path_factory.mktemp("tiny1"), ["output.shards=1"])[1]
 
 
 @pytest.fixture(scope="module")
