@@ -5,7 +5,16 @@ The toy `recommender` has the real export's `serving_default` signature (`user_i
 `probability` [B, C], with tf.debugging asserts for "pos_item_id is not left-padded"
 and "empty candidate list", as the real export has) and `score_examples` (serialized tf.Example -> [B]).
 Versions 1 and 2 differ in weight and bias; `expected_probability` is the numpy
-reference. `other` has one float input and two outputs. The real export
+reference. The toy `cain` (versions 1 and 2 too) has the real CAIN export's
+`serving_default` (model kind `cain`, `tfnegseq.kinds.ctr.export`): the CTR inputs (with
+the candidate side feature `item_category`) plus the lifelong lists `life_item_id`,
+`life_order`, `life_polarity` (int64 [B, N]) and `life_value` (float32 [B, N]), and the
+same `tf.debugging` checks with the same messages (empty candidate list, batch sizes,
+one value per candidate, and for `pos` / `neg` / `life`: one shape per history,
+left-padded, strictly increasing orders); each history keeps its most recent
+`MAX_HISTORY` / `LIFELONG_LENGTH` entries, as the real export does.
+`expected_cain_probability` is its numpy reference. `other` has one float input and two
+outputs. The real export
 (`tfnegseq.export`, profile inputs `user_<f>` and candidate side inputs `item_<f>` named
 by the config) is served through the local server by
 `tests/test_export.py::test_rest_score_equals_keras_through_the_local_server`.
@@ -36,6 +45,8 @@ import requests
 from tfnegseq.serving.server import stop_gracefully
 
 MAX_HISTORY = 8
+LIFELONG_LENGTH = 6  # the toy cain's N: a longer lifelong list keeps its most recent N
+LIFELONG = ("life_item_id", "life_order", "life_polarity", "life_value")
 VERSIONS = {1: (1.0, 0.0), 2: (2.0, 0.5)}  # version -> (weight, bias)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -104,8 +115,120 @@ def _toy_modules(weight: float, bias: float):  # -> (recommender, other)
     return Recommender(), Other()
 
 
+PAD_ID = -1  # tfnegseq.schema.PAD_ID
+
+
+def export_history_checks(features: dict, prefixes: Sequence[str]) -> list:
+    """The real export's history checks (`tfnegseq.kinds.ctr.export._history_checks`:
+    the lists of one history have one shape, then the history is left-padded and its
+    orders increase strictly along the real entries), traced into the toy's graph."""
+    from tfnegseq.kinds.ctr.export import _history_checks
+
+    return _history_checks(features, tuple(prefixes))
+
+
+# The toy cain's `serving_default` inputs in the real export's order (`serving_inputs`):
+# name -> kind ("user" [B], "history" [B, N], "candidate" [B, C]).
+CAIN_INPUTS = {
+    "user_id": "user",
+    "pos_item_id": "history",
+    "pos_order": "history",
+    "neg_item_id": "history",
+    "neg_order": "history",
+    **{name: "history" for name in LIFELONG},
+    "item_id": "candidate",
+    "user_age": "user",
+    "item_category": "candidate",
+}
+CAIN_MAX_LENGTHS = {
+    **{f"{p}_{s}": MAX_HISTORY for p in ("pos", "neg") for s in ("item_id", "order")},
+    **{name: LIFELONG_LENGTH for name in LIFELONG},
+}
+
+
+def _toy_cain(weight: float, bias: float):  # -> cain
+    import tensorflow as tf
+
+    specs = {
+        name: tf.TensorSpec(
+            [None] if kind == "user" else [None, None],
+            tf.float32 if name == "life_value" else tf.int64,
+            name=name,
+        )
+        for name, kind in CAIN_INPUTS.items()
+    }
+
+    class Cain(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = tf.Variable(weight, dtype=tf.float32)
+            self.bias = tf.Variable(bias, dtype=tf.float32)
+
+        @tf.function(input_signature=[specs], autograph=False)
+        def serve(self, features):
+            candidates = features["item_id"]  # [B, C]
+            batch, num = tf.shape(candidates)[0], tf.shape(candidates)[1]
+            checks = [
+                tf.debugging.assert_greater_equal(
+                    num, 1, message="empty candidate list: item_id needs at least one candidate"
+                )
+            ]
+            for name, kind in CAIN_INPUTS.items():
+                x = features[name]
+                checks.append(
+                    tf.debugging.assert_equal(
+                        tf.shape(x)[0],
+                        batch,
+                        message=f"batch size of {name} differs from that of item_id",
+                    )
+                )
+                if kind == "candidate" and name != "item_id":
+                    checks.append(
+                        tf.debugging.assert_equal(
+                            tf.shape(x)[1],
+                            num,
+                            message=f"{name} needs one value per candidate in item_id",
+                        )
+                    )
+            checks += export_history_checks(features, ("pos", "neg", "life"))
+            with tf.control_dependencies(checks):
+                x = {
+                    name: tf.identity(t)[:, -CAIN_MAX_LENGTHS[name]:]
+                    if name in CAIN_MAX_LENGTHS else tf.identity(t)
+                    for name, t in features.items()
+                }  # the most recent MAX_HISTORY / LIFELONG_LENGTH entries, as the export
+                n_pos = tf.reduce_sum(tf.cast(x["pos_item_id"] != PAD_ID, tf.float32), axis=1)
+                n_neg = tf.reduce_sum(tf.cast(x["neg_item_id"] != PAD_ID, tf.float32), axis=1)
+                ids = x["life_item_id"]  # [B, N]
+                width = tf.shape(ids)[1]
+                recency = tf.cast(tf.range(width - 1, -1, -1), tf.float32)  # 0: most recent
+                entry = (
+                    tf.cast(x["life_polarity"], tf.float32) * x["life_value"]
+                    + tf.cast(tf.math.floormod(ids, 5), tf.float32) / 5.0
+                    + tf.cast(tf.math.floormod(x["life_order"], 4), tf.float32) / 4.0
+                ) / (1.0 + recency)  # [B, N]
+                life = tf.reduce_sum(tf.where(ids != PAD_ID, entry, 0.0), axis=1)  # [B]
+                user = (
+                    0.1 * (n_pos - n_neg)
+                    + 0.1 * life
+                    + 0.01 * tf.cast(x["user_age"], tf.float32)
+                    + 0.0 * tf.cast(
+                        x["user_id"] + tf.reduce_sum(x["pos_order"]) + tf.reduce_sum(x["neg_order"]),
+                        tf.float32,
+                    )
+                )  # [B]
+                candidate = (
+                    tf.cast(tf.math.floormod(candidates, 7), tf.float32) / 7.0
+                )  # [B, C]
+                side = 0.05 * tf.cast(tf.math.floormod(x["item_category"], 3), tf.float32)
+                logit = self.weight * candidate + side + user[:, None] + self.bias  # [B, C]
+            return {"probability": tf.sigmoid(logit)}
+
+    return Cain()
+
+
 def export_toy_models(root: pathlib.Path, container_root: str | None = None) -> pathlib.Path:
-    """Writes `recommender/{1,2}`, `other/1` and `models.config` under `root`.
+    """Writes `recommender/{1,2}`, `cain/{1,2}`, `other/1` and `models.config` under `root`.
 
     Args:
         root: where to write.
@@ -126,6 +249,10 @@ def export_toy_models(root: pathlib.Path, container_root: str | None = None) -> 
         tf.saved_model.save(
             recommender, str(root / "recommender" / str(version)), signatures=signatures
         )
+        cain = _toy_cain(weight, bias)
+        tf.saved_model.save(
+            cain, str(root / "cain" / str(version)), signatures={"serving_default": cain.serve}
+        )
         if version == 1:
             tf.saved_model.save(
                 other, str(root / "other" / "1"), signatures={"serving_default": other.serve}
@@ -136,6 +263,13 @@ def export_toy_models(root: pathlib.Path, container_root: str | None = None) -> 
         "model_config_list {\n"
         "  config {\n"
         f'    name: "recommender"\n    base_path: "{base}/recommender"\n'
+        '    model_platform: "tensorflow"\n'
+        "    model_version_policy { all {} }\n"
+        '    version_labels { key: "stable" value: 1 }\n'
+        '    version_labels { key: "canary" value: 2 }\n'
+        "  }\n"
+        "  config {\n"
+        f'    name: "cain"\n    base_path: "{base}/cain"\n'
         '    model_platform: "tensorflow"\n'
         "    model_version_policy { all {} }\n"
         '    version_labels { key: "stable" value: 1 }\n'
@@ -181,6 +315,68 @@ def instance(
         "item_id": list(candidates),
         "user_age": user_age,
     }
+
+
+def cain_instance(
+    user_id: int = 7,
+    pos: Sequence[int] = (11, 12, 13),
+    neg: Sequence[int] = (21,),
+    life: Sequence[tuple[int, int, float]] = ((101, 1, 0.5), (102, -1, 2.0), (103, 0, 1.25),
+                                              (104, 1, 3.0)),
+    candidates: Sequence[int] = (1, 2, 3, 4),
+    user_age: int = 30,
+) -> dict:
+    """A valid row-format instance of the toy cain: `life` is (item, polarity, value)
+    per lifelong event, oldest first, with orders 1, 2, ...; `item_category` of
+    candidate c is 3 c + 1."""
+    return {
+        **instance(user_id, pos, neg, candidates, user_age),
+        "life_item_id": [item for item, _, _ in life],
+        "life_order": list(range(1, len(life) + 1)),
+        "life_polarity": [polarity for _, polarity, _ in life],
+        "life_value": [value for _, _, value in life],
+        "item_category": [3 * c + 1 for c in candidates],
+    }
+
+
+def left_pad_lifelong(inst: dict, width: int) -> dict:
+    """`inst` with its lifelong lists left-padded to `width` (-1 ids, 0 elsewhere)."""
+    out = dict(inst)
+    for name in LIFELONG:
+        pad = PAD_ID if name == "life_item_id" else 0.0 if name == "life_value" else 0
+        out[name] = [pad] * (width - len(inst[name])) + list(inst[name])
+    return out
+
+
+def expected_cain_probability(version: int, inst: dict) -> np.ndarray:
+    """Numpy reference of the toy cain's `serving_default` for one row-format instance
+    (-1 ids = padding): each history cut to its most recent `MAX_HISTORY` /
+    `LIFELONG_LENGTH` entries, then every real lifelong event adds
+    `(polarity * value + id % 5 / 5 + order % 4 / 4) / (1 + recency)` (recency 0 for
+    the most recent) to the user's logit, times 0.1."""
+    weight, bias = VERSIONS[version]
+
+    def recent(name: str) -> list:
+        return list(inst[name])[-CAIN_MAX_LENGTHS[name]:]
+
+    n_pos = sum(1 for i in recent("pos_item_id") if i != PAD_ID)
+    n_neg = sum(1 for i in recent("neg_item_id") if i != PAD_ID)
+    life = 0.0
+    events = zip(*(reversed(recent(name)) for name in LIFELONG), strict=True)
+    for recency, (item, order, polarity, value) in enumerate(events):
+        if item != PAD_ID:
+            entry = polarity * float(np.float32(value)) + item % 5 / 5 + order % 4 / 4
+            life += entry / (1 + recency)
+    candidates = np.asarray(inst["item_id"])
+    logit = (
+        weight * (np.mod(candidates, 7) / 7.0)
+        + 0.05 * np.mod(np.asarray(inst["item_category"]), 3)
+        + 0.1 * (n_pos - n_neg)
+        + 0.1 * life
+        + 0.01 * inst["user_age"]
+        + bias
+    )
+    return 1.0 / (1.0 + np.exp(-logit))
 
 
 def free_port() -> int:

@@ -8,12 +8,15 @@ bytes, truncated JSON and odd URLs / methods; then hostile requests sent byte fo
 byte (JSON nested past numpy's 64 dimensions and past Python's recursion limit,
 `Content-Encoding` bodies that are not so encoded or that the server cannot decode,
 method tokens outside libevent's set, lower-case methods, CONNECT), after which a
-valid request must still get the same scores.
+valid request must still get the same scores. Against the toy `cain` (lifelong lists),
+valid batches must score as the numpy reference, batches with one broken lifelong field
+get 400 naming it, and mutated ones never get a 5xx.
 """
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import pathlib
 import zlib
@@ -29,7 +32,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.serving.conftest import (
+    LIFELONG,
+    LIFELONG_LENGTH,
     MAX_HISTORY,
+    cain_instance,
+    expected_cain_probability,
     expected_probability,
     free_port,
     instance,
@@ -75,20 +82,27 @@ def valid_instances(draw: st.DrawFn) -> dict:
 
 
 @st.composite
-def mutated_bodies(draw: st.DrawFn) -> dict:
-    """A valid predict body, then zero to three mutations."""
-    instances = draw(st.lists(valid_instances(), min_size=1, max_size=3))
+def mutated_bodies(
+    draw: st.DrawFn,
+    batches: st.SearchStrategy[list[dict]] | None = None,
+    keys: list[str] = INPUT_KEYS,
+) -> dict:
+    """A valid predict body (a batch of `batches`, by default toy-recommender instances),
+    then zero to three mutations (of the inputs `keys` and others)."""
+    instances = draw(
+        st.lists(valid_instances(), min_size=1, max_size=3) if batches is None else batches
+    )
     row = draw(st.booleans())
     body: dict[str, Any] = (
         {"instances": instances}
         if row
-        else {"inputs": {k: [inst[k] for inst in instances] for k in INPUT_KEYS}}
+        else {"inputs": {k: [inst[k] for inst in instances] for k in keys}}
     )
     for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 3]))):
         target = draw(st.sampled_from(instances)) if row else body.get("inputs", {})
         if not isinstance(target, dict):
             break
-        key = draw(st.sampled_from(INPUT_KEYS + ["junk"]))
+        key = draw(st.sampled_from(keys + ["junk"]))
         op = draw(
             st.sampled_from(["delete", "replace", "huge", "nest", "both", "signature", "top"])
         )
@@ -330,3 +344,177 @@ def test_hostile_requests_get_4xx_and_scores_stay_the_same(
     assert process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     assert scores(url) == before
     assert {400, 405} <= set(seen), seen  # the strategies reached the fixed paths
+
+
+# --------------------------------------------------------------------------- cain
+
+CAIN_INPUT_KEYS = sorted(cain_instance())
+CAIN_PATHS = [  # (path, version that answers)
+    ("/v1/models/cain:predict", 2),
+    ("/v1/models/cain/versions/1:predict", 1),
+    ("/v1/models/cain/labels/stable:predict", 1),
+    ("/v1/models/cain/labels/canary:predict", 2),
+]
+life_values = st.floats(-10, 10, width=32) | st.integers(-10, 10)  # JSON ints are floats too
+
+
+@st.composite
+def left_padded_history(
+    draw: st.DrawFn, width: int, min_events: int = 0
+) -> tuple[list[int], list[int]]:
+    """(ids, orders) of `width`: some real events (ids >= 0, orders increasing
+    strictly), left-padded with -1 ids / 0 orders."""
+    n = draw(st.integers(min(min_events, width), width))
+    ids = draw(st.lists(st.integers(0, 10**6), min_size=n, max_size=n))
+    gaps = draw(st.lists(st.integers(1, 5), min_size=n, max_size=n))
+    orders = list(itertools.accumulate(gaps, initial=draw(st.integers(0, 1000))))[1:]
+    return [-1] * (width - n) + ids, [0] * (width - n) + orders
+
+
+@st.composite
+def valid_cain_batches(draw: st.DrawFn, min_events: int = 0) -> list[dict]:
+    """One to three toy-cain instances sharing their list widths (so they batch in either
+    format): histories and lifelong lists left-padded with strictly increasing orders,
+    lifelong lists empty, all padding or past `LIFELONG_LENGTH`, and at least
+    `min_events` lifelong events in each."""
+    widths = {
+        "pos": draw(st.integers(0, MAX_HISTORY + 2)),
+        "neg": draw(st.integers(0, 3)),
+        "life": draw(st.integers(min_events, LIFELONG_LENGTH + 3)),
+    }
+    num = draw(st.integers(1, 5))
+    batch = []
+    for _ in range(draw(st.integers(1, 3))):
+        pos_ids, pos_orders = draw(left_padded_history(widths["pos"]))
+        neg_ids, neg_orders = draw(left_padded_history(widths["neg"]))
+        life_ids, life_orders = draw(left_padded_history(widths["life"], min_events))
+        real = [i != -1 for i in life_ids]
+        polarity = draw(st.lists(st.sampled_from([-1, 0, 1]), min_size=len(real),
+                                 max_size=len(real)))
+        values = draw(st.lists(life_values, min_size=len(real), max_size=len(real)))
+        batch.append({
+            "user_id": draw(st.integers(-1, 10**6)),
+            "pos_item_id": pos_ids,
+            "pos_order": pos_orders,
+            "neg_item_id": neg_ids,
+            "neg_order": neg_orders,
+            "item_id": draw(st.lists(st.integers(-1, 10**6), min_size=num, max_size=num)),
+            "user_age": draw(st.integers(0, 100)),
+            "life_item_id": life_ids,
+            "life_order": life_orders,
+            "life_polarity": [p if r else 0 for p, r in zip(polarity, real, strict=True)],
+            "life_value": [v if r else 0.0 for v, r in zip(values, real, strict=True)],
+            "item_category": draw(st.lists(st.integers(-5, 100), min_size=num, max_size=num)),
+        })
+    return batch
+
+
+def cain_body(batch: list[dict], row: bool) -> dict:
+    """The predict body for `batch` in row or columnar format."""
+    if row:
+        return {"instances": batch}
+    return {"inputs": {k: [inst[k] for inst in batch] for k in batch[0]}}
+
+
+BREAKS = ["ragged", "not_left_padded", "unordered", "wrong_type", "missing"]
+
+
+@st.composite
+def broken_cain_bodies(draw: st.DrawFn) -> tuple[dict, str, str, bool]:
+    """(body, how, field, named): a valid cain body with one lifelong field made invalid;
+    `named` is whether the error must name `field` (not for a ragged `life_item_id` or
+    `life_order`, which the real export may refuse with 'Incompatible shapes' first)."""
+    batch = draw(valid_cain_batches(min_events=2))
+    row = draw(st.booleans())
+    inst = draw(st.sampled_from(batch))
+    how = draw(st.sampled_from(BREAKS))
+    field = draw(st.sampled_from(LIFELONG))
+    named = True
+    if how == "ragged":
+        values = inst[field]
+        if draw(st.booleans()):
+            inst[field] = values[1:]
+        else:
+            inst[field] = values + [0.5 if field == "life_value" else 1]
+        named = field in ("life_polarity", "life_value") or len(batch) > 1
+    elif how == "not_left_padded":
+        field = "life_item_id"
+        inst[field] = inst[field][:-1] + [-1]  # a padding id after a real one
+    elif how == "unordered":
+        field = "life_order"
+        orders = inst[field]
+        inst[field] = orders[:-1] + [orders[-2] - draw(st.integers(0, 3))]
+    elif how == "wrong_type":
+        junk = ["x", None, [1], {"a": 1}, True]
+        if field != "life_value":
+            junk += [1.5, 2**64]
+        at = draw(st.integers(0, len(inst[field]) - 1))
+        inst[field] = [draw(st.sampled_from(junk)) if i == at else v
+                       for i, v in enumerate(inst[field])]
+    else:  # missing
+        for each in batch if not row else [inst]:
+            del each[field]
+    return cain_body(batch, row), how, field, named
+
+
+CAIN_SCORED = [
+    ("/v1/models/cain:predict", {"instances": [cain_instance()]}),
+    (
+        "/v1/models/cain/labels/stable:predict",
+        {"inputs": {k: [v] for k, v in cain_instance(life=[(5, -1, 2.5)]).items()}},
+    ),
+]
+
+
+def cain_scores(url: str) -> list:
+    """The replies to the valid requests in `CAIN_SCORED`."""
+    replies = [requests.post(url + path, json=body, timeout=30) for path, body in CAIN_SCORED]
+    assert [r.status_code for r in replies] == [200] * len(CAIN_SCORED), [r.text for r in replies]
+    return [r.json() for r in replies]
+
+
+def test_fuzz_cain_lifelong_requests(fuzz_server: tuple[str, psutil.Process]) -> None:
+    """Valid toy-cain batches (lifelong lists left-padded, empty, past the trained length,
+    ints for the float `life_value`) score as `expected_cain_probability`; one broken
+    lifelong field gets 400 naming it; generic mutations never get a 5xx; afterwards the
+    server is up and scores as before."""
+    url, process = fuzz_server
+    before, before_recommender = cain_scores(url), scores(url)
+    np.testing.assert_allclose(
+        before[0]["predictions"], [expected_cain_probability(2, cain_instance())], rtol=1e-5
+    )
+    session = requests.Session()
+    seen: dict[str, int] = {}
+
+    @settings(
+        max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(st.sampled_from(["valid"] * 4 + ["broken"] * 3 + ["mutated"] * 2), st.data())
+    def fuzz(kind: str, data: st.DataObject) -> None:
+        path, version = data.draw(st.sampled_from(CAIN_PATHS))
+        if kind == "valid":
+            batch, row = data.draw(valid_cain_batches()), data.draw(st.booleans())
+            reply = session.post(url + path, json=cain_body(batch, row), timeout=30)
+            assert reply.status_code == 200, reply.text[:300]
+            got = reply.json()["predictions" if row else "outputs"]
+            want = [expected_cain_probability(version, inst) for inst in batch]
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            seen[kind] = seen.get(kind, 0) + 1
+        elif kind == "broken":
+            body, how, field, named = data.draw(broken_cain_bodies())
+            reply = session.post(url + path, json=body, timeout=30)
+            assert reply.status_code == 400, (how, field, reply.status_code, reply.text[:300])
+            error = reply.json()["error"]
+            assert isinstance(error, str) and (field in error or not named), (how, error[:300])
+            seen[how] = seen.get(how, 0) + 1
+        else:
+            body = data.draw(mutated_bodies(valid_cain_batches(), CAIN_INPUT_KEYS))
+            reply = session.post(url + path, data=json.dumps(body).encode(), timeout=30)
+            check_reply("POST", path, reply)
+            seen[kind] = seen.get(kind, 0) + 1
+
+    fuzz()
+    assert process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    assert cain_scores(url) == before
+    assert scores(url) == before_recommender
+    assert set(seen) == {"valid", "mutated", *BREAKS}, seen  # the strategies reached them all

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.serving.conftest import expected_probability, instance
+from tests.serving.conftest import cain_instance, expected_probability, instance
 
 pytestmark = pytest.mark.serving
 PREDICT = "/v1/models/recommender:predict"
@@ -32,7 +32,7 @@ def small_limits_server(toy_models: pathlib.Path):
     from tfnegseq.serving.limits import Limits
     from tfnegseq.serving.server import serve_in_thread
 
-    limits = Limits(max_rows=3, max_candidates=5, max_history=4, chunk_rows=2)
+    limits = Limits(max_rows=3, max_candidates=5, max_history=4, max_lifelong=4, chunk_rows=2)
     with serve_in_thread(
         model_config_file=str(toy_models / "models.config"),
         file_system_poll_wait_seconds=0,
@@ -58,6 +58,19 @@ def test_work_past_a_limit_is_400_naming_the_flag(
     reply = requests.post(small_limits_server.url + PREDICT, json=body, timeout=30)
     assert reply.status_code == 400, reply.text
     assert flag in reply.json()["error"]
+
+
+def test_a_lifelong_list_past_max_lifelong_is_400_and_at_it_is_scored(small_limits_server
+                                                                       ) -> None:
+    """`life_*` lists (the CAIN export) have their own cap, `--max_lifelong`: before it
+    they were bounded by the body size only."""
+    url = small_limits_server.url + "/v1/models/cain:predict"
+    life = [(100 + i, 1, 1.0) for i in range(5)]
+    reply = requests.post(url, json={"instances": [cain_instance(life=life)]}, timeout=30)
+    assert reply.status_code == 400, reply.text
+    assert "--max_lifelong" in reply.json()["error"] and "life_" in reply.json()["error"]
+    reply = requests.post(url, json={"instances": [cain_instance(life=life[:4])]}, timeout=30)
+    assert reply.status_code == 200, reply.text
 
 
 def test_requests_at_the_limits_are_scored_in_chunks(small_limits_server) -> None:

@@ -2,7 +2,8 @@
 
 Every test takes `target`: the local server on a free loopback port, and (when env
 `TFNEGSEQ_SERVING_URL` names a TF Serving that serves the toy models, see
-`serving/README.md`) that server. Statuses and messages are TF Serving's
+`serving/README.md`) that server. The `test_cain_*` tests do the same against the toy
+`cain`, shaped like the CAIN export (lifelong lists `life_*`, float `life_value`). Statuses and messages are TF Serving's
 (`model_servers/http_rest_api_handler.cc`, `http_server.cc`, `util/json_tensor.cc`).
 """
 
@@ -25,11 +26,18 @@ import pytest
 import requests
 
 from tests.serving.conftest import (
+    CAIN_INPUTS,
+    LIFELONG,
+    LIFELONG_LENGTH,
     LOCAL_MAX_BODY_BYTES,
+    MAX_HISTORY,
+    cain_instance,
     copy_version,
+    expected_cain_probability,
     expected_probability,
     free_port,
     instance,
+    left_pad_lifelong,
     nested,
     raw_request,
     server_subprocess,
@@ -454,6 +462,337 @@ def test_concurrent_requests_all_succeed(target: Target) -> None:
     assert not errors
 
 
+# --------------------------------------------------------------------------- cain (lifelong)
+
+CAIN = "/v1/models/cain"
+CAIN_PREDICT = f"{CAIN}:predict"
+CAIN_GOOD = {"instances": [cain_instance()]}
+
+
+def cain_scores_unchanged(target: Target) -> None:
+    """A valid cain request still scores as the reference (the server stays up)."""
+    inst = cain_instance()
+    reply = target.post(CAIN_PREDICT, {"instances": [inst]})
+    assert reply.status_code == 200, reply.text
+    np.testing.assert_allclose(
+        reply.json()["predictions"], [expected_cain_probability(2, inst)], rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("suffix,version", [("", "2"), ("/versions/1", "1")])
+def test_cain_metadata_lists_the_lifelong_inputs(
+    target: Target, suffix: str, version: str
+) -> None:
+    reply = target.get(f"{CAIN}{suffix}/metadata")
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["model_spec"] == {"name": "cain", "signature_name": "", "version": version}
+    serving = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert serving["method_name"] == "tensorflow/serving/predict"
+    assert set(serving["inputs"]) == set(cain_instance())
+    dtypes = {name: spec["dtype"] for name, spec in serving["inputs"].items()}
+    assert {name: dtypes[name] for name in LIFELONG} == {
+        "life_item_id": "DT_INT64",
+        "life_order": "DT_INT64",
+        "life_polarity": "DT_INT64",
+        "life_value": "DT_FLOAT",
+    }
+    assert [k for k, v in dtypes.items() if v != "DT_INT64"] == ["life_value"]
+    for name in LIFELONG:
+        assert serving["inputs"][name]["tensor_shape"]["dim"] == [
+            {"size": "-1", "name": ""},
+            {"size": "-1", "name": ""},
+        ]
+    assert serving["outputs"]["probability"]["dtype"] == "DT_FLOAT"
+
+
+@pytest.mark.parametrize(
+    "suffix,version", [("", 2), ("/versions/1", 1), ("/labels/canary", 2)]
+)
+@pytest.mark.parametrize("fmt", ["instances", "inputs"])
+def test_cain_predict_row_and_columnar_formats(
+    target: Target, suffix: str, version: int, fmt: str
+) -> None:
+    a = cain_instance()
+    b = cain_instance(
+        user_id=8,
+        pos=[4, 5, 6],
+        life=[(7, -1, 0.25), (9, 1, 4.5), (10, 1, -1.0), (12, 0, 8.0)],
+        candidates=[5, 6, 7, 8],
+        user_age=50,
+    )
+    body = {"instances": [a, b]} if fmt == "instances" else {"inputs": columnar(a, b)}
+    reply = target.post(f"{CAIN}{suffix}:predict", body)
+    assert reply.status_code == 200, reply.text
+    got = reply.json()["predictions" if fmt == "instances" else "outputs"]
+    want = [expected_cain_probability(version, a), expected_cain_probability(version, b)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_cain_predict_left_padded_lifelong_lists_and_empty_history(target: Target) -> None:
+    long = cain_instance(life=[(31, 1, 0.5), (32, -1, 1.5), (33, 1, 2.5), (34, 0, 3.5)])
+    short = left_pad_lifelong(cain_instance(life=[(41, 1, 7.0), (42, -1, 0.75)]), 4)
+    none = left_pad_lifelong(cain_instance(life=[]), 4)  # all padding
+    assert short["life_item_id"] == [-1, -1, 41, 42] and short["life_order"] == [0, 0, 1, 2]
+    for body, key in (
+        ({"inputs": columnar(long, short, none)}, "outputs"),
+        ({"instances": [long, short, none]}, "predictions"),
+    ):
+        reply = target.post(CAIN_PREDICT, body)
+        assert reply.status_code == 200, reply.text
+        want = [expected_cain_probability(2, inst) for inst in (long, short, none)]
+        np.testing.assert_allclose(reply.json()[key], want, rtol=1e-5)
+    empty = cain_instance(life=[])  # [1, 0] lifelong lists
+    reply = target.post(CAIN_PREDICT, {"instances": [empty]})
+    assert reply.status_code == 200, reply.text
+    (prediction,) = reply.json()["predictions"]
+    np.testing.assert_allclose(prediction, expected_cain_probability(2, empty), rtol=1e-5)
+    # An empty history scores as an all-padding one, and not as a real one.
+    np.testing.assert_allclose(prediction, expected_cain_probability(2, none), rtol=1e-5)
+    assert not np.allclose(prediction, expected_cain_probability(2, long), rtol=1e-3)
+
+
+def test_cain_scores_depend_on_every_lifelong_value(target: Target) -> None:
+    """The reference (and the toy) see a dropped, swapped or changed lifelong event."""
+    base = cain_instance()
+    events = list(zip(*(base[n] for n in ("life_item_id", "life_polarity", "life_value")),
+                      strict=True))
+    variants = {
+        "base": base,
+        "dropped_oldest": cain_instance(life=events[1:]),
+        "dropped_newest": cain_instance(life=events[:-1]),
+        "swapped": cain_instance(life=[events[0], events[1], events[3], events[2]]),
+        "value": {**base, "life_value": [0.5, 2.0, 1.25, 3.5]},
+        "polarity": {**base, "life_polarity": [1, -1, 1, 1]},
+        "item": {**base, "life_item_id": [101, 102, 106, 104]},
+        "order": {**base, "life_order": [1, 2, 3, 5]},
+    }
+    padded = [left_pad_lifelong(inst, 4) for inst in variants.values()]
+    reply = target.post(CAIN_PREDICT, {"inputs": columnar(*padded)})
+    assert reply.status_code == 200, reply.text
+    got = np.asarray(reply.json()["outputs"])
+    want = [expected_cain_probability(2, inst) for inst in variants.values()]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    first = got[:, 0]
+    assert len({round(float(x), 5) for x in first}) == len(variants), dict(zip(variants, first, strict=True))
+
+
+def test_cain_lifelong_list_past_the_trained_length_keeps_the_most_recent(
+    target: Target,
+) -> None:
+    events = [(200 + i, (-1) ** i, 0.5 * i) for i in range(LIFELONG_LENGTH + 3)]
+    long = cain_instance(life=events)
+    recent = cain_instance(life=events[3:])
+    recent["life_order"] = long["life_order"][3:]
+    replies = [target.post(CAIN_PREDICT, {"instances": [inst]}) for inst in (long, recent)]
+    assert [r.status_code for r in replies] == [200, 200], [r.text for r in replies]
+    got = [r.json()["predictions"][0] for r in replies]
+    np.testing.assert_allclose(got[0], expected_cain_probability(2, long), rtol=1e-5)
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-6)
+
+
+def test_cain_int_json_for_float_life_value(target: Target) -> None:
+    ints = {**cain_instance(), "life_value": [1, -2, 0, 3]}
+    floats = {**ints, "life_value": [1.0, -2.0, 0.0, 3.0]}
+    for fmt, key in (("instances", "predictions"), ("inputs", "outputs")):
+        replies = [
+            target.post(
+                CAIN_PREDICT,
+                {"instances": [inst]} if fmt == "instances" else {"inputs": columnar(inst)},
+            )
+            for inst in (ints, floats)
+        ]
+        assert [r.status_code for r in replies] == [200, 200], [r.text for r in replies]
+        got = [r.json()[key] for r in replies]
+        assert got[0] == got[1]
+        np.testing.assert_allclose(got[0], [expected_cain_probability(2, floats)], rtol=1e-5)
+
+
+def _cain_with(**changes: Any) -> dict:
+    return {"instances": [{**cain_instance(), **changes}]}
+
+
+def _cain_columnar(**changes: Any) -> dict:
+    return {"inputs": {**columnar(cain_instance()), **changes}}
+
+
+def _cain_without(key: str, fmt: str = "instances") -> dict:
+    inst = {k: v for k, v in cain_instance().items() if k != key}
+    return {"instances": [inst]} if fmt == "instances" else {"inputs": columnar(inst)}
+
+
+CAIN_BAD_CASES = [
+    # id, body, status, substrings of the error message (the field, and what is wrong)
+    ("missing_life_value_row", _cain_without("life_value"), 400,
+     ["keys must be equal to", "life_value"]),
+    ("missing_life_value_columnar", _cain_without("life_value", "inputs"), 400,
+     ["Missing named input: life_value"]),
+    ("string_in_life_order_row", _cain_with(life_order=[1, "2", 3, 4]), 400,
+     ["key: life_order", "is not of expected type: int64"]),
+    ("float_in_life_polarity_row", _cain_with(life_polarity=[1, 0.5, 0, 1]), 400,
+     ["key: life_polarity", "is not of expected type: int64"]),
+    ("string_in_life_value_row", _cain_with(life_value=[0.5, "x", 1.0, 2.0]), 400,
+     ["key: life_value", "is not of expected type: float"]),
+    ("bool_in_life_value_row", _cain_with(life_value=[0.5, True, 1.0, 2.0]), 400,
+     ["key: life_value", "is not of expected type: float"]),
+    ("lifelong_lengths_differ_across_instances",
+     {"instances": [cain_instance(), cain_instance(life=[(1, 1, 1.0)])]}, 400,
+     ["key: life_item_id", "Expecting tensor size: 4 but got: 1"]),
+    ("ragged_life_value", _cain_with(life_value=[0.5, 2.0, 1.25]), 400,
+     ["life_item_id and life_value need the same shape"]),
+    ("ragged_life_polarity", _cain_with(life_polarity=[1, -1, 0, 1, 1]), 400,
+     ["life_item_id and life_polarity need the same shape"]),
+    # Two orders for four ids: the order check's comparison broadcasts, so only the shape
+    # check fails (see test_cain_ragged_life_order_error_names_the_field for other widths).
+    ("ragged_life_order", _cain_with(life_order=[1, 2]), 400,
+     ["life_item_id and life_order need the same shape"]),
+    ("ragged_list_columnar", _cain_columnar(life_value=[[0.5, 2.0, 1.25]]), 400,
+     ["life_item_id and life_value need the same shape"]),
+    ("ragged_within_a_columnar_list", {"inputs": {
+        **columnar(cain_instance(), cain_instance()), "life_value": [[1.0, 2.0, 3.0, 4.0], [1.0]]
+    }}, 400, ["unexpected size"]),
+    ("life_value_batch_differs", _cain_columnar(life_value=[[0.5, 2.0, 1.25, 3.0]] * 2), 400,
+     ["life_value"]),
+    ("not_left_padded", _cain_with(life_item_id=[101, -1, 103, 104]), 400,
+     ["life_item_id is not left-padded"]),
+    ("padding_last", _cain_with(life_item_id=[101, 102, 103, -1]), 400,
+     ["life_item_id is not left-padded"]),
+    ("repeated_life_order", _cain_with(life_order=[1, 3, 3, 4]), 400,
+     ["life_order must increase strictly"]),
+    ("decreasing_life_order", _cain_with(life_order=[4, 3, 2, 1]), 400,
+     ["life_order must increase strictly"]),
+    ("neg_history_not_left_padded", _cain_with(neg_item_id=[21, -1], neg_order=[1, 0]), 400,
+     ["neg_item_id is not left-padded"]),
+    ("item_category_per_candidate", _cain_with(item_category=[1, 2]), 400,
+     ["item_category needs one value per candidate in item_id"]),
+    ("empty_candidate_list", _cain_with(item_id=[], item_category=[]), 400,
+     ["empty candidate list"]),
+]
+
+
+# The cases the JSON conversion lets through, refused by the graph's checks (one check
+# fails in each, so the error does not depend on which assertion runs first).
+CAIN_GRAPH_CASES = (
+    "ragged_life_value", "ragged_life_polarity", "ragged_life_order", "ragged_list_columnar",
+    "not_left_padded", "padding_last", "repeated_life_order", "decreasing_life_order",
+    "neg_history_not_left_padded", "item_category_per_candidate", "empty_candidate_list",
+)
+
+
+@pytest.mark.parametrize(
+    "body,status,messages", [c[1:] for c in CAIN_BAD_CASES], ids=[c[0] for c in CAIN_BAD_CASES]
+)
+def test_cain_bad_request(target: Target, body: Any, status: int, messages: list[str]) -> None:
+    reply = target.post(CAIN_PREDICT, body)
+    assert reply.status_code == status, reply.text
+    error = reply.json()["error"]
+    assert isinstance(error, str) and error
+    for message in messages:
+        assert message in error
+    cain_scores_unchanged(target)
+
+
+def test_cain_wrong_dtype_in_a_lifelong_list_names_it_in_both_formats(target: Target) -> None:
+    reply = target.post(CAIN_PREDICT, _cain_with(life_order=[1, 2, "three", 4]))
+    assert reply.status_code == 400
+    assert "life_order" in reply.json()["error"]
+    reply = target.post(CAIN_PREDICT, _cain_columnar(life_order=[[1, 2, "three", 4]]))
+    assert reply.status_code == 400
+    if target.kind == "local":  # TF Serving does not name the input in columnar type errors
+        assert "life_order" in reply.json()["error"]
+    cain_scores_unchanged(target)
+
+
+RAGGED_ORDER_WIDTHS = [0, 1, 3, 5, 7]  # life_order widths beside four life_item_id
+
+
+@pytest.mark.parametrize("width", RAGGED_ORDER_WIDTHS)
+def test_cain_ragged_life_order_of_any_width_is_400(target: Target, width: int) -> None:
+    reply = target.post(CAIN_PREDICT, _cain_with(life_order=list(range(1, width + 1))))
+    assert reply.status_code == 400, reply.text
+    assert isinstance(reply.json()["error"], str)
+    cain_scores_unchanged(target)
+
+
+def test_cain_ragged_life_order_error_names_the_field(target: Target) -> None:
+    """The order checks wait for the shape checks: a ragged list is always named (it
+    was a race with an "Incompatible shapes" error before)."""
+    for width in RAGGED_ORDER_WIDTHS:
+        for _ in range(5):
+            body = _cain_with(life_order=list(range(1, width + 1)))
+            assert "life_order" in target.post(CAIN_PREDICT, body).json()["error"], width
+
+
+def test_toy_cain_checks_say_what_the_real_export_says(toy_models: pathlib.Path) -> None:
+    """The toy cain's signature and error messages are the real export's: the real
+    `serving_default` (`tfnegseq.kinds.ctr.export.build_module` for a kind `cain`
+    config, with a stub model and identity lookups) and the toy give the same inputs and,
+    on each bad request of `CAIN_BAD_CASES` that reaches the graph, the same error."""
+    import re
+
+    import tensorflow as tf
+
+    from tfnegseq.config import load_config
+    from tfnegseq.kinds.ctr import export
+
+    cfg = load_config(
+        pathlib.Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml",
+        [
+            "model.kind=cain", f"samples.max_history={MAX_HISTORY}",
+            f"model.sequence_length={MAX_HISTORY}", f"samples.lifelong_length={LIFELONG_LENGTH}",
+            f"model.lifelong_length={LIFELONG_LENGTH}", "samples.user_features=[age]",
+            "samples.item_features=[category]",
+        ],
+    )
+
+    class Lookups(dict):
+        def __missing__(self, vocab: str):
+            return tf.identity
+
+    class Processor:
+        lookups = Lookups()
+        max_lengths = {
+            name: LIFELONG_LENGTH if name.startswith("life_") else MAX_HISTORY
+            for name in export.serving_inputs(cfg)
+        }
+
+    class StubModel:
+        variables: list = []
+
+        def __call__(self, features: dict, training: bool = False) -> dict:
+            return {"probability": tf.cast(features["item_id"], tf.float32)}
+
+    real = export.build_module(StubModel(), Processor(), cfg).serve
+    toy = tf.saved_model.load(str(toy_models / "cain" / "2")).signatures["serving_default"]
+    (real_specs,) = real.input_signature
+    toy_specs = toy.structured_input_signature[1]
+    assert list(real_specs) == list(CAIN_INPUTS)
+    assert {k: (s.dtype, s.shape.as_list()) for k, s in real_specs.items()} == {
+        k: (s.dtype, s.shape.as_list()) for k, s in toy_specs.items()
+    }
+
+    def error(call, columns: dict) -> str | None:
+        tensors = {
+            k: tf.constant(v, real_specs[k].dtype, shape=np.shape(v)) for k, v in columns.items()
+        }
+        try:
+            call(tensors)
+        except tf.errors.InvalidArgumentError as e:
+            found = re.search(r"assertion failed: \[([^\]]*)\]", e.message)
+            return found.group(1) if found else e.message
+        return None
+
+    assert error(real, columnar(cain_instance())) is None
+    assert error(lambda t: toy(**t), columnar(cain_instance())) is None
+    cases = {c[0]: (c[1], c[3]) for c in CAIN_BAD_CASES}
+    for name in CAIN_GRAPH_CASES:
+        body, messages = cases[name]
+        columns = body.get("inputs") or columnar(*body["instances"])
+        want = error(real, columns)
+        assert want is not None and all(m in want for m in messages), (name, want)
+        assert error(lambda t: toy(**t), columns) == want, name
+
+
 # --------------------------------------------------------------------------- lifecycle (local)
 
 
@@ -551,6 +890,24 @@ def test_local_server_answers_like_tf_serving(local_server) -> None:
             for t in (local, real)
         ]
         assert got == [status, status], case[0]
+    local_cain = local.get(f"{CAIN}/metadata").json()["metadata"]["signature_def"]
+    real_cain = real.get(f"{CAIN}/metadata").json()["metadata"]["signature_def"]
+    for part in ("inputs", "outputs", "method_name"):
+        assert (
+            local_cain["signature_def"]["serving_default"][part]
+            == real_cain["signature_def"]["serving_default"][part]
+        ), part
+    no_history = left_pad_lifelong(cain_instance(life=[]), 4)
+    for body in (CAIN_GOOD, {"inputs": columnar(cain_instance(), no_history)}):
+        a, b = local.post(CAIN_PREDICT, body), real.post(CAIN_PREDICT, body)
+        assert a.status_code == b.status_code == 200
+        key = "predictions" if "instances" in body else "outputs"
+        np.testing.assert_allclose(a.json()[key], b.json()[key], rtol=1e-6)
+    for name, body, status, _ in CAIN_BAD_CASES:
+        assert [t.post(CAIN_PREDICT, body).status_code for t in (local, real)] == [
+            status,
+            status,
+        ], name
 
 
 # --------------------------------------------------------------------------- proto JSON

@@ -25,7 +25,8 @@ class Limits:
     """Caps on the work per request and on slow or idle clients.
 
     Candidate inputs are the export's `item_id` and `item_<feature>` ([B, C]); history
-    inputs are `pos_*` and `neg_*` ([B, W]). Other inputs are only counted in rows.
+    inputs are `pos_*` and `neg_*` ([B, W]), lifelong inputs `life_*` ([B, N], the CAIN
+    export). Other inputs are only counted in rows.
     The CTR signature scores every (row, candidate) pair with that row's history, so the
     work of a request grows with its examples, rows x C (`examples_per_row`); a
     signature without candidate inputs has one example per row.
@@ -37,6 +38,8 @@ class Limits:
             inputs); more get 400. Defaults to 4096.
         max_history: int. History length (second dimension of history inputs); more
             get 400. Defaults to 4096.
+        max_lifelong: int. Lifelong list length (second dimension of `life_*` inputs);
+            more get 400. Defaults to 16384 (the CAIN paper's lists reach thousands).
         max_examples: int. Scored examples per predict (rows x candidates per row);
             more get 400. Defaults to 16384.
         chunk_rows: int. Rows per graph run: a bigger batch is scored in chunks of at
@@ -61,6 +64,7 @@ class Limits:
     max_rows: int = 4096
     max_candidates: int = 4096
     max_history: int = 4096
+    max_lifelong: int = 16384
     max_examples: int = 16384
     chunk_rows: int = 512
     chunk_examples: int = 256
@@ -71,7 +75,8 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in (
-            "max_rows", "max_candidates", "max_history", "max_examples", "chunk_rows",
+            "max_rows", "max_candidates", "max_history", "max_lifelong", "max_examples",
+            "chunk_rows",
             "chunk_examples", "max_connections", "graph_lanes",
         ):  # fmt: skip
             value = getattr(self, name)
@@ -100,6 +105,8 @@ def _kind(name: str) -> tuple[str, str] | None:
         return "candidates", "max_candidates"
     if name.startswith(("pos_", "neg_")):
         return "history entries", "max_history"
+    if name.startswith("life_"):
+        return "lifelong entries", "max_lifelong"
     return None
 
 
@@ -117,7 +124,8 @@ def examples_per_row(arrays: Mapping[str, np.ndarray]) -> int:
     """Examples one row scores: the widest candidate input's second dimension, else 1.
 
     The server knows which inputs hold candidates by name (`item_id`, `item_<f>`, as for
-    `max_candidates`); history inputs (`pos_*`, `neg_*`) and others do not count.
+    `max_candidates`); history inputs (`pos_*`, `neg_*`, `life_*`) and others do not
+    count.
     """
     return _widest_candidate_input(arrays)[0]
 

@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_rows", type=int, default=d.max_rows, help="rows per predict")
     p.add_argument("--max_candidates", type=int, default=d.max_candidates, help="per row")
     p.add_argument("--max_history", type=int, default=d.max_history, help="pos_*/neg_* width")
+    p.add_argument("--max_lifelong", type=int, default=d.max_lifelong, help="life_* width")
     p.add_argument(
         "--max_examples", type=int, default=d.max_examples, help="rows x candidates per predict"
     )
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         limits = Limits(
             max_rows=args.max_rows, max_candidates=args.max_candidates,
-            max_history=args.max_history, max_examples=args.max_examples,
+            max_history=args.max_history, max_lifelong=args.max_lifelong,
+            max_examples=args.max_examples,
             chunk_rows=args.chunk_rows, chunk_examples=args.chunk_examples,
             body_read_timeout=args.body_read_timeout_seconds,
             idle_timeout=args.idle_timeout_seconds, max_connections=args.max_connections,

@@ -130,15 +130,22 @@ def _history_checks(features: Mapping[str, tf.Tensor], prefixes: tuple[str, ...]
     checks = []
     for prefix in prefixes:
         ids, orders = features[f"{prefix}_item_id"], features[f"{prefix}_order"]
+        shapes = []
         for other in sorted(n for n in features if n.startswith(f"{prefix}_")):
             if other == f"{prefix}_item_id":
                 continue
-            checks.append(
+            shapes.append(
                 tf.debugging.assert_equal(
                     tf.shape(ids), tf.shape(features[other]),
                     message=f"{prefix}_item_id and {other} need the same shape",
                 )
             )
+        checks += shapes
+        # The checks below compare ids and orders element-wise: only after the shapes
+        # agree, or a ragged list fails first with an "Incompatible shapes" error that
+        # names no field (which error won depended on op scheduling).
+        with tf.control_dependencies(shapes):
+            ids, orders = tf.identity(ids), tf.identity(orders)
         real = tf.not_equal(ids, schema.PAD_ID)  # [B, W]
         # Left-padded: once a row has a real id, every later entry is real.
         checks.append(
