@@ -118,13 +118,6 @@ def _toy_modules(weight: float, bias: float):  # -> (recommender, other)
 PAD_ID = -1  # tfnegseq.schema.PAD_ID
 
 
-def export_history_checks(features: dict, prefixes: Sequence[str]) -> list:
-    """The real export's history checks (`tfnegseq.kinds.ctr.export._history_checks`:
-    the lists of one history have one shape, then the history is left-padded and its
-    orders increase strictly along the real entries), traced into the toy's graph."""
-    from tfnegseq.kinds.ctr.export import _history_checks
-
-    return _history_checks(features, tuple(prefixes))
 
 
 # The toy cain's `serving_default` inputs in the real export's order (`serving_inputs`):
@@ -149,6 +142,8 @@ CAIN_MAX_LENGTHS = {
 def _toy_cain(weight: float, bias: float):  # -> cain
     import tensorflow as tf
 
+    from tfnegseq.kinds.ctr.export import request_checks
+
     specs = {
         name: tf.TensorSpec(
             [None] if kind == "user" else [None, None],
@@ -167,30 +162,8 @@ def _toy_cain(weight: float, bias: float):  # -> cain
         @tf.function(input_signature=[specs], autograph=False)
         def serve(self, features):
             candidates = features["item_id"]  # [B, C]
-            batch, num = tf.shape(candidates)[0], tf.shape(candidates)[1]
-            checks = [
-                tf.debugging.assert_greater_equal(
-                    num, 1, message="empty candidate list: item_id needs at least one candidate"
-                )
-            ]
-            for name, kind in CAIN_INPUTS.items():
-                x = features[name]
-                checks.append(
-                    tf.debugging.assert_equal(
-                        tf.shape(x)[0],
-                        batch,
-                        message=f"batch size of {name} differs from that of item_id",
-                    )
-                )
-                if kind == "candidate" and name != "item_id":
-                    checks.append(
-                        tf.debugging.assert_equal(
-                            tf.shape(x)[1],
-                            num,
-                            message=f"{name} needs one value per candidate in item_id",
-                        )
-                    )
-            checks += export_history_checks(features, ("pos", "neg", "life"))
+            # the real export's assertions, traced into the toy's graph
+            checks = request_checks(features, CAIN_INPUTS, ("pos", "neg", "life"))
             with tf.control_dependencies(checks):
                 x = {
                     name: tf.identity(t)[:, -CAIN_MAX_LENGTHS[name]:]
@@ -259,23 +232,20 @@ def export_toy_models(root: pathlib.Path, container_root: str | None = None) -> 
             )
     base = container_root or str(root)
     config = root / "models.config"
+    labelled = "".join(  # every version served, labels stable -> 1, canary -> 2
+        "  config {\n"
+        f'    name: "{name}"\n    base_path: "{base}/{name}"\n'
+        '    model_platform: "tensorflow"\n'
+        "    model_version_policy { all {} }\n"
+        '    version_labels { key: "stable" value: 1 }\n'
+        '    version_labels { key: "canary" value: 2 }\n'
+        "  }\n"
+        for name in ("recommender", "cain")
+    )
     config.write_text(
         "model_config_list {\n"
-        "  config {\n"
-        f'    name: "recommender"\n    base_path: "{base}/recommender"\n'
-        '    model_platform: "tensorflow"\n'
-        "    model_version_policy { all {} }\n"
-        '    version_labels { key: "stable" value: 1 }\n'
-        '    version_labels { key: "canary" value: 2 }\n'
-        "  }\n"
-        "  config {\n"
-        f'    name: "cain"\n    base_path: "{base}/cain"\n'
-        '    model_platform: "tensorflow"\n'
-        "    model_version_policy { all {} }\n"
-        '    version_labels { key: "stable" value: 1 }\n'
-        '    version_labels { key: "canary" value: 2 }\n'
-        "  }\n"
-        "  config {\n"
+        + labelled
+        + "  config {\n"
         f'    name: "other"\n    base_path: "{base}/other"\n    model_platform: "tensorflow"\n'
         "  }\n"
         "}\n"

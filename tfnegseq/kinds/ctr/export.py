@@ -169,6 +169,36 @@ def _history_checks(features: Mapping[str, tf.Tensor], prefixes: tuple[str, ...]
     return checks
 
 
+def request_checks(features: Mapping[str, tf.Tensor], kinds: Mapping[str, str],
+                   prefixes: tuple[str, ...]) -> list[Any]:
+    """Every assertion `serving_default` makes of a request: at least one candidate;
+    each input (`kinds`: name -> "candidate", "history", ...) has item_id's batch size;
+    each candidate input one value per candidate; each history (`prefixes`) as
+    `_history_checks`."""
+    candidates = features["item_id"]  # [B, C]
+    batch, num = tf.shape(candidates)[0], tf.shape(candidates)[1]
+    checks = [
+        tf.debugging.assert_greater_equal(
+            num, 1, message="empty candidate list: item_id needs at least one candidate"
+        )
+    ]
+    for name, kind in kinds.items():
+        x = features[name]
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.shape(x)[0], batch, message=f"batch size of {name} differs from that of item_id"
+            )
+        )
+        if kind == "candidate" and name != "item_id":
+            checks.append(
+                tf.debugging.assert_equal(
+                    tf.shape(x)[1], num,
+                    message=f"{name} needs one value per candidate in item_id",
+                )
+            )
+    return checks + _history_checks(features, prefixes)
+
+
 def build_module(model: Any, processor: Any, cfg: Config) -> Any:
     """A `tf.Module` with the two serving functions (see the module docstring).
 
@@ -182,32 +212,9 @@ def build_module(model: Any, processor: Any, cfg: Config) -> Any:
     lookups = processor.lookups
 
     def serve(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        candidates = features["item_id"]  # [B, C]
-        batch = tf.shape(candidates)[0]
-        num = tf.shape(candidates)[1]
-        checks = [
-            tf.debugging.assert_greater_equal(
-                num, 1, message="empty candidate list: item_id needs at least one candidate"
-            )
-        ]
-        for name, (kind, _) in inputs.items():
-            x = features[name]
-            checks.append(
-                tf.debugging.assert_equal(
-                    tf.shape(x)[0],
-                    batch,
-                    message=f"batch size of {name} differs from that of item_id",
-                )
-            )
-            if kind == "candidate" and name != "item_id":
-                checks.append(
-                    tf.debugging.assert_equal(
-                        tf.shape(x)[1],
-                        num,
-                        message=f"{name} needs one value per candidate in item_id",
-                    )
-                )
-        checks += _history_checks(features, prefixes)
+        batch, num = tf.shape(features["item_id"])[0], tf.shape(features["item_id"])[1]
+        checks = request_checks(features, {n: kind for n, (kind, _) in inputs.items()},
+                                prefixes)
         rows: dict[str, tf.Tensor] = {}
         with tf.control_dependencies(checks):
             for name, (kind, vocab) in inputs.items():
