@@ -7,16 +7,33 @@ not know (`get`, `FOO`), 415 for a Content-Encoding it cannot decode (`br`, `zst
 the parser's own status otherwise. It also closes connections past
 `Limits.max_connections` with a 503, and (through aiohttp's keep-alive timer) those
 that send no complete request head within `Limits.idle_timeout` seconds.
+
+A body that fails only at its end (a deflate stream cut short: aiohttp's C parser
+checks for the end of the stream once the last body byte is in) fails in aiohttp as
+the parser, not as the body: nothing tells the handler, which is reading that body
+already when it came in reads after the headers, and it would wait for more until the
+body read timeout (408). `_Connection.data_received` hands such a parser error to the
+body still being read, so the handler answers 400 at once; when the whole request came
+in one read, no handler runs and `parser_error_reply` answers the same 400.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError
+from aiohttp.helpers import set_exception
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    ContentEncodingError,
+    HttpProcessingError,
+)
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import _ErrInfo
 
 from tfnegseq.serving.status import error_body
 
@@ -63,7 +80,32 @@ class JsonErrorServer(web.Server):
 
 
 class _Connection(web.RequestHandler):
-    """One client connection (aiohttp's `RequestHandler`, two behaviours changed)."""
+    """One client connection (aiohttp's `RequestHandler`, three behaviours changed)."""
+
+    _body: StreamReader | None = None  # the body of the request parsed last
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        # aiohttp queues what it parsed, or an error reply (`_ErrInfo`) when its parser
+        # raised. A parser error while a body is still open ends that body: without
+        # this, its handler would wait for the rest until the body read timeout.
+        for message, payload in itertools.islice(self._messages, queued, None):
+            if isinstance(message, _ErrInfo):
+                self._fail_body(message.exc)
+            else:
+                self._body = payload
+
+    def _fail_body(self, exc: BaseException) -> None:
+        body, self._body = self._body, None
+        if body is None or body.is_eof() or body.exception() is not None:
+            return
+        text = body_error_text(exc)
+        kind = ContentEncodingError if isinstance(exc, ContentEncodingError) else BadHttpMessage
+        reason = kind(text)
+        reason.__cause__ = exc
+        # As aiohttp does for a body that fails while it arrives.
+        set_exception(body, web.RequestPayloadError(text), reason)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -109,6 +151,7 @@ class _Connection(web.RequestHandler):
 
 _METHOD_IN_ERROR = re.compile(r"""b['"]([^\s'"]{1,32})""")
 _ENCODING_IN_ERROR = re.compile(r"content-encoding: [^(]*\((\w+)\)")
+_TOKEN = re.compile(r"[\w.-]{1,32}")
 
 
 def parser_error_reply(
@@ -126,7 +169,22 @@ def parser_error_reply(
         )
     if isinstance(exc, ContentEncodingError):
         found = _ENCODING_IN_ERROR.search(text)
-        encoding = found.group(1) if found else "of the request"
+        if found is None:  # a supported encoding, but the body does not decode
+            named = exc.message.strip()
+            what = f"as Content-Encoding: {named}" if _TOKEN.fullmatch(named) else "as sent"
+            return 400, f"Request body could not be read {what}: {body_error_text(exc)}", {}
+        encoding = found.group(1)
         return 415, f"Content-Encoding: {encoding} is not supported (use gzip, deflate or none)", {}
     first_line = text.strip().splitlines()[0] if text.strip() else "Bad request"
     return status, f"Malformed HTTP request: {first_line}", {}
+
+
+def body_error_text(exc: BaseException) -> str:
+    """What aiohttp's parser found wrong with a body, in one line."""
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, ContentEncodingError) and "content-encoding" not in text.lower():
+        # aiohttp's end-of-body check for deflate names only the encoding
+        text = f"Can not decode content-encoding: {text} (the compressed data ends early)"
+    return text
