@@ -85,17 +85,62 @@ def raw_rows(cfg, examples: list[bytes]) -> list[dict[str, Any]]:
     return rows
 
 
-def to_example(row: dict[str, Any]) -> bytes:
+def to_example(row: dict[str, Any], cfg: Any = None) -> bytes:
+    """A tf.Example of `row`: each feature typed by `cfg`'s sample schema when given
+    (float lists may then be empty), else by its Python values (a float list is a
+    FloatList)."""
     import tensorflow as tf
 
+    dtypes: dict[str, str] = {}
+    if cfg is not None:
+        from tfnegseq import schema
+
+        dtypes = {f.name: f.dtype for f in schema.features(cfg.samples)}
     feats = {}
     for name, value in row.items():
         values = value if isinstance(value, list) else [value]
-        if values and isinstance(values[0], float):
+        floats = (dtypes[name] == "float32" if name in dtypes
+                  else bool(values) and isinstance(values[0], float))
+        if floats:
             feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
         else:
             feats[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+
+
+HISTORY_LISTS = ("pos_item_id", "pos_order", "neg_item_id", "neg_order")
+LIFELONG_LISTS = ("life_item_id", "life_order", "life_polarity", "life_value")
+
+
+def serving_case(exp: Exported, rows: list[dict[str, Any]], candidates: list[dict[str, Any]],
+                 widths: list[int], lists: tuple[str, ...] = HISTORY_LISTS
+                 ) -> tuple[dict[str, list], list[bytes]]:
+    """`serving_default` inputs for users `rows` (each of `lists` cut to its last
+    `widths[b]` entries, the batch left-padded with -1 ids / 0 elsewhere like a client
+    does) scoring `candidates`; and the reference tf.Examples (typed by the schema), one
+    per (user, candidate) in row-major order."""
+    user_side = [f"user_{f}" for f in exp.cfg.samples.user_features]
+    item_side = [f"item_{f}" for f in exp.cfg.samples.item_features]
+    inputs: dict[str, list] = {"user_id": [r["user_id"] for r in rows]}
+    for name in user_side:
+        inputs[name] = [r[name] for r in rows]
+    cut = [{k: r[k][len(r[k]) - min(w, len(r[k])):] for k in lists}
+           for r, w in zip(rows, widths, strict=True)]
+    for name in lists:
+        width = max(1, max(len(c[name]) for c in cut))
+        pad: Any = -1 if name.endswith("item_id") else (0.0 if name == "life_value" else 0)
+        inputs[name] = [[pad] * (width - len(c[name])) + c[name] for c in cut]
+    inputs["item_id"] = [[c["item_id"] for c in candidates] for _ in rows]
+    for name in item_side:
+        inputs[name] = [[c[name] for c in candidates] for _ in rows]
+    examples = []
+    for r, c_hist in zip(rows, cut, strict=True):
+        for cand in candidates:
+            row = {"user_id": r["user_id"], "timestamp": 0, "order": 0, "label": 0, **c_hist,
+                   "item_id": cand["item_id"], **{n: r[n] for n in user_side},
+                   **{n: cand[n] for n in item_side}}
+            examples.append(to_example(row, exp.cfg))
+    return inputs, examples
 
 
 def keras_probabilities(exp: Exported, examples: list[bytes]) -> np.ndarray:

@@ -26,7 +26,7 @@ from tests.helpers_export import (
     keras_probabilities,
     raw_rows,
     read_examples,
-    to_example,
+    serving_case,
     trained_export,
 )
 
@@ -39,48 +39,6 @@ def exported(tiny_samples, tmp_path_factory) -> Exported:
 
 
 # --------------------------------------------------------------------------- reference
-
-
-def serving_case(
-    exp: Exported, rows: list[dict[str, Any]], candidates: list[dict[str, Any]], widths: list[int]
-) -> tuple[dict[str, list], list[bytes]]:
-    """`serving_default` inputs for users `rows` (histories cut to their last `widths[b]`
-    events, the batch left-padded with -1 / 0 like a client does) scoring `candidates`;
-    and the reference tf.Examples, one per (user, candidate) in row-major order."""
-    user_side = [f"user_{f}" for f in exp.cfg.samples.user_features]
-    item_side = [f"item_{f}" for f in exp.cfg.samples.item_features]
-    inputs: dict[str, list] = {"user_id": [r["user_id"] for r in rows]}
-    for name in user_side:
-        inputs[name] = [r[name] for r in rows]
-    cut = [
-        {
-            k: r[k][len(r[k]) - min(w, len(r[k])) :]
-            for k in ("pos_item_id", "pos_order", "neg_item_id", "neg_order")
-        }
-        for r, w in zip(rows, widths, strict=True)
-    ]
-    for name in ("pos_item_id", "pos_order", "neg_item_id", "neg_order"):
-        width = max(len(c[name]) for c in cut)
-        pad = -1 if name.endswith("item_id") else 0
-        inputs[name] = [[pad] * (width - len(c[name])) + c[name] for c in cut]
-    inputs["item_id"] = [[c["item_id"] for c in candidates] for _ in rows]
-    for name in item_side:
-        inputs[name] = [[c[name] for c in candidates] for _ in rows]
-    examples = []
-    for r, c_hist in zip(rows, cut, strict=True):
-        for cand in candidates:
-            row = {
-                "user_id": r["user_id"],
-                "timestamp": 0,
-                "order": 0,
-                "label": 0,
-                **c_hist,
-                "item_id": cand["item_id"],
-            }
-            row.update({n: r[n] for n in user_side})
-            row.update({n: cand[n] for n in item_side})
-            examples.append(to_example(row))
-    return inputs, examples
 
 
 TF_ONLY_SCRIPT = r"""

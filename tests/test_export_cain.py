@@ -11,17 +11,23 @@ import os
 import pathlib
 import subprocess
 import sys
-from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.helpers_export import Exported, keras_probabilities, raw_rows, read_examples
+from tests.helpers_export import (
+    HISTORY_LISTS,
+    LIFELONG_LISTS,
+    Exported,
+    keras_probabilities,
+    raw_rows,
+    read_examples,
+    serving_case,
+)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LIFE = 24  # samples.lifelong_length of the fixture
-LISTS = ("pos_item_id", "pos_order", "neg_item_id", "neg_order",
-         "life_item_id", "life_order", "life_polarity", "life_value")
+LISTS = HISTORY_LISTS + LIFELONG_LISTS
 
 
 @pytest.fixture(scope="module")
@@ -48,51 +54,6 @@ def cain_export(tmp_path_factory) -> Exported:
     train.run_config(cfg, verbose=0)
     version_dir = export_run(cfg.train.run_dir)
     return Exported(cfg, cfg.train.run_dir, version_dir, cfg.output.dir, cfg.name)
-
-
-def to_example(row: dict[str, Any], cfg) -> bytes:
-    """A tf.Example with each feature typed by the sample schema (float lists may be
-    empty)."""
-    import tensorflow as tf
-
-    from tfnegseq import schema
-
-    dtypes = {f.name: f.dtype for f in schema.features(cfg.samples)}
-    feats = {}
-    for name, value in row.items():
-        values = value if isinstance(value, list) else [value]
-        if dtypes[name] == "float32":
-            feats[name] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
-        else:
-            feats[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
-
-
-def serving_case(exp: Exported, rows, candidates, widths):
-    """`serving_default` inputs (every list cut to its last `widths[b]` entries and
-    left-padded, -1 ids / 0 elsewhere) and one reference example per (user, candidate)."""
-    user_side = [f"user_{f}" for f in exp.cfg.samples.user_features]
-    item_side = [f"item_{f}" for f in exp.cfg.samples.item_features]
-    inputs: dict[str, Any] = {"user_id": [r["user_id"] for r in rows]}
-    for name in user_side:
-        inputs[name] = [r[name] for r in rows]
-    cut = [{k: r[k][len(r[k]) - min(w, len(r[k])):] for k in LISTS}
-           for r, w in zip(rows, widths, strict=True)]
-    for name in LISTS:
-        width = max(1, max(len(c[name]) for c in cut))
-        pad: Any = -1 if name.endswith("item_id") else (0.0 if name == "life_value" else 0)
-        inputs[name] = [[pad] * (width - len(c[name])) + c[name] for c in cut]
-    inputs["item_id"] = [[c["item_id"] for c in candidates] for _ in rows]
-    for name in item_side:
-        inputs[name] = [[c[name] for c in candidates] for _ in rows]
-    examples = []
-    for r, c_hist in zip(rows, cut, strict=True):
-        for cand in candidates:
-            row = {"user_id": r["user_id"], "timestamp": 0, "order": 0, "label": 0, **c_hist,
-                   "item_id": cand["item_id"], **{n: r[n] for n in user_side},
-                   **{n: cand[n] for n in item_side}}
-            examples.append(to_example(row, exp.cfg))
-    return inputs, examples
 
 
 SCRIPT = r"""
@@ -133,8 +94,8 @@ def test_cain_saved_model_matches_keras_in_a_tensorflow_only_process(cain_export
     rows = raw_rows(exp.cfg, examples)
     long = [r for r in rows if len(r["life_item_id"]) >= 10 and r["pos_item_id"]]
     assert long, "the fixture has no sample with a lifelong history"
-    cases = [serving_case(exp, long[:1], rows[5:9], [7]),
-             serving_case(exp, long[1:4], rows[20:23], [LIFE, 3, 0])]
+    cases = [serving_case(exp, long[:1], rows[5:9], [7], LISTS),
+             serving_case(exp, long[1:4], rows[20:23], [LIFE, 3, 0], LISTS)]
     first = cases[0][0]
     n = LIFE + 5
     too_long = {**first, "life_item_id": [list(range(1, n + 1))],

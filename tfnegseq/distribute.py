@@ -275,22 +275,6 @@ def _start_processes(num_processes: int) -> None:
     _STARTED.append(num_processes)
 
 
-def shard_files(files: list[str], process_id: int, num_processes: int,
-                where: str = "") -> list[str]:
-    """The training files process `process_id` reads: `files[process_id::num_processes]`.
-    Refused when there are fewer files than processes; warns when they do not divide
-    evenly (the processes then hold different amounts of data)."""
-    if len(files) < num_processes:
-        raise ConfigError(
-            f"{where or 'training input'}: {len(files)} file(s) for {num_processes} "
-            "processes; each process reads its own files, so rebuild the samples with "
-            f"output.shards >= {num_processes} (a multiple of it)")
-    if len(files) % num_processes:
-        log.warning("%s: %d files over %d processes: some read one file more than others",
-                    where or "training input", len(files), num_processes)
-    return files[process_id::num_processes]
-
-
 def _force_host_devices(count: int) -> None:
     """`XLA_FLAGS=--xla_force_host_platform_device_count=count` before JAX starts."""
     import jax

@@ -26,6 +26,7 @@ import contextvars
 import functools
 import glob
 import json
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -33,14 +34,31 @@ from typing import Any
 import tensorflow as tf
 
 from tfnegseq import schema
-from tfnegseq.config import Config
+from tfnegseq.config import Config, ConfigError
 from tfnegseq.data.vocab import Vocabulary, load_vocabularies
 
 AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger("tfnegseq.data.input")
 # (process_id, num_processes) while `input_shard` is active: training inputs read only
 # this process's files, repeated (multi-process training, tfnegseq/distribute.py)
 _SHARD: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
     "tfnegseq_input_shard", default=None)
+
+
+def shard_files(files: list[str], process_id: int, num_processes: int,
+                where: str = "") -> list[str]:
+    """The training files process `process_id` reads: `files[process_id::num_processes]`.
+    Refused when there are fewer files than processes; warns when they do not divide
+    evenly (the processes then hold different amounts of data)."""
+    if len(files) < num_processes:
+        raise ConfigError(
+            f"{where or 'training input'}: {len(files)} file(s) for {num_processes} "
+            "processes; each process reads its own files, so rebuild the samples with "
+            f"output.shards >= {num_processes} (a multiple of it)")
+    if len(files) % num_processes:
+        log.warning("%s: %d files over %d processes: some read one file more than others",
+                    where or "training input", len(files), num_processes)
+    return files[process_id::num_processes]
 
 
 @contextlib.contextmanager
@@ -181,8 +199,6 @@ def record_batches(data_dir: str, split: str, batch_size: int, training: bool = 
     files = split_files(data_dir, split)
     shard = _SHARD.get() if training else None
     if shard is not None:
-        from tfnegseq.distribute import shard_files
-
         files = shard_files(files, *shard, where=os.path.join(data_dir, split))
         repeat = True
     ds = tf.data.Dataset.from_tensor_slices(files)
