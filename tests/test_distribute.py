@@ -313,8 +313,11 @@ def test_a_killed_worker_restarted_resumes_from_the_backup_with_the_same_steps(t
     port = _free_port()
     procs = start_workers(job, tmp_path / "run", port, tmp_path)
     backup = tmp_path / "run" / "backup" / "process_1"
+    state = tmp_path / "run" / "backup" / "tfnegseq_resume.json"  # the chief's record
     end = time.monotonic() + 300
-    while not (backup.exists() and any(backup.iterdir())):  # epoch 1 backed up
+    # epoch 1 backed up by worker 1 and recorded by the chief (a kill between the two
+    # leaves a run the restart refuses, naming the backup to delete)
+    while not (backup.exists() and any(backup.iterdir()) and state.exists()):
         assert time.monotonic() < end and all(p.poll() is None for p in procs), (
             [open(tmp_path / f"worker_{i}.log").read()[-2000:] for i in (0, 1)])
         time.sleep(0.2)
