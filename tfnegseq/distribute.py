@@ -15,11 +15,12 @@ The engines are the backends' own, nothing home-made:
   every process: variables replicated, each global batch split over the devices. One
   process per host; the hosts find each other through Keras' environment variables
   `KERAS_DISTRIBUTION_JOB_ADDRESSES` (the coordinator's `host:port` first),
-  `KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID`
-  (`keras.distribution.initialize`, which starts `jax.distributed`; on CPU the
+  `KERAS_DISTRIBUTION_NUM_PROCESSES` and `KERAS_DISTRIBUTION_PROCESS_ID` (read here and
+  passed to `jax.distributed.initialize` directly, for its timeouts; on CPU the
   collectives run over gloo). With several processes each reads its own training files
-  (file `i` goes to process `i % P`) in batches of `batch_size / P`, and evaluation runs
-  on the chief over the whole split with an undistributed copy of the trained model.
+  (file `i` goes to process `i % P`) in batches of `batch_size / P`, repeated, for the
+  same steps per epoch on every process; each backs up to its own directory; the chief
+  evaluates the whole split with a plain copy of the trained model and writes the run.
 - JAX backend, `model_parallel`: `keras.distribution.ModelParallel` on a
   `(devices / model_shards, model_shards)` mesh named `("batch", "model")`: the item
   embedding table's rows are split over the "model" axis, every other variable is
@@ -35,7 +36,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any
 
 from tfnegseq.config import Config, ConfigError
@@ -60,7 +60,6 @@ class Plan:
             many slices; 1 without distribution).
         num_processes, process_id: the multi-host layout (1 and 0 on one host).
         strategy: the `tf.distribute` strategy (TensorFlow backend), else None.
-        distribution: the `keras.distribution.Distribution` (JAX backend), else None.
         devices: the devices used, as strings (for the log and metrics.json).
     """
 
@@ -69,7 +68,6 @@ class Plan:
     num_processes: int = 1
     process_id: int = 0
     strategy: Any = None
-    distribution: Any = None
     devices: tuple[str, ...] = ()
 
     @property
@@ -234,8 +232,7 @@ def _setup_jax(cfg: Config) -> Plan:
         replicas = len(devices) // shards
     keras.distribution.set_distribution(distribution)
     return Plan(name=tc.distribution, replicas=replicas, num_processes=jax.process_count(),
-                process_id=jax.process_index(), distribution=distribution,
-                devices=tuple(str(d) for d in devices))
+                process_id=jax.process_index(), devices=tuple(str(d) for d in devices))
 
 
 _STARTED: list[int] = []  # jax.distributed starts once per process (run_seeds reuses it)
@@ -389,18 +386,24 @@ def sharded_variables(model: Any) -> dict[str, str]:
     return out
 
 
-def local_copy(model: Any, build: Any) -> Any:
-    """A plain copy of a distributed `model` on this process's devices: `build()` (a
-    built, compiled model of the same structure) with the model's weights and its
-    optimizer's state (so the saved model resumes and reports its steps as the
-    original). Every process must call it (values may be gathered)."""
-    weights = host_values(model.weights)
-    state = host_values(model.optimizer.variables)
+def trained_state(model: Any) -> tuple[list[Any], list[Any]]:
+    """The model's weights and its optimizer's state as numpy (gathered across
+    processes where sharded: every process must call it), and no `keras.distribution`
+    from here on (`end_distribution`)."""
+    state = host_values(model.weights), host_values(model.optimizer.variables)
     end_distribution()
+    return state
+
+
+def local_copy(state: tuple[list[Any], list[Any]], build: Any) -> Any:
+    """A plain model on this process's devices: `build()` (a built, compiled model of
+    the same structure) given the `trained_state` weights and optimizer state (so the
+    saved model resumes and reports its steps as the original)."""
+    weights, optimizer_state = state
     copy = build()
     copy.set_weights(weights)
     copy.optimizer.build(copy.trainable_variables)
-    for variable, value in zip(copy.optimizer.variables, state, strict=True):
+    for variable, value in zip(copy.optimizer.variables, optimizer_state, strict=True):
         variable.assign(value)
     return copy
 
@@ -420,19 +423,3 @@ def wait_for_all(name: str) -> None:
     from jax.experimental import multihost_utils
 
     multihost_utils.sync_global_devices(f"tfnegseq: {name}")
-
-
-@contextlib.contextmanager
-def undistributed() -> Iterator[None]:
-    """No `keras.distribution` inside (JAX): for building a plain copy of a model."""
-    import keras
-
-    if keras.backend.backend() != "jax":
-        yield
-        return
-    previous = keras.distribution.distribution()
-    keras.distribution.set_distribution(None)
-    try:
-        yield
-    finally:
-        keras.distribution.set_distribution(previous)

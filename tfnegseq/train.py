@@ -179,10 +179,11 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
         # predict cannot gather outputs across processes: the chief scores the whole
         # split with a plain copy of the trained model and writes the run; the others
         # wait for it (a process that exits first fails jax's shutdown barrier)
-        model = distribute.local_copy(model, build)  # every process: may gather
+        state = distribute.trained_state(model)  # every process: may gather
         if not chief:
             distribute.wait_for_all("run written")
             return {"distribution": plan.describe(), "chief": False}
+        model = distribute.local_copy(state, build)
     result = evaluate(model, eval_ds, kind, cfg, verbose=verbose)
     model.save(os.path.join(tc.run_dir, "model.keras"))
     copy_run_data(data_dir, tc.run_dir)
