@@ -60,6 +60,7 @@ def assert_same_model(a, b, atol=2e-5):
 STEPS = ["train.epochs=1", "train.steps_per_epoch=4", "train.deterministic_input=true",
          "train.export=false", "train.keep_checkpoints=0", "train.batch_size=256",
          "train.shuffle_buffer=0"]
+KEEP = ["train.keep_checkpoints=1"]  # the epoch checkpoint too
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +73,28 @@ def samples(tmp_path_factory):
 def single_device(samples, tmp_path_factory):
     """The same training on one device: (run_dir, metrics)."""
     run = tmp_path_factory.mktemp("single") / "run"
-    return run, train_run(samples + STEPS, run)
+    return run, train_run(samples + STEPS + KEEP, run)
 
 
 def test_mirrored_over_two_cpu_devices_trains_the_one_device_model(samples, single_device,
                                                                    tmp_path):
     run, single = single_device
-    mirrored = train_run(samples + STEPS + ["train.distribution=mirrored", "train.cpu_devices=2",
-                                            "train.export=true"], tmp_path / "run")
+    mirrored = train_run(samples + STEPS + KEEP + ["train.distribution=mirrored",
+                                                   "train.cpu_devices=2", "train.export=true"],
+                         tmp_path / "run")
     assert mirrored["distribution"]["replicas"] == 2
     assert len(mirrored["distribution"]["devices"]) == 2
     assert single["distribution"]["replicas"] == 1
     # an untrained model would differ from the trained one by far more than atol
     assert_same_model(run, tmp_path / "run")
+    # the epoch checkpoints hold the same weights too
+    ckpt = os.path.join("checkpoints", "epoch_001.weights.h5")
+    one = keras.saving.load_model(os.path.join(run, "model.keras"))
+    two = keras.saving.load_model(os.path.join(run, "model.keras"))
+    one.load_weights(os.path.join(run, ckpt))
+    two.load_weights(os.path.join(tmp_path / "run", ckpt))
+    for x, y in zip(one.get_weights(), two.get_weights(), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=2e-5)
     # the evaluation covers the whole split, as on one device
     assert mirrored["eval_examples"] == single["eval_examples"]
     for k in ("auc", "gauc", "logloss"):
