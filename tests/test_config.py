@@ -156,7 +156,11 @@ def test_sequence_budget_within_max_history_loads(tmp_path):
 
 @pytest.mark.parametrize("data, match", [
     ({"model": {"kind": "sine"}}, r"c\.yaml: model\.kind: must be one of \['cain', 'ctr', 'sequential'\]. Received: 'sine'"),
-    ({"model": {"backbone": "onetrans"}}, r"c\.yaml: model\.backbone: must be one of .*'din'.*'onetrans'"),
+    ({"model": {"backbone": "longer"}}, r"c\.yaml: model\.backbone: must be one of .*'din'.*'mixformer'. Received: 'longer'"),
+    ({"model": {"backbone": "hyformer", "ns_tokens": 3, "num_queries": 3}},
+     r"c\.yaml: model\.num_queries: num_queries \+ ns_tokens \(3 \+ 3\) must divide embedding_dim=64"),
+    ({"model": {"backbone": "mixformer", "ns_tokens": 3}}, r"c\.yaml: model\.ns_tokens: must divide embedding_dim=64"),
+    ({"model": {"ns_tokens": 0}}, r"model\.ns_tokens: must be >= 1"),
     ({"model": {"kind": "ctr", "sine_interests": 4}}, r"unknown key 'model\.sine_interests'"),
     ({"model": {"mlp_units": [8, 0]}}, r"model\.mlp_units: every entry must be >= 1"),
 ])

@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent(
     from tests import helpers_attention as ha
     from tests import helpers_polarity as hp
     from tests import helpers_transformer as ht
+    from tests import helpers_unified as hu
     from tests.helpers import assert_config_round_trip, eager_call, xla_call
     from tfnegseq.layers.attention import DinAttention
     from tfnegseq.layers.polarity import (
@@ -28,6 +29,7 @@ SCRIPT = textwrap.dedent(
         TargetAwarePolarityFusion,
     )
     from tfnegseq.layers.transformer import TransformerEncoder
+    from tfnegseq.layers.unified import HyFormerEncoder, MixFormerEncoder, OneTransEncoder
 
     for call in (eager_call, xla_call):  # xla_call is jax.jit over stateless_call
         for mode in ("interleaved", "grouped"):
@@ -41,6 +43,10 @@ SCRIPT = textwrap.dedent(
         ha.check_din(seed=2, units=(7,), activation="relu", call=call)
         ht.check_transformer(seed=1, call=call)
         ht.check_transformer(seed=2, num_layers=1, num_heads=1, call=call)
+        hu.check_onetrans(seed=1, num_layers=3, call=call)
+        hu.check_onetrans(seed=2, num_layers=2, pyramid=False, call=call)
+        hu.check_hyformer(seed=1, call=call)
+        hu.check_mixformer(seed=1, call=call)
 
     from tests.helpers_embeddings import check_take_rows_adam_step
 
@@ -63,6 +69,9 @@ SCRIPT = textwrap.dedent(
         TargetAwarePolarityFusion(use_gating=False),
         DinAttention(units=(4, 2)),
         TransformerEncoder(1, 2, 8),
+        OneTransEncoder(2, 2, 8, pyramid=False),
+        HyFormerEncoder(2, 2, 8, num_queries=3),
+        MixFormerEncoder(1, 2, 8),
     ):
         assert_config_round_trip(layer)
     print("JAX_BACKEND_OK")

@@ -108,3 +108,14 @@ def test_transformer_mixed_bfloat16():
     ulps of each row's largest value; not float32 within 15 %."""
     out, _ = check_transformer_bf16(seed=5)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+
+
+def test_blocks_start_from_different_kernels():
+    """One unseeded initializer shared by every block gave all blocks the same initial
+    kernels (Keras 3 initializers draw their seed once, at construction)."""
+    layer = TransformerEncoder(num_layers=2, num_heads=2, ff_dim=12)
+    layer(np.ones((1, 3, 8), "float32"), np.ones((1, 8), "float32"))
+    for index in (3, 4):  # ffn_inner, ffn_outer
+        first = keras.ops.convert_to_numpy(layer.blocks[0][index].kernel)
+        second = keras.ops.convert_to_numpy(layer.blocks[1][index].kernel)
+        assert not np.allclose(first, second)

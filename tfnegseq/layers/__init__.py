@@ -32,6 +32,12 @@ from tfnegseq.layers.sine import (
     SubInterestSelfAttention,
 )
 from tfnegseq.layers.transformer import TransformerEncoder
+from tfnegseq.layers.unified import (
+    HyFormerEncoder,
+    MixFormerEncoder,
+    OneTransEncoder,
+    PerTokenDense,
+)
 
 __all__ = [
     "AdaptiveFusion",
@@ -41,10 +47,14 @@ __all__ = [
     "DinAttention",
     "HashRetrievalAttention",
     "HashSamplingAttention",
+    "HyFormerEncoder",
     "LifelongAttentionPyramid",
+    "MixFormerEncoder",
     "MixedPolaritySequence",
     "MultiHeadTargetAttention",
     "MultiScopeInterestAggregator",
+    "OneTransEncoder",
+    "PerTokenDense",
     "PersonalizedExtractorGeneration",
     "PolarityBiasEmbedding",
     "SoftSearchAttention",

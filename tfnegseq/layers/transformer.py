@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
+from tfnegseq.layers._initializers import fresh
 
 
 @register
@@ -122,7 +123,7 @@ class TransformerEncoder(keras.layers.Layer):
                 self.num_heads,
                 dim // self.num_heads,
                 dropout=self.dropout,
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=fresh(self.kernel_initializer),
                 name=f"attention_{i}",
                 **common,
             )
@@ -132,12 +133,12 @@ class TransformerEncoder(keras.layers.Layer):
             ffn_inner = keras.layers.Dense(
                 self.ff_dim,
                 activation=self.activation,
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=fresh(self.kernel_initializer),
                 name=f"ffn_inner_{i}",
                 **common,
             )
             ffn_outer = keras.layers.Dense(
-                dim, kernel_initializer=self.kernel_initializer, name=f"ffn_outer_{i}", **common
+                dim, kernel_initializer=fresh(self.kernel_initializer), name=f"ffn_outer_{i}", **common
             )
             attention_norm.build(seq_shape)
             attention.build(seq_shape, seq_shape)

@@ -4,7 +4,10 @@
     items --item embedding (shared with the target)--> + position embedding -> tokens
     polarity encoding: none | pbe (eq. 2) | tapf (PBE then TAPF, eq. 3-5)
     backbone: din (target attention, sum pooling) | transformer (encoder over tokens
-              and the target token)
+              and the target token) | onetrans | hyformer | mixformer (unified blocks,
+              tfnegseq.layers.unified: the behaviour tokens and `ns_tokens` non-sequential
+              tokens, Auto-Split from [target, user, profile / side features], in one
+              backbone; its output tokens, flattened, are the user interest)
     tapf_position: input (TAPF on the embedded tokens, before the backbone) | encoded
               (transformer only: PBE -> encoder over all tokens -> TAPF on the encoded
               sequence -> softmax target-attention pooling, scores from `aggregation`;
@@ -34,6 +37,7 @@ from tfnegseq.layers.polarity import (
     TargetAwarePolarityFusion,
 )
 from tfnegseq.layers.transformer import TransformerEncoder
+from tfnegseq.layers.unified import HyFormerEncoder, MixFormerEncoder, OneTransEncoder
 from tfnegseq.optimizers import RowSparseAdam  # noqa: F401  (registered for load_model)
 
 
@@ -125,14 +129,25 @@ class CtrModel(keras.Model):
         self.backbone: Any = None
         if short and m.backbone == "din":
             self.backbone = DinAttention(units=tuple(m.attention_units), name="din_attention")
-        elif short:  # "transformer" (the config refuses any other backbone)
+        elif short and m.backbone == "transformer":
             self.backbone = TransformerEncoder(
                 num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=2 * d,
                 dropout=m.dropout, name="transformer",
             )
+        elif short:  # a unified block (the config refuses any other backbone)
+            unified = {"onetrans": (OneTransEncoder, {"pyramid": m.pyramid}),
+                       "hyformer": (HyFormerEncoder, {"num_queries": m.num_queries}),
+                       "mixformer": (MixFormerEncoder, {})}
+            cls, extra = unified[m.backbone]
+            self.backbone = cls(num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=2 * d,
+                                dropout=m.dropout, name=m.backbone, **extra)
+        # OneTrans' Auto-Split tokenizer of the non-sequential features
+        self.ns_tokenizer = (keras.layers.Dense(m.ns_tokens * d, name="ns_tokenizer")
+                             if short and self.unified else None)
         # TAPF after the sequence encoder (Figure 2), then target-attention pooling.
         self.tapf_after_encoder = (
-            self.tapf is not None and m.tapf_position == "encoded" and m.backbone != "din"
+            self.tapf is not None and m.tapf_position == "encoded"
+            and m.backbone == "transformer"
         )
         self.aggregation = (
             DinAttention(units=tuple(m.attention_units), name="aggregation")
@@ -142,6 +157,11 @@ class CtrModel(keras.Model):
                     for i, u in enumerate(m.mlp_units)]
         self.dropout = keras.layers.Dropout(m.dropout) if m.dropout else None
         self.out = keras.layers.Dense(1, name="logit", dtype="float32")
+
+    @property
+    def unified(self) -> bool:
+        """Whether the backbone is a unified block (OneTrans, HyFormer, MixFormer)."""
+        return self.m.backbone in ("onetrans", "hyformer", "mixformer")
 
     @property
     def has_short_term(self) -> bool:
@@ -230,6 +250,10 @@ class CtrModel(keras.Model):
         tokens, target, polarity, mask = self.encode_sequence(inputs, training)
         if self.m.backbone == "din":
             interest = self.backbone(tokens, target, mask)  # [B, d]
+        elif self.unified:
+            out = self.backbone(tokens, self.ns_tokens(inputs, target), mask,
+                                training=training)  # [B, T', d]
+            interest = ops.reshape(out, (-1, out.shape[1] * out.shape[2]))  # [B, T' d]
         elif self.tapf_after_encoder:
             assert self.tapf is not None and self.aggregation is not None
             length = ops.shape(tokens)[1]
@@ -249,6 +273,15 @@ class CtrModel(keras.Model):
         else:
             interest = self.backbone(tokens, target, mask, training=training)  # [B, d]
         return interest, target
+
+    def ns_tokens(self, inputs: dict[str, Any], target):
+        """The unified backbones' non-sequential tokens `[B, ns_tokens, d]`: Auto-Split
+        (OneTrans §3.2.1) of [target item, user id, profile / side features]."""
+        assert self.ns_tokenizer is not None
+        parts = [target, self._lookup(self.user_embedding, inputs["user_id"])]
+        parts += [self._lookup(self.side_embeddings[n], inputs[n]) for n in self.side_features]
+        flat = self.ns_tokenizer(ops.concatenate(parts, axis=-1))  # [B, T d]
+        return ops.reshape(flat, (-1, self.m.ns_tokens, self.m.embedding_dim))
 
     def head(self, parts: list[Any], inputs: dict[str, Any], training: bool | None = None):
         """The logit `[B]` (float32): the MLP over `parts` (interests, target), the user

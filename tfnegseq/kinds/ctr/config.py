@@ -20,7 +20,7 @@ class CtrModelConfig(ModelSection):
     """
 
     kind: Literal["ctr"] = "ctr"
-    backbone: Literal["din", "transformer"] = "din"
+    backbone: Literal["din", "transformer", "onetrans", "hyformer", "mixformer"] = "din"
     polarity: Literal["none", "pbe", "tapf"] = "tapf"
     sequence_length: StrictInt = 100
     positive_ratio: StrictFloat = 0.5
@@ -31,13 +31,26 @@ class CtrModelConfig(ModelSection):
     num_heads: StrictInt = 2
     num_layers: StrictInt = 1
     dropout: StrictFloat = 0.0
+    # Unified-block backbones (onetrans, hyformer, mixformer; tfnegseq.layers.unified):
+    # the non-sequential features (target item and its side features, user id and
+    # profile, context) become `ns_tokens` tokens by OneTrans' Auto-Split (one Dense over
+    # their concatenation, split into tokens of width embedding_dim); `num_queries` is
+    # HyFormer's global query tokens (num_queries + ns_tokens must divide embedding_dim,
+    # for its token mixing); MixFormer needs ns_tokens to divide embedding_dim; `pyramid`
+    # is OneTrans' pyramid stacking. `num_layers` and `num_heads` apply to these too.
+    ns_tokens: StrictInt = 4
+    num_queries: StrictInt = 4
+    pyramid: StrictBool = True
     # Where TAPF calibrates the tokens. "encoded" (default): the paper's Figure 2 order
     # (PBE -> sequence encoding -> target-conditioned gating -> weighted aggregation): on
     # the Transformer's encoded sequence outputs, then a softmax target-attention pooling
     # (scores from `aggregation`, a DinAttention). "input": on the embedded tokens, before
     # the backbone (what Table 2 was first run with). DIN has no sequence encoder, so for
     # DIN both placements are the same model. Chosen from the Table 2 re-run with both
-    # placements, 5 seeds each (docs/results/tapf_position.md).
+    # placements, 5 seeds each (docs/results/tapf_position.md). The unified backbones
+    # encode and aggregate in the same attention stack (OneTrans) or interleave the two
+    # in every layer (HyFormer, MixFormer), so there TAPF always calibrates the
+    # behaviour tokens at the backbone's input, in both placements.
     tapf_position: Literal["input", "encoded"] = "encoded"
     # Two smaller deviations of TAPF from eq. (3)-(4), kept as defaults (Table 2 was run
     # with them) and switchable: the Dense layers `interaction` and `gate` carry biases
@@ -63,6 +76,15 @@ class CtrModelConfig(ModelSection):
                 f"num_heads: must be >= 1 and divide embedding_dim={self.embedding_dim}. "
                 f"Received: {self.num_heads}"
             )
+        at_least(self, 1, "ns_tokens", "num_queries")
+        if self.backbone == "hyformer" and self.embedding_dim % (self.ns_tokens + self.num_queries):
+            raise ValueError(
+                f"num_queries: num_queries + ns_tokens ({self.num_queries} + {self.ns_tokens}) "
+                f"must divide embedding_dim={self.embedding_dim} (HyFormer's token mixing)")
+        if self.backbone == "mixformer" and self.embedding_dim % self.ns_tokens:
+            raise ValueError(
+                f"ns_tokens: must divide embedding_dim={self.embedding_dim} (MixFormer's head "
+                f"mixing). Received: {self.ns_tokens}")
         for name in ("mlp_units", "attention_units"):
             if any(u < 1 for u in getattr(self, name)):
                 raise ValueError(f"{name}: every entry must be >= 1. Received: {getattr(self, name)}")
