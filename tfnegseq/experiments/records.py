@@ -51,6 +51,38 @@ def mean_std(records: Iterable[dict[str, Any]], group: tuple[str, ...],
     return out
 
 
+# Keys that name where a run writes or which seed it uses, not what it trains.
+RUN_ONLY = ("train.run_dir", "train.seed", "train.export", "output.dir", "source.path")
+
+
+def fingerprint(cfg: Any) -> str:
+    """A short hash of everything a run's config trains with (the resolved config less
+    `RUN_ONLY`): two runs of one sweep with the same fingerprint are the same setting."""
+    import dataclasses
+    import hashlib
+
+    data = dataclasses.asdict(cfg)
+    for key in RUN_ONLY:
+        section, name = key.split(".")
+        data.get(section, {}).pop(name, None)
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def current(records: Iterable[dict[str, Any]], expected: dict[tuple[Any, ...], str],
+            key: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The records whose config is what the sweep would run now: a record whose `key`
+    fields are in `expected` and whose `config_sha` differs from it is dropped (a run of
+    another setting); records without a `config_sha` (written before fingerprints) are
+    kept."""
+    out = []
+    for r in records:
+        want = expected.get(tuple(r[k] for k in key))
+        if want is None or r.get("config_sha") in (None, want):
+            out.append(r)
+    return out
+
+
 def ctr_fields(metrics: dict[str, Any]) -> dict[str, Any]:
     """The fields a CTR sweep records of one run's `metrics.json` (`run_config`'s)."""
     keys = ("auc", "gauc", "logloss", "eval_examples", "train_examples_per_second", "seconds")

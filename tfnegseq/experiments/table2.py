@@ -1,7 +1,8 @@
 """The paper's Table 2 structure: 4 sequence settings x backbones x seeds on one dataset.
 
     python -m tfnegseq.experiments.table2 --config configs/movielens_100k.yaml \
-        [--seeds 0,1,2,3,4] [--backbones din,transformer] [--set k=v ...]
+        [--seeds 0,1,2,3,4] [--backbones din,transformer,onetrans,hyformer,mixformer]
+        [--set k=v ...]
 
 Settings (paper §4.1.2; L = 100 for all, so negatives *replace* positives):
     Pos Seq          r = 1.0, no polarity encoding
@@ -9,10 +10,16 @@ Settings (paper §4.1.2; L = 100 for all, so negatives *replace* positives):
     Mix Seq + PB     r = 0.5, polarity bias embedding (eq. 2)
     Mix Seq + TAPF   r = 0.5, TAPF (eq. 3-5)
 
+Backbones: DIN, Transformer (1 block, as first run) and the unified blocks OneTrans,
+HyFormer, MixFormer (`BACKBONE_OVERRIDES`: 2 layers each, so that OneTrans' pyramid has a
+layer in which behaviour tokens query; the paper gives no sizes for its backbones).
+
 Every run trains from the config (same data, epochs, optimizer for all settings) and
-appends one record (backbone, setting, seed, auc, gauc, logloss, ...) to
+appends one record (backbone, setting, seed, config_sha, auc, gauc, logloss, ...) to
 `docs/results/table2_<dataset>.json` as soon as it ends, so an interrupted sweep resumes
-where it stopped. At the end it writes `table2_<dataset>.md` (mean ± std, absolute and
+where it stopped; a record counts as done only when its `config_sha` (the hash of the
+run's resolved config, `records.fingerprint`) is the one the sweep would run now, and the
+report leaves out records of another config. At the end it writes `table2_<dataset>.md` (mean ± std, absolute and
 relative improvement over Pos Seq of the same backbone) and `table2_<dataset>.png`.
 """
 
@@ -25,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from tfnegseq.config import load_config
+from tfnegseq.config import ConfigError, load_config
 from tfnegseq.experiments import records
 from tfnegseq.experiments.records import mean_std
 
@@ -47,7 +54,17 @@ SETTINGS: dict[str, list[str]] = {
                                  "model.tapf_position=encoded"],
 }
 DEFAULT_SETTINGS = ("Pos Seq", "Pos Seq + TAPF", "Mix Seq + PB", "Mix Seq + TAPF")
+BACKBONES = ("din", "transformer", "onetrans", "hyformer", "mixformer")
+BACKBONE_OVERRIDES: dict[str, list[str]] = {
+    "onetrans": ["model.num_layers=2"],
+    "hyformer": ["model.num_layers=2"],
+    "mixformer": ["model.num_layers=2"],
+}
 METRICS = ("auc", "gauc", "logloss")
+
+
+def _order(backbone: str) -> int:
+    return BACKBONES.index(backbone) if backbone in BACKBONES else len(BACKBONES)
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -101,10 +118,14 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     summ = summarize(data["records"])
-    backbones = sorted({b for b, _ in summ})
-    fig, axes = plt.subplots(1, len(backbones), figsize=(5.5 * len(backbones), 4), squeeze=False)
+    backbones = sorted({b for b, _ in summ}, key=_order)
+    cols = min(3, len(backbones))
+    rows = -(-len(backbones) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(backbones):]:
+        ax.axis("off")
     colors = ["#9e9e9e", "#64b5f6", "#ffb74d", "#e53935", "#1565c0", "#8e24aa"]
-    for ax, b in zip(axes[0], backbones, strict=True):
+    for ax, b in zip(axes.flat, backbones, strict=False):
         names = [s for s in SETTINGS if (b, s) in summ]
         means = [summ[(b, s)]["auc"][0] for s in names]
         stds = [summ[(b, s)]["auc"][1] for s in names]
@@ -153,17 +174,41 @@ def main(argv: list[str] | None = None) -> int:
         records.describe(data, "tfnegseq.experiments.table2", argv, dataset=dataset,
                          config=args.config, overrides=args.overrides, seeds=seeds,
                          epochs=base.train.epochs)
+    unknown = [b for b in args.backbones.split(",") if b not in BACKBONES]
+    if unknown:
+        ap.error(f"unknown backbone(s) {unknown}; known: {list(BACKBONES)}")
+
+    def run_config(b: str, s: str, seed: int) -> Any:
+        name = s.replace(" + ", "_").replace(" (", "_").replace(")", "").replace(" ", "_")
+        tag = f"{b}_{name}_seed{seed}".lower()
+        return load_config(args.config, args.overrides + SETTINGS[s] + [
+            f"model.backbone={b}", *BACKBONE_OVERRIDES.get(b, []), f"train.seed={seed}",
+            "train.export=false", f"train.run_dir={args.runs_dir}/{dataset}/{tag}"])
+
+    # the config each (backbone, setting) would run with now (seed-independent); runs of
+    # another config move to "discarded_records" (kept, never reported or resumed)
+    requested = args.backbones.split(",")
+    expected = {(b, s): records.fingerprint(run_config(b, s, 0))
+                for b in requested for s in SETTINGS}
+    for b, s in {(r["backbone"], r["setting"]) for r in data["records"]} - set(expected):
+        try:
+            expected[(b, s)] = records.fingerprint(run_config(b, s, 0))
+        except ConfigError:  # a backbone this sweep's overrides do not fit: leave it
+            pass
+    kept = records.current(data["records"], expected, ("backbone", "setting"))
+    stale = [r for r in data["records"] if r not in kept]
+    if stale:
+        print(f"{len(stale)} record(s) of another config moved to discarded_records", flush=True)
+        data.setdefault("discarded_records", []).extend(
+            {**r, "discarded": "config changed"} for r in stale)
+    data["records"] = kept
     done = {(r["backbone"], r["setting"], r["seed"]) for r in data["records"]}
     todo = [(b, s, seed) for b in args.backbones.split(",") for s in settings for seed in seeds
             if (b, s, seed) not in done]
     for i, (b, s, seed) in enumerate([] if args.report_only else todo, start=1):
-        name = s.replace(" + ", "_").replace(" (", "_").replace(")", "").replace(" ", "_")
-        tag = f"{b}_{name}_seed{seed}".lower()
         print(f"[{i}/{len(todo)}] {dataset} {b} {s} seed={seed}", flush=True)
-        cfg = load_config(args.config, args.overrides + SETTINGS[s] + [
-            f"model.backbone={b}", f"train.seed={seed}", "train.export=false",
-            f"train.run_dir={args.runs_dir}/{dataset}/{tag}"])
-        records.run_ctr(path, data, cfg, backbone=b, setting=s, seed=seed)
+        records.run_ctr(path, data, run_config(b, s, seed), backbone=b, setting=s, seed=seed,
+                        config_sha=expected[(b, s)])
     print(records.finish(path, data, bool(todo) and not args.report_only,
                          lambda d: markdown(dataset, d), lambda png: plot(dataset, data, png)))
     return 0
