@@ -275,3 +275,22 @@ def test_mixed_bfloat16_lookups_read_float32_tables_and_sum_gradients_in_float32
     expected = np.zeros((2, layer.output_dim), "float64")
     expected[1] = weight.astype("float64").sum(axis=0)
     np.testing.assert_array_equal(grad, expected)
+
+
+@pytest.mark.parametrize("backbone", ["din", "transformer", *UNIFIED])
+@pytest.mark.parametrize("polarity", ["none", "pbe", "tapf"])
+def test_score_candidates_equals_scoring_each_row(backbone, polarity):
+    """The serving path (user side once, candidates per row) gives the scores of `call`
+    on the (user, candidate) rows built by tiling, for every backbone and polarity."""
+    rng = np.random.default_rng(11)
+    x, _ = planted_batch(rng, 3)
+    model = make_model(polarity, 0.5, backbone)
+    users = {k: v for k, v in x.items() if k != "item_id"}
+    cands = rng.integers(1, ITEMS + 1, (3, 5))
+    shared = model.score_candidates(users, {"item_id": cands.reshape(-1)}, 5)
+    rows = {k: np.repeat(v, 5, axis=0) for k, v in users.items()}
+    rows["item_id"] = cands.reshape(-1)
+    want = np.asarray(model(rows)["logit"])
+    np.testing.assert_allclose(np.asarray(shared["logit"]), want, rtol=1e-5, atol=1e-5)
+    if backbone == "onetrans" and polarity != "tapf":  # the behaviour side was cached
+        assert "cache" in model.sequence_state(users)

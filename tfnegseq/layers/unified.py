@@ -313,48 +313,67 @@ class OneTransEncoder(_UnifiedBlock):
 
     def call(self, seq, ns, mask=None, training=None, return_sequence=False,
              return_attention_scores=False):
-        length, tokens = seq.shape[1], ns.shape[1]
+        cache, entering = self._sequence_pass(seq, mask, training)
+        out = self.decode(ns, cache, training=training,
+                          return_attention_scores=return_attention_scores)
+        if not return_sequence:
+            return out
+        out = out if isinstance(out, tuple) else (out,)
+        return (out[0], self.final_norm(entering), *out[1:])
+
+    def sequence_cache(self, seq, mask=None, training=None):
+        """The behaviour side, which never reads the NS tokens (causal order): per
+        layer, the keys, values and key mask `(k [B, L_i, d], v [B, L_i, d], mask
+        [B, L_i])` the NS queries attend to. Computed once per user, it serves any
+        number of candidates (`decode`); OneTrans §3.5.1's cross-candidate KV cache."""
+        return self._sequence_pass(seq, mask, training)[0]
+
+    def _sequence_pass(self, seq, mask, training):
         if mask is None:
             mask = ops.ones(ops.shape(seq)[:2], dtype="bool")
         mask = ops.cast(mask, "bool")
-        s, n, current = seq, ns, length
-        entering, weights = seq, None  # the behaviour tokens entering the last layer
+        s, current, cache = seq, seq.shape[1], []
+        entering = seq  # the behaviour tokens entering the last layer
         for i, block in enumerate(self.blocks):
             keep = self.schedule[i]
-            norm = block["attention_norm"]
-            qkv_s = block["seq_qkv"](norm(s))  # [B, current, 3d]
-            qkv_n = block["ns_qkv"](norm(n))  # [B, T, 3d]
-            q_s, k_s, v_s = ops.split(qkv_s, 3, axis=-1)
-            q_n, k_n, v_n = ops.split(qkv_n, 3, axis=-1)
-            query = ops.concatenate([q_s[:, current - keep:], q_n], axis=1)  # [B, keep+T, d]
-            key = ops.concatenate([k_s, k_n], axis=1)  # [B, current+T, d]
+            q_s, k_s, v_s = ops.split(block["seq_qkv"](block["attention_norm"](s)), 3, axis=-1)
+            cache.append((k_s, v_s, mask))
+            if not keep:
+                continue
+            # the most recent `keep` tokens query the behaviour tokens at or before them
+            positions = ops.arange(current)
+            causal = (ops.expand_dims(positions[current - keep:], 1)
+                      >= ops.expand_dims(positions, 0))  # [keep, current]
+            allowed = ops.logical_and(ops.expand_dims(causal, 0), ops.expand_dims(mask, 1))
+            context, _ = attend(q_s[:, current - keep:], k_s, v_s, allowed, self.num_heads)
+            s = s[:, current - keep:] + self._drop(block["seq_out"](context), training)
+            s = s + self._drop(block["seq_ffn_outer"](block["seq_ffn_inner"](
+                block["ffn_norm"](s))), training)
+            mask = mask[:, current - keep:]
+            current = keep
+            entering = s
+        return cache, entering
+
+    def decode(self, ns, cache, training=None, return_attention_scores=False):
+        """The NS tokens' pass given the behaviour side's `cache` (`sequence_cache`):
+        NS token j attends to every real behaviour key and to NS tokens 1..j."""
+        tokens = ns.shape[1]
+        n, weights = ns, None
+        causal = (ops.expand_dims(ops.arange(tokens), 1)
+                  >= ops.expand_dims(ops.arange(tokens), 0))  # [T, T]
+        for block, (k_s, v_s, mask) in zip(self.blocks, cache, strict=True):
+            q_n, k_n, v_n = ops.split(block["ns_qkv"](block["attention_norm"](n)), 3, axis=-1)
+            key = ops.concatenate([k_s, k_n], axis=1)  # [B, L_i + T, d]
             value = ops.concatenate([v_s, v_n], axis=1)
-            # causal: query at position p sees keys at positions <= p, and no padded key
-            positions = ops.arange(current + tokens)
-            q_pos = positions[current - keep:]
-            causal = ops.expand_dims(q_pos, 1) >= ops.expand_dims(positions, 0)  # [Tq, Tk]
-            key_ok = ops.concatenate(
-                [mask, ops.repeat(ops.ones_like(mask[:, :1]), tokens, axis=1)], axis=1)
-            allowed = ops.logical_and(ops.expand_dims(causal, 0), ops.expand_dims(key_ok, 1))
-            context, weights = attend(query, key, value, allowed, self.num_heads)
-            n = n + self._drop(block["ns_out"](context[:, keep:]), training)
-            fnorm = block["ffn_norm"]
-            n = n + self._drop(block["ns_ffn_outer"](block["ns_ffn_inner"](fnorm(n))), training)
-            if keep:
-                s = s[:, current - keep:] + self._drop(block["seq_out"](context[:, :keep]),
-                                                       training)
-                s = s + self._drop(block["seq_ffn_outer"](block["seq_ffn_inner"](fnorm(s))),
-                                   training)
-                mask = mask[:, current - keep:]
-                current = keep
-                entering = s
+            allowed = ops.concatenate([
+                ops.repeat(ops.expand_dims(mask, 1), tokens, axis=1),  # [B, T, L_i]
+                ops.repeat(ops.expand_dims(causal, 0), ops.shape(mask)[0], axis=0)], axis=2)
+            context, weights = attend(q_n, key, value, allowed, self.num_heads)
+            n = n + self._drop(block["ns_out"](context), training)
+            n = n + self._drop(block["ns_ffn_outer"](block["ns_ffn_inner"](
+                block["ffn_norm"](n))), training)
         out = self.final_norm(n)
-        extra = []
-        if return_sequence:
-            extra.append(self.final_norm(entering))
-        if return_attention_scores:
-            extra.append(weights[:, :, -tokens:])  # NS queries of the last layer
-        return (out, *extra) if extra else out
+        return (out, weights) if return_attention_scores else out
 
     def get_config(self):
         config = super().get_config()

@@ -213,6 +213,9 @@ class CainModel(CtrModel):
             items = self.extractor(tokens, mask, training=training)
         return self.major(items, target, mask), items, mask
 
+    # served row by row: the lifelong path has its own candidate-free state
+    shares_user_side = False
+
     def _target(self, inputs: dict[str, Any]):
         return self._lookup(self.item_embedding, inputs["item_id"])
 

@@ -216,8 +216,19 @@ class CtrModel(keras.Model):
         assert self.pbe is not None  # polarity "tapf" builds both
         return {"polarity_embeddings": self.pbe.embeddings.embeddings}
 
+    def _tokens(self, rows, batch, length, polarity):
+        """Looked-up item rows `[B * L, d]` -> tokens `[B, L, d]`: + position, the
+        compute dtype, PBE (everything before TAPF; none of it reads the candidate)."""
+        tokens = ops.reshape(rows, (batch, length, -1))  # [B, L, d]
+        position = self.tables.read(self.tables.table(self.position_embedding))  # [L, d] f32
+        tokens = ops.cast(tokens + ops.expand_dims(position, 0), self.compute_dtype)  # + pos_k
+        if self.pbe is not None:
+            tokens = self.pbe(tokens, polarity)
+        return tokens
+
     def encode_sequence(self, inputs: dict[str, Any], training: bool | None = None):
-        """Tokens [B,L,d], target [B,d], polarity [B,L], mask [B,L] (shared with analyses)."""
+        """Tokens [B,L,d] (PBE applied, TAPF not yet), target [B,d], polarity [B,L],
+        mask [B,L] (shared with analyses)."""
         assert self.sequence is not None, "a model without the short-term path"
         items, polarity = self.sequence(
             inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"], inputs["neg_order"]
@@ -228,31 +239,91 @@ class CtrModel(keras.Model):
             [ops.reshape(items, (-1,)), ops.cast(inputs["item_id"], items.dtype)], axis=0
         )
         rows = self.tables.gather(self, self.tables.table(self.item_embedding), ids)  # [B*L+B, d]
-        tokens = ops.reshape(rows[: batch * length], (batch, length, -1))  # [B, L, d]
-        position = self.tables.read(self.tables.table(self.position_embedding))  # [L, d] f32
-        tokens = tokens + ops.expand_dims(position, 0)  # + pos_k
-        tokens = ops.cast(tokens, self.compute_dtype)
+        tokens = self._tokens(rows[: batch * length], batch, length, polarity)
         target = ops.cast(rows[batch * length :], self.compute_dtype)  # [B, d]
-        if self.pbe is not None:
-            tokens = self.pbe(tokens, polarity)
-        if self.tapf is not None and not self.tapf_after_encoder:
-            tokens = self.tapf(tokens, target, polarity, **self._tapf_table())
-        mask = ops.not_equal(polarity, 0)  # [B, L]
-        return tokens, target, polarity, mask
+        return tokens, target, polarity, ops.not_equal(polarity, 0)
+
+    def sequence_state(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """What the short-term path computes without the candidate, once per user:
+        `tokens` [B, L, d] (lookups, mixed sequence, position, PBE), `polarity`, `mask`
+        [B, L] and, for OneTrans when no TAPF reads the candidate first, `cache`: every
+        layer's behaviour-token keys and values (`OneTransEncoder.sequence_cache`)."""
+        assert self.sequence is not None, "a model without the short-term path"
+        items, polarity = self.sequence(
+            inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"], inputs["neg_order"]
+        )
+        batch, length = ops.shape(items)[0], ops.shape(items)[1]
+        rows = self.tables.gather(self, self.tables.table(self.item_embedding),
+                                  ops.reshape(items, (-1,)))
+        state = {"tokens": self._tokens(rows, batch, length, polarity), "polarity": polarity,
+                 "mask": ops.not_equal(polarity, 0)}
+        if self.m.backbone == "onetrans" and self.tapf is None:
+            if not self.backbone.built:
+                self.backbone.build(state["tokens"].shape,
+                                    (None, self.m.ns_tokens, self.m.embedding_dim))
+            state["cache"] = self.backbone.sequence_cache(state["tokens"], state["mask"])
+        return state
 
     def call(self, inputs: dict[str, Any], training: bool | None = None):
         interest, target = self.short_term_interest(inputs, training)
         logit = self.head([interest, target], inputs, training)
         return {"probability": ops.sigmoid(logit), "logit": logit}
 
+    # Whether `score_candidates` scores this model (a subclass with more candidate-free
+    # state, like CAIN's lifelong path, sets False and is served row by row).
+    shares_user_side = True
+
+    def score_candidates(self, users: dict[str, Any], candidates: dict[str, Any],
+                         num_candidates, training: bool | None = None):
+        """Scores `num_candidates` (C) candidates per user, computing the user side once.
+
+        Args:
+            users: the user-level inputs, `[B]` / `[B, H]` (ids looked up).
+            candidates: `item_id` and the `item_<f>` side features, `[B * C]` (row-major:
+                user b's candidates at rows `b * C .. b * C + C - 1`).
+            num_candidates: C (a scalar, static or not).
+
+        Returns:
+            `{"probability", "logit"}`, `[B * C]` each: what `call` returns for the rows
+            (user b, candidate c), computed with `sequence_state` once per user and the
+            candidate-dependent rest (TAPF, the backbone's target-dependent part, the
+            head) per row.
+        """
+        state = self.sequence_state(users)
+
+        def tile(x):
+            return ops.repeat(x, num_candidates, axis=0)
+
+        rows = {**{k: tile(v) for k, v in users.items()}, **candidates}
+        state = {k: [tuple(tile(t) for t in layer) for layer in v] if k == "cache"
+                 else tile(v) for k, v in state.items()}
+        target = self._lookup(self.item_embedding, rows["item_id"])  # [B * C, d]
+        interest = self.interest_from_tokens(state["tokens"], target, state["polarity"],
+                                             state["mask"], rows, training, state.get("cache"))
+        logit = self.head([interest, target], rows, training)
+        return {"probability": ops.sigmoid(logit), "logit": logit}
+
     def short_term_interest(self, inputs: dict[str, Any], training: bool | None = None):
-        """`(interest [B, d], target [B, d])` of the short-term mixed-polarity sequence."""
+        """`(interest [B, d'], target [B, d])` of the short-term mixed-polarity sequence."""
         tokens, target, polarity, mask = self.encode_sequence(inputs, training)
+        return self.interest_from_tokens(tokens, target, polarity, mask, inputs, training), target
+
+    def interest_from_tokens(self, tokens, target, polarity, mask, inputs: dict[str, Any],
+                             training: bool | None = None, cache: Any = None):
+        """The candidate-dependent part: TAPF, the backbone, pooling -> interest [B, d'].
+
+        `cache`: OneTrans' per-user behaviour-token keys and values (`sequence_state`),
+        used instead of recomputing them from `tokens`."""
+        if self.tapf is not None and not self.tapf_after_encoder:
+            tokens = self.tapf(tokens, target, polarity, **self._tapf_table())
         if self.m.backbone == "din":
             interest = self.backbone(tokens, target, mask)  # [B, d]
         elif self.unified:
-            out = self.backbone(tokens, self.ns_tokens(inputs, target), mask,
-                                training=training)  # [B, T', d]
+            ns = self.ns_tokens(inputs, target)
+            if cache is not None:
+                out = self.backbone.decode(ns, cache, training=training)
+            else:
+                out = self.backbone(tokens, ns, mask, training=training)  # [B, T', d]
             interest = ops.reshape(out, (-1, out.shape[1] * out.shape[2]))  # [B, T' d]
         elif self.tapf_after_encoder:
             assert self.tapf is not None and self.aggregation is not None
@@ -272,7 +343,7 @@ class CtrModel(keras.Model):
             interest = ops.sum(ops.expand_dims(weights, -1) * calibrated, axis=1)  # [B, d]
         else:
             interest = self.backbone(tokens, target, mask, training=training)  # [B, d]
-        return interest, target
+        return interest
 
     def ns_tokens(self, inputs: dict[str, Any], target):
         """The unified backbones' non-sequential tokens `[B, ns_tokens, d]`: Auto-Split

@@ -19,8 +19,10 @@ naming the field (InvalidArgumentError; HTTP 400 from TF Serving and from the bu
 server), as does C = 0 ("empty candidate list"). A history wider than H keeps its most
 recent H entries, as training does: the Beam job keeps each sample's most recent
 `max_history` events and the tf.data parser (`left_pad`) keeps the last H of a longer
-list. User-level tensors are tiled over the C candidates and the model (which builds
-the mixed-polarity sequence itself) scores B * C rows.
+list. The model builds the mixed-polarity sequence (and PBE, and OneTrans' behaviour-side
+keys and values) once per user (`CtrModel.score_candidates`), then scores the B * C
+(user, candidate) rows; a model without that split (CAIN) gets the user-level tensors
+tiled over the candidates.
 
 `score_examples`: `examples` string [B] (serialized tf.Example in the Beam job's format,
 parsed by the training `FeatureProcessor`) -> `probability` float32 [B]. Features the
@@ -199,8 +201,13 @@ def request_checks(features: Mapping[str, tf.Tensor], kinds: Mapping[str, str],
     return checks + _history_checks(features, prefixes)
 
 
-def build_module(model: Any, processor: Any, cfg: Config) -> Any:
+def build_module(model: Any, processor: Any, cfg: Config, share_user_side: bool = True) -> Any:
     """A `tf.Module` with the two serving functions (see the module docstring).
+
+    `serving_default` computes the user side (lookups, the mixed sequence, PBE, OneTrans'
+    behaviour keys and values) once per user when the model supports it
+    (`CtrModel.score_candidates`); `share_user_side=False` scores every (user,
+    candidate) row on its own (the path before; kept for the benchmark).
 
     Tracks the model's variables and the lookup tables, not the Keras objects, so the
     SavedModel loads with TensorFlow alone.
@@ -210,12 +217,14 @@ def build_module(model: Any, processor: Any, cfg: Config) -> Any:
     max_lengths = processor.max_lengths
     prefixes = histories(cfg)
     lookups = processor.lookups
+    shared = getattr(model, "shares_user_side", False) if share_user_side else False
 
     def serve(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         batch, num = tf.shape(features["item_id"])[0], tf.shape(features["item_id"])[1]
         checks = request_checks(features, {n: kind for n, (kind, _) in inputs.items()},
                                 prefixes)
-        rows: dict[str, tf.Tensor] = {}
+        users: dict[str, tf.Tensor] = {}
+        candidates: dict[str, tf.Tensor] = {}
         with tf.control_dependencies(checks):
             for name, (kind, vocab) in inputs.items():
                 x = tf.identity(features[name])
@@ -229,11 +238,17 @@ def build_module(model: Any, processor: Any, cfg: Config) -> Any:
                 if vocab:
                     x = tf.cast(lookups[vocab](x), tf.int64)
                 if kind == "candidate":
-                    x = tf.reshape(x, [-1])  # [B * C]
+                    candidates[name] = tf.reshape(x, [-1])  # [B * C]
                 else:
-                    x = tf.repeat(x, num, axis=0)  # [B * C] or [B * C, H]
-                rows[name] = x
-        out = model({k: rows[k] for k in model_keys}, training=False)
+                    users[name] = x  # [B] or [B, H]
+        if shared:  # the user side once per user, the rest per candidate
+            keep = set(model_keys)
+            out = model.score_candidates({k: v for k, v in users.items() if k in keep},
+                                         {k: v for k, v in candidates.items() if k in keep},
+                                         num, training=False)
+        else:  # every (user, candidate) row on its own
+            rows = {**{k: tf.repeat(v, num, axis=0) for k, v in users.items()}, **candidates}
+            out = model({k: rows[k] for k in model_keys}, training=False)
         probability = tf.reshape(tf.cast(out["probability"], tf.float32), [batch, num])
         return {OUTPUT: probability}  # [B, C]
 
