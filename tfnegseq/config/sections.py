@@ -104,7 +104,7 @@ class SourceConfig:
     `kind: kuairec`. `path` is checked by the jobs that read it (`require_source`).
     """
 
-    kind: Literal["movielens", "kuairec", "kuairand", "taobao", "generic"] = "kuairec"
+    kind: Literal["movielens", "kuairec", "kuairand", "taobao", "taac", "generic"] = "kuairec"
     path: StrictStr = ""
     # KuaiRec: which interaction matrix; KuaiRand: the log files (defaults used if empty).
     files: list[StrictStr] = field(default_factory=list)

@@ -704,11 +704,183 @@ class GenericSource(_CsvSource):
         return self._finish(cols, line_no[good], dead, path, file_index, raw_of)
 
 
+class TaacSource(_CsvSource):
+    """TAAC-2025 (TencentGR) `seq.jsonl`: one line per user, a JSON list of records
+    `[user_id, item_id, user_feature, item_feature, action_type, timestamp]`.
+
+    An item record (item_id set) is one event: value = `action_type` (0 exposure, 1
+    click, 2 conversion in the 10M release; the rules decide polarity), timestamp in
+    Unix seconds. The user-profile record (item_id, item_feature and action_type null,
+    `user_feature` a dict) gives the user features; an item's first `item_feature` dict
+    gives its item features. Feature names are the dicts' keys (`"103"`, ...), values
+    the release's re-ids (0 = missing); a requested feature whose value is a list of ids
+    (e.g. 106-108, 110) is refused, naming the line. A line that is not a JSON list, and
+    each malformed record, is a dead letter naming the line and the record's index; the
+    rest of a line's records are kept. Format: the organisers' data description; the
+    2026 parquet release converts to it (see `docs/data_taac.md`).
+    """
+
+    kind = "taac"
+    ts_scale = 1000.0
+    _SCAN_LINES = 2_000  # lines read to list the available feature names
+
+    def log_files(self) -> list[str]:
+        return self._files(["seq.jsonl"])
+
+    @staticmethod
+    def _int(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def _record_error(self, rec: Any) -> str | None:
+        if not isinstance(rec, list) or len(rec) != 6:
+            return "not a list of 6 fields [user_id, item_id, user_feature, item_feature, " \
+                   "action_type, timestamp]"
+        user, item, ufeat, ifeat, action, ts = rec
+        if not self._int(user) or user < 1:
+            return f"user_id: expected an integer >= 1, found {user!r}"
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool):
+            return f"timestamp: expected a number of seconds, found {ts!r}"
+        if item is None:
+            if not isinstance(ufeat, dict):
+                return "a profile record (item_id null) needs a user_feature dict"
+            return None
+        if not self._int(item) or item < 1:
+            return f"item_id: expected an integer >= 1, found {item!r}"
+        if not self._int(action) or action < 0:
+            return f"action_type: expected an integer >= 0, found {action!r}"
+        if ifeat is not None and not isinstance(ifeat, dict):
+            return f"item_feature: expected a dict or null, found {type(ifeat).__name__}"
+        return None
+
+    def _lines(self, path: str) -> Iterator[tuple[int, str, list[Any] | None, str | None]]:
+        """(line number, raw text, records or None, reason) for every non-blank line."""
+        with files.open_text(path, "utf-8", errors="surrogateescape") as f:
+            for start, chunk in line_chunks(f, 10_000, 1):
+                for i, raw in enumerate(chunk):
+                    raw = raw.rstrip("\r\n")
+                    if not raw.strip():
+                        yield start + i, raw, None, "blank line"
+                        continue
+                    try:
+                        recs = json.loads(raw)
+                    except ValueError as e:
+                        yield start + i, raw, None, f"not JSON: {e}"
+                        continue
+                    if not isinstance(recs, list):
+                        yield start + i, raw, None, "not a JSON list of records"
+                        continue
+                    yield start + i, raw, recs, None
+
+    def read_chunks(
+        self, file_index: int, path: str, chunk_rows: int = 50_000
+    ) -> Iterator[tuple[EventChunk, list[DeadLetter]]]:
+        cols: dict[str, list[Any]] = {"user_id": [], "item_id": [], "timestamp": [],
+                                      "action_type": []}
+        line_no: list[int] = []
+        raws: dict[int, str] = {}
+        dead: list[DeadLetter] = []
+
+        def flush() -> tuple[EventChunk, list[DeadLetter]]:
+            arrays = {"user_id": np.asarray(cols["user_id"], np.int64),
+                      "item_id": np.asarray(cols["item_id"], np.int64),
+                      "timestamp": np.asarray(cols["timestamp"], np.float64),
+                      "action_type": np.asarray(cols["action_type"], np.float64)}
+            out = self._finish(arrays, np.asarray(line_no, np.int64), sorted(
+                dead, key=lambda d: d.line), path, file_index, raws.__getitem__)
+            for v in cols.values():
+                v.clear()
+            line_no.clear()
+            raws.clear()
+            dead.clear()
+            return out
+
+        for n, raw, recs, reason in self._lines(path):
+            if recs is None:
+                if reason != "blank line":
+                    dead.append(DeadLetter(path, n, raw, str(reason)))
+                continue
+            raws[n] = raw
+            for k, rec in enumerate(recs):
+                error = self._record_error(rec)
+                if error is not None:
+                    dead.append(DeadLetter(path, n, raw, f"record {k}: {error}"))
+                elif rec[1] is not None:
+                    cols["user_id"].append(rec[0])
+                    cols["item_id"].append(rec[1])
+                    cols["timestamp"].append(rec[5])
+                    cols["action_type"].append(rec[4])
+                    line_no.append(n)
+            if len(line_no) >= chunk_rows:
+                yield flush()
+        if line_no or dead:
+            yield flush()
+
+    def _events(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"user_id": cols["user_id"], "item_id": cols["item_id"],
+                "value": cols["action_type"], "action_type": cols["action_type"]}
+
+    def _feature_rows(self, what: str, names: list[str] | None, limit: int | None = None
+                      ) -> tuple[str, list[int], list[int], list[dict[str, Any]], list[DeadLetter]]:
+        """(file, ids, lines, feature dicts, dead letters) of the profile (`user`) or the
+        first item record per item (`item`) in the log, `limit` lines at most."""
+        path = self.log_files()[0]
+        ids: list[int] = []
+        lines: list[int] = []
+        rows: list[dict[str, Any]] = []
+        dead: list[DeadLetter] = []
+        seen: set[int] = set()
+        for n, _raw, recs, _ in itertools.islice(self._lines(path), limit):
+            for rec in recs or []:
+                if self._record_error(rec) is not None:
+                    continue
+                if what == "user" and rec[1] is None:
+                    key, feats = rec[0], rec[2]
+                elif what == "item" and rec[1] is not None and rec[1] not in seen:
+                    key, feats = rec[1], rec[3] or {}
+                    seen.add(key)
+                else:
+                    continue
+                listed = [f for f in (names or []) if isinstance(feats.get(f), list)]
+                if listed:
+                    raise ValueError(
+                        f"{path}:{n}: {what} feature {listed[0]!r} is a list of ids; only "
+                        f"single-id features can be side features")
+                ids.append(int(key))
+                lines.append(n)
+                rows.append(feats)
+        return path, ids, lines, rows, dead
+
+    def _available(self, what: str) -> tuple[str, list[str]]:
+        path, _, _, rows, _ = self._feature_rows(what, None, self._SCAN_LINES)
+        return path, sorted({k for r in rows for k in r})
+
+    def _check_names(self, what: str, names: list[str]) -> None:
+        self._feature_rows(what, names, self._SCAN_LINES)  # a list-valued one, by line
+        super()._check_names(what, names)
+
+    def _side_table(self, what: str, names: list[str]) -> SideTable:
+        if not names:
+            return SideTable()
+        self._check_names(what, names)
+        path, ids, lines, rows, dead = self._feature_rows(what, names)
+        feats = {}
+        for name in names:
+            values = [r.get(name, 0) for r in rows]
+            bad = [v for v in values if not self._int(v)]
+            if bad:
+                raise ValueError(f"{path}: {what} feature {name!r} has a non-integer value "
+                                 f"{bad[0]!r}")
+            feats[name] = np.asarray(values, np.int64)
+        return SideTable(path, np.asarray(ids, np.int64), np.asarray(lines, np.int64), feats,
+                         dead)
+
+
 _KINDS: dict[str, type[Source]] = {
     "movielens": MovieLensSource,
     "kuairec": KuaiRecSource,
     "kuairand": KuaiRandSource,
     "taobao": TaobaoSource,
+    "taac": TaacSource,
     "generic": GenericSource,
 }
 
@@ -724,5 +896,5 @@ def make_source(cfg: SourceConfig, min_timestamp: int | None = None,
 
 __all__ = [
     "DUPLICATE_ID", "GenericSource", "KuaiRandSource", "KuaiRecSource", "MovieLensSource",
-    "SideTable", "Source", "TableSpec", "TaobaoSource", "make_source",
+    "SideTable", "Source", "TableSpec", "TaacSource", "TaobaoSource", "make_source",
 ]

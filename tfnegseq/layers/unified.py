@@ -85,6 +85,30 @@ def attend(query, key, value, allowed, num_heads: int):
     return ops.reshape(context, (shape[0], shape[1], dim)), weights
 
 
+def attend_per_user(query, key, value, mask, num_heads: int, candidates=1):
+    """`attend` for C candidates' queries per user against one user's keys.
+
+    `query` `[B * C, Tq, d]` (user b's candidates at rows `b * C .. b * C + C - 1`),
+    `key`/`value` `[B, L, d]`, `mask` bool `[B, L]` (the real keys): the keys and values
+    are read per user, never copied per candidate. Returns `(context [B * C, Tq, d],
+    weights [B * C, heads, Tq, L] float32)`; with C = 1 it is `attend` with every real
+    key allowed.
+    """
+    tokens, dim = query.shape[1], query.shape[2]
+    head_dim = dim // num_heads
+    users, length = ops.shape(key)[0], ops.shape(key)[1]
+    q = ops.reshape(query, (users, candidates, tokens, num_heads, head_dim))
+    k = ops.reshape(key, (users, length, num_heads, head_dim))
+    v = ops.reshape(value, (users, length, num_heads, head_dim))
+    logits = ops.einsum("bcthe,blhe->bchtl", ops.cast(q, "float32"), ops.cast(k, "float32"))
+    ok = ops.reshape(ops.cast(mask, "bool"), (users, 1, 1, 1, length))
+    logits = ops.where(ok, logits / math.sqrt(head_dim), NEG_INF)
+    weights = ops.softmax(logits, axis=-1) * ops.cast(ok, "float32")  # [B, C, h, Tq, L]
+    context = ops.einsum("bchtl,blhe->bcthe", ops.cast(weights, v.dtype), v)
+    return (ops.reshape(context, (users * candidates, tokens, dim)),
+            ops.reshape(weights, (users * candidates, num_heads, tokens, length)))
+
+
 @register
 class PerTokenDense(keras.layers.Layer):
     """A Dense layer with its own kernel and bias for each of `T` token positions.
@@ -354,21 +378,49 @@ class OneTransEncoder(_UnifiedBlock):
             entering = s
         return cache, entering
 
-    def decode(self, ns, cache, training=None, return_attention_scores=False):
+    def decode(self, ns, cache, training=None, return_attention_scores=False, candidates=1):
         """The NS tokens' pass given the behaviour side's `cache` (`sequence_cache`):
-        NS token j attends to every real behaviour key and to NS tokens 1..j."""
-        tokens = ns.shape[1]
-        n, weights = ns, None
+        NS token j attends to every real behaviour key and to NS tokens 1..j.
+
+        `candidates` (C): `ns` holds C candidates' NS tokens per user, `[B * C, T, d]`
+        (user b's at rows `b * C .. b * C + C - 1`), against a cache of B users: the
+        behaviour keys and values are read per user, never copied per candidate.
+        Returns `[B * C, T, d]` (and the weights `[B * C, heads, T, L_last + T]`).
+        """
+        tokens, dim = ns.shape[1], ns.shape[2]
+        heads, head_dim = self.num_heads, dim // self.num_heads
         causal = (ops.expand_dims(ops.arange(tokens), 1)
                   >= ops.expand_dims(ops.arange(tokens), 0))  # [T, T]
+        n, weights = ns, None
         for block, (k_s, v_s, mask) in zip(self.blocks, cache, strict=True):
+            users, length = ops.shape(k_s)[0], ops.shape(k_s)[1]
             q_n, k_n, v_n = ops.split(block["ns_qkv"](block["attention_norm"](n)), 3, axis=-1)
-            key = ops.concatenate([k_s, k_n], axis=1)  # [B, L_i + T, d]
-            value = ops.concatenate([v_s, v_n], axis=1)
-            allowed = ops.concatenate([
-                ops.repeat(ops.expand_dims(mask, 1), tokens, axis=1),  # [B, T, L_i]
-                ops.repeat(ops.expand_dims(causal, 0), ops.shape(mask)[0], axis=0)], axis=2)
-            context, weights = attend(q_n, key, value, allowed, self.num_heads)
+
+            def per_candidate(x, users=users):  # [B * C, T, d] -> [B, C, T, h, dh]
+                return ops.reshape(x, (users, candidates, tokens, heads, head_dim))
+
+            def per_user(x, users=users, length=length):  # [B, L, d] -> [B, L, h, dh]
+                return ops.reshape(x, (users, length, heads, head_dim))
+
+            q, kn, vn = per_candidate(q_n), per_candidate(k_n), per_candidate(v_n)
+            q32 = ops.cast(q, "float32")
+            scale = 1.0 / math.sqrt(head_dim)
+            logit_s = ops.einsum("bcthe,blhe->bchtl", q32,
+                                 ops.cast(per_user(k_s), "float32")) * scale
+            logit_n = ops.einsum("bcthe,bcshe->bchts", q32, ops.cast(kn, "float32")) * scale
+            ok_s = ops.reshape(mask, (users, 1, 1, 1, length))
+            ok_n = ops.reshape(causal, (1, 1, 1, tokens, tokens))
+            logits = ops.concatenate([ops.where(ok_s, logit_s, NEG_INF),
+                                      ops.where(ok_n, logit_n, NEG_INF)], axis=-1)
+            ok = ops.concatenate([ops.broadcast_to(ok_s, ops.shape(logit_s)),
+                                  ops.broadcast_to(ok_n, ops.shape(logit_n))], axis=-1)
+            w = ops.softmax(logits, axis=-1) * ops.cast(ok, "float32")  # [B, C, h, T, L + T]
+            w_s = ops.cast(w[..., :length], v_s.dtype)
+            w_n = ops.cast(w[..., length:], vn.dtype)
+            context = (ops.einsum("bchtl,blhe->bcthe", w_s, per_user(v_s))
+                       + ops.einsum("bchts,bcshe->bcthe", w_n, vn))
+            context = ops.reshape(context, (users * candidates, tokens, dim))
+            weights = ops.reshape(w, (users * candidates, heads, tokens, length + tokens))
             n = n + self._drop(block["ns_out"](context), training)
             n = n + self._drop(block["ns_ffn_outer"](block["ns_ffn_inner"](
                 block["ffn_norm"](n))), training)
@@ -484,18 +536,18 @@ class HyFormerEncoder(_UnifiedBlock):
         self.built = True
 
     def call(self, seq, ns, mask=None, training=None, return_attention_scores=False):
-        tokens = ns.shape[1]
-        total = self.num_queries + tokens
+        cache = self.sequence_cache(seq, mask, training)
+        return self.decode(ns, cache, training, return_attention_scores)
+
+    def sequence_cache(self, seq, mask=None, training=None):
+        """The candidate-free side, once per user: every layer's sequence encoding and
+        the keys and values the queries decode from, the mask and the masked mean of
+        the behaviour tokens (an input of the query generation)."""
         if mask is None:
             mask = ops.ones(ops.shape(seq)[:2], dtype="bool")
         mask = ops.cast(mask, "bool")
-        info = ops.concatenate([ops.reshape(ns, (-1, tokens * ns.shape[-1])),
-                                _masked_mean(seq, mask)], axis=-1)  # [B, (T + 1) d]
-        info = ops.repeat(ops.expand_dims(info, 1), self.num_queries, axis=1)
-        q = self.query_outer(self.query_inner(info))  # [B, N, d]
-        f, h = ns, seq
         self_allowed = ops.logical_and(ops.expand_dims(mask, 1), ops.expand_dims(mask, 2))
-        weights = None
+        h, layers = seq, []
         for block in self.blocks:
             normed = block["seq_attention_norm"](h)
             qs, ks, vs = ops.split(block["seq_qkv"](normed), 3, axis=-1)
@@ -503,11 +555,27 @@ class HyFormerEncoder(_UnifiedBlock):
             h = h + self._drop(block["seq_out"](context), training)
             h = h + self._drop(block["seq_ffn_outer"](
                 block["seq_ffn_inner"](block["seq_ffn_norm"](h))), training)
-            k, v = ops.split(block["decode_kv"](block["decode_key_norm"](h)), 2, axis=-1)
+            layers.append(tuple(ops.split(block["decode_kv"](block["decode_key_norm"](h)), 2,
+                                          axis=-1)))
+        return {"layers": layers, "mask": mask, "mean": _masked_mean(seq, mask)}
+
+    def decode(self, ns, cache, training=None, return_attention_scores=False, candidates=1):
+        """Queries from the NS tokens, decoding and boosting against `cache`
+        (`sequence_cache`) of B users, for `ns` of C candidates per user `[B * C, T, d]`.
+        """
+        tokens = ns.shape[1]
+        total = self.num_queries + tokens
+        mean = ops.repeat(cache["mean"], candidates, axis=0)  # [B * C, d]
+        info = ops.concatenate([ops.reshape(ns, (-1, tokens * ns.shape[-1])), mean], axis=-1)
+        info = ops.repeat(ops.expand_dims(info, 1), self.num_queries, axis=1)
+        q = self.query_outer(self.query_inner(info))  # [B * C, N, d]
+        f, weights = ns, None
+        for block, (k, v) in zip(self.blocks, cache["layers"], strict=True):
             query = block["decode_q"](block["decode_query_norm"](q))
-            context, weights = attend(query, k, v, ops.expand_dims(mask, 1), self.num_heads)
+            context, weights = attend_per_user(query, k, v, cache["mask"], self.num_heads,
+                                               candidates)
             q = q + self._drop(block["decode_out"](context), training)
-            x = ops.concatenate([q, f], axis=1)  # [B, N + T, d]
+            x = ops.concatenate([q, f], axis=1)  # [B * C, N + T, d]
             mixed = token_mixing(block["boost_norm"](x), total)
             x = x + self._drop(block["boost_outer"](block["boost_inner"](mixed)), training)
             q, f = x[:, : self.num_queries], x[:, self.num_queries:]
@@ -611,26 +679,46 @@ class MixFormerEncoder(_UnifiedBlock):
         return down(ops.silu(gate(x)) * up(x))
 
     def call(self, seq, ns, mask=None, training=None, return_attention_scores=False):
-        tokens, dim = ns.shape[1], ns.shape[2]
+        cache = self.sequence_cache(seq, mask, training)
+        return self.decode(ns, cache, training, return_attention_scores)
+
+    def sequence_cache(self, seq, mask=None, training=None):
+        """The candidate-free side, once per user: every layer's per-head keys and
+        values `[B, L, T, d]` (from the layer's SwiGLU of the projected sequence) and the
+        mask."""
         if mask is None:
             mask = ops.ones(ops.shape(seq)[:2], dtype="bool")
-        mask = ops.cast(mask, "bool")
         s = self.sequence_projection(seq)  # [B, L, T d]
-        x = ns
-        allowed = ops.expand_dims(mask, 1)  # [B, 1, L]
-        weights = None
+        tokens, dim = self.blocks[0]["key"].kernel.shape[:2]  # heads T, width d
+        layers = []
         for block in self.blocks:
-            p = x + token_mixing(block["mix_norm"](x), tokens)
-            q = p + self._drop(self._swiglu(block, "mix", block["mix_ffn_norm"](p)), training)
             h = s + self._drop(self._swiglu(block, "seq", block["seq_norm"](s)), training)
             chunks = ops.reshape(h, (-1, ops.shape(h)[1], tokens, dim))  # [B, L, T, d]
             # per-head K/V: token t's chunk i through head i's projection
             k = ops.einsum("blid,ide->blie", chunks, ops.cast(block["key"].kernel, h.dtype))
             v = ops.einsum("blid,ide->blie", chunks, ops.cast(block["value"].kernel, h.dtype))
-            logits = ops.einsum("bid,blid->bil", ops.cast(q, "float32"), ops.cast(k, "float32"))
-            logits = ops.where(allowed, logits / math.sqrt(dim), NEG_INF)
-            weights = ops.softmax(logits, axis=-1) * ops.cast(allowed, "float32")  # [B, T, L]
-            z = q + ops.einsum("bil,blid->bid", ops.cast(weights, v.dtype), v)
+            layers.append((k, v))
+        return {"layers": layers, "mask": ops.cast(mask, "bool")}
+
+    def decode(self, ns, cache, training=None, return_attention_scores=False, candidates=1):
+        """The NS heads' mixing, reading and fusion against `cache` (`sequence_cache`) of
+        B users, for `ns` of C candidates per user `[B * C, T, d]`."""
+        tokens, dim = ns.shape[1], ns.shape[2]
+        mask = cache["mask"]
+        users, length = ops.shape(mask)[0], ops.shape(mask)[1]
+        ok = ops.reshape(mask, (users, 1, 1, length))
+        x, weights = ns, None
+        for block, (k, v) in zip(self.blocks, cache["layers"], strict=True):
+            p = x + token_mixing(block["mix_norm"](x), tokens)
+            q = p + self._drop(self._swiglu(block, "mix", block["mix_ffn_norm"](p)), training)
+            qg = ops.reshape(q, (users, candidates, tokens, dim))
+            logits = ops.einsum("bcid,blid->bcil", ops.cast(qg, "float32"),
+                                ops.cast(k, "float32"))
+            logits = ops.where(ok, logits / math.sqrt(dim), NEG_INF)
+            w = ops.softmax(logits, axis=-1) * ops.cast(ok, "float32")  # [B, C, T, L]
+            read = ops.einsum("bcil,blid->bcid", ops.cast(w, v.dtype), v)
+            z = q + ops.reshape(read, (users * candidates, tokens, dim))
             x = z + self._drop(self._swiglu(block, "fuse", block["fuse_norm"](z)), training)
+            weights = ops.reshape(w, (users * candidates, tokens, length))
         out = self.final_norm(x)
         return (out, weights) if return_attention_scores else out

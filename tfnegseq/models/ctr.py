@@ -246,8 +246,10 @@ class CtrModel(keras.Model):
     def sequence_state(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """What the short-term path computes without the candidate, once per user:
         `tokens` [B, L, d] (lookups, mixed sequence, position, PBE), `polarity`, `mask`
-        [B, L] and, for OneTrans when no TAPF reads the candidate first, `cache`: every
-        layer's behaviour-token keys and values (`OneTransEncoder.sequence_cache`)."""
+        [B, L] and, for the unified backbones when no TAPF reads the candidate first,
+        `cache`: their candidate-free side (OneTrans: every layer's behaviour-token keys
+        and values; HyFormer: the sequence encoding's keys and values; MixFormer: the
+        per-head keys and values; `sequence_cache` of each)."""
         assert self.sequence is not None, "a model without the short-term path"
         items, polarity = self.sequence(
             inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"], inputs["neg_order"]
@@ -257,7 +259,7 @@ class CtrModel(keras.Model):
                                   ops.reshape(items, (-1,)))
         state = {"tokens": self._tokens(rows, batch, length, polarity), "polarity": polarity,
                  "mask": ops.not_equal(polarity, 0)}
-        if self.m.backbone == "onetrans" and self.tapf is None:
+        if self.unified and self.tapf is None:
             if not self.backbone.built:
                 self.backbone.build(state["tokens"].shape,
                                     (None, self.m.ns_tokens, self.m.embedding_dim))
@@ -295,11 +297,15 @@ class CtrModel(keras.Model):
             return ops.repeat(x, num_candidates, axis=0)
 
         rows = {**{k: tile(v) for k, v in users.items()}, **candidates}
-        state = {k: [tuple(tile(t) for t in layer) for layer in v] if k == "cache"
-                 else tile(v) for k, v in state.items()}
+        cache = state.pop("cache", None)
+        # the behaviour side per candidate row, unless a unified backbone's cache replaces
+        # it (its keys and values are read per user, not copied per candidate)
+        state = ({k: tile(v) for k, v in state.items()} if cache is None
+                 else dict.fromkeys(state))
         target = self._lookup(self.item_embedding, rows["item_id"])  # [B * C, d]
         interest = self.interest_from_tokens(state["tokens"], target, state["polarity"],
-                                             state["mask"], rows, training, state.get("cache"))
+                                             state["mask"], rows, training, cache,
+                                             num_candidates)
         logit = self.head([interest, target], rows, training)
         return {"probability": ops.sigmoid(logit), "logit": logit}
 
@@ -309,11 +315,13 @@ class CtrModel(keras.Model):
         return self.interest_from_tokens(tokens, target, polarity, mask, inputs, training), target
 
     def interest_from_tokens(self, tokens, target, polarity, mask, inputs: dict[str, Any],
-                             training: bool | None = None, cache: Any = None):
+                             training: bool | None = None, cache: Any = None,
+                             num_candidates: Any = 1):
         """The candidate-dependent part: TAPF, the backbone, pooling -> interest [B, d'].
 
-        `cache`: OneTrans' per-user behaviour-token keys and values (`sequence_state`),
-        used instead of recomputing them from `tokens`."""
+        `cache`: a unified backbone's candidate-free side of B users (`sequence_state`),
+        used instead of recomputing it from `tokens` (then unused), for
+        `num_candidates` rows per user."""
         if self.tapf is not None and not self.tapf_after_encoder:
             tokens = self.tapf(tokens, target, polarity, **self._tapf_table())
         if self.m.backbone == "din":
@@ -321,7 +329,8 @@ class CtrModel(keras.Model):
         elif self.unified:
             ns = self.ns_tokens(inputs, target)
             if cache is not None:
-                out = self.backbone.decode(ns, cache, training=training)
+                out = self.backbone.decode(ns, cache, training=training,
+                                           candidates=num_candidates)
             else:
                 out = self.backbone(tokens, ns, mask, training=training)  # [B, T', d]
             interest = ops.reshape(out, (-1, out.shape[1] * out.shape[2]))  # [B, T' d]

@@ -1,0 +1,80 @@
+"""The mixed-polarity studies (`tfnegseq.experiments.polarity`) and the one entry point
+`python -m tfnegseq.experiments NAME`: settings load as the configs they name, lengths
+the samples cannot hold are skipped, a tiny sweep writes its report with slopes, and
+user mistakes get one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tfnegseq.config import load_config
+from tfnegseq.experiments import __main__ as entry
+from tfnegseq.experiments import polarity
+
+CONFIG = REPO / "configs" / "movielens_100k.yaml"
+
+
+def test_tapf_ablation_switches_one_component_each():
+    cfgs = {s: load_config(CONFIG, o).model for s, o in polarity.STUDIES["tapf-ablation"].items()}
+    full = cfgs["full TAPF"]
+    assert (full.polarity, full.positive_ratio, full.tapf_position) == ("tapf", 0.5, "input")
+    for name, key in polarity.ABLATIONS.items():
+        changed = {k for k in vars(full) if getattr(cfgs[name], k) != getattr(full, k)}
+        assert changed == {key} and getattr(cfgs[name], key) is False
+
+
+def test_ratio_and_length_settings():
+    ratios = [load_config(CONFIG, o).model.positive_ratio
+              for o in polarity.STUDIES["ratio-sweep"].values()]
+    np.testing.assert_allclose(ratios, np.linspace(0, 1, 11))
+    m = load_config(CONFIG, polarity.STUDIES["length-scaling"]["Mix Seq + TAPF L=200"]).model
+    assert (m.sequence_length, m.positive_ratio, m.polarity) == (200, 0.5, "tapf")
+    c = load_config(CONFIG, polarity.STUDIES["construction"]["grouped"]).model
+    assert c.mode == "grouped"
+
+
+def test_entry_point_refuses_an_unknown_experiment_with_one_line(capsys):
+    assert entry.main(["table9"]) == 2
+    err = capsys.readouterr().err
+    assert "NAME is one of main, tapf-ablation" in err and "'table9'" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backbones", "din,longer"], "unknown backbone(s) ['longer']"),
+    (["--settings", "r=2.0"], "unknown setting(s) ['r=2.0']"),
+    (["--seeds", "x"], "--seeds"),
+])
+def test_cli_mistakes_get_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        entry.main(["ratio-sweep", "--config", str(CONFIG), *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow  # four tiny trainings: about a minute and a half
+def test_a_tiny_length_sweep_skips_what_the_data_cannot_hold(tiny_samples, tmp_path, capsys):
+    cfg, sets, _ = tiny_samples  # samples.max_history = 20
+    results = tmp_path / "results"
+    argv = ["length-scaling", "--config", str(REPO / "configs" / "synthetic.yaml"),
+            "--seeds", "0", "--backbones", "din", "--results-dir", str(results),
+            "--runs-dir", str(tmp_path / "runs"),
+            "--settings", "Pos Seq L=10,Mix Seq + TAPF L=10,Pos Seq L=20,Mix Seq + TAPF L=20,"
+                          "Pos Seq L=50",
+            *[x for s in [*sets, "train.epochs=1"] for x in ("--set", s)]]
+    assert entry.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "skipped length-scaling / din / Pos Seq L=50" in out and "[4/4]" in out
+    data = json.loads((results / f"polarity_{cfg.name}.json").read_text())
+    assert sorted(r["setting"] for r in data["records"]) == [
+        "Mix Seq + TAPF L=10", "Mix Seq + TAPF L=20", "Pos Seq L=10", "Pos Seq L=20"]
+    assert all(r["backbone"] == "din" and len(r["config_sha"]) == 12 for r in data["records"])
+    md = (results / f"polarity_{cfg.name}.md").read_text()
+    assert "## length-scaling, din" in md and "Slope of mean AUC per decade of L" in md
+    # the slope in the report is the least-squares slope of the recorded AUCs
+    auc = {r["setting"]: r["auc"] for r in data["records"]}
+    want = (auc["Pos Seq L=20"] - auc["Pos Seq L=10"]) / np.log10(2)
+    assert f"Pos Seq {want:+.4f} (2 lengths)" in md
+    assert (results / f"polarity_{cfg.name}.png").stat().st_size > 10_000

@@ -1,0 +1,285 @@
+"""Study sweeps shared by the experiment CLIs: settings x (backbones) x seeds on one
+dataset, each setting a list of `--set` overrides of one config.
+
+A `Studies` names its studies (`{study: {setting: overrides}}`), each study's reference
+setting (the row Δ AUC is measured against), optionally the backbones every setting runs
+on (`model.backbone`, with per-backbone overrides) and, for studies over a number
+(a ratio, a length), each setting's x value for a line plot. `run(spec, argv)` is a
+whole CLI:
+
+- every setting loads as a config before the first run (a setting the data cannot
+  hold, e.g. a length beyond `samples.max_history`, is skipped with a note when
+  `spec.skip_invalid`, else refused);
+- each run appends one record (study, [backbone,] setting, seed, config_sha, AUC, GAUC,
+  logloss, examples/s, seconds) to `<results-dir>/<prefix>_<dataset>.json` as soon as it
+  ends; a run counts as done only when its `config_sha` (`records.fingerprint`) is the
+  config the sweep would run now, and records of another config move to
+  `discarded_records` (kept, never reported or resumed);
+- the end writes `<prefix>_<dataset>.md` (mean ± std, Δ AUC against the reference) and
+  `.png` (bars per study, or AUC against x for numeric studies, one line per backbone
+  and series).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tfnegseq.config import ConfigError, load_config
+from tfnegseq.experiments import records
+from tfnegseq.experiments.records import mean_std
+
+METRICS = ("auc", "gauc", "logloss", "train_examples_per_second")
+
+
+@dataclasses.dataclass
+class Studies:
+    prog: str
+    prefix: str
+    kind: str
+    studies: dict[str, dict[str, list[str]]]
+    reference: dict[str, str]
+    default_studies: tuple[str, ...]
+    backbones: tuple[str, ...] = ()
+    default_backbones: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    backbone_overrides: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    # study -> setting -> (series name, x value): numeric studies plot AUC against x
+    numeric: dict[str, dict[str, tuple[str, float]]] = dataclasses.field(default_factory=dict)
+    skip_invalid: bool = False
+    title: str = "Experiments"
+    # extra markdown after a study's table: (spec, study, summary, backbone) -> lines
+    extra: Callable[..., list[str]] | None = None
+
+    @property
+    def group(self) -> tuple[str, ...]:
+        return ("study", "backbone", "setting") if self.backbones else ("study", "setting")
+
+
+def _key(spec: Studies, study: str, backbone: str | None, setting: str) -> tuple[str, ...]:
+    return (study, backbone, setting) if spec.backbones else (study, setting)  # type: ignore[return-value]
+
+
+def summarize(spec: Studies, data: dict[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+    return mean_std(data["records"], spec.group, METRICS)  # type: ignore[return-value]
+
+
+def _fmt(r: dict[str, Any], metric: str, digits: int = 4) -> str:
+    if metric not in r:
+        return "—"
+    mean, std, n = r[metric]
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
+def markdown(spec: Studies, dataset: str, data: dict[str, Any]) -> str:
+    summ = summarize(spec, data)
+    machine = data.get("machine", {})
+    lines = [
+        f"# {spec.title} on {dataset}", "",
+        f"Command: `{data.get('command', '')}`  ",
+        f"Seeds: {data.get('seeds')}; epochs: {data.get('epochs')}; machine: "
+        f"{machine.get('processor', '')} ({machine.get('cores')} cores); "
+        f"finished {data.get('finished', 'in progress')}.", "",
+        "Mean ± sample std over the runs (a single run shows no ±). Δ AUC is against the "
+        "study's reference setting (marked *). Examples/s is training throughput on a "
+        "shared machine: compare within a study only.",
+    ]
+    if data.get("notes"):
+        lines += ["", str(data["notes"])]
+    for study, settings in spec.studies.items():
+        for backbone in (spec.backbones or (None,)):
+            rows = [s for s in settings if _key(spec, study, backbone, s) in summ]
+            if not rows:
+                continue
+            ref = summ.get(_key(spec, study, backbone, spec.reference[study]))
+            title = f"{study}" + (f", {backbone}" if backbone else "")
+            lines += ["", f"## {title}", "",
+                      "| Setting | AUC | Δ AUC | GAUC | logloss | examples/s | runs |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            for s in rows:
+                r = summ[_key(spec, study, backbone, s)]
+                is_ref = s == spec.reference[study]
+                delta = f"{r['auc'][0] - ref['auc'][0]:+.4f}" if ref and not is_ref else "—"
+                lines.append(f"| {s}{' *' if is_ref else ''} | {_fmt(r, 'auc')} | {delta} | "
+                             f"{_fmt(r, 'gauc')} | {_fmt(r, 'logloss')} | "
+                             f"{_fmt(r, 'train_examples_per_second', 0)} | {r['auc'][2]} |")
+            if spec.extra is not None:
+                lines += spec.extra(spec, study, summ, backbone)
+    return "\n".join(lines) + "\n"
+
+
+def plot(spec: Studies, dataset: str, data: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summ = summarize(spec, data)
+    panels = [(study, b) for study in spec.studies for b in (spec.backbones or (None,))
+              if any(_key(spec, study, b, s) in summ for s in spec.studies[study])]
+    if not panels:
+        return
+    cols = min(3, len(panels))
+    rows_ = -(-len(panels) // cols)
+    widest = max(len(spec.studies[s]) for s, _ in panels)
+    fig, axes = plt.subplots(rows_, cols, figsize=(max(5.5, 0.6 * widest) * cols, 4.6 * rows_),
+                             squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (study, backbone) in zip(axes.flat, panels, strict=False):
+        names = [x for x in spec.studies[study] if _key(spec, study, backbone, x) in summ]
+        title = f"{dataset}: {study}" + (f", {backbone}" if backbone else "")
+        if study in spec.numeric:
+            series: dict[str, list[tuple[float, float, float]]] = {}
+            for name in names:
+                label, x = spec.numeric[study][name]
+                r = summ[_key(spec, study, backbone, name)]["auc"]
+                series.setdefault(label, []).append((x, r[0], r[1]))
+            for label, pts in series.items():
+                pts.sort()
+                xs, ms, ss = (np.array(v) for v in zip(*pts, strict=True))
+                ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=label)
+            ax.set_xlabel(study)
+            ax.legend(fontsize=8)
+        else:
+            means = [summ[_key(spec, study, backbone, x)]["auc"][0] for x in names]
+            stds = [summ[_key(spec, study, backbone, x)]["auc"][1] for x in names]
+            xs = np.arange(len(names))
+            colors = ["#9e9e9e" if x == spec.reference[study] else "#1565c0" for x in names]
+            ax.bar(xs, means, yerr=stds, capsize=4, color=colors)
+            for xi, name in enumerate(names):
+                seeds = [r["auc"] for r in data["records"] if r["study"] == study
+                         and r["setting"] == name and r.get("backbone") == backbone]
+                ax.scatter([xi] * len(seeds), seeds, color="black", s=8, zorder=3)
+                ax.text(xi, means[xi], f"{means[xi]:.4f}\nn={len(seeds)}", ha="center",
+                        va="bottom", fontsize=7)
+            spread = max(stds + [0.002])
+            ax.set_ylim(min(means) - max(3 * spread, 0.01), max(means) + 3 * spread)
+            ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("test AUC (mean ± std)")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(spec: Studies, argv: list[str] | None = None) -> int:
+    """The CLI: parse `argv`, run what is not recorded yet, write the report."""
+    ap = argparse.ArgumentParser(prog=f"python -m {spec.prog}")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--study", dest="studies", action="append", default=[],
+                    help=f"one of {list(spec.studies)} (repeatable; default: "
+                         f"{', '.join(spec.default_studies)})")
+    ap.add_argument("--settings", default="",
+                    help="comma-separated subset of the studies' settings (default: all)")
+    if spec.backbones:
+        ap.add_argument("--backbones", default="",
+                        help=f"comma-separated subset of {list(spec.backbones)} (default: "
+                             "each study's own)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--results-dir", default="docs/results")
+    ap.add_argument("--runs-dir", default=f"runs/{spec.prefix}")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--list", action="store_true", help="print every study's settings")
+    args = ap.parse_args(argv)
+    if args.list:
+        for study, settings in spec.studies.items():
+            print(f"{study}: " + "; ".join(settings))
+        return 0
+    studies = args.studies or list(spec.default_studies)
+    unknown = [s for s in studies if s not in spec.studies]
+    if unknown:
+        ap.error(f"unknown study {unknown}; known: {list(spec.studies)}")
+    wanted = [s for s in args.settings.split(",") if s]
+    known = {x for s in studies for x in spec.studies[s]}
+    if [s for s in wanted if s not in known]:
+        ap.error(f"unknown setting(s) {[s for s in wanted if s not in known]} in studies "
+                 f"{studies}; known: {sorted(known)}")
+    chosen = [b for b in (getattr(args, "backbones", "") or "").split(",") if b]
+    if [b for b in chosen if b not in spec.backbones]:
+        ap.error(f"unknown backbone(s) {[b for b in chosen if b not in spec.backbones]}; "
+                 f"known: {list(spec.backbones)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        ap.error(f"--seeds: comma-separated integers. Received: {args.seeds!r}")
+
+    base = load_config(args.config, args.overrides)
+    if base.model.kind != spec.kind:
+        ap.error(f"{args.config}: model.kind must be {spec.kind!r}. "
+                 f"Received: {base.model.kind!r}")
+
+    def backbones_of(study: str) -> list[str | None]:
+        if not spec.backbones:
+            return [None]
+        return list(chosen or spec.default_backbones.get(study, spec.backbones))
+
+    def run_config(study: str, backbone: str | None, setting: str, seed: int) -> Any:
+        tag = "".join(c if c.isalnum() else "_"
+                      for c in f"{study}_{backbone or ''}_{setting}_seed{seed}").lower()
+        extra = ([f"model.backbone={backbone}", *spec.backbone_overrides.get(backbone, [])]
+                 if backbone else [])
+        return load_config(args.config, args.overrides + extra + spec.studies[study][setting]
+                           + [f"train.seed={seed}", "train.export=false",
+                              f"train.run_dir={args.runs_dir}/{base.name}/{tag}"])
+
+    # every setting loads before the first run; the fingerprints of what would run now
+    expected: dict[tuple[str, ...], str] = {}
+    for study in studies:
+        for backbone in backbones_of(study):
+            for setting in spec.studies[study]:
+                if wanted and setting not in wanted:
+                    continue
+                try:
+                    expected[_key(spec, study, backbone, setting)] = records.fingerprint(
+                        run_config(study, backbone, setting, 0))
+                except ConfigError as e:
+                    if not spec.skip_invalid:
+                        raise
+                    print(f"skipped {study} / {backbone or '-'} / {setting}: {e}", flush=True)
+    dataset = base.name
+    os.makedirs(args.results_dir, exist_ok=True)
+    path = os.path.join(args.results_dir, f"{spec.prefix}_{dataset}.json")
+    data = records.load(path)
+    for r in data["records"]:  # fingerprints of recorded keys this call does not run
+        key = tuple(r.get(k) for k in spec.group)
+        if key not in expected and r.get("config_sha"):
+            try:
+                expected[key] = records.fingerprint(
+                    run_config(r["study"], r.get("backbone"), r["setting"], 0))
+            except (ConfigError, KeyError):
+                pass
+    kept = records.current(data["records"], expected, spec.group)
+    stale = [r for r in data["records"] if r not in kept]
+    if stale:
+        print(f"{len(stale)} record(s) of another config moved to discarded_records", flush=True)
+        data.setdefault("discarded_records", []).extend(
+            {**r, "discarded": "config changed"} for r in stale)
+    data["records"] = kept
+    if not args.report_only:
+        records.describe(data, spec.prog, argv, dataset=dataset, config=args.config,
+                         overrides=args.overrides, seeds=seeds, epochs=base.train.epochs)
+    done = {(*(r.get(k) for k in spec.group), r["seed"]) for r in data["records"]}
+    todo = [(study, backbone, setting, seed) for seed in seeds for study in studies
+            for backbone in backbones_of(study) for setting in spec.studies[study]
+            if _key(spec, study, backbone, setting) in expected
+            and (*_key(spec, study, backbone, setting), seed) not in done]
+    for i, (study, backbone, setting, seed) in enumerate([] if args.report_only else todo,
+                                                          start=1):
+        where = f"{study}: {backbone + ', ' if backbone else ''}{setting}, seed {seed}"
+        print(f"[{i}/{len(todo)}] {dataset} {where}", flush=True)
+        fields = {"study": study, "setting": setting, "seed": seed,
+                  "config_sha": expected[_key(spec, study, backbone, setting)]}
+        if backbone:
+            fields["backbone"] = backbone
+        records.run_ctr(path, data, run_config(study, backbone, setting, seed), **fields)
+    print(records.finish(path, data, bool(todo) and not args.report_only,
+                         lambda d: markdown(spec, dataset, d),
+                         lambda png: plot(spec, dataset, data, png)))
+    return 0
