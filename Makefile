@@ -37,6 +37,8 @@ bench: setup
 	$(BIN)/python benchmarks/bench_serving.py
 	$(BIN)/python benchmarks/bench_sine.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_backbones.py
+	$(BIN)/python benchmarks/bench_candidates.py
 	$(BIN)/python benchmarks/bench_tapf_floor.py
 	$(BIN)/python benchmarks/bench_embedding_updates.py
 	$(BIN)/python benchmarks/bench_embedding_updates.py --xla clustered --dtype mixed_bfloat16
