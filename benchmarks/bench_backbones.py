@@ -33,7 +33,7 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _machine import machine  # noqa: E402
+from _machine import machine, write_result  # noqa: E402
 
 BACKBONES = ("din", "transformer", "onetrans", "hyformer", "mixformer")
 ITEMS, USERS, HISTORY = 20_000, 5_000, 100
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {b} | {eps['none']:,.0f} | {eps['tapf']:,.0f} | {ratio:.2f}x | "
                      f"{flops[(b, 'none')] / 1e6:.1f} | {flops[(b, 'tapf')] / 1e6:.1f} | "
                      f"{params[(b, 'tapf')]:,} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, args.out)
     print("\n".join(lines))
     return 0
 

@@ -21,7 +21,6 @@ path: < 3). Writes `benchmarks/results/candidates.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from _machine import machine  # noqa: E402
+from _machine import machine, write_result  # noqa: E402
 from bench_backbones import BACKBONES, batch_inputs, build  # noqa: E402
 
 COUNTS = (100, 1000)
@@ -94,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{med[('shared', 100)]:.1f} | {med[('shared', 1000)]:.1f} | "
                          f"{entry['shared_ratio']:.2f} |")
             print(lines[-1], flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(result, args.out)
     print("\n".join(lines))
     return 0
 

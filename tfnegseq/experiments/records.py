@@ -83,6 +83,19 @@ def current(records: Iterable[dict[str, Any]], expected: dict[tuple[Any, ...], s
     return out
 
 
+def set_aside_stale(data: dict[str, Any], expected: dict[tuple[Any, ...], str],
+                    key: tuple[str, ...]) -> None:
+    """Keeps in `data["records"]` only the records `current` keeps; the others move to
+    `data["discarded_records"]` marked "config changed" (kept, never reported)."""
+    kept = current(data["records"], expected, key)
+    stale = [r for r in data["records"] if r not in kept]
+    if stale:
+        print(f"{len(stale)} record(s) of another config moved to discarded_records", flush=True)
+        data.setdefault("discarded_records", []).extend(
+            {**r, "discarded": "config changed"} for r in stale)
+    data["records"] = kept
+
+
 def ctr_fields(metrics: dict[str, Any]) -> dict[str, Any]:
     """The fields a CTR sweep records of one run's `metrics.json` (`run_config`'s)."""
     keys = ("auc", "gauc", "logloss", "eval_examples", "train_examples_per_second", "seconds")

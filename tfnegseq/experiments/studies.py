@@ -255,13 +255,7 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
                     run_config(r["study"], r.get("backbone"), r["setting"], 0))
             except (ConfigError, KeyError):
                 pass
-    kept = records.current(data["records"], expected, spec.group)
-    stale = [r for r in data["records"] if r not in kept]
-    if stale:
-        print(f"{len(stale)} record(s) of another config moved to discarded_records", flush=True)
-        data.setdefault("discarded_records", []).extend(
-            {**r, "discarded": "config changed"} for r in stale)
-    data["records"] = kept
+    records.set_aside_stale(data, expected, spec.group)
     if not args.report_only:
         records.describe(data, spec.prog, argv, dataset=dataset, config=args.config,
                          overrides=args.overrides, seeds=seeds, epochs=base.train.epochs)

@@ -195,13 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             expected[(b, s)] = records.fingerprint(run_config(b, s, 0))
         except ConfigError:  # a backbone this sweep's overrides do not fit: leave it
             pass
-    kept = records.current(data["records"], expected, ("backbone", "setting"))
-    stale = [r for r in data["records"] if r not in kept]
-    if stale:
-        print(f"{len(stale)} record(s) of another config moved to discarded_records", flush=True)
-        data.setdefault("discarded_records", []).extend(
-            {**r, "discarded": "config changed"} for r in stale)
-    data["records"] = kept
+    records.set_aside_stale(data, expected, ("backbone", "setting"))
     done = {(r["backbone"], r["setting"], r["seed"]) for r in data["records"]}
     todo = [(b, s, seed) for b in args.backbones.split(",") for s in settings for seed in seeds
             if (b, s, seed) not in done]
