@@ -74,8 +74,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
 
 def markdown(dataset: str, data: dict[str, Any]) -> str:
     summ = summarize(data["records"])
-    backbones = sorted({b for b, _ in summ}, key=lambda b: ["din", "transformer"].index(b)
-                       if b in ("din", "transformer") else 9)
+    backbones = sorted({b for b, _ in summ}, key=_order)
     lines = [
         f"# Table 2 structure on {dataset}",
         "",
@@ -84,9 +83,10 @@ def markdown(dataset: str, data: dict[str, Any]) -> str:
         f"{data.get('machine', {}).get('processor', '')} ({data.get('machine', {}).get('cores')} cores); "
         f"finished {data.get('finished', 'in progress')}.",
         "",
-        "Mean ± sample std over seeds. Δ and Δ% are the AUC change against Pos Seq of the "
-        "same backbone.",
+        "Mean ± sample std over seeds (a single run shows no ±). Δ and Δ% are the AUC "
+        "change against Pos Seq of the same backbone.",
         "",
+        *([str(data["notes"]), ""] if data.get("notes") else []),
         "| Backbone | Setting | AUC | Δ AUC | Δ% | GAUC | Δ GAUC | logloss | runs |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -104,10 +104,11 @@ def markdown(dataset: str, data: dict[str, Any]) -> str:
                 dgs = f"{dg:+.4f}"
             else:
                 delta, dgs = "— | — | ", "—"
-            lines.append(
-                f"| {b} | {s} | {auc[0]:.4f} ± {auc[1]:.4f} | {delta}"
-                f"{gauc[0]:.4f} ± {gauc[1]:.4f} | {dgs} | {ll[0]:.4f} ± {ll[1]:.4f} | {auc[2]} |"
-            )
+            def pm(m: tuple[float, float, int]) -> str:
+                return f"{m[0]:.4f}" + (f" ± {m[1]:.4f}" if m[2] > 1 else "")
+
+            lines.append(f"| {b} | {s} | {pm(auc)} | {delta}{pm(gauc)} | {dgs} | {pm(ll)} | "
+                         f"{auc[2]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -130,7 +131,8 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
         means = [summ[(b, s)]["auc"][0] for s in names]
         stds = [summ[(b, s)]["auc"][1] for s in names]
         x = np.arange(len(names))
-        ax.bar(x, means, yerr=stds, capsize=4, color=colors[: len(names)])
+        ax.bar(x, means, yerr=stds, capsize=4,
+               color=[colors[list(SETTINGS).index(s)] for s in names])  # one colour a setting
         for xi, (s, m) in enumerate(zip(names, means, strict=True)):
             seeds = [r["auc"] for r in data["records"] if r["backbone"] == b and r["setting"] == s]
             ax.scatter([xi] * len(seeds), seeds, color="black", s=8, zorder=3)
