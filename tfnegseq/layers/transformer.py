@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
-from tfnegseq.layers._initializers import fresh
+from tfnegseq.layers._common import check_block_args, fresh
 
 
 @register
@@ -83,15 +83,7 @@ class TransformerEncoder(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        for name, value in (
-            ("num_layers", num_layers),
-            ("num_heads", num_heads),
-            ("ff_dim", ff_dim),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        check_block_args(num_layers, num_heads, ff_dim, dropout)
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.ff_dim = ff_dim

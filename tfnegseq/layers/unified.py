@@ -22,7 +22,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
-from tfnegseq.layers._initializers import fresh
+from tfnegseq.layers._common import check_block_args, check_int, fresh
 
 NEG_INF = -1e9
 
@@ -129,8 +129,7 @@ class PerTokenDense(keras.layers.Layer):
     def __init__(self, units, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(f"`units` must be an integer >= 1. Received: units={units}")
+        check_int("units", units)
         self.units = units
         self.activation = keras.activations.get(activation)
         self.use_bias = use_bias
@@ -169,22 +168,13 @@ class PerTokenDense(keras.layers.Layer):
         return config
 
 
-def _check_int(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}. Received: {name}={value}")
-
-
 class _UnifiedBlock(keras.layers.Layer):
     """Arguments, validation and config shared by the three backbones."""
 
     def __init__(self, num_layers, num_heads, ff_dim, dropout=0.0, epsilon=1e-6,
                  kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
-        for name, value in (("num_layers", num_layers), ("num_heads", num_heads),
-                            ("ff_dim", ff_dim)):
-            _check_int(name, value)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout}")
+        check_block_args(num_layers, num_heads, ff_dim, dropout)
         self.num_layers = num_layers
         self.num_heads = num_heads
         self.ff_dim = ff_dim
@@ -485,7 +475,7 @@ class HyFormerEncoder(_UnifiedBlock):
 
     def __init__(self, num_layers, num_heads, ff_dim, num_queries=2, **kwargs):
         super().__init__(num_layers, num_heads, ff_dim, **kwargs)
-        _check_int("num_queries", num_queries)
+        check_int("num_queries", num_queries)
         self.num_queries = num_queries
 
     def build(self, seq_shape, ns_shape, mask_shape=None):
