@@ -20,7 +20,11 @@ from tests.helpers_export import (
 )
 
 
-@pytest.mark.parametrize("backbone", ["onetrans", "hyformer", "mixformer"])
+@pytest.mark.parametrize("backbone", [
+    "onetrans",  # the other two in `make test-slow` (30 s each; the default run's budget)
+    pytest.param("hyformer", marks=pytest.mark.slow),
+    pytest.param("mixformer", marks=pytest.mark.slow),
+])
 def test_unified_backbone_trains_and_exports(tiny_samples, tmp_path, backbone):
     import tensorflow as tf
 
