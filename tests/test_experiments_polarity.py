@@ -35,6 +35,11 @@ def test_ratio_and_length_settings():
     assert (m.sequence_length, m.positive_ratio, m.polarity) == (200, 0.5, "tapf")
     c = load_config(CONFIG, polarity.STUDIES["construction"]["grouped"]).model
     assert c.mode == "grouped"
+    d = load_config(CONFIG, polarity.STUDIES["construction"]["dual-stream"]).model
+    assert (d.mode, d.positive_ratio, d.polarity) == ("dual", 0.5, "tapf")
+    a = {s: load_config(CONFIG, o).model for s, o in polarity.STUDIES["analyses"].items()}
+    assert [(m.positive_ratio, m.polarity) for m in a.values()] == [
+        (1.0, "none"), (0.5, "pbe"), (0.5, "tapf")]
 
 
 def test_entry_point_refuses_an_unknown_experiment_with_one_line(capsys):

@@ -9,12 +9,20 @@
 | tapf-ablation | Table 3 | full TAPF; without target interaction, residual, polarity sign, gating, polarity embedding (default backbones: OneTrans as the paper, and DIN) |
 | ratio-sweep | Figure 4 | positive ratio r = 0.0, 0.1, ..., 1.0 (default: DIN) |
 | length-scaling | Table 4 / Figure 1 | L = 10, 20, 50, 100, 200, 300, 500 for Pos Seq and Mix Seq + TAPF, as far as `samples.max_history` holds them (longer ones are skipped with a note); the markdown adds each series' slope of AUC against log10 L and their ratio (default: every backbone) |
-| construction | Table 7 | interleaved vs polarity-grouped concatenation (default: DIN, Transformer) |
+| construction | Table 7 | interleaved vs polarity-grouped concatenation vs the dual-stream encoder (`model.mode=dual`; default: OneTrans as the paper, DIN, Transformer) |
+| negative-ablation | Figure 8 | Pos Seq; Mix Seq with the recent negatives, with items drawn from the catalogue ("random universe", `samples.negative_history=catalogue`), with negatives drawn from the user's whole past ("random history", `samples.negative_history=random`), and with random polarity labels (`model.polarity_labels=random`); the two with their own samples build them with the Beam job (DirectRunner) in `<output.dir>_neg_*` on first use (default: DIN) |
+
+| analyses | §4.5, Figures 5-7 and 9 | Pos Seq, Mix Seq + PB, Mix Seq + TAPF (default: DIN, OneTrans as the paper) |
+
+Every run of every study also records the analyses of its saved model
+(`tfnegseq.experiments.analyses`: AUC by positive-history bucket, on cold and warm
+target items, on the full-history subset, and the attention share on positive tokens
+with the polarity gap), so the length-scaling report carries Table 5 (the slopes on the
+full-sequence subset) and the ratio sweep Figure 5 (the gap against r); the analyses
+figure is `polarity_<dataset>_analyses.png`.
 
 TAPF sits on the input tokens in every setting (`model.tapf_position=input`), the
-placement all five backbones share. Not built yet: Table 5 (the full-sequence test
-subset), the dual-stream encoder of Table 7, the negative ablation of Figure 8 and the
-analyses of §4.5 (issue 15 lists them). Records, resume and reports:
+placement all five backbones share. Records, resume and reports:
 `tfnegseq.experiments.studies`; results in `docs/results/polarity_<dataset>.{json,md,png}`.
 """
 
@@ -25,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from tfnegseq.experiments.analyses import ACTIVITY, analysis_fields, bucket_name
 from tfnegseq.experiments.studies import Studies, run
 from tfnegseq.experiments.table2 import BACKBONE_OVERRIDES, BACKBONES
 
@@ -55,10 +64,32 @@ STUDIES: dict[str, dict[str, list[str]]] = {
     "construction": {
         "interleaved": [*MIX_TAPF, "model.mode=interleaved"],
         "grouped": [*MIX_TAPF, "model.mode=grouped"],
+        "dual-stream": [*MIX_TAPF, "model.mode=dual"],
+    },
+    "negative-ablation": {
+        "Pos Seq": POS,
+        "recent negatives": MIX_TAPF,
+        # the same slots and times, items drawn from the catalogue (own samples)
+        "random universe": [*MIX_TAPF, "samples.negative_history=catalogue",
+                            "output.dir={output_dir}_neg_catalogue"],
+        # floor(L / 2) negatives drawn from the user's whole past (own samples): the
+        # model's floor((1 - r) L) negatives are then a uniform draw, not the latest
+        "random history": [*MIX_TAPF, "samples.negative_history=random",
+                           "samples.negative_history_size={half_length}",
+                           "output.dir={output_dir}_neg_random"],
+        "random polarity": [*MIX_TAPF, "model.polarity_labels=random"],
+    },
+    # §4.5: activity buckets, cold items, attention shares (every run records them;
+    # this study is the three settings the paper compares)
+    "analyses": {
+        "Pos Seq": POS,
+        "Mix Seq + PB": ["model.positive_ratio=0.5", "model.polarity=pbe"],
+        "Mix Seq + TAPF": MIX_TAPF,
     },
 }
 REFERENCE = {"tapf-ablation": "full TAPF", "ratio-sweep": "r=1.0",
-             "length-scaling": "Pos Seq L=100", "construction": "interleaved"}
+             "length-scaling": "Pos Seq L=100", "construction": "interleaved",
+             "negative-ablation": "Pos Seq", "analyses": "Pos Seq"}
 NUMERIC = {
     "ratio-sweep": {f"r={r:.1f}": ("Mix Seq + TAPF", r) for r in RATIOS},
     "length-scaling": {f"{name} L={length}": (name, float(length)) for length in LENGTHS
@@ -79,14 +110,10 @@ def slopes(summ: dict[tuple[Any, ...], dict[str, Any]], backbone: str | None
     return out
 
 
-def _extra(spec: Studies, study: str, summ: dict[tuple[Any, ...], dict[str, Any]],
-           backbone: str | None) -> list[str]:
-    if study != "length-scaling":
-        return []
-    fitted = slopes(summ, backbone)
+def _slope_text(fitted: dict[str, tuple[float, int]], what: str) -> list[str]:
     if not fitted:
         return []
-    text = ("Slope of mean AUC per decade of L (least squares over the lengths run): "
+    text = (f"Slope of {what} per decade of L (least squares over the lengths run): "
             + "; ".join(f"{n} {s:+.4f} ({k} lengths)" for n, (s, k) in fitted.items()))
     if len(fitted) == 2 and fitted["Pos Seq"][0] != 0:
         text += (f"; ratio Mix Seq + TAPF / Pos Seq "
@@ -94,13 +121,190 @@ def _extra(spec: Studies, study: str, summ: dict[tuple[Any, ...], dict[str, Any]
     return ["", text + "."]
 
 
+def analysed(data: dict[str, Any], study: str, backbone: str | None, setting: str
+             ) -> list[dict[str, Any]]:
+    """The `analysis` fields of a setting's runs."""
+    return [r["analysis"] for r in data["records"] if r.get("analysis")
+            and r["study"] == study and r.get("backbone") == backbone
+            and r["setting"] == setting]
+
+
+def amean(items: list[dict[str, Any]], *path: str) -> float | None:
+    """Mean over runs of the value at `path` in each analysis (None values skipped)."""
+    values = []
+    for item in items:
+        v: Any = item
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        if v is not None:
+            values.append(float(v))
+    return float(np.mean(values)) if values else None
+
+
+def _f(v: float | None, fmt: str = ".4f") -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def full_history_slopes(data: dict[str, Any], backbone: str | None
+                        ) -> dict[str, tuple[float, int]]:
+    """Table 5: the slopes of the full-history subset's mean AUC against log10 L."""
+    out = {}
+    for name in ("Pos Seq", "Mix Seq + TAPF"):
+        pts = [(np.log10(length), a) for length in LENGTHS
+               if (a := amean(analysed(data, "length-scaling", backbone,
+                                       f"{name} L={length}"), "full_history", "auc"))
+               is not None]
+        if len(pts) >= 2:
+            x, y = np.array(pts).T
+            out[name] = (float(np.polyfit(x, y, 1)[0]), len(pts))
+    return out
+
+
+def _extra(spec: Studies, study: str, summ: dict[tuple[Any, ...], dict[str, Any]],
+           backbone: str | None, data: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    if study == "length-scaling":
+        lines += _slope_text(slopes(summ, backbone), "mean AUC")
+        rows = [(s, a) for s in STUDIES[study] if (a := analysed(data, study, backbone, s))]
+        if rows:
+            lines += ["", "Table 5, the full-sequence subset (test rows whose positive "
+                      "history holds at least L events, so both settings fill every slot):",
+                      "", "| Setting | AUC (subset) | rows | share of the test split |",
+                      "| --- | --- | --- | --- |"]
+            for s, a in rows:
+                n, total = amean(a, "full_history", "n"), amean(a, "all", "n")
+                share = f"{n / total:.1%}" if n is not None and total else "—"
+                lines.append(f"| {s} | {_f(amean(a, 'full_history', 'auc'))} | "
+                             f"{_f(n, '.0f')} | {share} |")
+            lines += _slope_text(full_history_slopes(data, backbone), "the subset's AUC")
+        return lines
+    rows = [(s, a) for s in STUDIES[study] if (a := analysed(data, study, backbone, s))]
+    if not rows:
+        return lines
+    lines += ["", "Per-run analyses (`tfnegseq.experiments.analyses`), mean over runs: "
+              "cold = target item never in the training split; a+ = share of the "
+              "backbone's attention on positive tokens; gap = a+ on clicked rows minus "
+              "a+ on the others (§4.5.1).", "",
+              "| Setting | AUC cold (rows) | AUC warm | a+ | gap |", "| --- | --- | --- | --- | --- |"]
+    for s, a in rows:
+        lines.append(f"| {s} | {_f(amean(a, 'cold', 'auc'))} ({_f(amean(a, 'cold', 'n'), '.0f')})"
+                     f" | {_f(amean(a, 'warm', 'auc'))} | "
+                     f"{_f(amean(a, 'attention', 'positive_share'), '.3f')} | "
+                     f"{_f(amean(a, 'attention', 'gap'), '+.3f')} |")
+    if study == "analyses":
+        ref = dict(rows).get(REFERENCE[study])
+        lines += ["", "AUC by positive history length (rows), and the gain over Pos Seq:", "",
+                  "| bucket | " + " | ".join(s for s, _ in rows) + " |",
+                  "| --- |" + " --- |" * len(rows)]
+        for lo, hi in ACTIVITY:
+            name = bucket_name(lo, hi)
+            cells = []
+            for s, a in rows:
+                auc = amean(a, "activity", name, "auc")
+                base = amean(ref, "activity", name, "auc") if ref else None
+                gain = (f" ({auc - base:+.4f})" if auc is not None and base is not None
+                        and s != REFERENCE[study] else "")
+                cells.append(f"{_f(auc)}{gain}")
+            n = amean(rows[0][1], "activity", name, "n")
+            lines.append(f"| {name} ({_f(n, '.0f')}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _extra_plot(spec: Studies, dataset: str, data: dict[str, Any], stem: str) -> None:
+    """`<stem>_analyses.png`: per backbone of the `analyses` study, the AUC gain over
+    Pos Seq by activity bucket (Figure 6), cold vs warm AUC (Figure 7) and the attention
+    split (Figure 9); and the attention polarity gap against r (Figure 5) where the
+    ratio sweep recorded it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: list[tuple[str, str | None]] = []
+    for name in spec.backbones:
+        if analysed(data, "analyses", name, "Pos Seq"):
+            panels += [("activity", name), ("cold", name), ("share", name)]
+        if any(analysed(data, "ratio-sweep", name, f"r={r:.1f}") for r in RATIOS):
+            panels.append(("gap", name))
+    if not panels:
+        return
+    cols = min(3, len(panels))
+    rows_ = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(5.6 * cols, 4.2 * rows_), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    mixes = ("Mix Seq + PB", "Mix Seq + TAPF")
+    colors = {"Pos Seq": "#9e9e9e", "Mix Seq + PB": "#ef6c00", "Mix Seq + TAPF": "#1565c0"}
+    for ax, (what, b) in zip(axes.flat, panels, strict=False):
+        get = {s: analysed(data, "analyses", b, s) for s in STUDIES["analyses"]}
+        if what == "activity":
+            names = [bucket_name(lo, hi) for lo, hi in ACTIVITY]
+            xs = np.arange(len(names))
+            for i, s in enumerate(mixes):
+                gains = [(amean(get[s], "activity", n, "auc") or np.nan)
+                         - (amean(get["Pos Seq"], "activity", n, "auc") or np.nan) for n in names]
+                ax.bar(xs + (i - 0.5) * 0.38, gains, 0.38, label=s, color=colors[s])
+            counts = [amean(get["Pos Seq"], "activity", n, "n") for n in names]
+            ax.set_xticks(xs, [f"{n}\n({_f(c, '.0f')} rows)" for n, c in
+                               zip(names, counts, strict=True)], fontsize=8)
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xlabel("positive history length")
+            ax.set_ylabel("AUC gain over Pos Seq")
+            ax.set_title(f"{dataset}, {b}: gain by user activity (Fig. 6)")
+            ax.legend(fontsize=8)
+        elif what == "cold":
+            xs = np.arange(2)
+            for i, s in enumerate(STUDIES["analyses"]):
+                vals = [amean(get[s], part, "auc") or np.nan for part in ("cold", "warm")]
+                ax.bar(xs + (i - 1) * 0.27, vals, 0.27, label=s, color=colors[s])
+            n = [amean(get["Pos Seq"], part, "n") for part in ("cold", "warm")]
+            ax.set_xticks(xs, [f"cold items ({_f(n[0], '.0f')} rows)",
+                               f"warm items ({_f(n[1], '.0f')} rows)"])
+            ax.set_ylabel("test AUC")
+            low = np.nanmin([amean(get[s], p, "auc") or np.nan for s in get
+                             for p in ("cold", "warm")] + [1.0])
+            ax.set_ylim(max(0.0, low - 0.05), None)
+            ax.set_title(f"{dataset}, {b}: cold-start vs warm items (Fig. 7)")
+            ax.legend(fontsize=8)
+        elif what == "share":
+            shares = [amean(get[s], "attention", "positive_share") for s in mixes]
+            pos = np.array([np.nan if v is None else v for v in shares])
+            ax.bar(mixes, pos, color="#1565c0", label="positive tokens")
+            ax.bar(mixes, 1 - pos, bottom=pos, color="#ef6c00", label="negative tokens")
+            for i, v in enumerate(pos):
+                if np.isfinite(v):
+                    ax.text(i, v / 2, f"{v:.1%}", ha="center", color="white")
+                    ax.text(i, v + (1 - v) / 2, f"{1 - v:.1%}", ha="center", color="white")
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("share of attention")
+            ax.set_title(f"{dataset}, {b}: attention split (Fig. 9)")
+            ax.legend(fontsize=8, loc="lower right")
+        else:
+            pts = [(r, g) for r in RATIOS if (g := amean(
+                analysed(data, "ratio-sweep", b, f"r={r:.1f}"), "attention", "gap"))
+                is not None]
+            if pts:
+                xs_, gs = zip(*pts, strict=True)
+                ax.plot(xs_, gs, marker="o")
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xlabel("positive ratio r")
+            ax.set_ylabel("attention polarity gap")
+            ax.set_title(f"{dataset}, {b}: polarity gap vs r (Fig. 5)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(f"{stem}_analyses.png", dpi=110)
+    plt.close(fig)
+
+
 SPEC = Studies(
     prog="tfnegseq.experiments.polarity", prefix="polarity", kind="ctr", studies=STUDIES,
     reference=REFERENCE, default_studies=("tapf-ablation",), backbones=BACKBONES,
     default_backbones={"tapf-ablation": ("onetrans", "din"), "ratio-sweep": ("din",),
-                       "construction": ("din", "transformer")},
+                       "construction": ("onetrans", "din", "transformer"),
+                       "negative-ablation": ("din",), "analyses": ("din", "onetrans")},
     backbone_overrides=BACKBONE_OVERRIDES, numeric=NUMERIC, skip_invalid=True,
-    title="Mixed-polarity studies", extra=_extra)
+    title="Mixed-polarity studies", extra=_extra, after_run=analysis_fields,
+    extra_plot=_extra_plot)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,12 +52,39 @@ class Studies:
     numeric: dict[str, dict[str, tuple[str, float]]] = dataclasses.field(default_factory=dict)
     skip_invalid: bool = False
     title: str = "Experiments"
-    # extra markdown after a study's table: (spec, study, summary, backbone) -> lines
+    # extra markdown after a study's table: (spec, study, summary, backbone, data) -> lines
     extra: Callable[..., list[str]] | None = None
+    # more fields of a finished run's record, from its config (e.g. the §4.5 analyses of
+    # the saved model): cfg -> {field: JSON value}
+    after_run: Callable[[Any], dict[str, Any]] | None = None
+    # more figures beside the report: (spec, dataset, data, path stem) -> None
+    extra_plot: Callable[..., None] | None = None
 
     @property
     def group(self) -> tuple[str, ...]:
         return ("study", "backbone", "setting") if self.backbones else ("study", "setting")
+
+
+def placeholders(base: Any) -> dict[str, Any]:
+    """What a setting's override may name in braces, from the sweep's base config:
+    `{output_dir}` (its samples directory, `output.dir`) and `{half_length}`
+    (floor(L / 2), the negative slots of a mixed sequence at r = 0.5)."""
+    return {"output_dir": base.output.dir, "half_length": base.model.sequence_length // 2}
+
+
+def ensure_samples(cfg: Any, base: Any) -> None:
+    """Builds a setting's own samples (the Beam job on DirectRunner) when the setting
+    moves `output.dir` away from the sweep's and nothing is there yet (e.g. the
+    negative ablation's samples with `samples.negative_history: random`)."""
+    if cfg.train.data_dir or cfg.output.dir == base.output.dir:
+        return
+    if os.path.exists(os.path.join(cfg.output.dir, "manifest.json")):
+        return
+    from tfnegseq.data import job
+
+    print(f"building this setting's samples in {cfg.output.dir} (Beam, DirectRunner)",
+          flush=True)
+    job.run(cfg)
 
 
 def _key(spec: Studies, study: str, backbone: str | None, setting: str) -> tuple[str, ...]:
@@ -108,7 +135,7 @@ def markdown(spec: Studies, dataset: str, data: dict[str, Any]) -> str:
                              f"{_fmt(r, 'gauc')} | {_fmt(r, 'logloss')} | "
                              f"{_fmt(r, 'train_examples_per_second', 0)} | {r['auc'][2]} |")
             if spec.extra is not None:
-                lines += spec.extra(spec, study, summ, backbone)
+                lines += spec.extra(spec, study, summ, backbone, data)
     return "\n".join(lines) + "\n"
 
 
@@ -225,7 +252,8 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
                       for c in f"{study}_{backbone or ''}_{setting}_seed{seed}").lower()
         extra = ([f"model.backbone={backbone}", *spec.backbone_overrides.get(backbone, [])]
                  if backbone else [])
-        return load_config(args.config, args.overrides + extra + spec.studies[study][setting]
+        own = [o.format(**placeholders(base)) for o in spec.studies[study][setting]]
+        return load_config(args.config, args.overrides + extra + own
                            + [f"train.seed={seed}", "train.export=false",
                               f"train.run_dir={args.runs_dir}/{base.name}/{tag}"])
 
@@ -272,8 +300,18 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
                   "config_sha": expected[_key(spec, study, backbone, setting)]}
         if backbone:
             fields["backbone"] = backbone
-        records.run_ctr(path, data, run_config(study, backbone, setting, seed), **fields)
+        cfg = run_config(study, backbone, setting, seed)
+        ensure_samples(cfg, base)
+        records.run_ctr(path, data, cfg, **fields)
+        if spec.after_run is not None:
+            data["records"][-1].update(spec.after_run(cfg))
+            records.save(path, data)
+
+    def figures(png: str) -> None:
+        plot(spec, dataset, data, png)
+        if spec.extra_plot is not None:
+            spec.extra_plot(spec, dataset, data, os.path.splitext(png)[0])
+
     print(records.finish(path, data, bool(todo) and not args.report_only,
-                         lambda d: markdown(spec, dataset, d),
-                         lambda png: plot(spec, dataset, data, png)))
+                         lambda d: markdown(spec, dataset, d), figures))
     return 0

@@ -1,6 +1,9 @@
 """The mixed-polarity CTR model, assembled from the `ctr` kind's `model:` section.
 
     pos/neg histories --MixedPolaritySequence(L, r, mode)--> items [B,L], polarity [B,L]
+              (mode dual: two sequences, floor(r L) positives and floor((1 - r) L)
+              negatives, each through its own copy of the backbone, interests
+              concatenated; polarity_labels random: hashed coins instead of the labels)
     items --item embedding (shared with the target)--> + position embedding -> tokens
     polarity encoding: none | pbe (eq. 2) | tapf (PBE then TAPF, eq. 3-5)
     backbone: din (target attention, sum pooling) | transformer (encoder over tokens
@@ -27,6 +30,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
+from tfnegseq.budget import polarity_budget
 from tfnegseq.config import validate_section
 from tfnegseq.embeddings import EmbeddingTables
 from tfnegseq.kinds.ctr.config import CtrModelConfig
@@ -39,6 +43,21 @@ from tfnegseq.layers.polarity import (
 from tfnegseq.layers.transformer import TransformerEncoder
 from tfnegseq.layers.unified import HyFormerEncoder, MixFormerEncoder, OneTransEncoder
 from tfnegseq.optimizers import RowSparseAdam  # noqa: F401  (registered for load_model)
+
+
+def random_polarity(items, users, polarity):
+    """Polarity `[B, L]` with each real token's (polarity != 0) sign replaced by a coin
+    hashed from (user id, item id): +1 or -1 with probability 1/2, the same for the same
+    pair in every call (paper Figure 8 (c), "random polarity"). Padding stays 0.
+
+    The hash: h = (a * 40503 + b * 9973) mod 65521 with a, b the ids mod 32749, then
+    h * 27893 mod 65521 >= 32761 -> +1 (int32 throughout: no product exceeds 2^31)."""
+    a = ops.mod(ops.cast(items, "int32"), 32749)
+    b = ops.mod(ops.cast(ops.reshape(users, (-1, 1)), "int32"), 32749)
+    h = ops.mod(a * 40503 + b * 9973, 65521)
+    h = ops.mod(h * 27893, 65521)
+    coin = ops.where(ops.greater_equal(h, 32761), 1, -1)
+    return ops.cast(ops.where(ops.not_equal(polarity, 0), coin, 0), "int32")
 
 
 @register
@@ -90,8 +109,19 @@ class CtrModel(keras.Model):
         d = m.embedding_dim
         short = self.has_short_term
         # Construction order is initialisation order (seeded runs reproduce): keep it.
-        self.sequence = (MixedPolaritySequence(m.sequence_length, m.positive_ratio, mode=m.mode,
-                                               name="sequence") if short else None)
+        self.dual = m.mode == "dual"
+        # dual-stream: the positive and the negative sequence, [pad, positives | negatives]
+        # (floor(r L) and floor((1 - r) L) slots; `_mixed`); else the mixed sequence
+        budget = polarity_budget(m.positive_ratio, m.sequence_length)
+        self.sequence = (
+            None if not short
+            else MixedPolaritySequence(budget[0], 1.0, name="sequence")
+            if self.dual
+            else MixedPolaritySequence(m.sequence_length, m.positive_ratio, mode=m.mode,
+                                       name="sequence"))
+        self.sequence_negative = (MixedPolaritySequence(budget[1], 0.0, name="sequence_negative")
+                                  if short and self.dual else None)
+        self.negative_slots = budget[1]
         rows = -(-vocab_sizes["item_id"] // self.item_rows_multiple) * self.item_rows_multiple
         self.item_embedding = keras.layers.Embedding(
             rows, d, name="item_embedding", dtype="float32",
@@ -126,21 +156,9 @@ class CtrModel(keras.Model):
             if short and m.polarity == "tapf"
             else None
         )
-        self.backbone: Any = None
-        if short and m.backbone == "din":
-            self.backbone = DinAttention(units=tuple(m.attention_units), name="din_attention")
-        elif short and m.backbone == "transformer":
-            self.backbone = TransformerEncoder(
-                num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=2 * d,
-                dropout=m.dropout, name="transformer",
-            )
-        elif short:  # a unified block (the config refuses any other backbone)
-            unified = {"onetrans": (OneTransEncoder, {"pyramid": m.pyramid}),
-                       "hyformer": (HyFormerEncoder, {"num_queries": m.num_queries}),
-                       "mixformer": (MixFormerEncoder, {})}
-            cls, extra = unified[m.backbone]
-            self.backbone = cls(num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=2 * d,
-                                dropout=m.dropout, name=m.backbone, **extra)
+        self.backbone: Any = self._make_backbone("") if short else None
+        # the dual-stream encoder's second backbone, for the negative sequence
+        self.backbone_negative: Any = self._make_backbone("_negative") if self.dual else None
         # OneTrans' Auto-Split tokenizer of the non-sequential features
         self.ns_tokenizer = (keras.layers.Dense(m.ns_tokens * d, name="ns_tokenizer")
                              if short and self.unified else None)
@@ -153,10 +171,53 @@ class CtrModel(keras.Model):
             DinAttention(units=tuple(m.attention_units), name="aggregation")
             if self.tapf_after_encoder else None
         )
+        self.aggregation_negative = (
+            DinAttention(units=tuple(m.attention_units), name="aggregation_negative")
+            if self.tapf_after_encoder and self.dual else None
+        )
         self.mlp = [keras.layers.Dense(u, activation="relu", name=f"mlp_{i}")
                     for i, u in enumerate(m.mlp_units)]
         self.dropout = keras.layers.Dropout(m.dropout) if m.dropout else None
         self.out = keras.layers.Dense(1, name="logit", dtype="float32")
+
+    def _make_backbone(self, suffix: str) -> Any:
+        """The configured backbone layer, named `<backbone><suffix>`."""
+        m, d = self.m, self.m.embedding_dim
+        if m.backbone == "din":
+            return DinAttention(units=tuple(m.attention_units), name=f"din_attention{suffix}")
+        if m.backbone == "transformer":
+            return TransformerEncoder(num_layers=m.num_layers, num_heads=m.num_heads,
+                                      ff_dim=2 * d, dropout=m.dropout, name=f"transformer{suffix}")
+        # a unified block (the config refuses any other backbone)
+        unified = {"onetrans": (OneTransEncoder, {"pyramid": m.pyramid}),
+                   "hyformer": (HyFormerEncoder, {"num_queries": m.num_queries}),
+                   "mixformer": (MixFormerEncoder, {})}
+        cls, extra = unified[m.backbone]
+        return cls(num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=2 * d,
+                   dropout=m.dropout, name=f"{m.backbone}{suffix}", **extra)
+
+    def _mixed(self, inputs: dict[str, Any]):
+        """(items [B, L], polarity [B, L]) of the short-term sequence: the mixed sequence,
+        or for the dual-stream encoder [padding, the floor(r L) slots of the positive stream,
+        the floor((1 - r) L) of the negative stream] (the padding when the two sum to
+        less than L); with `polarity_labels: random`, each real token's
+        polarity replaced by its hashed coin (`random_polarity`)."""
+        assert self.sequence is not None, "a model without the short-term path"
+        args = (inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"],
+                inputs["neg_order"])
+        items, polarity = self.sequence(*args)
+        if self.sequence_negative is not None:
+            neg_items, neg_polarity = self.sequence_negative(*args)
+            pad = self.m.sequence_length - self.sequence.length - self.sequence_negative.length
+            if pad:  # floor(r L) + floor((1 - r) L) < L: padding slots first
+                zeros = ops.zeros((ops.shape(items)[0], pad), "int32")
+                items = ops.concatenate([ops.cast(zeros, items.dtype), items], axis=1)
+                polarity = ops.concatenate([zeros, polarity], axis=1)
+            items = ops.concatenate([items, ops.cast(neg_items, items.dtype)], axis=1)
+            polarity = ops.concatenate([polarity, neg_polarity], axis=1)
+        if self.m.polarity_labels == "random":
+            polarity = random_polarity(items, inputs["user_id"], polarity)
+        return items, polarity
 
     @property
     def unified(self) -> bool:
@@ -229,10 +290,7 @@ class CtrModel(keras.Model):
     def encode_sequence(self, inputs: dict[str, Any], training: bool | None = None):
         """Tokens [B,L,d] (PBE applied, TAPF not yet), target [B,d], polarity [B,L],
         mask [B,L] (shared with analyses)."""
-        assert self.sequence is not None, "a model without the short-term path"
-        items, polarity = self.sequence(
-            inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"], inputs["neg_order"]
-        )
+        items, polarity = self._mixed(inputs)
         # One lookup for the sequence and the target (one gradient segment sum).
         batch, length = ops.shape(items)[0], ops.shape(items)[1]
         ids = ops.concatenate(
@@ -250,16 +308,13 @@ class CtrModel(keras.Model):
         `cache`: their candidate-free side (OneTrans: every layer's behaviour-token keys
         and values; HyFormer: the sequence encoding's keys and values; MixFormer: the
         per-head keys and values; `sequence_cache` of each)."""
-        assert self.sequence is not None, "a model without the short-term path"
-        items, polarity = self.sequence(
-            inputs["pos_item_id"], inputs["pos_order"], inputs["neg_item_id"], inputs["neg_order"]
-        )
+        items, polarity = self._mixed(inputs)
         batch, length = ops.shape(items)[0], ops.shape(items)[1]
         rows = self.tables.gather(self, self.tables.table(self.item_embedding),
                                   ops.reshape(items, (-1,)))
         state = {"tokens": self._tokens(rows, batch, length, polarity), "polarity": polarity,
                  "mask": ops.not_equal(polarity, 0)}
-        if self.unified and self.tapf is None:
+        if self.unified and self.tapf is None and not self.dual:
             if not self.backbone.built:
                 self.backbone.build(state["tokens"].shape,
                                     (None, self.m.ns_tokens, self.m.embedding_dim))
@@ -324,35 +379,98 @@ class CtrModel(keras.Model):
         `num_candidates` rows per user."""
         if self.tapf is not None and not self.tapf_after_encoder:
             tokens = self.tapf(tokens, target, polarity, **self._tapf_table())
+        ns = self.ns_tokens(inputs, target) if self.unified else None
+        if not self.dual:
+            return self._stream_interest(self.backbone, self.aggregation, tokens, target,
+                                         polarity, mask, ns, training, cache, num_candidates)
+        # dual-stream: each stream through its own backbone, the interests concatenated
+        cut = self.m.sequence_length - self.negative_slots
+        return ops.concatenate([
+            self._stream_interest(backbone, aggregation, tokens[:, part], target,
+                                  polarity[:, part], mask[:, part], ns, training)
+            for backbone, aggregation, part in (
+                (self.backbone, self.aggregation, slice(None, cut)),
+                (self.backbone_negative, self.aggregation_negative, slice(cut, None)))
+        ], axis=-1)
+
+    def _stream_interest(self, backbone, aggregation, tokens, target, polarity, mask, ns,
+                         training=None, cache: Any = None, num_candidates: Any = 1):
+        """One sequence's interest [B, d']: `backbone` over `tokens` (TAPF applied unless
+        it follows the encoder), pooled."""
         if self.m.backbone == "din":
-            interest = self.backbone(tokens, target, mask)  # [B, d]
+            interest = backbone(tokens, target, mask)  # [B, d]
         elif self.unified:
-            ns = self.ns_tokens(inputs, target)
             if cache is not None:
-                out = self.backbone.decode(ns, cache, training=training,
-                                           candidates=num_candidates)
+                out = backbone.decode(ns, cache, training=training, candidates=num_candidates)
             else:
-                out = self.backbone(tokens, ns, mask, training=training)  # [B, T', d]
+                out = backbone(tokens, ns, mask, training=training)  # [B, T', d]
             interest = ops.reshape(out, (-1, out.shape[1] * out.shape[2]))  # [B, T' d]
         elif self.tapf_after_encoder:
-            assert self.tapf is not None and self.aggregation is not None
+            assert self.tapf is not None and aggregation is not None
             length = ops.shape(tokens)[1]
-            encoded = self.backbone(tokens, target, mask, training=training,
-                                    return_sequence=True)[:, :length]  # [B, L, d]
+            encoded = backbone(tokens, target, mask, training=training,
+                               return_sequence=True)[:, :length]  # [B, L, d]
             calibrated = self.tapf(encoded, target, polarity, **self._tapf_table())  # [B, L, d]
             # Weighted aggregation with softmax-normalised target-attention weights: the
             # encoder's outputs are layer-normalised (|h| ~ 1 per dimension), so DIN's
             # unnormalised sum over L tokens would be ~L times the input placement's
             # scale (measured: mean |interest| 46 vs 0.8 at L = 100 at initialisation).
-            _, scores = self.aggregation(calibrated, target, mask,
-                                         return_attention_scores=True)  # [B, L]
+            _, scores = aggregation(calibrated, target, mask,
+                                    return_attention_scores=True)  # [B, L]
             scores = ops.where(mask, ops.cast(scores, "float32"), -1e9)
             weights = ops.softmax(scores, axis=-1) * ops.cast(mask, "float32")  # [B, L]
             weights = ops.cast(weights, calibrated.dtype)
             interest = ops.sum(ops.expand_dims(weights, -1) * calibrated, axis=1)  # [B, d]
         else:
-            interest = self.backbone(tokens, target, mask, training=training)  # [B, d]
+            interest = backbone(tokens, target, mask, training=training)  # [B, d]
         return interest
+
+    def attention_share(self, inputs: dict[str, Any]):
+        """The share of the backbone's attention on positive tokens, `[B]` float32 (the
+        paper's a-bar+ of §4.5.1 and Figure 9; NaN for a row without real tokens):
+
+        - DIN: |w_k| summed over positive tokens over |w_k| summed over real tokens (its
+          pooling weights w_k are unnormalised, so their absolute mass);
+        - OneTrans: the last layer's NS-query attention (softmax) on the behaviour tokens
+          that enter it, summed over heads and NS queries, positive over all behaviour
+          mass (the NS keys are left out);
+        - the Transformer with `tapf_position: encoded`: the softmax weights of its
+          target-attention pooling.
+
+        Raises:
+            ValueError: another backbone, or the dual-stream encoder (no one attention
+                over both polarities).
+        """
+        supported = (self.m.backbone in ("din", "onetrans") or self.tapf_after_encoder)
+        if not supported or self.dual:
+            raise ValueError(
+                f"attention_share: defined for DIN, OneTrans and the Transformer with "
+                f"tapf_position 'encoded' over one mixed sequence. Received: backbone="
+                f"{self.m.backbone!r}, mode={self.m.mode!r}, tapf_position="
+                f"{self.m.tapf_position!r}")
+        tokens, target, polarity, mask = self.encode_sequence(inputs)
+        if self.tapf is not None and not self.tapf_after_encoder:
+            tokens = self.tapf(tokens, target, polarity, **self._tapf_table())
+        if self.m.backbone == "din":
+            _, w = self.backbone(tokens, target, mask, return_attention_scores=True)
+            mass = ops.abs(ops.cast(w, "float32"))  # [B, L]
+        elif self.m.backbone == "onetrans":
+            _, w = self.backbone(tokens, self.ns_tokens(inputs, target), mask,
+                                 return_attention_scores=True)  # [B, h, T, L' + T]
+            keys = w.shape[-1] - self.m.ns_tokens
+            mass = ops.sum(ops.cast(w, "float32")[..., :keys], axis=(1, 2))  # [B, L']
+            polarity = polarity[:, polarity.shape[1] - keys:]
+        else:
+            assert self.tapf is not None and self.aggregation is not None
+            length = ops.shape(tokens)[1]
+            encoded = self.backbone(tokens, target, mask, return_sequence=True)[:, :length]
+            calibrated = self.tapf(encoded, target, polarity, **self._tapf_table())
+            _, scores = self.aggregation(calibrated, target, mask, return_attention_scores=True)
+            scores = ops.where(mask, ops.cast(scores, "float32"), -1e9)
+            mass = ops.softmax(scores, axis=-1)
+        real = ops.cast(ops.not_equal(polarity, 0), "float32")
+        positive = ops.cast(ops.greater(polarity, 0), "float32")
+        return ops.sum(mass * positive, axis=1) / ops.sum(mass * real, axis=1)
 
     def ns_tokens(self, inputs: dict[str, Any], target):
         """The unified backbones' non-sequential tokens `[B, ns_tokens, d]`: Auto-Split

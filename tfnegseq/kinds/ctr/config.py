@@ -24,7 +24,17 @@ class CtrModelConfig(ModelSection):
     polarity: Literal["none", "pbe", "tapf"] = "tapf"
     sequence_length: StrictInt = 100
     positive_ratio: StrictFloat = 0.5
-    mode: Literal["interleaved", "grouped"] = "interleaved"
+    # How the chosen positives and negatives become the sequence (paper Table 7):
+    # "interleaved" (chronological merge, §3.3), "grouped" (all positives, then all
+    # negatives, one encoder) or "dual" (a dual-stream encoder: the positives and the
+    # negatives are two sequences, each through its own copy of the backbone; the two
+    # interests are concatenated before the head). "dual" splits the same budget,
+    # floor(r L) positive and floor((1 - r) L) negative slots, and needs both >= 1.
+    mode: Literal["interleaved", "grouped", "dual"] = "interleaved"
+    # The polarity labels the model reads (paper Figure 8 (c)): "observed", or "random":
+    # each real token keeps its item but gets a polarity drawn from a hash of (user id,
+    # item id), +1 or -1 with probability 1/2 each, the same at training and evaluation.
+    polarity_labels: Literal["observed", "random"] = "observed"
     embedding_dim: StrictInt = 64
     mlp_units: list[StrictInt] = field(default_factory=lambda: [200, 80])
     attention_units: list[StrictInt] = field(default_factory=lambda: [80, 40])
@@ -90,6 +100,12 @@ class CtrModelConfig(ModelSection):
                 raise ValueError(f"{name}: every entry must be >= 1. Received: {getattr(self, name)}")
         if not self.attention_units:
             raise ValueError("attention_units: needs at least one layer (DIN's activation unit)")
+        if self.mode == "dual" and min(polarity_budget(self.positive_ratio,
+                                                       self.sequence_length)) < 1:
+            raise ValueError(
+                f"mode: 'dual' needs at least one positive and one negative slot; "
+                f"positive_ratio={self.positive_ratio}, sequence_length={self.sequence_length} "
+                f"give {polarity_budget(self.positive_ratio, self.sequence_length)}")
         if sum(polarity_budget(self.positive_ratio, self.sequence_length)) == 0:
             raise ValueError(
                 f"sequence_length: floor(r * L) + floor((1 - r) * L) is 0 at sequence_length="
