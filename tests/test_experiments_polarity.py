@@ -83,3 +83,21 @@ def test_a_tiny_length_sweep_skips_what_the_data_cannot_hold(tiny_samples, tmp_p
     want = (auc["Pos Seq L=20"] - auc["Pos Seq L=10"]) / np.log10(2)
     assert f"Pos Seq {want:+.4f} (2 lengths)" in md
     assert (results / f"polarity_{cfg.name}.png").stat().st_size > 10_000
+
+
+def test_options_added_later_keep_the_committed_records_fingerprints():
+    """A config key added after records carried fingerprints (`records.LATER_KEYS`)
+    leaves the hash of a config at its default unchanged: the committed Table 2 record
+    of OneTrans Pos Seq (config_sha d70f082777e2, written before `polarity_labels` and
+    `samples.negative_history` existed) still matches its config; a non-default value
+    changes the hash."""
+    from tfnegseq.experiments import records, table2
+
+    committed = json.loads((REPO / "docs" / "results" / "table2_movielens_100k.json").read_text())
+    sha = {(r["backbone"], r["setting"]): r.get("config_sha") for r in committed["records"]}
+    assert sha[("onetrans", "Pos Seq")] == "d70f082777e2"
+    overrides = [*table2.SETTINGS["Pos Seq"], "model.backbone=onetrans",
+                 *table2.BACKBONE_OVERRIDES["onetrans"]]
+    assert records.fingerprint(load_config(CONFIG, overrides)) == "d70f082777e2"
+    for later in ("model.polarity_labels=random", "samples.negative_history=random"):
+        assert records.fingerprint(load_config(CONFIG, [*overrides, later])) != "d70f082777e2"

@@ -31,14 +31,59 @@ NUM_EXAMPLES = 16
 
 def samples_dir(cfg: Config) -> str:
     """The Beam job's output the config trains on (`train.data_dir`, else `output.dir`);
-    `ConfigError` when it holds no samples."""
+    `ConfigError` when it holds no samples, or samples built with another
+    `samples.negative_history` (`check_negative_history`)."""
     d = cfg.train.data_dir or cfg.output.dir
     if "://" not in d and not os.path.exists(os.path.join(d, "manifest.json")):
         raise ConfigError(
             f"train.data_dir: no samples at {d!r} (manifest.json missing); "
             "run python -m beam_jobs.build_samples --config ... first"
         )
+    check_negative_history(cfg, d)
     return d
+
+
+# the samples keys `check_negative_history` compares, with the value a manifest written
+# before they existed means
+NEGATIVE_HISTORY_KEYS = {"negative_history": "recent", "negative_history_size": 0,
+                         "negative_history_seed": 0}
+
+
+def check_negative_history(cfg: Config, data_dir: str) -> None:
+    """Refuses to train on samples whose negative histories were built otherwise than
+    the config says: `samples.negative_history`, `negative_history_size` and
+    `negative_history_seed` must equal those `<data_dir>/manifest.json` recorded (a key
+    an older manifest lacks counts as its default: "recent", 0, 0). The negative lists
+    are fixed when the samples are built; training cannot change them. No manifest (a
+    remote directory without one): nothing to compare.
+
+    Raises:
+        ConfigError: naming each differing key, both values and the directory.
+    """
+    path = os.path.join(data_dir, "manifest.json")
+    if "://" in data_dir:  # a bucket: TensorFlow's file system (imported only then)
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            return
+        with tf.io.gfile.GFile(path) as f:
+            manifest = json.load(f)
+    elif not os.path.exists(path):
+        return
+    else:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    built = manifest.get("config", {}).get("samples", {})
+    differ = [(k, built.get(k, default), getattr(cfg.samples, k))
+              for k, default in NEGATIVE_HISTORY_KEYS.items()
+              if built.get(k, default) != getattr(cfg.samples, k)]
+    if differ:
+        listed = "; ".join(f"samples.{k} is {want!r} in the config but the samples were "
+                           f"built with {got!r}" for k, got, want in differ)
+        raise ConfigError(
+            f"train.data_dir: {listed} ({data_dir!r}, manifest.json); rebuild the samples "
+            "with this config (python -m beam_jobs.build_samples --config ...) or train "
+            "from a samples directory built with it")
 
 
 def run_data_dir(run_dir: str) -> str:

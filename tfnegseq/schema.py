@@ -12,7 +12,7 @@ CTR task, one sample per target event:
 | `order` | int64 | scalar | the target's rank in the user's timeline (1-based) |
 | `label` | int64 | scalar | 0 / 1 |
 | `pos_item_id`, `pos_order` | int64 | list <= max_history | recent positives, oldest first |
-| `neg_item_id`, `neg_order` | int64 | list <= max_history | recent negatives, oldest first |
+| `neg_item_id`, `neg_order` | int64 | list <= max_history | recent negatives, oldest first (`samples.negative_history`) |
 | `life_item_id`, `life_order`, `life_polarity` | int64 | list <= lifelong_length | all events |
 | `life_value` | float | list <= lifelong_length | engagement value of each |
 | `user_<f>` / `item_<f>` | int64 | scalar | profile / side features (raw categorical ids) |

@@ -218,6 +218,28 @@ class SamplesConfig:
     max_targets_per_user: StrictInt = 0
     # ctr task: generated label-0 samples for positive-only logs (see NegativesConfig)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    # ctr task: which negatives fill each sample's negative history (`neg_item_id` /
+    # `neg_order`; the mixed-polarity paper's ablation, §4.5.4 and Figure 8;
+    # `tfnegseq.data.samples.negative_history`). Only negatives strictly before the
+    # target (`before`) are ever candidates; other lists (`pos_*`, `life_*`) unchanged.
+    #   "recent": the most recent `max_history` negatives, true items (the default);
+    #   "random": min(count, size) of ALL the user's negatives before the target, drawn
+    #     uniformly without replacement (recency ignored), oldest first with their true
+    #     orders and items ("random history");
+    #   "catalogue": the slots of "recent" (the most recent `size` negatives: their
+    #     count and orders), each item replaced by one drawn uniformly from the item
+    #     catalogue (every item id of the log, the user's own items included): "random
+    #     universe". A negative event gets the same replacement in every sample.
+    # negative_history_size: the list's length cap, 1..max_history; 0 = max_history;
+    # only with "random" / "catalogue". The model keeps the most recent floor((1-r) L) of
+    # the list, so "random" with size floor((1-r) L) makes those a uniform random subset.
+    # negative_history_seed: draws are a pure function of (this seed, user id, the
+    # target's order) for "random", (this seed, user id, the negative event's order) for
+    # "catalogue": independent of batching, thinning, workers and retries; only with
+    # "random" / "catalogue" (separate from `negatives.seed`).
+    negative_history: Literal["recent", "random", "catalogue"] = "recent"
+    negative_history_size: StrictInt = 0
+    negative_history_seed: StrictInt = 0
 
     @model_validator(mode="after")
     def _check(self) -> SamplesConfig:
@@ -227,12 +249,32 @@ class SamplesConfig:
             raise ValueError("max_history: must be > 0 for the ctr task")
         at_least(self, 3, "max_sequence")
         at_least(self, 1, "batch_size", "target_stride")
+        at_least(self, 0, "negative_history_size", "negative_history_seed")
         if self.task != "ctr":
             if self.target_stride != 1 or self.max_targets_per_user != 0:
                 raise ValueError("target_stride / max_targets_per_user: only for the ctr task")
             if self.negatives.kind != "none":
                 raise ValueError("negatives: only for the ctr task")
+            if self.negative_history != "recent":
+                raise ValueError(f"negative_history: only for the ctr task. Received: "
+                                 f"{self.negative_history!r}")
+        if self.negative_history == "recent" and (self.negative_history_size
+                                                  or self.negative_history_seed):
+            raise ValueError(
+                "negative_history_size / negative_history_seed: only with negative_history "
+                f"'random' or 'catalogue' (0 with 'recent'). Received: negative_history_size="
+                f"{self.negative_history_size}, negative_history_seed="
+                f"{self.negative_history_seed}")
+        if self.negative_history_size > self.max_history:
+            raise ValueError(
+                f"negative_history_size: must be <= max_history ({self.max_history}); 0 "
+                f"means max_history. Received: {self.negative_history_size}")
         return self
+
+    def negative_history_length(self) -> int:
+        """The length cap of the negative history (`negative_history_size`, 0 meaning
+        `max_history`)."""
+        return self.negative_history_size or self.max_history
 
 
 @dataclass(config=SECTION)

@@ -4,7 +4,8 @@
           -> GroupByKey(user) -> [KCoreFilter] -> BuildSamples (per user, batched)
           -> tf.Example (tfx-bsl) -> gzip TFRecord shards per split
     side tables (ReadSideTable, dead letters) -> side inputs of BuildSamples
-    item catalogue (ItemCatalogue, for samples.negatives) -> a side input of BuildSamples
+    item catalogue (ItemCatalogue, for samples.negatives and samples.negative_history
+        "catalogue") -> a side input of BuildSamples
     plus vocabularies with counts over the training split (see `BuildSamplesFn`,
     `WriteVocabularies`), dead letters (JSONL) and stats; the driver turns the stats
     and the counters into `manifest.json` and writes `schema.pbtxt`.
@@ -390,7 +391,8 @@ def _chunk_items(kv: UserEvents) -> np.ndarray:
 @with_output_types(Any)  # one np.ndarray
 def ItemCatalogue(chunks: beam.PCollection) -> beam.PCollection:  # noqa: N802
     """(user, EventChunk) -> one sorted array of every distinct item id (int64): the
-    catalogue `samples.negatives` draws from (a side input of `BuildSamplesFn`)."""
+    catalogue `samples.negatives` and `samples.negative_history: catalogue` draw from
+    (a side input of `BuildSamplesFn`)."""
     return (
         chunks
         | "ChunkItems" >> beam.Map(_chunk_items)
@@ -410,7 +412,8 @@ class BuildSamplesFn(beam.DoFn):
     Side inputs (keyword): `cutoffs` (the temporal split's (valid_start, test_start)),
     `users` and `items` (id -> {feature: code}, `ReadSideTable`'s main outputs as
     `beam.pvalue.AsDict`); without them no user / item table is used; `catalogue`
-    (`ItemCatalogue`, for `samples.negatives`). Nothing is read from the raw files here.
+    (`ItemCatalogue`, for `samples.negatives` and `samples.negative_history:
+    catalogue`). Nothing is read from the raw files here.
 
     A user whose sample building raises becomes a dead letter (`user_id`, `events`,
     `samples_written`, `reason`) and the job goes on. Samples are streamed, a batch at
@@ -577,7 +580,8 @@ def BuildSamples(  # noqa: N802
     if cfg.samples.task == "ctr" and cfg.split.kind == "temporal":
         cutoffs = read[CHUNKS] | "TemporalCutoffs" >> TemporalCutoffs(cfg.split)
         side_inputs["cutoffs"] = beam.pvalue.AsSingleton(cutoffs)
-    if cfg.samples.task == "ctr" and cfg.samples.negatives.kind != "none":
+    if cfg.samples.task == "ctr" and (cfg.samples.negatives.kind != "none"
+                                      or cfg.samples.negative_history == "catalogue"):
         catalogue = read[CHUNKS] | "ItemCatalogue" >> ItemCatalogue()
         side_inputs["catalogue"] = beam.pvalue.AsSingleton(catalogue)
     for what, names in (("user", cfg.samples.user_features), ("item", cfg.samples.item_features)):

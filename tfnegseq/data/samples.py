@@ -26,6 +26,8 @@ History lists: the most recent `max_history` positives (polarity +1) and negativ
 (polarity -1) before the target, oldest first, with their orders. Neutral events are
 targets but never history tokens. Lifelong list: the most recent `lifelong_length`
 events of any polarity (neutral included, polarity 0) with their values.
+`samples.negative_history` ("random", "catalogue") changes which negatives fill the
+negative list (`negative_history`), never what counts as "before".
 """
 
 from __future__ import annotations
@@ -82,6 +84,107 @@ def ragged_windows(ends: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray
     starts = ends - lens
     idx = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1] - starts, lens)
     return offsets, idx
+
+
+# ---------------------------------------------------------------- negative history
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_RANDOM_HISTORY, _CATALOGUE_HISTORY = 1, 2  # domains of `keyed_uniform`
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, elementwise on uint64 arrays (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _as_u64(values: Any) -> np.ndarray:
+    return np.atleast_1d(np.asarray(values, dtype=np.int64)).astype(np.uint64)
+
+
+def keyed_uniform(seed: int, user_id: int, domain: int, a: Any, b: Any) -> np.ndarray:
+    """Uniform draws in [0, 1), elementwise over the broadcast of `a` and `b` (int
+    arrays): each a pure function of (seed, user id, domain, a, b), a counter-based
+    hash (SplitMix64), so a draw never depends on which other draws are made with it
+    (batching, thinning, workers, retries)."""
+    h = _mix64(_as_u64(seed) * _GOLDEN + _as_u64(domain))
+    h = _mix64(h ^ _as_u64(user_id))
+    h = _mix64(h ^ (_as_u64(a) * _GOLDEN))
+    h = _mix64(h + _as_u64(b) * _GOLDEN)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def random_subsets(counts: np.ndarray, size: int, seed: int, user_id: int,
+                   key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For row j, `min(counts[j], size)` distinct positions of `[0, counts[j])` drawn
+    uniformly without replacement, increasing; row j's draws depend only on (seed,
+    user id, key[j]).
+
+    Returns (offsets [n+1] int64, idx [total] int64) as `ragged_windows` does. Rows
+    with `counts <= size` take every position; the others run Floyd's algorithm
+    (j = c - size, ..., c - 1: t uniform in [0, j], keep t unless already kept, else
+    j), vectorised over rows: O(rows x size^2) comparisons, `size` at most
+    `max_history`.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    key = np.asarray(key, dtype=np.int64)
+    k = np.minimum(counts, size)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(k, out=offsets[1:])
+    picks = np.broadcast_to(np.arange(size, dtype=np.int64), (len(counts), size)).copy()
+    draw = np.flatnonzero(counts > size)
+    if len(draw):
+        j = counts[draw, None] - size + np.arange(size)  # [rows, size]: Floyd's j
+        u = keyed_uniform(seed, user_id, _RANDOM_HISTORY, key[draw, None], np.arange(size))
+        t = np.minimum((u * (j + 1)).astype(np.int64), j)  # uniform in [0, j]
+        sub = np.empty_like(t)
+        for i in range(size):
+            taken = (sub[:, :i] == t[:, i, None]).any(axis=1)
+            sub[:, i] = np.where(taken, j[:, i], t[:, i])
+        sub.sort(axis=1)
+        picks[draw] = sub
+    return offsets, picks[np.arange(size) < k[:, None]]
+
+
+def negative_history(cfg: SamplesConfig, user_id: int, counts: np.ndarray,
+                     target_order: np.ndarray, neg_idx: np.ndarray, item_id: np.ndarray,
+                     order: np.ndarray, catalogue: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The negative-history lists of a run of sample rows (`samples.negative_history`).
+
+    `counts[j]`: the number of the user's negatives before row j's target (its history
+    cut), `target_order[j]` that target's order; `neg_idx`: the timeline positions of
+    the user's negatives (increasing); `item_id` / `order`: the timeline's. Returns
+    (offsets [n+1], items, orders), lists oldest first:
+
+    - "recent": the most recent `max_history` negatives;
+    - "random": `min(count, size)` of all `count` negatives, uniformly without
+      replacement, keyed by (seed, user id, target order);
+    - "catalogue": the slots of the most recent `size` negatives (their orders), each
+      item replaced by `catalogue[floor(u * len(catalogue))]`, u keyed by (seed, user
+      id, that negative's order): the same event gets the same item in every row.
+      `catalogue`: sorted unique item ids, required (`ValueError` without one).
+    """
+    mode, seed = cfg.negative_history, cfg.negative_history_seed
+    if mode == "random":
+        offsets, flat = random_subsets(counts, cfg.negative_history_length(), seed, user_id,
+                                       target_order)
+    else:
+        width = cfg.max_history if mode == "recent" else cfg.negative_history_length()
+        offsets, flat = ragged_windows(counts, width)
+    ev_idx = neg_idx[flat]
+    orders = order[ev_idx]
+    if mode != "catalogue":
+        return offsets, item_id[ev_idx], orders
+    if catalogue is None or not len(catalogue):
+        raise ValueError("samples.negative_history 'catalogue': needs a non-empty item "
+                         "catalogue (`catalogue`)")
+    u = keyed_uniform(seed, user_id, _CATALOGUE_HISTORY, orders, 0)
+    pick = np.minimum((u * len(catalogue)).astype(np.int64), len(catalogue) - 1)
+    return offsets, np.asarray(catalogue, dtype=np.int64)[pick], orders
 
 
 # -------------------------------------------------------------------------- splits
@@ -318,8 +421,11 @@ def build_ctr_samples(
 
     `catalogue`: the item ids negatives are drawn from, sorted and unique (checked by
     the caller, once: `negatives.check_catalogue`); required when `cfg.negatives.kind`
-    is not "none". Raises `ValueError` without it, or when the user's items cover it
-    (before anything is yielded).
+    is not "none" or `cfg.negative_history` is "catalogue". Raises `ValueError`
+    without it, or when generated negatives find the user's items cover it (before
+    anything is yielded).
+
+    `neg_*` lists follow `cfg.negative_history` (`negative_history`).
     """
     import pyarrow as pa
 
@@ -333,6 +439,9 @@ def build_ctr_samples(
     n = len(ev)
     user_id = int(ev.user_id[0])
     draws = None
+    if cfg.negative_history == "catalogue" and (catalogue is None or not len(catalogue)):
+        raise ValueError("samples.negative_history 'catalogue': needs the item catalogue "
+                         "(`catalogue`)")
     if cfg.negatives.kind != "none":
         if catalogue is None:
             raise ValueError("samples.negatives: needs the item catalogue (`catalogue`)")
@@ -364,14 +473,15 @@ def build_ctr_samples(
             "order": _scalar_array(order[t], i64),
             "label": _scalar_array(rows.label, i64),
         }
-        for name, idx_all, counts in (
-            ("pos", pos_idx, n_pos_before[t]),
-            ("neg", neg_idx, n_neg_before[t]),
-        ):
-            offsets, flat = ragged_windows(counts, h)
-            ev_idx = idx_all[flat]
-            cols[f"{name}_item_id"] = _list_array(offsets, ev.item_id[ev_idx], i64)
-            cols[f"{name}_order"] = _list_array(offsets, order[ev_idx], i64)
+        offsets, flat = ragged_windows(n_pos_before[t], h)
+        ev_idx = pos_idx[flat]
+        cols["pos_item_id"] = _list_array(offsets, ev.item_id[ev_idx], i64)
+        cols["pos_order"] = _list_array(offsets, order[ev_idx], i64)
+        offsets, neg_items, neg_orders = negative_history(
+            cfg, user_id, n_neg_before[t], order[t], neg_idx, ev.item_id, order, catalogue)
+        cols["neg_item_id"] = _list_array(offsets, neg_items, i64)
+        cols["neg_order"] = _list_array(offsets, neg_orders, i64)
+        del ev_idx, neg_items, neg_orders
         if life > 0:
             offsets, ev_idx = ragged_windows(cut[t], life)
             cols["life_item_id"] = _list_array(offsets, ev.item_id[ev_idx], i64)

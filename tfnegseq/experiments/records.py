@@ -53,6 +53,11 @@ def mean_std(records: Iterable[dict[str, Any]], group: tuple[str, ...],
 
 # Keys that name where a run writes or which seed it uses, not what it trains.
 RUN_ONLY = ("train.run_dir", "train.seed", "train.export", "output.dir", "source.path")
+# Config keys added after records carried fingerprints, with their defaults: left out of
+# the hash while at the default, so adding an option leaves every earlier record's
+# fingerprint (and the record) valid.
+LATER_KEYS = {"model.polarity_labels": "observed", "samples.negative_history": "recent",
+              "samples.negative_history_size": 0, "samples.negative_history_seed": 0}
 
 
 def fingerprint(cfg: Any) -> str:
@@ -65,6 +70,10 @@ def fingerprint(cfg: Any) -> str:
     for key in RUN_ONLY:
         section, name = key.split(".")
         data.get(section, {}).pop(name, None)
+    for key, default in LATER_KEYS.items():
+        section, name = key.split(".")
+        if data.get(section, {}).get(name, default) == default:
+            data.get(section, {}).pop(name, None)
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
