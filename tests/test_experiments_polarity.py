@@ -101,3 +101,43 @@ def test_options_added_later_keep_the_committed_records_fingerprints():
     assert records.fingerprint(load_config(CONFIG, overrides)) == "d70f082777e2"
     for later in ("model.polarity_labels=random", "samples.negative_history=random"):
         assert records.fingerprint(load_config(CONFIG, [*overrides, later])) != "d70f082777e2"
+
+
+@pytest.mark.slow  # five tiny trainings and two Beam builds: about two minutes
+def test_a_tiny_negative_ablation_builds_its_own_samples(tiny_samples, tmp_path, capsys):
+    cfg, sets, root = tiny_samples
+    results = tmp_path / "results"
+    argv = ["negative-ablation", "--config", str(REPO / "configs" / "synthetic.yaml"),
+            "--seeds", "0", "--results-dir", str(results), "--runs-dir", str(tmp_path / "runs"),
+            *[x for s in [*sets, "train.epochs=1"] for x in ("--set", s)]]
+    assert entry.main(argv) == 0
+    out = capsys.readouterr().out
+    for suffix in ("_neg_catalogue", "_neg_random"):
+        assert f"building this setting's samples in {root}/samples{suffix}" in out
+        with open(f"{root}/samples{suffix}/manifest.json") as f:
+            manifest = json.load(f)
+        assert manifest["config"]["samples"]["negative_history"] == (
+            "catalogue" if suffix == "_neg_catalogue" else "random")
+    data = json.loads((results / f"polarity_{cfg.name}.json").read_text())
+    assert sorted(r["setting"] for r in data["records"]) == sorted(
+        polarity.STUDIES["negative-ablation"])
+    assert {r["backbone"] for r in data["records"]} == {"din"}
+    md = (results / f"polarity_{cfg.name}.md").read_text()
+    assert "## negative-ablation, din" in md and "| random polarity |" in md
+
+
+@pytest.mark.slow  # three tiny trainings: about a minute
+def test_a_tiny_construction_study_runs_the_dual_stream_encoder(tiny_samples, tmp_path):
+    cfg, sets, _ = tiny_samples
+    results = tmp_path / "results"
+    argv = ["construction", "--config", str(REPO / "configs" / "synthetic.yaml"),
+            "--seeds", "0", "--backbones", "din", "--results-dir", str(results),
+            "--runs-dir", str(tmp_path / "runs"),
+            *[x for s in [*sets, "train.epochs=1"] for x in ("--set", s)]]
+    assert entry.main(argv) == 0
+    data = json.loads((results / f"polarity_{cfg.name}.json").read_text())
+    assert sorted(r["setting"] for r in data["records"]) == ["dual-stream", "grouped",
+                                                              "interleaved"]
+    dual = next(r for r in data["records"] if r["setting"] == "dual-stream")
+    assert dual["analysis"]["attention"] is None  # no one attention over both polarities
+    assert 0.0 <= dual["auc"] <= 1.0
