@@ -47,13 +47,18 @@ def test_dual_stream_sequences_are_the_most_recent_of_each_polarity():
             -1 if i else 0 for i in want_neg]
 
 
-@pytest.mark.parametrize("backbone", ["din", "transformer", *UNIFIED])
-def test_dual_streams_do_not_interact(backbone):
+@pytest.mark.parametrize("backbone,polarity", [
+    *[(b, "pbe") for b in ["din", "transformer", *UNIFIED]],
+    ("transformer", "tapf"),  # TAPF after the encoder, each stream its own pooling
+    ("onetrans", "tapf")])
+def test_dual_streams_do_not_interact(backbone, polarity):
     """Changing a negative changes only the negative stream's half of the interest,
     changing a positive only the positive stream's half."""
     rng = np.random.default_rng(1)
     x, _ = planted_batch(rng, 4, h=10)
-    model = make(backbone, polarity="pbe")
+    model = make(backbone, polarity=polarity)
+    if (backbone, polarity) == ("transformer", "tapf"):
+        assert model.tapf_after_encoder and model.aggregation_negative is not None
     interest, _ = model.short_term_interest(x)
     half = interest.shape[-1] // 2
     for name, moved, still in (("neg_item_id", slice(half, None), slice(None, half)),
