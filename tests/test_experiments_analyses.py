@@ -27,11 +27,14 @@ def rows_table(rng, n=4000):
 
 def test_subsets_are_the_rows_the_paper_names_and_their_auc_is_sklearns():
     rows = rows_table(np.random.default_rng(0))
-    out = analyses.summarize_rows(rows, length=100)
+    out = analyses.summarize_rows(rows, max_history=100)
     y, p = rows["label"], rows["probability"]
-    full = rows["pos_length"] >= 100
-    assert out["full_history"]["n"] == full.sum()
-    assert out["full_history"]["auc"] == pytest.approx(roc_auc_score(y[full], p[full]))
+    assert sorted(out["full_history"], key=int) == ["10", "20", "50", "100"]  # <= 100
+    for cut in (10, 50, 100):
+        full = rows["pos_length"] >= cut
+        assert out["full_history"][str(cut)]["n"] == full.sum()
+        assert out["full_history"][str(cut)]["auc"] == pytest.approx(
+            roc_auc_score(y[full], p[full]))
     assert out["cold"]["auc"] == pytest.approx(roc_auc_score(y[rows["cold"]], p[rows["cold"]]))
     assert out["warm"]["n"] == (~rows["cold"]).sum()
     for (lo, hi), name in zip([(0, 2), (2, 10), (10, 40), (40, 100), (100, 10**9)],
@@ -51,22 +54,123 @@ def test_a_subset_with_one_class_has_no_auc_and_no_attention_is_none():
     rows = rows_table(np.random.default_rng(1), n=50)
     rows["label"][rows["cold"]] = 1.0
     rows["share"][:] = np.nan
-    out = analyses.summarize_rows(rows, length=100)
+    out = analyses.summarize_rows(rows, max_history=100)
     assert out["cold"]["auc"] is None and out["cold"]["n"] == rows["cold"].sum()
     assert out["attention"] is None
 
 
+def test_a_subset_where_no_user_has_both_classes_has_no_gauc():
+    rows = {"label": np.array([1.0, 0.0, 1.0, 0.0]), "probability": np.array([.9, .1, .8, .2]),
+            "user": np.arange(4), "pos_length": np.full(4, 5), "cold": np.zeros(4, bool),
+            "share": np.full(4, np.nan)}
+    out = analyses.summarize_rows(rows, max_history=10)
+    assert out["all"]["auc"] == 1.0 and out["all"]["gauc"] is None
+
+
+class FakeModel:
+    """Scores = item row / 100; attention share = 0.25 on every row."""
+
+    has_attention_share = True
+
+    def __call__(self, inputs):
+        return {"probability": inputs["item_id"] / 100.0}
+
+    def attention_share(self, inputs):
+        return np.full(len(inputs["item_id"]), 0.25)
+
+
+def test_collect_rows_reads_cold_items_history_lengths_and_users_from_the_input():
+    """Item rows 1..oov_buckets are out of vocabulary (cold), 0 never a target; the
+    positive history length counts the non-padding (row > 0) entries; the raw ids never
+    reach the model."""
+    import tensorflow as tf
+
+    oov = 3
+    item = np.array([1, 3, 4, 50, 2, 9], np.int64)  # rows 1..3 cold
+    pos = np.array([[0, 0, 7], [0, 5, 1], [9, 9, 9], [0, 0, 0], [4, 0, 2], [1, 1, 0]],
+                   np.int64)
+    label = np.array([1, 0, 1, 0, 1, 0], np.float32)
+    features = {"item_id": item, "pos_item_id": pos, "raw_user_id": np.arange(100, 106),
+                "raw_item_id": item * 11}
+    ds = tf.data.Dataset.from_tensor_slices((features, label)).batch(4)
+    seen = []
+
+    class Model(FakeModel):
+        def __call__(self, inputs):
+            seen.append(sorted(inputs))
+            return super().__call__(inputs)
+
+    rows = analyses.collect_rows(Model(), ds, oov)
+    np.testing.assert_array_equal(rows["cold"], [True, True, False, False, True, False])
+    np.testing.assert_array_equal(rows["pos_length"], [1, 2, 3, 0, 2, 2])
+    np.testing.assert_array_equal(rows["user"], np.arange(100, 106))
+    np.testing.assert_allclose(rows["probability"], item / 100.0)
+    np.testing.assert_allclose(rows["share"], 0.25)
+    assert all("raw_user_id" not in k and "raw_item_id" not in k for k in seen)
+
+
+def interleaved(x, b, length):
+    """Row b's mixed sequence at r = 0.5 built here: the 5 most recent positives and
+    negatives, merged by order, left-padded -> (items, polarity)."""
+    k = length // 2
+    events = []
+    for name, sign in (("pos", 1), ("neg", -1)):
+        real = [(o, i) for i, o in zip(x[f"{name}_item_id"][b], x[f"{name}_order"][b],
+                                       strict=True) if i > 0]
+        events += [(o, i, sign) for o, i in sorted(real)[-k:]]
+    events.sort()
+    pad = length - len(events)
+    return (np.array([0] * pad + [i for _, i, _ in events]),
+            np.array([0] * pad + [s for _, _, s in events]))
+
+
 def test_din_attention_share_is_the_absolute_weight_mass_on_positive_tokens():
+    """DIN (no polarity encoding): tokens looked up here from the sequence built here,
+    the DIN layer's weights, |w| on the positive tokens over |w| on all real ones."""
     rng = np.random.default_rng(2)
     x, _ = planted_batch(rng, 6)
-    model = make_model("pbe", 0.5, "din")
+    model = make_model("none", 0.5, "din")
     model(x)
     got = np.asarray(model.attention_share(x))
-    tokens, target, polarity, mask = model.encode_sequence(x)
-    _, w = model.backbone(tokens, target, mask, return_attention_scores=True)
-    w, polarity = np.abs(np.asarray(w)), np.asarray(polarity)
-    want = [w[b][polarity[b] == 1].sum() / w[b][polarity[b] != 0].sum() for b in range(6)]
-    np.testing.assert_allclose(got, want, rtol=1e-5)
+    table = np.asarray(model.item_embedding.embeddings)
+    position = np.asarray(model.position_embedding.embeddings)
+    for b in range(6):
+        ids, polarity = interleaved(x, b, 10)
+        tokens = (table[ids] + position)[None]
+        _, w = model.backbone(tokens, table[x["item_id"][b:b + 1]], (ids > 0)[None],
+                              return_attention_scores=True)
+        w = np.abs(np.asarray(w))[0]
+        assert got[b] == pytest.approx(w[polarity == 1].sum() / w[polarity != 0].sum(),
+                                       rel=1e-5)
+
+
+def test_onetrans_attention_share_reads_the_tokens_entering_its_last_layer():
+    """With the pyramid (3 layers: the last layer's behaviour keys are the 2 most recent
+    tokens) and the 5 negatives older than the 5 positives, the last layer attends to
+    positives only: share 1. Without the pyramid it also attends to the negatives."""
+    import dataclasses
+
+    from tfnegseq.kinds.ctr.config import CtrModelConfig
+    from tfnegseq.models.ctr import CtrModel
+
+    h = 10
+    x = {"user_id": np.ones(3, np.int64), "item_id": np.array([3, 4, 5]),
+         "pos_item_id": np.tile(np.arange(1, h + 1), (3, 1)),
+         "pos_order": np.tile(np.arange(101, 101 + h), (3, 1)),
+         "neg_item_id": np.tile(np.arange(11, 11 + h), (3, 1)),
+         "neg_order": np.tile(np.arange(1, h + 1), (3, 1))}
+    for pyramid, want_one in ((True, True), (False, False)):
+        m = dataclasses.asdict(CtrModelConfig(
+            backbone="onetrans", polarity="pbe", sequence_length=10, embedding_dim=16,
+            num_heads=2, num_layers=3, ns_tokens=2, pyramid=pyramid, mlp_units=[8],
+            attention_units=[8]))
+        model = CtrModel({"item_id": 30, "user_id": 2}, m)
+        share = np.asarray(model.attention_share(x))
+        if want_one:
+            assert model.backbone.schedule[-2] == 2
+            np.testing.assert_allclose(share, 1.0, rtol=1e-6)
+        else:
+            assert (share < 0.99).all() and (share > 0.01).all()
 
 
 @pytest.mark.parametrize("backbone", ["din", "onetrans"])

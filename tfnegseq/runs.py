@@ -77,6 +77,13 @@ def check_negative_history(cfg: Config, data_dir: str) -> None:
     differ = [(k, built.get(k, default), getattr(cfg.samples, k))
               for k, default in NEGATIVE_HISTORY_KEYS.items()
               if built.get(k, default) != getattr(cfg.samples, k)]
+    # size 0 means max_history at build time: a drawn list must be as long as the one
+    # this config reads (more draws, then the most recent kept, is no uniform draw)
+    drawn = built.get("negative_history_size", 0) or built.get("max_history")
+    if (not differ and cfg.samples.negative_history != "recent" and drawn is not None
+            and drawn != cfg.samples.negative_history_length()):
+        differ.append(("negative_history_size (0 = max_history)", drawn,
+                       cfg.samples.negative_history_length()))
     if differ:
         listed = "; ".join(f"samples.{k} is {want!r} in the config but the samples were "
                            f"built with {got!r}" for k, got, want in differ)

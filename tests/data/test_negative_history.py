@@ -331,3 +331,14 @@ def test_training_itself_refuses_before_reading_data(tmp_path):
                                           r"samples were built with 3"):
         train.run_config(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_training_refuses_a_drawn_list_of_another_length(tmp_path):
+    """Size 0 means max_history when the samples were built: random lists drawn 20 long
+    (max_history 20 then) are no uniform draw of the 10 a max_history-10 config reads."""
+    built = tmp_path / "drawn_20"
+    write_manifest(built, {"max_history": 20, "negative_history": "random",
+                           "negative_history_size": 0, "negative_history_seed": 0})
+    with pytest.raises(ConfigError, match=r"negative_history_size \(0 = max_history\) is 10 "
+                                          r"in the config but the samples were built with 20"):
+        check_negative_history(train_cfg(built, negative_history="random"), str(built))

@@ -8,7 +8,7 @@ returns (JSON-ready; a subset with one label class has `auc` None):
 
 | key | paper | what |
 | --- | --- | --- |
-| `full_history` | Table 5 | AUC / GAUC / n of the rows whose positive history holds at least `model.sequence_length` events (Pos Seq and Mix Seq both fully filled) |
+| `full_history` | Table 5 | per cutoff c in `CUTOFFS` up to `samples.max_history` (keys "10", "20", ...): AUC / GAUC / n of the rows whose positive history holds at least c events. The paper's subset is c = 100 for every L (Pos Seq and Mix Seq both fully filled at L <= 100); one fixed c across the runs of a length sweep keeps the population fixed |
 | `activity` | Figure 6 | AUC / n per bucket of the row's positive history length (`ACTIVITY`; the lists hold at most `samples.max_history`) |
 | `cold`, `warm` | Figure 7 | AUC / n of rows whose target item has no row of its own in the item vocabulary (an out-of-vocabulary bucket: never a training-split item with the default `vocab`), and of the others |
 | `attention` | §4.5.1, Table 6, Figures 5 and 9 | the mean share of attention on positive tokens (`CtrModel.attention_share`), over all rows and per label, and the polarity gap E[a+ | y=1] - E[a+ | y=0]; None where the backbone has no such attention (`attention_share` says which) |
@@ -28,6 +28,8 @@ import numpy as np
 
 # positive-history-length buckets [low, high): 0-1, 2-9, 10-39, 40-99, 100+
 ACTIVITY = ((0, 2), (2, 10), (10, 40), (40, 100), (100, None))
+# Table 5's minimum positive history lengths (those up to samples.max_history are kept)
+CUTOFFS = (10, 20, 50, 100, 200, 300, 500)
 
 
 def bucket_name(low: int, high: int | None) -> str:
@@ -44,10 +46,8 @@ def subset_metrics(labels: np.ndarray, probs: np.ndarray, users: np.ndarray,
     out: dict[str, Any] = {"n": int(keep.sum()), "positive_rate":
                            float(y.mean()) if len(y) else None}
     out["auc"] = float(metrics.auc(y, p)) if both else None
-    try:
-        out["gauc"] = float(metrics.gauc(u, y, p)) if both else None
-    except ValueError:  # no user with both classes
-        out["gauc"] = None
+    g = float(metrics.gauc(u, y, p)) if both else float("nan")
+    out["gauc"] = g if np.isfinite(g) else None  # NaN: no user with both classes
     return out
 
 
@@ -58,7 +58,7 @@ def collect_rows(model: Any, dataset: Any, oov_buckets: int) -> dict[str, np.nda
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("label", "probability", "user", "pos_length",
                                            "cold", "share")}
-    shares = True
+    shares = bool(getattr(model, "has_attention_share", False))
     for features, label in dataset.as_numpy_iterator():
         inputs = {k: v for k, v in features.items() if not k.startswith("raw_")}
         parts["label"].append(np.asarray(label, np.float64).reshape(-1))
@@ -68,25 +68,20 @@ def collect_rows(model: Any, dataset: Any, oov_buckets: int) -> dict[str, np.nda
         parts["pos_length"].append((np.asarray(features["pos_item_id"]) > 0).sum(axis=1))
         item = np.asarray(features["item_id"]).reshape(-1)
         parts["cold"].append((item >= 1) & (item <= oov_buckets))
-        share = np.full(len(item), np.nan)
-        if shares:
-            try:
-                share = np.asarray(model.attention_share(inputs), np.float64)
-            except ValueError:
-                shares = False
-        parts["share"].append(share)
+        parts["share"].append(np.asarray(model.attention_share(inputs), np.float64)
+                              if shares else np.full(len(item), np.nan))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def summarize_rows(rows: dict[str, np.ndarray], length: int) -> dict[str, Any]:
-    """The analysis fields (module docstring) of `collect_rows`' table, for a model of
-    sequence length `length`."""
+def summarize_rows(rows: dict[str, np.ndarray], max_history: int) -> dict[str, Any]:
+    """The analysis fields (module docstring) of `collect_rows`' table, for samples
+    whose history lists hold at most `max_history` events."""
     y, p, u = rows["label"], rows["probability"], rows["user"]
     everything = np.ones(len(y), bool)
     out: dict[str, Any] = {
         "all": subset_metrics(y, p, u, everything),
-        "full_history": {**subset_metrics(y, p, u, rows["pos_length"] >= length),
-                         "min_positive_history": int(length)},
+        "full_history": {str(c): subset_metrics(y, p, u, rows["pos_length"] >= c)
+                         for c in CUTOFFS if c <= max_history},
         "activity": {bucket_name(lo, hi): subset_metrics(
             y, p, u, (rows["pos_length"] >= lo) & (True if hi is None
                                                     else rows["pos_length"] < hi))
@@ -125,7 +120,7 @@ def analyse_run(cfg: Any) -> dict[str, Any]:
     model = keras.saving.load_model(os.path.join(cfg.train.run_dir, "model.keras"),
                                     compile=False)
     rows = collect_rows(model, dataset, processor.vocabularies["item_id"].oov_buckets)
-    return summarize_rows(rows, cfg.model.sequence_length)
+    return summarize_rows(rows, cfg.samples.max_history)
 
 
 def analysis_fields(cfg: Any) -> dict[str, Any]:

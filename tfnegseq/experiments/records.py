@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import sys
@@ -25,11 +26,23 @@ def load(path: str) -> dict[str, Any]:
     return {"records": []}
 
 
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, inf) replaced by None, recursively:
+    JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 def save(path: str, data: dict[str, Any]) -> None:
-    """Writes `data` to `path` atomically."""
+    """Writes `data` to `path` atomically, as strict JSON (non-finite floats as null)."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
+        json.dump(finite(data), f, indent=2, allow_nan=False)
     os.replace(tmp, path)
 
 

@@ -76,9 +76,16 @@ def ensure_samples(cfg: Any, base: Any) -> None:
     """Builds a setting's own samples (the Beam job on DirectRunner) when the setting
     moves `output.dir` away from the sweep's and nothing is there yet (e.g. the
     negative ablation's samples with `samples.negative_history: random`)."""
-    if cfg.train.data_dir or cfg.output.dir == base.output.dir:
+    if cfg.output.dir == base.output.dir or (cfg.train.data_dir
+                                              and cfg.train.data_dir != cfg.output.dir):
         return
-    if os.path.exists(os.path.join(cfg.output.dir, "manifest.json")):
+    manifest = os.path.join(cfg.output.dir, "manifest.json")
+    if "://" in manifest:
+        import tensorflow as tf
+
+        if tf.io.gfile.exists(manifest):
+            return
+    elif os.path.exists(manifest):
         return
     from tfnegseq.data import job
 
@@ -253,6 +260,9 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
         extra = ([f"model.backbone={backbone}", *spec.backbone_overrides.get(backbone, [])]
                  if backbone else [])
         own = [o.format(**placeholders(base)) for o in spec.studies[study][setting]]
+        moved = [o.split("=", 1)[1] for o in own if o.startswith("output.dir=")]
+        if moved and base.train.data_dir:  # the setting's own samples, not the sweep's
+            own.append(f"train.data_dir={moved[-1]}")
         return load_config(args.config, args.overrides + extra + own
                            + [f"train.seed={seed}", "train.export=false",
                               f"train.run_dir={args.runs_dir}/{base.name}/{tag}"])
@@ -304,7 +314,12 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
         ensure_samples(cfg, base)
         records.run_ctr(path, data, cfg, **fields)
         if spec.after_run is not None:
-            data["records"][-1].update(spec.after_run(cfg))
+            try:
+                data["records"][-1].update(spec.after_run(cfg))
+            except BaseException:  # the run counts as done only with its analysis
+                data["records"].pop()
+                records.save(path, data)
+                raise
             records.save(path, data)
 
     def figures(png: str) -> None:

@@ -158,7 +158,8 @@ class CtrModel(keras.Model):
         )
         self.backbone: Any = self._make_backbone("") if short else None
         # the dual-stream encoder's second backbone, for the negative sequence
-        self.backbone_negative: Any = self._make_backbone("_negative") if self.dual else None
+        self.backbone_negative: Any = (self._make_backbone("_negative") if short and self.dual
+                                       else None)
         # OneTrans' Auto-Split tokenizer of the non-sequential features
         self.ns_tokenizer = (keras.layers.Dense(m.ns_tokens * d, name="ns_tokenizer")
                              if short and self.unified else None)
@@ -425,6 +426,13 @@ class CtrModel(keras.Model):
             interest = backbone(tokens, target, mask, training=training)  # [B, d]
         return interest
 
+    @property
+    def has_attention_share(self) -> bool:
+        """Whether `attention_share` is defined for this model: DIN, OneTrans or the
+        Transformer with TAPF after the encoder, over one mixed sequence."""
+        return (self.has_short_term and not self.dual
+                and (self.m.backbone in ("din", "onetrans") or self.tapf_after_encoder))
+
     def attention_share(self, inputs: dict[str, Any]):
         """The share of the backbone's attention on positive tokens, `[B]` float32 (the
         paper's a-bar+ of §4.5.1 and Figure 9; NaN for a row without real tokens):
@@ -441,8 +449,7 @@ class CtrModel(keras.Model):
             ValueError: another backbone, or the dual-stream encoder (no one attention
                 over both polarities).
         """
-        supported = (self.m.backbone in ("din", "onetrans") or self.tapf_after_encoder)
-        if not supported or self.dual:
+        if not self.has_attention_share:
             raise ValueError(
                 f"attention_share: defined for DIN, OneTrans and the Transformer with "
                 f"tapf_position 'encoded' over one mixed sequence. Received: backbone="
