@@ -59,6 +59,12 @@ def test_a_subset_with_one_class_has_no_auc_and_no_attention_is_none():
     assert out["attention"] is None
 
 
+def test_a_sequence_of_one_polarity_has_no_attention_fields():
+    rows = rows_table(np.random.default_rng(6))
+    assert analyses.summarize_rows(rows, 100)["attention"] is not None
+    assert analyses.summarize_rows(rows, 100, both_polarities=False)["attention"] is None
+
+
 def test_a_subset_where_no_user_has_both_classes_has_no_gauc():
     rows = {"label": np.array([1.0, 0.0, 1.0, 0.0]), "probability": np.array([.9, .1, .8, .2]),
             "user": np.arange(4), "pos_length": np.full(4, 5), "cold": np.zeros(4, bool),
@@ -208,7 +214,7 @@ def test_a_tiny_analyses_study_records_and_plots_the_analyses(tiny_samples, tmp_
     for r in by.values():  # the analysis pass scores what the run's evaluation scored
         assert r["analysis"]["all"]["auc"] == pytest.approx(r["auc"], abs=1e-6)
         assert r["analysis"]["all"]["n"] == r["eval_examples"]
-    assert by["Pos Seq"]["analysis"]["attention"]["positive_share"] == pytest.approx(1.0)
+    assert by["Pos Seq"]["analysis"]["attention"] is None  # one polarity: no split
     assert 0 < by["Mix Seq + TAPF"]["analysis"]["attention"]["positive_share"] < 1
     md = (results / f"polarity_{cfg.name}.md").read_text()
     assert "AUC by positive history length" in md and "| 0-1 (" in md

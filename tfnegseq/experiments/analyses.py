@@ -11,7 +11,7 @@ returns (JSON-ready; a subset with one label class has `auc` None):
 | `full_history` | Table 5 | per cutoff c in `CUTOFFS` up to `samples.max_history` (keys "10", "20", ...): AUC / GAUC / n of the rows whose positive history holds at least c events. The paper's subset is c = 100 for every L (Pos Seq and Mix Seq both fully filled at L <= 100); one fixed c across the runs of a length sweep keeps the population fixed |
 | `activity` | Figure 6 | AUC / n per bucket of the row's positive history length (`ACTIVITY`; the lists hold at most `samples.max_history`) |
 | `cold`, `warm` | Figure 7 | AUC / n of rows whose target item has no row of its own in the item vocabulary (an out-of-vocabulary bucket: never a training-split item with the default `vocab`), and of the others |
-| `attention` | §4.5.1, Table 6, Figures 5 and 9 | the mean share of attention on positive tokens (`CtrModel.attention_share`), over all rows and per label, and the polarity gap E[a+ | y=1] - E[a+ | y=0]; None where the backbone has no such attention (`attention_share` says which) |
+| `attention` | §4.5.1, Table 6, Figures 5 and 9 | the mean share of attention on positive tokens (`CtrModel.attention_share`), over all rows and per label, and the polarity gap E[a+ | y=1] - E[a+ | y=0]; None where the backbone has no such attention (`has_attention_share`) or the sequence holds one polarity (r = 0 or 1) |
 
 The study runner (`tfnegseq.experiments.studies`) adds these to each run's record as
 `analysis` (`Studies.after_run`). Runs the saved model eagerly batch by batch (the
@@ -25,6 +25,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from tfnegseq.budget import polarity_budget
 
 # positive-history-length buckets [low, high): 0-1, 2-9, 10-39, 40-99, 100+
 ACTIVITY = ((0, 2), (2, 10), (10, 40), (40, 100), (100, None))
@@ -73,9 +75,12 @@ def collect_rows(model: Any, dataset: Any, oov_buckets: int) -> dict[str, np.nda
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def summarize_rows(rows: dict[str, np.ndarray], max_history: int) -> dict[str, Any]:
+def summarize_rows(rows: dict[str, np.ndarray], max_history: int,
+                   both_polarities: bool = True) -> dict[str, Any]:
     """The analysis fields (module docstring) of `collect_rows`' table, for samples
-    whose history lists hold at most `max_history` events."""
+    whose history lists hold at most `max_history` events. `both_polarities` False (a
+    sequence budget of one polarity, r = 0 or 1): no attention fields (the share is 0
+    or 1 on every row, the gap 0 by construction)."""
     y, p, u = rows["label"], rows["probability"], rows["user"]
     everything = np.ones(len(y), bool)
     out: dict[str, Any] = {
@@ -92,7 +97,7 @@ def summarize_rows(rows: dict[str, np.ndarray], max_history: int) -> dict[str, A
     }
     share = rows["share"]
     ok = np.isfinite(share)
-    if ok.any():
+    if ok.any() and both_polarities:
         def mean(mask: np.ndarray) -> float | None:
             return float(share[mask & ok].mean()) if (mask & ok).any() else None
         pos, neg = mean(y == 1), mean(y == 0)
@@ -120,7 +125,8 @@ def analyse_run(cfg: Any) -> dict[str, Any]:
     model = keras.saving.load_model(os.path.join(cfg.train.run_dir, "model.keras"),
                                     compile=False)
     rows = collect_rows(model, dataset, processor.vocabularies["item_id"].oov_buckets)
-    return summarize_rows(rows, cfg.samples.max_history)
+    budget = polarity_budget(cfg.model.positive_ratio, cfg.model.sequence_length)
+    return summarize_rows(rows, cfg.samples.max_history, both_polarities=min(budget) > 0)
 
 
 def analysis_fields(cfg: Any) -> dict[str, Any]:

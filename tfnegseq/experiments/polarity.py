@@ -275,6 +275,9 @@ def _extra_plot(spec: Studies, dataset: str, data: dict[str, Any], stem: str) ->
             n = [amean(get["Pos Seq"], part, "n") for part in ("cold", "warm")]
             ax.set_xticks(xs, [f"cold items ({_f(n[0], '.0f')} rows)",
                                f"warm items ({_f(n[1], '.0f')} rows)"])
+            if not n[0]:
+                ax.text(0, 0.5, "no cold items\nin this split", ha="center", va="center",
+                        transform=ax.get_xaxis_transform(), fontsize=9)
             ax.set_ylabel("test AUC")
             low = np.nanmin([amean(get[s], p, "auc") or np.nan for s in get
                              for p in ("cold", "warm")] + [1.0])
@@ -295,7 +298,7 @@ def _extra_plot(spec: Studies, dataset: str, data: dict[str, Any], stem: str) ->
             ax.set_title(f"{dataset}, {b}: attention split (Fig. 9)")
             ax.legend(fontsize=8, loc="lower right")
         else:
-            pts = [(r, g) for r in RATIOS if (g := amean(
+            pts = [(r, g) for r in RATIOS[1:-1] if (g := amean(
                 analysed(data, "ratio-sweep", b, f"r={r:.1f}"), "attention", "gap"))
                 is not None]
             if pts:
