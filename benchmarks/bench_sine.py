@@ -75,11 +75,19 @@ Length grouping (`--parts buckets`, needs `--data-dir`): SINE training epochs th
 batch padded to L), alternating epoch by epoch; reports the bucket widths of one epoch,
 the padded-slot ratio and the epoch-time ratio.
 
+Validation input (`--parts validation`, needs `--data-dir`): one early-stopping
+validation's `tfnegseq.evaluate.evaluate` of SINE (random weights; the cost does not
+depend on them) on the "valid" split, its input re-read and re-parsed from the shards
+at every call (as before `cache_validation_input`) against the batches kept in memory
+(`tfnegseq.validation.in_memory`, what `ValidationCallback` now reads), alternating
+(ABBA); reports wall and process-CPU seconds per evaluation, their paired ratios, and
+that both give the same metrics.
+
 Full run:
 
     python benchmarks/bench_sine.py [--data-dir build/samples/movielens_100k_sine]
-        [--parts train,buckets,retrieve] [--rounds 5] [--steps 10] [--items 100000]
-        [--requests 300]
+        [--parts train,buckets,validation,retrieve] [--rounds 5] [--steps 10]
+        [--items 100000] [--requests 300]
 """
 
 from __future__ import annotations
@@ -357,6 +365,66 @@ def measure_buckets(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def measure_validation(args: argparse.Namespace) -> dict[str, Any]:
+    """`evaluate` on `--data-dir`'s "valid" split: the input re-read at every call
+    against the same batches kept in memory (`in_memory`), alternating (ABBA)."""
+    import resource
+
+    import keras
+
+    from tfnegseq import kinds
+    from tfnegseq.data.sequential_input import make_sequential_dataset
+    from tfnegseq.data.vocab import Vocabulary
+    from tfnegseq.evaluate import evaluate
+    from tfnegseq.validation import in_memory
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    cfg = bench_config(args, "sine")
+    kind = kinds.get_kind("sequential")
+    vocab = Vocabulary.load(args.data_dir, "item_id", cfg.vocab)
+    m = cfg.model
+    inputs = {"reread": make_sequential_dataset(
+        args.data_dir, "valid", args.batch_size, m.max_length, m.negative_rule,
+        m.max_candidates, item_vocab=vocab)}
+    t = time.perf_counter()
+    inputs["in_memory"] = in_memory(inputs["reread"])
+    fill_s = time.perf_counter() - t
+    keras.utils.set_random_seed(0)
+    model = kind.build_model(cfg, {"item_id": vocab.size})
+    model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=cfg.train.jit_compile)
+    metrics = {name: evaluate(model, ds, kind, cfg, verbose=0)  # compiles both shapes
+               for name, ds in inputs.items()}
+    wall: dict[str, list[float]] = {name: [] for name in inputs}
+    cpu_s: dict[str, list[float]] = {name: [] for name in inputs}
+    for r in range(args.rounds):
+        for name in (list(inputs) if r % 2 == 0 else list(reversed(inputs))):
+            c, t = cpu(), time.perf_counter()
+            evaluate(model, inputs[name], kind, cfg, verbose=0)
+            wall[name].append(round(time.perf_counter() - t, 3))
+            cpu_s[name].append(round(cpu() - c, 3))
+
+    def ratio(v: dict[str, list[float]]) -> float:
+        return round(statistics.median(
+            a / b for a, b in zip(v["in_memory"], v["reread"], strict=True)), 3)
+
+    return {
+        "data_dir": args.data_dir,
+        "split": "valid",
+        "users": metrics["reread"]["eval_users"],
+        "evaluate_s": wall,
+        "evaluate_cpu_s": cpu_s,
+        "evaluate_s_median": {k: statistics.median(v) for k, v in wall.items()},
+        "evaluate_cpu_s_median": {k: statistics.median(v) for k, v in cpu_s.items()},
+        "in_memory_over_reread_time": ratio(wall),
+        "in_memory_over_reread_cpu": ratio(cpu_s),
+        "fill_s": round(fill_s, 3),
+        "same_metrics": metrics["reread"] == metrics["in_memory"],
+    }
+
+
 def _int64_example(features: dict[str, list[int]]) -> bytes:
     import tensorflow as tf
 
@@ -528,10 +596,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: results/sine.json (jax: results/sine_jax_<platform>.json)")
     args = ap.parse_args(argv)
     parts = {p for p in args.parts.split(",") if p}
-    if parts - {"train", "retrieve", "buckets"} or not parts:
-        ap.error(f"--parts: train, retrieve and/or buckets. Received: {args.parts!r}")
-    if "buckets" in parts and not args.data_dir:
-        ap.error("--parts buckets: needs --data-dir (sequential samples)")
+    if parts - {"train", "retrieve", "buckets", "validation"} or not parts:
+        ap.error(f"--parts: train, retrieve, buckets and/or validation. Received: "
+                 f"{args.parts!r}")
+    for part in ("buckets", "validation"):
+        if part in parts and not args.data_dir:
+            ap.error(f"--parts {part}: needs --data-dir (sequential samples)")
     if args.backend == "jax":
         if args.data_dir:
             ap.error("--data-dir needs TensorFlow (tf.data); --backend jax trains on "
@@ -559,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
 
     training = measure_training(args, args.backend) if "train" in parts else None
     buckets = measure_buckets(args) if "buckets" in parts else None
+    validation = measure_validation(args) if "validation" in parts else None
     retrieval = None
     if "retrieve" in parts:
         with tempfile.TemporaryDirectory(prefix="bench-sine-") as tmp:
@@ -585,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         "backend": args.backend,
         "training": training,
         "length_buckets": buckets,
+        "validation_input": validation,
         "retrieve": retrieval,
         "goals": GOALS,
         "goals_met": {
@@ -624,6 +696,14 @@ def print_summary(result: dict[str, Any], out_path: str) -> None:
               f"{buckets['epoch_s_median']['padded']:.2f} s padded to L "
               f"(ratio {buckets['buckets_over_padded_epoch_time']:.2f}; padded slots x"
               f"{buckets['padded_slots_ratio']:.2f}; widths {buckets['bucket_widths_one_epoch']})")
+    validation = result.get("validation_input")
+    if validation:
+        med, cpu = validation["evaluate_s_median"], validation["evaluate_cpu_s_median"]
+        print(f"validation input: evaluate {med['in_memory']:.2f} s in memory vs "
+              f"{med['reread']:.2f} s re-read (time x{validation['in_memory_over_reread_time']}"
+              f", CPU {cpu['in_memory']:.2f} vs {cpu['reread']:.2f} s, x"
+              f"{validation['in_memory_over_reread_cpu']}; same metrics: "
+              f"{validation['same_metrics']})")
     if retrieval:
         print(f"retrieve: {retrieval['catalogue_items']:,} items, K = {retrieval['k']}, "
               f"history {retrieval['history']}")

@@ -143,3 +143,95 @@ def test_selected_reports_test_metrics_at_each_metrics_best_validation(monkeypat
     selected = callback.summary()["selected"]
     assert selected["auc"] == {"epoch": 1, "valid": 0.7, "test": {"auc": 0.5, "mrr": 0.9}}
     assert selected["mrr"] == {"epoch": 2, "valid": 0.3, "test": {"auc": 0.9, "mrr": 0.0}}
+
+
+def test_in_memory_reads_the_source_once_and_keeps_its_order():
+    """`in_memory`: the same elements in the same order, the source read by one pass
+    only, however often the result is read (and a partial read after it is harmless)."""
+    import tensorflow as tf
+
+    from tfnegseq import validation
+
+    reads = []
+
+    def source():
+        reads.append(1)
+        yield from range(7)
+
+    ds = tf.data.Dataset.from_generator(source, output_signature=tf.TensorSpec([], tf.int64))
+    cached = validation.in_memory(ds.batch(3))
+    assert len(reads) == 1
+    for _ in range(3):
+        assert [b.numpy().tolist() for b in cached] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [b.numpy().tolist() for b in cached.take(1)] == [[0, 1, 2]]
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize("caches", [True, False])
+def test_callback_caches_the_inputs_of_a_kind_that_asks(monkeypatch, caches):
+    """`cache_validation_input`: both inputs go to memory at the first validation and
+    every validation after it reads those same cached inputs; otherwise the datasets
+    are passed through as given."""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from tfnegseq import validation
+
+    seen = []
+    monkeypatch.setattr(validation, "evaluate",
+                        lambda model, ds, *a, **k: seen.append(ds) or {"auc": 0.5})
+    cfg = SimpleNamespace(train=SimpleNamespace(
+        early_stopping_metric="auc", early_stopping_patience=5, validate_every=2))
+    kind = SimpleNamespace(metric_keys=("auc",), cache_validation_input=caches)
+    valid, test = tf.data.Dataset.range(4), tf.data.Dataset.range(3)
+    callback = validation.ValidationCallback(valid, kind, cfg, test_dataset=test)
+    callback.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    for epoch in range(4):  # validations after epochs 2 and 4
+        callback.on_epoch_end(epoch, {})
+    assert len(seen) == 4
+    assert seen[0] is seen[2] and seen[1] is seen[3]  # the same inputs every validation
+    assert (seen[0] is valid, seen[1] is test) == (not caches, not caches)
+    assert [int(x) for x in seen[0]] == [0, 1, 2, 3] and [int(x) for x in seen[1]] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_sequential_validation_in_memory_gives_the_same_run(tmp_path, monkeypatch):
+    """A sequential run with early stopping and test scores at each validation
+    (deterministic input): the same validation history and metrics whether the
+    validation inputs are kept in memory (the kind's default) or re-read every time."""
+    from tests.helpers_data import write_log
+    from tfnegseq.config import config_from_dict
+    from tfnegseq.data import job
+    from tfnegseq.kinds.sequential import SEQUENTIAL
+
+    write_log(tmp_path / "log", np.random.default_rng(3), users=16, per_user=40)
+
+    def cfg(name):
+        return config_from_dict({
+            "name": name,
+            "source": {"kind": "kuairec", "path": str(tmp_path / "log")},
+            "rules": {"label": [], "positive": ["watch_ratio >= 2.0"],
+                      "negative": ["watch_ratio < 0.5"]},
+            "samples": {"task": "sequential", "min_core": 1, "max_sequence": 50},
+            "output": {"dir": str(tmp_path / "samples"), "shards": 2},
+            "vocab": {"min_count": 1, "oov_buckets": 1},
+            "model": {"kind": "sequential", "architecture": "sine", "embedding_dim": 8,
+                      "max_length": 12, "num_blocks": 1, "num_heads": 1,
+                      "num_interests": 2, "dropout": 0.2},
+            "train": {"epochs": 4, "batch_size": 4, "eval_split": "test",
+                      "jit_compile": False, "deterministic_input": True,
+                      "early_stopping_metric": "ndcg@10", "validate_every": 2,
+                      "test_at_validation": True, "keep_checkpoints": 0,
+                      "export": False, "run_dir": str(tmp_path / name)},
+        })
+
+    job.run(cfg("samples"))
+    assert SEQUENTIAL.cache_validation_input
+    cached = train.run_config(cfg("cached"), verbose=0)
+    monkeypatch.setattr(SEQUENTIAL, "cache_validation_input", False)
+    reread = train.run_config(cfg("reread"), verbose=0)
+    assert len(cached["validation"]["history"]) == 2
+    assert cached["validation"]["history"] == reread["validation"]["history"]
+    for k in SEQUENTIAL.metric_keys:
+        assert cached[k] == reread[k], k

@@ -16,6 +16,11 @@ optima fall at different epochs are each reported at their own optimum).
 
 Its state (best value, best weights) lives in memory: a resumed run starts the
 patience count afresh from the restored epoch.
+
+A kind whose `cache_validation_input` is true (the sequential kind) has its validation
+and test inputs parsed once, at the first validation, and kept in memory
+(`in_memory`): every later validation, and the key pass of each evaluation, reads the
+same batches from memory instead of re-reading and re-parsing the shards.
 """
 
 from __future__ import annotations
@@ -28,6 +33,17 @@ import keras
 from tfnegseq.evaluate import evaluate
 
 LOWER_IS_BETTER = ("logloss",)
+
+
+def in_memory(dataset: Any) -> Any:
+    """`dataset.cache()` (in memory), filled by one whole pass now: the elements, in
+    their order, of a deterministic `dataset` (an evaluation input), read from memory
+    by every later pass. Filled here rather than by the first consumer, which may stop
+    before the end of the input (a cache left unfinished is discarded)."""
+    cached = dataset.cache()
+    for _ in cached:
+        pass
+    return cached
 
 
 class ValidationCallback(keras.callbacks.Callback):
@@ -57,10 +73,20 @@ class ValidationCallback(keras.callbacks.Callback):
         self.waited = 0
         self.history: list[dict[str, Any]] = []
         self.stopped_epoch: int | None = None
+        self._cache = bool(getattr(kind, "cache_validation_input", False))
+
+    def _cache_inputs(self) -> None:
+        """The first validation of a kind that caches: both inputs to memory."""
+        if self._cache:
+            self._cache = False
+            self.dataset = in_memory(self.dataset)
+            if self.test_dataset is not None:
+                self.test_dataset = in_memory(self.test_dataset)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if (epoch + 1) % self.every:
             return
+        self._cache_inputs()
         result = evaluate(self.model, self.dataset, self.kind, self.cfg, verbose=0)
         scores = {k: float(result[k]) for k in self.kind.metric_keys if k in result}
         entry: dict[str, Any] = {"epoch": epoch + 1, **scores}

@@ -20,12 +20,17 @@ class ModelKind:
             pydantic dataclass with `kind: Literal[name]`.
         samples_task: str. The `samples.task` its training data must have.
         metric_keys: tuple of str. The headline metrics (logged, summarised over seeds).
+        cache_validation_input: bool. Whether early stopping's validation (and test)
+            inputs are parsed once and kept in memory (`tfnegseq.validation`) rather
+            than re-read at every validation: for small inputs that are costly to
+            parse. Default False.
     """
 
     name: str = ""
     config_class: type = type(None)
     samples_task: str = "ctr"
     metric_keys: tuple[str, ...] = ()
+    cache_validation_input: bool = False
 
     # ------------------------------------------------------------------ config
     def check_config(self, cfg: Config) -> None:
