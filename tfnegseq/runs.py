@@ -29,6 +29,24 @@ EXAMPLES_FILE = "examples.tfrecord.gz"
 NUM_EXAMPLES = 16
 
 
+def read_manifest(data_dir: str) -> dict[str, Any] | None:
+    """`<data_dir>/manifest.json` (the Beam job's record of what it built), or None when
+    there is none; a bucket path (`gs://...`) is read through TensorFlow's file system,
+    imported only then."""
+    path = os.path.join(data_dir, "manifest.json")
+    if "://" in data_dir:
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            return None
+        with tf.io.gfile.GFile(path) as f:
+            return dict(json.load(f))
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return dict(json.load(f))
+
+
 def samples_dir(cfg: Config) -> str:
     """The Beam job's output the config trains on (`train.data_dir`, else `output.dir`);
     `ConfigError` when it holds no samples, or samples built with another
@@ -60,19 +78,9 @@ def check_negative_history(cfg: Config, data_dir: str) -> None:
     Raises:
         ConfigError: naming each differing key, both values and the directory.
     """
-    path = os.path.join(data_dir, "manifest.json")
-    if "://" in data_dir:  # a bucket: TensorFlow's file system (imported only then)
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(path):
-            return
-        with tf.io.gfile.GFile(path) as f:
-            manifest = json.load(f)
-    elif not os.path.exists(path):
+    manifest = read_manifest(data_dir)
+    if manifest is None:
         return
-    else:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
     built = manifest.get("config", {}).get("samples", {})
     differ = [(k, built.get(k, default), getattr(cfg.samples, k))
               for k, default in NEGATIVE_HISTORY_KEYS.items()

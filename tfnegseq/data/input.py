@@ -25,7 +25,6 @@ import contextlib
 import contextvars
 import functools
 import glob
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -237,9 +236,8 @@ def make_datasets(cfg: Config, data_dir: str, processor: FeatureProcessor
 def manifest_examples(data_dir: str, split: str) -> int | None:
     """The number of examples the Beam job wrote to `split` (its manifest.json), or None
     when there is no manifest or it does not count that split."""
-    path = os.path.join(data_dir, "manifest.json")
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        count = json.load(f).get("samples", {}).get(split)
+    from tfnegseq.runs import read_manifest
+
+    manifest = read_manifest(data_dir)
+    count = None if manifest is None else manifest.get("samples", {}).get(split)
     return int(count) if count is not None else None

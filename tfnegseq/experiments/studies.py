@@ -79,13 +79,9 @@ def ensure_samples(cfg: Any, base: Any) -> None:
     if cfg.output.dir == base.output.dir or (cfg.train.data_dir
                                               and cfg.train.data_dir != cfg.output.dir):
         return
-    manifest = os.path.join(cfg.output.dir, "manifest.json")
-    if "://" in manifest:
-        import tensorflow as tf
+    from tfnegseq.runs import read_manifest
 
-        if tf.io.gfile.exists(manifest):
-            return
-    elif os.path.exists(manifest):
+    if read_manifest(cfg.output.dir) is not None:
         return
     from tfnegseq.data import job
 
