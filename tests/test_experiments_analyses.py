@@ -21,8 +21,9 @@ def rows_table(rng, n=4000):
     label = (rng.random(n) < 0.4).astype(float)
     prob = np.clip(0.3 * label + 0.1 * (pos_length > 50) + rng.random(n) * 0.6, 0, 1)
     share = np.where(rng.random(n) < 0.05, np.nan, 0.5 + 0.1 * label + 0.05 * rng.random(n))
+    tokens = np.where(np.isnan(share), np.nan, 0.45 + 0.03 * label + 0.05 * rng.random(n))
     return {"label": label, "probability": prob, "user": rng.integers(0, 50, n),
-            "pos_length": pos_length, "cold": cold, "share": share}
+            "pos_length": pos_length, "cold": cold, "share": share, "tokens": tokens}
 
 
 def test_subsets_are_the_rows_the_paper_names_and_their_auc_is_sklearns():
@@ -48,6 +49,13 @@ def test_subsets_are_the_rows_the_paper_names_and_their_auc_is_sklearns():
     assert out["attention"]["gap"] == pytest.approx(want_gap)
     assert out["attention"]["gap"] == pytest.approx(0.1, abs=0.01)  # planted above
     assert out["attention"]["rows"] == ok.sum()
+    tokens = rows["tokens"]
+    assert out["attention"]["positive_tokens"] == pytest.approx(tokens[ok].mean())
+    assert out["attention"]["positive_tokens_clicked"] == pytest.approx(
+        tokens[ok & (y == 1)].mean())
+    assert out["attention"]["token_gap"] == pytest.approx(
+        tokens[ok & (y == 1)].mean() - tokens[ok & (y == 0)].mean())
+    assert out["attention"]["token_gap"] == pytest.approx(0.03, abs=0.01)  # planted above
 
 
 def test_a_subset_with_one_class_has_no_auc_and_no_attention_is_none():
@@ -74,15 +82,17 @@ def test_a_subset_where_no_user_has_both_classes_has_no_gauc():
 
 
 class FakeModel:
-    """Scores = item row / 100; attention share = 0.25 on every row."""
+    """Scores = item row / 100; attention share = 0.25 and positive tokens 0.4 on every
+    row."""
 
     has_attention_share = True
 
     def __call__(self, inputs):
         return {"probability": inputs["item_id"] / 100.0}
 
-    def attention_share(self, inputs):
-        return np.full(len(inputs["item_id"]), 0.25)
+    def attention_share(self, inputs, return_token_share=False):
+        share = np.full(len(inputs["item_id"]), 0.25)
+        return (share, np.full_like(share, 0.4)) if return_token_share else share
 
 
 def test_collect_rows_reads_cold_items_history_lengths_and_users_from_the_input():
@@ -112,6 +122,7 @@ def test_collect_rows_reads_cold_items_history_lengths_and_users_from_the_input(
     np.testing.assert_array_equal(rows["user"], np.arange(100, 106))
     np.testing.assert_allclose(rows["probability"], item / 100.0)
     np.testing.assert_allclose(rows["share"], 0.25)
+    np.testing.assert_allclose(rows["tokens"], 0.4)
     assert all("raw_user_id" not in k and "raw_item_id" not in k for k in seen)
 
 
@@ -137,7 +148,8 @@ def test_din_attention_share_is_the_absolute_weight_mass_on_positive_tokens():
     x, _ = planted_batch(rng, 6)
     model = make_model("none", 0.5, "din")
     model(x)
-    got = np.asarray(model.attention_share(x))
+    got, got_tokens = (np.asarray(v) for v in model.attention_share(x, True))
+    np.testing.assert_allclose(got, np.asarray(model.attention_share(x)), rtol=1e-6)
     table = np.asarray(model.item_embedding.embeddings)
     position = np.asarray(model.position_embedding.embeddings)
     for b in range(6):
@@ -148,6 +160,7 @@ def test_din_attention_share_is_the_absolute_weight_mass_on_positive_tokens():
         w = np.abs(np.asarray(w))[0]
         assert got[b] == pytest.approx(w[polarity == 1].sum() / w[polarity != 0].sum(),
                                        rel=1e-5)
+        assert got_tokens[b] == pytest.approx((polarity == 1).sum() / (polarity != 0).sum())
 
 
 def test_onetrans_attention_share_reads_the_tokens_entering_its_last_layer():
@@ -171,12 +184,14 @@ def test_onetrans_attention_share_reads_the_tokens_entering_its_last_layer():
             num_heads=2, num_layers=3, ns_tokens=2, pyramid=pyramid, mlp_units=[8],
             attention_units=[8]))
         model = CtrModel({"item_id": 30, "user_id": 2}, m)
-        share = np.asarray(model.attention_share(x))
+        share, tokens = (np.asarray(v) for v in model.attention_share(x, True))
         if want_one:
             assert model.backbone.schedule[-2] == 2
             np.testing.assert_allclose(share, 1.0, rtol=1e-6)
+            np.testing.assert_allclose(tokens, 1.0)  # the 2 entering tokens: positives
         else:
             assert (share < 0.99).all() and (share > 0.01).all()
+            np.testing.assert_allclose(tokens, 0.5)  # 5 positives, 5 negatives
 
 
 @pytest.mark.parametrize("backbone", ["din", "onetrans"])
@@ -215,7 +230,25 @@ def test_a_tiny_analyses_study_records_and_plots_the_analyses(tiny_samples, tmp_
         assert r["analysis"]["all"]["auc"] == pytest.approx(r["auc"], abs=1e-6)
         assert r["analysis"]["all"]["n"] == r["eval_examples"]
     assert by["Pos Seq"]["analysis"]["attention"] is None  # one polarity: no split
-    assert 0 < by["Mix Seq + TAPF"]["analysis"]["attention"]["positive_share"] < 1
+    attention = by["Mix Seq + TAPF"]["analysis"]["attention"]
+    assert 0 < attention["positive_share"] < 1 and 0 < attention["positive_tokens"] < 1
     md = (results / f"polarity_{cfg.name}.md").read_text()
     assert "AUC by positive history length" in md and "| 0-1 (" in md
+    assert "| a+ | tokens+ | gap | token gap |" in md
     assert (results / f"polarity_{cfg.name}_analyses.png").stat().st_size > 10_000
+
+    # --reanalyse: recomputed from the saved models; a run without its model is left alone
+    before = json.loads(json.dumps(by["Mix Seq + TAPF"]["analysis"]))
+    for r in data["records"]:
+        r["analysis"] = {"stale": True}
+    (results / f"polarity_{cfg.name}.json").write_text(json.dumps(data))
+    import shutil
+    shutil.rmtree(next((tmp_path / "runs").glob("*/analyses_din_pos_seq_seed0")))
+    capsys.readouterr()
+    assert entry.main([*argv, "--reanalyse"]) == 0
+    assert "1 of 2 recorded runs have no saved model" in capsys.readouterr().out
+    again = {r["setting"]: r for r in json.loads(
+        (results / f"polarity_{cfg.name}.json").read_text())["records"]}
+    assert again["Pos Seq"]["analysis"] == {"stale": True}
+    assert again["Mix Seq + TAPF"]["analysis"] == before
+    assert len(again) == 2 and again["Mix Seq + TAPF"]["auc"] == by["Mix Seq + TAPF"]["auc"]

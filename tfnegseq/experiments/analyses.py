@@ -11,7 +11,7 @@ returns (JSON-ready; a subset with one label class has `auc` None):
 | `full_history` | Table 5 | per cutoff c in `CUTOFFS` up to `samples.max_history` (keys "10", "20", ...): AUC / GAUC / n of the rows whose positive history holds at least c events. The paper's subset is c = 100 for every L (Pos Seq and Mix Seq both fully filled at L <= 100); one fixed c across the runs of a length sweep keeps the population fixed |
 | `activity` | Figure 6 | AUC / n per bucket of the row's positive history length (`ACTIVITY`; the lists hold at most `samples.max_history`) |
 | `cold`, `warm` | Figure 7 | AUC / n of rows whose target item has no row of its own in the item vocabulary (an out-of-vocabulary bucket: never a training-split item with the default `vocab`), and of the others |
-| `attention` | §4.5.1, Table 6, Figures 5 and 9 | the mean share of attention on positive tokens (`CtrModel.attention_share`), over all rows and per label, and the polarity gap E[a+ | y=1] - E[a+ | y=0]; None where the backbone has no such attention (`has_attention_share`) or the sequence holds one polarity (r = 0 or 1) |
+| `attention` | §4.5.1, Table 6, Figures 5 and 9 | the mean share of attention on positive tokens (`CtrModel.attention_share`), over all rows and per label, and the polarity gap E[a+ | y=1] - E[a+ | y=0]; beside them the same for the share of positive tokens among the tokens attended (`positive_tokens*`, `token_gap`: what a+ and the gap would be under uniform attention, so a+ minus it is what the attention itself adds); None where the backbone has no such attention (`has_attention_share`) or the sequence holds one polarity (r = 0 or 1) |
 
 The study runner (`tfnegseq.experiments.studies`) adds these to each run's record as
 `analysis` (`Studies.after_run`). Runs the saved model eagerly batch by batch (the
@@ -56,10 +56,12 @@ def subset_metrics(labels: np.ndarray, probs: np.ndarray, users: np.ndarray,
 def collect_rows(model: Any, dataset: Any, oov_buckets: int) -> dict[str, np.ndarray]:
     """Per evaluation row: label, probability, raw user id, positive history length,
     cold target (item row 1..oov_buckets) and the attention share on positive tokens
-    (NaN where undefined: rows without tokens, or a backbone without the attention)."""
+    (NaN where undefined: rows without tokens, or a backbone without the attention),
+    and the share of positive tokens among the tokens that attention covers (`tokens`,
+    NaN likewise)."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("label", "probability", "user", "pos_length",
-                                           "cold", "share")}
+                                           "cold", "share", "tokens")}
     shares = bool(getattr(model, "has_attention_share", False))
     for features, label in dataset.as_numpy_iterator():
         inputs = {k: v for k, v in features.items() if not k.startswith("raw_")}
@@ -70,8 +72,13 @@ def collect_rows(model: Any, dataset: Any, oov_buckets: int) -> dict[str, np.nda
         parts["pos_length"].append((np.asarray(features["pos_item_id"]) > 0).sum(axis=1))
         item = np.asarray(features["item_id"]).reshape(-1)
         parts["cold"].append((item >= 1) & (item <= oov_buckets))
-        parts["share"].append(np.asarray(model.attention_share(inputs), np.float64)
-                              if shares else np.full(len(item), np.nan))
+        if shares:
+            share, tokens = model.attention_share(inputs, return_token_share=True)
+            parts["share"].append(np.asarray(share, np.float64))
+            parts["tokens"].append(np.asarray(tokens, np.float64))
+        else:
+            parts["share"].append(np.full(len(item), np.nan))
+            parts["tokens"].append(np.full(len(item), np.nan))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -96,15 +103,24 @@ def summarize_rows(rows: dict[str, np.ndarray], max_history: int,
         "attention": None,
     }
     share = rows["share"]
-    ok = np.isfinite(share)
+    tokens = rows.get("tokens", np.full(len(y), np.nan))
+    ok = np.isfinite(share) & np.isfinite(tokens)
     if ok.any() and both_polarities:
-        def mean(mask: np.ndarray) -> float | None:
-            return float(share[mask & ok].mean()) if (mask & ok).any() else None
-        pos, neg = mean(y == 1), mean(y == 0)
+        def mean(values: np.ndarray, mask: np.ndarray) -> float | None:
+            return float(values[mask & ok].mean()) if (mask & ok).any() else None
+
+        def gap(values: np.ndarray) -> float | None:
+            pos, neg = mean(values, y == 1), mean(values, y == 0)
+            return None if pos is None or neg is None else pos - neg
         out["attention"] = {
-            "positive_share": mean(everything), "positive_share_clicked": pos,
-            "positive_share_not_clicked": neg,
-            "gap": None if pos is None or neg is None else pos - neg,
+            "positive_share": mean(share, everything),
+            "positive_share_clicked": mean(share, y == 1),
+            "positive_share_not_clicked": mean(share, y == 0),
+            "gap": gap(share),
+            "positive_tokens": mean(tokens, everything),
+            "positive_tokens_clicked": mean(tokens, y == 1),
+            "positive_tokens_not_clicked": mean(tokens, y == 0),
+            "token_gap": gap(tokens),
             "rows": int(ok.sum()),
         }
     return out

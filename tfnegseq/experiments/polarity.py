@@ -199,13 +199,18 @@ def _extra(spec: Studies, study: str, summ: dict[tuple[Any, ...], dict[str, Any]
               "cold = target item never in the training split; a+ = share of the "
               "backbone's attention on positive tokens (DIN: of the absolute pooling "
               "weights; with random polarity labels, of the tokens labelled positive); "
-              "gap = a+ on clicked rows minus a+ on the others (§4.5.1).", "",
-              "| Setting | AUC cold (rows) | AUC warm | a+ | gap |", "| --- | --- | --- | --- | --- |"]
+              "tokens+ = share of positive tokens among those attended (a+ under uniform "
+              "attention); gap = a+ on clicked rows minus a+ on the others (§4.5.1), "
+              "token gap the same of tokens+ (a gap the sequences' make-up alone gives).",
+              "", "| Setting | AUC cold (rows) | AUC warm | a+ | tokens+ | gap | token gap |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for s, a in rows:
         lines.append(f"| {s} | {_f(amean(a, 'cold', 'auc'))} ({_f(amean(a, 'cold', 'n'), '.0f')})"
                      f" | {_f(amean(a, 'warm', 'auc'))} | "
                      f"{_f(amean(a, 'attention', 'positive_share'), '.3f')} | "
-                     f"{_f(amean(a, 'attention', 'gap'), '+.3f')} |")
+                     f"{_f(amean(a, 'attention', 'positive_tokens'), '.3f')} | "
+                     f"{_f(amean(a, 'attention', 'gap'), '+.3f')} | "
+                     f"{_f(amean(a, 'attention', 'token_gap'), '+.3f')} |")
     if study == "analyses":
         ref = dict(rows).get(REFERENCE[study])
         lines += ["", "AUC by positive history length (rows), and the gain over Pos Seq:", "",
@@ -293,17 +298,26 @@ def _extra_plot(spec: Studies, dataset: str, data: dict[str, Any], stem: str) ->
                 if np.isfinite(v):
                     ax.text(i, v / 2, f"{v:.1%}", ha="center", color="white")
                     ax.text(i, v + (1 - v) / 2, f"{1 - v:.1%}", ha="center", color="white")
+            tokens = [amean(get[s], "attention", "positive_tokens") for s in mixes]
+            for i, v in enumerate(tokens):
+                if v is not None:
+                    ax.hlines(v, i - 0.4, i + 0.4, colors="black", linestyles="--",
+                              label="positive share of the tokens" if i == 0 else None)
             ax.set_ylim(0, 1)
             ax.set_ylabel("share of attention")
             ax.set_title(f"{dataset}, {b}: attention split (Fig. 9)")
             ax.legend(fontsize=8, loc="lower right")
         else:
-            pts = [(r, g) for r in RATIOS[1:-1] if (g := amean(
-                analysed(data, "ratio-sweep", b, f"r={r:.1f}"), "attention", "gap"))
-                is not None]
-            if pts:
-                xs_, gs = zip(*pts, strict=True)
-                ax.plot(xs_, gs, marker="o")
+            for field, label, style in (("gap", "attention (a+)", "-"),
+                                        ("token_gap", "tokens (uniform attention)", "--")):
+                pts = [(r, g) for r in RATIOS[1:-1] if (g := amean(
+                    analysed(data, "ratio-sweep", b, f"r={r:.1f}"), "attention", field))
+                    is not None]
+                if pts:
+                    xs_, gs = zip(*pts, strict=True)
+                    ax.plot(xs_, gs, marker="o", linestyle=style, label=label)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
             ax.axhline(0, color="black", lw=0.8)
             ax.set_xlabel("positive ratio r")
             ax.set_ylabel("attention polarity gap")

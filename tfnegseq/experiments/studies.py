@@ -15,6 +15,9 @@ whole CLI:
   ends; a run counts as done only when its `config_sha` (`records.fingerprint`) is the
   config the sweep would run now, and records of another config move to
   `discarded_records` (kept, never reported or resumed);
+- `--reanalyse` recomputes `after_run` (e.g. the analyses) of the selected recorded
+  runs from the models they saved under `--runs-dir` and updates their records (after
+  the analysis code changed; a run whose model is gone keeps its record as it is);
 - the end writes `<prefix>_<dataset>.md` (mean ± std, Δ AUC against the reference) and
   `.png` (bars per study, or AUC against x for numeric studies, one line per backbone
   and series).
@@ -88,6 +91,32 @@ def ensure_samples(cfg: Any, base: Any) -> None:
     print(f"building this setting's samples in {cfg.output.dir} (Beam, DirectRunner)",
           flush=True)
     job.run(cfg)
+
+
+def reanalyse(spec: Studies, data: dict[str, Any], path: str,
+              expected: dict[tuple[str, ...], str], seeds: list[int],
+              run_config: Callable[..., Any]) -> None:
+    """`--reanalyse`: `spec.after_run` again for each recorded run of the selected keys
+    and seeds whose saved model (`model.keras` in its run directory) is still there;
+    saves after each. Prints what it skipped."""
+    assert spec.after_run is not None
+    chosen = [r for r in data["records"] if r["seed"] in seeds
+              and tuple(r.get(k) for k in spec.group) in expected
+              and r.get("config_sha") == expected[tuple(r.get(k) for k in spec.group)]]
+    missing = 0
+    for i, r in enumerate(chosen, start=1):
+        cfg = run_config(r["study"], r.get("backbone"), r["setting"], r["seed"])
+        if not os.path.exists(os.path.join(cfg.train.run_dir, "model.keras")):
+            missing += 1
+            continue
+        print(f"[reanalyse {i}/{len(chosen)}] {r['study']}: "
+              f"{r.get('backbone') + ', ' if r.get('backbone') else ''}{r['setting']}, "
+              f"seed {r['seed']}", flush=True)
+        r.update(spec.after_run(cfg))
+        records.save(path, data)
+    if missing:
+        print(f"reanalyse: {missing} of {len(chosen)} recorded runs have no saved model "
+              f"under their run directory; their records are unchanged", flush=True)
 
 
 def _key(spec: Studies, study: str, backbone: str | None, setting: str) -> tuple[str, ...]:
@@ -216,6 +245,9 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", default="docs/results")
     ap.add_argument("--runs-dir", default=f"runs/{spec.prefix}")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--reanalyse", action="store_true",
+                    help="recompute the selected recorded runs' analyses from their saved "
+                         "models (--runs-dir), then run what is missing")
     ap.add_argument("--list", action="store_true", help="print every study's settings")
     args = ap.parse_args(argv)
     if args.list:
@@ -293,6 +325,8 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
     if not args.report_only:
         records.describe(data, spec.prog, argv, dataset=dataset, config=args.config,
                          overrides=args.overrides, seeds=seeds, epochs=base.train.epochs)
+    if args.reanalyse and spec.after_run is not None and not args.report_only:
+        reanalyse(spec, data, path, expected, seeds, run_config)
     done = {(*(r.get(k) for k in spec.group), r["seed"]) for r in data["records"]}
     todo = [(study, backbone, setting, seed) for seed in seeds for study in studies
             for backbone in backbones_of(study) for setting in spec.studies[study]

@@ -433,7 +433,7 @@ class CtrModel(keras.Model):
         return (self.has_short_term and not self.dual
                 and (self.m.backbone in ("din", "onetrans") or self.tapf_after_encoder))
 
-    def attention_share(self, inputs: dict[str, Any]):
+    def attention_share(self, inputs: dict[str, Any], return_token_share: bool = False):
         """The share of the backbone's attention on positive tokens, `[B]` float32 (the
         paper's a-bar+ of §4.5.1 and Figure 9; NaN for a row without real tokens):
 
@@ -444,6 +444,10 @@ class CtrModel(keras.Model):
           mass (the NS keys are left out);
         - the Transformer with `tapf_position: encoded`: the softmax weights of its
           target-attention pooling.
+
+        With `return_token_share`: also the share of positive tokens among the real
+        tokens that attention covers, `[B]` (what a+ would be if the attention were
+        uniform over those tokens: the baseline a+ is read against).
 
         Raises:
             ValueError: another backbone, or the dual-stream encoder (no one attention
@@ -477,7 +481,10 @@ class CtrModel(keras.Model):
             mass = ops.softmax(scores, axis=-1)
         real = ops.cast(ops.not_equal(polarity, 0), "float32")
         positive = ops.cast(ops.greater(polarity, 0), "float32")
-        return ops.sum(mass * positive, axis=1) / ops.sum(mass * real, axis=1)
+        share = ops.sum(mass * positive, axis=1) / ops.sum(mass * real, axis=1)
+        if not return_token_share:
+            return share
+        return share, ops.sum(positive, axis=1) / ops.sum(real, axis=1)
 
     def ns_tokens(self, inputs: dict[str, Any], target):
         """The unified backbones' non-sequential tokens `[B, ns_tokens, d]`: Auto-Split
