@@ -131,6 +131,7 @@ def analyse_run(cfg: Any) -> dict[str, Any]:
     evaluated on `cfg.train.eval_split` of the run's samples)."""
     import keras
 
+    import tfnegseq.models  # noqa: F401  (registers CtrModel for load_model)
     from tfnegseq.data.input import FeatureProcessor, make_dataset
     from tfnegseq.runs import samples_dir
 

@@ -94,13 +94,13 @@ def ensure_samples(cfg: Any, base: Any) -> None:
 
 
 def reanalyse(spec: Studies, data: dict[str, Any], path: str,
-              expected: dict[tuple[str, ...], str], seeds: list[int],
+              expected: dict[tuple[str, ...], str], studies: list[str], seeds: list[int],
               run_config: Callable[..., Any]) -> None:
-    """`--reanalyse`: `spec.after_run` again for each recorded run of the selected keys
-    and seeds whose saved model (`model.keras` in its run directory) is still there;
-    saves after each. Prints what it skipped."""
+    """`--reanalyse`: `spec.after_run` again for each recorded run of the selected
+    studies, keys and seeds whose saved model (`model.keras` in its run directory) is
+    still there; saves after each. Prints what it skipped."""
     assert spec.after_run is not None
-    chosen = [r for r in data["records"] if r["seed"] in seeds
+    chosen = [r for r in data["records"] if r["seed"] in seeds and r["study"] in studies
               and tuple(r.get(k) for k in spec.group) in expected
               and r.get("config_sha") == expected[tuple(r.get(k) for k in spec.group)]]
     missing = 0
@@ -326,7 +326,7 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
         records.describe(data, spec.prog, argv, dataset=dataset, config=args.config,
                          overrides=args.overrides, seeds=seeds, epochs=base.train.epochs)
     if args.reanalyse and spec.after_run is not None and not args.report_only:
-        reanalyse(spec, data, path, expected, seeds, run_config)
+        reanalyse(spec, data, path, expected, studies, seeds, run_config)
     done = {(*(r.get(k) for k in spec.group), r["seed"]) for r in data["records"]}
     todo = [(study, backbone, setting, seed) for seed in seeds for study in studies
             for backbone in backbones_of(study) for setting in spec.studies[study]
