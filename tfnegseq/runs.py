@@ -20,6 +20,7 @@ from typing import Any
 
 from tfnegseq.config import Config, ConfigError, config_from_dict
 from tfnegseq.config.sections import RESUME_FREE, flatten
+from tfnegseq.data.manifest import read_manifest
 
 RUN_DATA = "data"
 BACKUP = "backup"
@@ -27,24 +28,6 @@ BACKUP = "backup"
 RESUME_STATE = "tfnegseq_resume.json"
 EXAMPLES_FILE = "examples.tfrecord.gz"
 NUM_EXAMPLES = 16
-
-
-def read_manifest(data_dir: str) -> dict[str, Any] | None:
-    """`<data_dir>/manifest.json` (the Beam job's record of what it built), or None when
-    there is none; a bucket path (`gs://...`) is read through TensorFlow's file system,
-    imported only then."""
-    path = os.path.join(data_dir, "manifest.json")
-    if "://" in data_dir:
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(path):
-            return None
-        with tf.io.gfile.GFile(path) as f:
-            return dict(json.load(f))
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return dict(json.load(f))
 
 
 def samples_dir(cfg: Config) -> str:

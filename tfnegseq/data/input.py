@@ -236,7 +236,7 @@ def make_datasets(cfg: Config, data_dir: str, processor: FeatureProcessor
 def manifest_examples(data_dir: str, split: str) -> int | None:
     """The number of examples the Beam job wrote to `split` (its manifest.json), or None
     when there is no manifest or it does not count that split."""
-    from tfnegseq.runs import read_manifest
+    from tfnegseq.data.manifest import read_manifest
 
     manifest = read_manifest(data_dir)
     count = None if manifest is None else manifest.get("samples", {}).get(split)

@@ -82,7 +82,7 @@ def ensure_samples(cfg: Any, base: Any) -> None:
     if cfg.output.dir == base.output.dir or (cfg.train.data_dir
                                               and cfg.train.data_dir != cfg.output.dir):
         return
-    from tfnegseq.runs import read_manifest
+    from tfnegseq.data.manifest import read_manifest
 
     if read_manifest(cfg.output.dir) is not None:
         return
