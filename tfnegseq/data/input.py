@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from tfnegseq import schema
 from tfnegseq.config import Config, ConfigError
+from tfnegseq.data.manifest import read_manifest
 from tfnegseq.data.vocab import Vocabulary, load_vocabularies
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -236,8 +237,6 @@ def make_datasets(cfg: Config, data_dir: str, processor: FeatureProcessor
 def manifest_examples(data_dir: str, split: str) -> int | None:
     """The number of examples the Beam job wrote to `split` (its manifest.json), or None
     when there is no manifest or it does not count that split."""
-    from tfnegseq.data.manifest import read_manifest
-
     manifest = read_manifest(data_dir)
     count = None if manifest is None else manifest.get("samples", {}).get(split)
     return int(count) if count is not None else None

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from tfnegseq.config import ConfigError, load_config
+from tfnegseq.data.manifest import read_manifest
 from tfnegseq.experiments import records
 from tfnegseq.experiments.records import mean_std
 
@@ -82,8 +83,6 @@ def ensure_samples(cfg: Any, base: Any) -> None:
     if cfg.output.dir == base.output.dir or (cfg.train.data_dir
                                               and cfg.train.data_dir != cfg.output.dir):
         return
-    from tfnegseq.data.manifest import read_manifest
-
     if read_manifest(cfg.output.dir) is not None:
         return
     from tfnegseq.data import job
@@ -101,8 +100,8 @@ def reanalyse(spec: Studies, data: dict[str, Any], path: str,
     still there; saves after each. Prints what it skipped."""
     assert spec.after_run is not None
     chosen = [r for r in data["records"] if r["seed"] in seeds and r["study"] in studies
-              and tuple(r.get(k) for k in spec.group) in expected
-              and r.get("config_sha") == expected[tuple(r.get(k) for k in spec.group)]]
+              and r.get("config_sha") is not None
+              and r["config_sha"] == expected.get(tuple(r.get(k) for k in spec.group))]
     missing = 0
     for i, r in enumerate(chosen, start=1):
         cfg = run_config(r["study"], r.get("backbone"), r["setting"], r["seed"])
