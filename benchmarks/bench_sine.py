@@ -83,6 +83,14 @@ at every call (as before `cache_validation_input`) against the batches kept in m
 (ABBA); reports wall and process-CPU seconds per evaluation, their paired ratios, and
 that both give the same metrics.
 
+DIN (`--parts din`, needs `--data-dir`): the sequential DIN baseline's two costs.
+Training epochs (`fit` over the length-grouped train split) scoring every target
+position against `model.din_train_positions` 50 drawn per user, alternating epoch by
+epoch (ABBA); and one evaluation of the "valid" split (full ranking: O(L) attention
+units per catalogue item) with its batches padded to L against grouped by length
+(`make_sequential_dataset(..., length_buckets=None)`), both kept in memory,
+alternating; reports the ratios and that the two evaluations give the same metrics.
+
 Full run:
 
     python benchmarks/bench_sine.py [--data-dir build/samples/movielens_100k_sine]
@@ -365,6 +373,72 @@ def measure_buckets(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def measure_din(args: argparse.Namespace) -> dict[str, Any]:
+    """DIN: training epochs, every target position vs `din_train_positions` 50; one
+    evaluation of "valid", padded to L vs grouped by length (module docstring)."""
+    import keras
+
+    from tfnegseq import kinds
+    from tfnegseq.data.sequential_input import make_sequential_dataset
+    from tfnegseq.data.vocab import Vocabulary
+    from tfnegseq.evaluate import evaluate
+    from tfnegseq.validation import in_memory
+
+    kind = kinds.get_kind("sequential")
+    base = bench_config(args, "din")
+    vocab = Vocabulary.load(args.data_dir, "item_id", base.vocab)
+    length = base.model.max_length
+    train_ds = make_sequential_dataset(args.data_dir, "train", args.batch_size, length,
+                                       training=True, seed=0, item_vocab=vocab,
+                                       length_buckets=None)
+    models: dict[str, Any] = {}
+    for name, positions in (("every_position", None), ("drawn_50", 50)):
+        cfg = dataclasses.replace(base, model=dataclasses.replace(
+            base.model, din_train_positions=positions))
+        keras.utils.set_random_seed(0)
+        model = kind.build_model(cfg, {"item_id": vocab.size})
+        model.compile(optimizer=kind.build_optimizer(cfg), jit_compile=cfg.train.jit_compile)
+        model.fit(train_ds, epochs=1, verbose=0)  # compiles every bucket's program
+        models[name] = model
+    epochs: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(args.rounds):
+        for name in (list(models) if r % 2 == 0 else list(reversed(models))):
+            t = time.perf_counter()
+            models[name].fit(train_ds, epochs=1, verbose=0)
+            epochs[name].append(round(time.perf_counter() - t, 3))
+    m = base.model
+    inputs = {name: in_memory(make_sequential_dataset(
+        args.data_dir, "valid", args.batch_size, length, m.negative_rule, m.max_candidates,
+        item_vocab=vocab, length_buckets=buckets))
+        for name, buckets in (("padded", ()), ("grouped", None))}
+    model = models["drawn_50"]
+    metrics = {name: evaluate(model, ds, kind, base, verbose=0)  # compiles every width
+               for name, ds in inputs.items()}
+    wall: dict[str, list[float]] = {name: [] for name in inputs}
+    for r in range(args.rounds):
+        for name in (list(inputs) if r % 2 == 0 else list(reversed(inputs))):
+            t = time.perf_counter()
+            evaluate(model, inputs[name], kind, base, verbose=0)
+            wall[name].append(round(time.perf_counter() - t, 3))
+
+    def ratio(v: dict[str, list[float]], a: str, b: str) -> float:
+        return round(statistics.median(x / y for x, y in zip(v[a], v[b], strict=True)), 3)
+
+    same = all(abs(metrics["padded"][k] - metrics["grouped"][k]) < 1e-9
+               for k in ("auc", "gauc", "ndcg@2", "hr@10", "ndcg@10", "mrr"))
+    return {
+        "data_dir": args.data_dir,
+        "epoch_s": epochs,
+        "epoch_s_median": {k: statistics.median(v) for k, v in epochs.items()},
+        "drawn_over_every_position_epoch_time": ratio(epochs, "drawn_50", "every_position"),
+        "evaluate_s": wall,
+        "evaluate_s_median": {k: statistics.median(v) for k, v in wall.items()},
+        "grouped_over_padded_evaluate_time": ratio(wall, "grouped", "padded"),
+        "same_metrics": same,
+        "metrics": metrics["grouped"],
+    }
+
+
 def measure_validation(args: argparse.Namespace) -> dict[str, Any]:
     """`evaluate` on `--data-dir`'s "valid" split: the input re-read at every call
     against the same batches kept in memory (`in_memory`), alternating (ABBA)."""
@@ -574,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
     ap.add_argument("--parts", default="train,retrieve",
-                    help="comma-separated: train, retrieve, buckets (needs --data-dir)")
+                    help="comma-separated: train, retrieve; buckets, validation, din "
+                         "(these need --data-dir)")
     ap.add_argument("--data-dir", default=None, help="sequential samples (else synthetic)")
     ap.add_argument("--train-items", type=int, default=2000, help="synthetic catalogue")
     ap.add_argument("--skip-rate", type=float, default=0.5, help="synthetic skips")
@@ -596,10 +671,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: results/sine.json (jax: results/sine_jax_<platform>.json)")
     args = ap.parse_args(argv)
     parts = {p for p in args.parts.split(",") if p}
-    if parts - {"train", "retrieve", "buckets", "validation"} or not parts:
-        ap.error(f"--parts: train, retrieve, buckets and/or validation. Received: "
+    if parts - {"train", "retrieve", "buckets", "validation", "din"} or not parts:
+        ap.error(f"--parts: train, retrieve, buckets, validation and/or din. Received: "
                  f"{args.parts!r}")
-    for part in ("buckets", "validation"):
+    for part in ("buckets", "validation", "din"):
         if part in parts and not args.data_dir:
             ap.error(f"--parts {part}: needs --data-dir (sequential samples)")
     if args.backend == "jax":
@@ -630,6 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     training = measure_training(args, args.backend) if "train" in parts else None
     buckets = measure_buckets(args) if "buckets" in parts else None
     validation = measure_validation(args) if "validation" in parts else None
+    din = measure_din(args) if "din" in parts else None
     retrieval = None
     if "retrieve" in parts:
         with tempfile.TemporaryDirectory(prefix="bench-sine-") as tmp:
@@ -657,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": training,
         "length_buckets": buckets,
         "validation_input": validation,
+        "din": din,
         "retrieve": retrieval,
         "goals": GOALS,
         "goals_met": {
@@ -704,6 +781,15 @@ def print_summary(result: dict[str, Any], out_path: str) -> None:
               f", CPU {cpu['in_memory']:.2f} vs {cpu['reread']:.2f} s, x"
               f"{validation['in_memory_over_reread_cpu']}; same metrics: "
               f"{validation['same_metrics']})")
+    din = result.get("din")
+    if din:
+        ep, ev = din["epoch_s_median"], din["evaluate_s_median"]
+        print(f"DIN: epoch {ep['drawn_50']:.1f} s with 50 drawn target positions vs "
+              f"{ep['every_position']:.1f} s every position "
+              f"(x{din['drawn_over_every_position_epoch_time']}); evaluate "
+              f"{ev['grouped']:.1f} s grouped vs {ev['padded']:.1f} s padded "
+              f"(x{din['grouped_over_padded_evaluate_time']}; same metrics: "
+              f"{din['same_metrics']})")
     if retrieval:
         print(f"retrieve: {retrieval['catalogue_items']:,} items, K = {retrieval['k']}, "
               f"history {retrieval['history']}")

@@ -435,3 +435,43 @@ def test_length_grouping_cuts_a_partial_chunk_before_sorting():
     assert got[0]["mask"].shape == (4, 8)
     # sorted by length within the batch, each row's user intact
     assert got[0]["inputs"][:, 0].tolist() == [3, 2, 1, 0]
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_evaluation_grouping_keeps_every_user_and_only_cuts_padding(tmp_path, split):
+    """Evaluation splits with `length_buckets`: every user exactly once (37 users at
+    batch 4: the last batch partial), each user's row that of the plain input once its
+    cut columns are padded back, batches cut to the smallest bucket holding their
+    longest user, and two passes in the same order."""
+    rng = np.random.default_rng(12)
+    rows = random_rows(rng, 37, 30)
+    vocab = Vocabulary("item_id", np.arange(1, 31), oov_buckets=1)
+    samples_dir = write_sequences(tmp_path, rows)
+    (tmp_path / "manifest.json").write_text('{"samples": {"sequences": 37}}')
+    L, B, buckets = 12, 4, [3, 6]  # noqa: N806 - resolved: [3, 6, 12]
+    plain = collect(make_sequential_dataset(samples_dir, split, B, L, item_vocab=vocab))
+    ds = make_sequential_dataset(samples_dir, split, B, L, item_vocab=vocab,
+                                 length_buckets=buckets)
+    assert ds.cardinality().numpy() == 10
+    cut_keys = ("inputs", "input_negatives", "exclude")
+    widths, padded = [], {}
+    for batch in ds:
+        width = batch["inputs"].shape[1]
+        longest = int((batch["inputs"].numpy() != 0).sum(axis=1).max())
+        assert width == min(b for b in (3, 6, 12) if b >= longest), (width, longest)
+        widths.append(width)
+        for k, v in batch.items():
+            v = v.numpy()
+            if k in cut_keys:
+                assert v.shape[1] == width, k
+                v = np.pad(v, [(0, 0), (L - width, 0)])
+            padded.setdefault(k, []).append(v)
+    grouped = {k: np.concatenate(v) for k, v in padded.items()}
+    assert len(set(widths)) > 1  # the data spans buckets
+    assert sorted(grouped["raw_user_id"].tolist()) == sorted(plain["raw_user_id"].tolist())
+    where = {u: i for i, u in enumerate(plain["raw_user_id"].tolist())}
+    order = [where[u] for u in grouped["raw_user_id"].tolist()]
+    for k in plain:
+        np.testing.assert_array_equal(grouped[k], plain[k][order], err_msg=k)
+    again = np.concatenate([b["raw_user_id"].numpy() for b in ds])
+    np.testing.assert_array_equal(again, grouped["raw_user_id"])

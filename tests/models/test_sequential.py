@@ -271,11 +271,12 @@ def test_training_scores_match_reference(arch):
     model = make_model(arch)
     batch = train_batch(np.random.default_rng(1))
     out = to_numpy(model(batch, training=True))
-    for key, ids in (
-        ("positive", "targets"),
-        ("negative", "random_negatives"),
-        ("feedback", "target_negatives"),
-    ):
+    keys = [("positive", "targets"), ("negative", "random_negatives")]
+    if arch == "din":  # L1 only: DIN computes no feedback scores
+        assert set(out) == {"positive", "negative"}
+    else:
+        keys.append(("feedback", "target_negatives"))
+    for key, ids in keys:
         np.testing.assert_allclose(
             out[key],
             train_scores_reference(model, batch, batch[ids]),
@@ -549,6 +550,7 @@ def test_din_has_no_item_independent_score():
         ({"attention_units": [4, 0]}, r"attention_units: every entry must be >= 1"),
         ({"mlp_units": [-1]}, r"mlp_units: every entry must be >= 1"),
         ({"rank_chunk_size": 0}, r"rank_chunk_size: must be >= 1"),
+        ({"din_train_positions": 0}, r"din_train_positions: must be >= 1"),
     ],
 )
 def test_config_validation(config, message):
@@ -565,6 +567,77 @@ def test_automatic_rank_chunk():
     assert make_model("sasrec").rank_chunk_size() == NUM_ITEMS - CAT
     big = SequentialRecommender(5000, {"architecture": "din", "max_length": 200})
     assert big.rank_chunk_size() == (1 << 20) // (200 * (50 + 80 + 40))  # 30
+
+
+def test_din_draws_target_positions():
+    """`din_train_positions` T < L: each user scores T distinct real target positions
+    (all of them when it has fewer), drawn uniformly; the scores at the drawn positions
+    are the every-position scores, and the loss is eq. 15 over the drawn real ones."""
+    model = make_model("din", din_train_positions=3)
+    batch = train_batch(np.random.default_rng(20), lengths=(6, 4, 2, 1, 0))
+    out = to_numpy(model(batch, training=True))
+    assert set(out) == {"positive", "negative", "positions", "mask"}
+    assert out["positive"].shape == out["positions"].shape == (B, 3)
+    positions, drawn = out["positions"].astype(int), out["mask"] > 0
+    for b in range(B):
+        real = set(np.flatnonzero(batch["mask"][b]))
+        got = positions[b][drawn[b]]
+        assert len(set(got)) == len(got) == min(3, len(real)), b
+        assert set(got) <= real, b
+    want = {
+        key: np.take_along_axis(train_scores_reference(model, batch, batch[ids]), positions, 1)
+        for key, ids in (("positive", "targets"), ("negative", "random_negatives"))
+    }
+    for key in want:
+        np.testing.assert_allclose(
+            out[key][drawn], want[key][drawn], rtol=2e-5, atol=2e-5, err_msg=key
+        )
+    y_pred = model(batch, training=True)  # a fresh draw
+    drawn = n(y_pred["mask"])
+    positions = n(y_pred["positions"]).astype(int)
+    pos, neg = (
+        np.take_along_axis(train_scores_reference(model, batch, batch[k]), positions, 1)
+        for k in ("targets", "random_negatives")
+    )
+    np.testing.assert_allclose(
+        float(n(model.compute_loss(batch, None, y_pred))),
+        bpr_reference(pos, neg, drawn),
+        rtol=2e-5,
+    )
+
+    # uniform: 1,200 copies of a user with 6 real targets and of one with 4
+    rows = np.repeat([0, 1], 1200)
+    many = to_numpy(model({k: v[rows] for k, v in batch.items()}, training=True))
+    for user, first in ((0, 0), (1, 2)):
+        picked = many["positions"][rows == user].astype(int).ravel()
+        counts = np.bincount(picked, minlength=L)
+        expected = 1200 * 3 / (L - first)  # 600 and 900
+        assert counts[:first].sum() == 0
+        assert np.all(np.abs(counts[first:] - expected) < 5 * np.sqrt(expected)), counts
+
+
+def test_din_draws_under_a_dynamic_length():
+    """Under length grouping the compiled step sees a dynamic L, also one shorter than
+    T: then every real target is scored, so the loss is the every-position loss."""
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.function input signature")
+    model = make_model("din", din_train_positions=4)
+    full = train_batch(np.random.default_rng(21), lengths=(3, 3, 2, 1, 0))
+    cut = {k: v[:, -3:] for k, v in full.items()}
+    pos, neg = (
+        train_scores_reference(model, full, full[k]) for k in ("targets", "random_negatives")
+    )
+    want = bpr_reference(pos, neg, full["mask"])
+
+    def loss(batch):
+        return model.compute_loss(batch, None, model(batch, training=True))
+
+    spec = {k: tf.TensorSpec([None, None], tf.as_dtype(v.dtype)) for k, v in full.items()}
+    step = tf.function(loss, input_signature=[spec], jit_compile=True)
+    for batch in (full, cut):
+        np.testing.assert_allclose(n(step(batch)), want, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["sine", "gru4rec", "din"])
@@ -667,6 +740,16 @@ JAX_SCRIPT = textwrap.dedent(
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
         model.compile(optimizer="adam")
         model.fit(train, epochs=1, verbose=0)
+    model = t.make_model("din", din_train_positions=3)  # drawn target positions
+    train = t.train_batch(np.random.default_rng(1))
+    out = to_numpy(xla_call(model, train, training=True))
+    full = t.train_scores_reference(model, train, train["targets"])
+    drawn = out["mask"] > 0
+    np.testing.assert_allclose(
+        out["positive"][drawn],
+        np.take_along_axis(full, out["positions"].astype(int), 1)[drawn], rtol=2e-5, atol=2e-5)
+    model.compile(optimizer="adam")
+    model.fit(train, epochs=1, verbose=0)
     print("JAX_SEQUENTIAL_OK")
     """
 )
@@ -679,17 +762,17 @@ def test_models_under_jax_backend():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_dynamic_batch_and_candidates(arch):
-    """Traced with an unknown batch size and candidate count (as the export's `score`
-    signature does), the outputs equal the eager ones."""
+    """Traced with an unknown batch size, candidate count and history length (as the
+    export's `score` signature does, and evaluation under length grouping), the outputs
+    equal the eager ones, also compiled."""
     import tensorflow as tf
 
     model = make_model(arch, rank_chunk_size=7 if arch == "din" else None)
     batch = eval_batch(np.random.default_rng(14))
-    spec = {
-        k: tf.TensorSpec([None, None] if k == "candidates" else [None, *v.shape[1:]], tf.int64)
-        for k, v in batch.items()
-    }
-    traced = tf.function(lambda x: model(x), input_signature=[spec])
-    got, want = to_numpy(traced(batch)), to_numpy(model(batch))
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
+    spec = {k: tf.TensorSpec([None] * v.ndim, tf.int64) for k, v in batch.items()}
+    want = to_numpy(model(batch))
+    for jit in (False, True):
+        traced = tf.function(lambda x: model(x), input_signature=[spec], jit_compile=jit)
+        got = to_numpy(traced(batch))
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5, err_msg=key)

@@ -27,6 +27,13 @@ cut; the model's positions count from the right, so a user's inputs get the same
 position embeddings at any `b`). The batch order is then shuffled. XLA compiles the
 training step once per bucket. On MovieLens-100K (median 36 targets, L = 200) this
 cuts the padded slots about 2x (benchmarks/bench_sine.py, "length buckets").
+Evaluation splits are grouped the same way (`length_buckets` given, not training):
+users sorted by their number of inputs within chunks of `BUCKET_CHUNK` batches read in
+order, every user kept (the last batch may be partial), no shuffle, and `inputs`,
+`input_negatives` and `exclude` cut to the bucket. The order is deterministic, so two
+passes over the split agree row by row; every metric is per user or pooled, so the
+order changes none. It matters for DIN, whose full ranking costs O(L) attention
+units per catalogue item.
 
 `exclude` holds the inputs with the target's item blanked (row 0): the user's earlier
 positives that full ranking leaves out. `candidates` are left-padded, most recent last.
@@ -100,6 +107,33 @@ def group_by_length(ds: tf.data.Dataset, batch_size: int, buckets: Sequence[int]
     ds = ds.map(sort_chunk, num_parallel_calls=AUTOTUNE).unbatch()
     ds = ds.batch(batch_size, drop_remainder=True).map(cut, num_parallel_calls=AUTOTUNE)
     return ds.shuffle(BUCKET_CHUNK * 4, seed=seed, reshuffle_each_iteration=True)
+
+
+EVAL_CUT_KEYS = ("inputs", "input_negatives", "exclude")  # [B, L], left-padded
+
+
+def group_eval_by_length(ds: tf.data.Dataset, batch_size: int, buckets: Sequence[int],
+                         max_len: int) -> tf.data.Dataset:
+    """Length grouping of an evaluation split (module docstring): `ds` yields window
+    chunks read in order; the result yields batches of at most `batch_size` users, each
+    batch's `EVAL_CUT_KEYS` cut to the smallest bucket that holds its longest user."""
+    bounds = tf.constant(list(buckets), tf.int32)
+
+    def lengths(w: dict[str, tf.Tensor]) -> tf.Tensor:
+        return tf.reduce_sum(tf.cast(w["inputs"] != 0, tf.int32), axis=1)
+
+    def sort_chunk(w: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        order = tf.argsort(lengths(w), stable=True)
+        return {k: tf.gather(v, order) for k, v in w.items()}
+
+    def cut(w: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        longest = tf.reduce_max(lengths(w))
+        b = tf.gather(bounds, tf.minimum(tf.searchsorted(bounds, longest[None])[0],
+                                         len(buckets) - 1))
+        return {k: (v[:, max_len - b:] if k in EVAL_CUT_KEYS else v) for k, v in w.items()}
+
+    ds = ds.map(sort_chunk).unbatch().batch(batch_size)
+    return ds.map(cut)
 
 
 class SequentialWindows:
@@ -269,9 +303,10 @@ def make_sequential_dataset(
         shuffle_buffer: int. Users in the shuffle buffer. Defaults to 10000.
         deterministic: bool. Read and parse in order when training. Defaults to False.
         repeat: bool. Repeat forever. Defaults to False.
-        length_buckets: list of int or None. Length grouping of the train split
-            (module docstring; `resolve_buckets`): None = automatic buckets, () = off.
-            Used only when `training` on the train split. Defaults to ().
+        length_buckets: list of int or None. Length grouping (module docstring;
+            `resolve_buckets`): None = automatic buckets, () = off. Used when
+            `training` on the train split, and on the valid and test splits (sorted,
+            not shuffled). Defaults to ().
 
     Returns:
         A `tf.data.Dataset` of dicts (module docstring). Without `repeat`, its
@@ -281,8 +316,8 @@ def make_sequential_dataset(
         item_vocab = Vocabulary.load(samples_dir, schema.ITEM_VOCAB, vocab or VocabConfig())
     windows = SequentialWindows(item_vocab, split, max_len, negative_rule, max_candidates)
     in_order = not training or deterministic
-    buckets = (resolve_buckets(max_len, length_buckets) if split == "train" and training
-               else [])
+    grouped = training or split != "train"
+    buckets = resolve_buckets(max_len, length_buckets) if grouped else []
     chunk = BUCKET_CHUNK * batch_size if buckets else batch_size
     ds = record_batches(samples_dir, SEQUENCES, chunk, training=training, seed=seed,
                         shuffle_buffer=shuffle_buffer, in_order=in_order, repeat=repeat,
@@ -298,5 +333,11 @@ def make_sequential_dataset(
                 ds = ds.apply(tf.data.experimental.assert_cardinality(examples // batch_size))
     else:
         ds = ds.map(windows, num_parallel_calls=AUTOTUNE, deterministic=in_order)
+        if buckets:
+            ds = group_eval_by_length(ds, batch_size, buckets, max_len)
+            examples = None if repeat else manifest_examples(samples_dir, SEQUENCES)
+            if examples is not None:
+                ds = ds.apply(tf.data.experimental.assert_cardinality(
+                    -(-examples // batch_size)))
     return ds.prefetch(AUTOTUNE)
 

@@ -21,7 +21,9 @@ One model class for the `sequential` kind's architectures (`SequentialModelConfi
   positives at positions `<= t` for the target of position `t` (causal; every input
   at evaluation), pooled into `v = sum_j a_j k_j`; the score is an MLP head
   (`mlp_units`, ReLU, then a linear unit) over `[v, e_i, v * e_i]`, as DIN scores the
-  concatenated interest and target rather than a dot product. L1. Its user state
+  concatenated interest and target rather than a dot product. L1. Scoring every
+  target position costs O(L^2) attention units per user; `din_train_positions` (default
+  50) draws that many real target positions per user and step instead. Its user state
   depends on the item, so scoring N items costs O(N L) attention units per user:
   full ranking scans the catalogue in chunks (`rank_chunk_size`).
 
@@ -92,7 +94,9 @@ class SequentialRecommender(keras.Model):
             None.
 
     Returns:
-        Training: `{"positive", "negative", "feedback"}` `[B, L]`. Evaluation:
+        Training: `{"positive", "negative", "feedback"}` `[B, L]` (DIN: no
+        `feedback`; with `din_train_positions` below L, `[B, T]` scores of the drawn
+        target positions plus `positions` and `mask`). Evaluation:
         `{"target_score"}` `[B]`, with `candidate_scores` `[B, C]` when `candidates`
         is given and `rank` `[B]` (float32) when `exclude` is.
 
@@ -170,6 +174,8 @@ class SequentialRecommender(keras.Model):
                 for i, u in enumerate(m.mlp_units)
             ]
             self.logit = keras.layers.Dense(1, name="logit")
+            # draws the target positions a training step scores (`din_train_positions`)
+            self.position_seed = keras.random.SeedGenerator(name="position_seed")
 
     # ------------------------------------------------------------------ parts
     def _items(self, ids: Any) -> Any:
@@ -276,17 +282,10 @@ class SequentialRecommender(keras.Model):
         states = self.encode(inputs, training)
         if "targets" in inputs:  # a training batch: one target per position
             if self.din:
-                mask = ops.not_equal(inputs["inputs"], 0)
-                length = ops.shape(states)[1]  # dynamic under length grouping
-                causal = ops.tril(ops.ones((length, length), "bool"))  # [t, j]: j <= t
-                valid = ops.logical_and(ops.expand_dims(mask, 1), causal)  # [B, L, L]
+                return self._din_train_scores(inputs, states)
 
-                def scorer(ids):
-                    return self._din_scores(states, valid, self._items(ids))
-            else:
-
-                def scorer(ids):
-                    return self.score(states, self._items(ids))
+            def scorer(ids):
+                return self.score(states, self._items(ids))
 
             return {
                 "positive": scorer(inputs["targets"]),
@@ -307,6 +306,59 @@ class SequentialRecommender(keras.Model):
         if "exclude" in inputs:
             out["rank"] = self._full_rank(context, target, inputs["target"], inputs["exclude"])
         return out
+
+    def _din_train_scores(self, inputs: dict[str, Any], states: Any) -> dict[str, Any]:
+        """DIN's training scores `{"positive", "negative"}` (no `feedback`: DIN trains
+        with L1 only). Each target position `t` attends over the inputs at `j <= t`, so
+        scoring every position costs O(L^2) attention units per user; with
+        `din_train_positions` T < L, each user scores T target positions drawn
+        uniformly without replacement from its real targets (all of them when it has
+        at most T), fresh every step, and the outputs are `[B, T]` with `positions`
+        (int32, the drawn positions) and `mask` (1 where the drawn slot is a real
+        target; the loss reads it instead of the batch's `mask`)."""
+        keys_mask = ops.not_equal(inputs["inputs"], 0)  # [B, L]
+        length = ops.shape(states)[1]  # dynamic under length grouping
+        count = self.m.din_train_positions
+        static_length = states.shape[1]
+        if count is None or (static_length is not None and static_length <= count):
+            causal = ops.tril(ops.ones((length, length), "bool"))  # [t, j]: j <= t
+            valid = ops.logical_and(ops.expand_dims(keys_mask, 1), causal)  # [B, L, L]
+            return {
+                "positive": self._din_scores(states, valid, self._items(inputs["targets"])),
+                "negative": self._din_scores(
+                    states, valid, self._items(inputs["random_negatives"])
+                ),
+            }
+        target_mask = ops.cast(inputs["mask"], "float32")  # [B, L]
+        batch = ops.shape(target_mask)[0]
+        # real targets draw keys in [1, 2), other slots in [-1, 0): the top T are T
+        # uniform real targets (fewer when the user has fewer); T columns of -2 keep
+        # top_k defined when a length bucket is shorter than T
+        noise = keras.random.uniform(ops.shape(target_mask), seed=self.position_seed)
+        keys = ops.concatenate(
+            [noise + 2.0 * target_mask - 1.0, ops.full((batch, count), -2.0)], axis=1
+        )
+        _, drawn = ops.top_k(keys, count)  # [B, T]
+        drawn = ops.cast(drawn, "int32")
+        real = ops.less(drawn, length)
+        positions = ops.where(real, drawn, 0)
+        chosen = ops.where(real, ops.take_along_axis(target_mask, positions, axis=1), 0.0)
+        columns = ops.arange(length, dtype="int32")
+        causal = ops.less_equal(
+            ops.reshape(columns, (1, 1, -1)), ops.expand_dims(positions, -1)
+        )  # [B, T, L]: keys j <= t
+        valid = ops.logical_and(ops.expand_dims(keys_mask, 1), causal)
+
+        def scorer(name: str) -> Any:
+            ids = ops.take_along_axis(inputs[name], positions, axis=1)  # [B, T]
+            return self._din_scores(states, valid, self._items(ids))
+
+        return {
+            "positive": scorer("targets"),
+            "negative": scorer("random_negatives"),
+            "positions": positions,
+            "mask": chosen,
+        }
 
     # ------------------------------------------------------------------ full ranking
     def rank_chunk_size(self) -> int:
@@ -364,11 +416,13 @@ class SequentialRecommender(keras.Model):
         target_ids = ops.expand_dims(ops.cast(target_ids, "int32"), 1)  # [B, 1]
         # the user's excluded rows, scattered into [B, num_items] (padding lands in row 0)
         exclude = ops.cast(exclude, "int32")
-        batch, length = ops.shape(exclude)[0], exclude.shape[1]
-        users = ops.repeat(ops.expand_dims(ops.arange(batch, dtype="int32"), 1), length, axis=1)
+        shape = ops.shape(exclude)  # the length is dynamic under length grouping
+        users = ops.broadcast_to(ops.expand_dims(ops.arange(shape[0], dtype="int32"), 1), shape)
         indices = ops.reshape(ops.stack([users, exclude], axis=-1), (-1, 2))
         counts = ops.scatter(
-            indices, ops.ones((batch * length,), "float32"), (batch, self.num_items)
+            indices,
+            ops.ones_like(ops.reshape(exclude, (-1,)), dtype="float32"),
+            (shape[0], self.num_items),
         )
         keep = ops.equal(counts, 0.0)  # [B, num_items]
         size = self.num_items - self.catalogue_start
@@ -425,7 +479,8 @@ class SequentialRecommender(keras.Model):
         (target vs its passive negative, pairs without one masked), sine
         `lambda_3 L_dis`; plus any regularisation losses."""
         m = self.m
-        mask = ops.cast(x["mask"], "float32")
+        # DIN with sampled target positions scores `[B, T]` and says which are real
+        mask = ops.cast(y_pred["mask"] if "mask" in y_pred else x["mask"], "float32")
         positive = ops.cast(y_pred["positive"], "float32")
         total = m.lambda_1 * bpr_loss(positive, ops.cast(y_pred["negative"], "float32"), mask)
         if m.architecture in ("sasrec_n", "sine"):

@@ -70,7 +70,8 @@ class SequentialKind(ModelKind):
             data_dir, "train", tc.batch_size, training=True, seed=tc.seed,
             shuffle_buffer=tc.shuffle_buffer, deterministic=tc.deterministic_input,
             length_buckets=m.length_buckets, **common)
-        eval_ds = make_sequential_dataset(data_dir, tc.eval_split, tc.batch_size, **common)
+        eval_ds = make_sequential_dataset(data_dir, tc.eval_split, tc.batch_size,
+                                          length_buckets=m.length_buckets, **common)
         return train_ds, eval_ds
 
     def build_model(self, cfg: Config, vocab_sizes: Mapping[str, int]) -> Any:
