@@ -91,6 +91,12 @@ units per catalogue item) with its batches padded to L against grouped by length
 (`make_sequential_dataset(..., length_buckets=None)`), both kept in memory,
 alternating; reports the ratios and that the two evaluations give the same metrics.
 
+Dropout (`--parts dropout`, TensorFlow, synthetic batches): SASRec and SINE training
+steps (`train_on_batch`, XLA, dropout 0.5 as the configs) with the models' dropout
+layers as built (`CounterDropout`, hashed keep masks) against the same models built
+with `keras.layers.Dropout` (the backend's uniform draws, what they used before), and
+with dropout 0 (the floor), interleaved in `--rounds` rounds of `--steps` steps.
+
 Full run:
 
     python benchmarks/bench_sine.py [--data-dir build/samples/movielens_100k_sine]
@@ -373,6 +379,64 @@ def measure_buckets(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def measure_dropout(args: argparse.Namespace) -> dict[str, Any]:
+    """Training steps of SASRec and SINE with `CounterDropout` (as built), with
+    `keras.layers.Dropout` in its place, and without dropout (module docstring)."""
+    import keras
+
+    from tfnegseq.layers import sine as sine_layers
+    from tfnegseq.models import sequential as sequential_model
+    from tfnegseq.models.sequential import SequentialRecommender
+
+    rng = np.random.default_rng(0)
+    num_items, start = args.train_items + 2, 2
+    batches = synthetic_batches(rng, 3, args.batch_size, args.max_length, num_items, start,
+                                args.skip_rate)
+    models: dict[str, Any] = {}
+    for arch in ARCHITECTURES:
+        for variant, rate in (("counter", 0.5), ("keras", 0.5), ("none", 0.0)):
+            modules = (sequential_model, sine_layers)
+            built_with = [m.CounterDropout for m in modules]
+            if variant == "keras":  # the model as it was built before CounterDropout
+                for m in modules:
+                    m.CounterDropout = keras.layers.Dropout  # type: ignore[attr-defined]
+            try:
+                keras.utils.set_random_seed(0)
+                model = SequentialRecommender(num_items, {
+                    "architecture": arch, "max_length": args.max_length, "dropout": rate},
+                    catalogue_start=start)
+            finally:
+                for m, cls in zip(modules, built_with, strict=True):
+                    m.CounterDropout = cls  # type: ignore[attr-defined]
+            model.compile(optimizer="adam", jit_compile=args.jit_compile != "false")
+            for b in batches[:2]:
+                model.train_on_batch(b)
+            models[f"{arch}/{variant}"] = model
+    step_ms: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(args.rounds):
+        for name in (list(models) if r % 2 == 0 else list(reversed(models))):
+            t = time.perf_counter()
+            for i in range(args.steps):
+                models[name].train_on_batch(batches[i % len(batches)])
+            step_ms[name].append(round((time.perf_counter() - t) / args.steps * 1000, 1))
+
+    def ratio(a: str, b: str) -> float:
+        return round(statistics.median(
+            x / y for x, y in zip(step_ms[a], step_ms[b], strict=True)), 3)
+
+    return {
+        "batch_size": args.batch_size, "max_length": args.max_length,
+        "step_ms": step_ms,
+        "step_ms_median": {k: statistics.median(v) for k, v in step_ms.items()},
+        "counter_over_keras_step_time": {a: ratio(f"{a}/counter", f"{a}/keras")
+                                         for a in ARCHITECTURES},
+        "counter_over_no_dropout_step_time": {a: ratio(f"{a}/counter", f"{a}/none")
+                                              for a in ARCHITECTURES},
+        "keras_over_no_dropout_step_time": {a: ratio(f"{a}/keras", f"{a}/none")
+                                            for a in ARCHITECTURES},
+    }
+
+
 def measure_din(args: argparse.Namespace) -> dict[str, Any]:
     """DIN: training epochs, every target position vs `din_train_positions` 50; one
     evaluation of "valid", padded to L vs grouped by length (module docstring)."""
@@ -648,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
     ap.add_argument("--parts", default="train,retrieve",
-                    help="comma-separated: train, retrieve; buckets, validation, din "
+                    help="comma-separated: train, retrieve, dropout; buckets, validation, din "
                          "(these need --data-dir)")
     ap.add_argument("--data-dir", default=None, help="sequential samples (else synthetic)")
     ap.add_argument("--train-items", type=int, default=2000, help="synthetic catalogue")
@@ -671,8 +735,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="default: results/sine.json (jax: results/sine_jax_<platform>.json)")
     args = ap.parse_args(argv)
     parts = {p for p in args.parts.split(",") if p}
-    if parts - {"train", "retrieve", "buckets", "validation", "din"} or not parts:
-        ap.error(f"--parts: train, retrieve, buckets, validation and/or din. Received: "
+    if parts - {"train", "retrieve", "buckets", "validation", "din", "dropout"} or not parts:
+        ap.error(f"--parts: train, retrieve, buckets, validation, din and/or dropout. Received: "
                  f"{args.parts!r}")
     for part in ("buckets", "validation", "din"):
         if part in parts and not args.data_dir:
@@ -706,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     buckets = measure_buckets(args) if "buckets" in parts else None
     validation = measure_validation(args) if "validation" in parts else None
     din = measure_din(args) if "din" in parts else None
+    dropout = measure_dropout(args) if "dropout" in parts else None
     retrieval = None
     if "retrieve" in parts:
         with tempfile.TemporaryDirectory(prefix="bench-sine-") as tmp:
@@ -734,6 +799,7 @@ def main(argv: list[str] | None = None) -> int:
         "length_buckets": buckets,
         "validation_input": validation,
         "din": din,
+        "dropout": dropout,
         "retrieve": retrieval,
         "goals": GOALS,
         "goals_met": {
@@ -790,6 +856,13 @@ def print_summary(result: dict[str, Any], out_path: str) -> None:
               f"{ev['grouped']:.1f} s grouped vs {ev['padded']:.1f} s padded "
               f"(x{din['grouped_over_padded_evaluate_time']}; same metrics: "
               f"{din['same_metrics']})")
+    dropout = result.get("dropout")
+    if dropout:
+        med = dropout["step_ms_median"]
+        for arch in ARCHITECTURES:
+            print(f"dropout {arch}: {med[arch + '/counter']:.0f} ms/step CounterDropout, "
+                  f"{med[arch + '/keras']:.0f} keras.layers.Dropout, {med[arch + '/none']:.0f} "
+                  f"none (counter / keras x{dropout['counter_over_keras_step_time'][arch]})")
     if retrieval:
         print(f"retrieve: {retrieval['catalogue_items']:,} items, K = {retrieval['k']}, "
               f"history {retrieval['history']}")

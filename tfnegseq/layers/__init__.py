@@ -12,6 +12,7 @@ from tfnegseq.layers.cain import (
     TemporalConvolution,
     receptive_field,
 )
+from tfnegseq.layers.dropout import CounterDropout
 from tfnegseq.layers.lifelong import (
     ConsistentTopKAttention,
     HashRetrievalAttention,
@@ -44,6 +45,7 @@ __all__ = [
     "AuxiliaryTargetAttention",
     "ConsistentTopKAttention",
     "ContextSelfAttention",
+    "CounterDropout",
     "DinAttention",
     "HashRetrievalAttention",
     "HashSamplingAttention",

@@ -27,6 +27,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
+from tfnegseq.layers.dropout import CounterDropout
 
 _BETA_MODES = ("paper", "official")
 _NORMALIZATIONS = ("ratio", "softmax", "mean")
@@ -173,7 +174,9 @@ class SubInterestSelfAttention(keras.layers.Layer):
     to itself.
 
     Dropout (`dropout`): on the attention weights, on the attention output and on the
-    feed-forward output (as the official code), in training only.
+    feed-forward output (as the official code), in training only, with
+    `CounterDropout` (hashed keep masks: the backend's uniform draws were half of a
+    SASRec training step on CPU).
 
     Sublayers: `query`, `key`, `value` (EinsumDense `[d, H, key_dim]`, no bias),
     `attention_output` (EinsumDense `[H, key_dim, d]`, no bias), `attention_norm`
@@ -298,7 +301,7 @@ class SubInterestSelfAttention(keras.layers.Layer):
         self.ffn_inner.build(seq_shape)
         self.ffn_outer = keras.layers.Dense(dim, name="ffn_outer", **kernel)
         self.ffn_outer.build((None, None, ff_dim))
-        self.dropout_layer = keras.layers.Dropout(self.dropout, **common)
+        self.dropout_layer = CounterDropout(self.dropout, **common)
         self.beta_logit = None
         if self.beta_mode == "paper" and self.beta is None:
             self.beta_logit = self.add_weight(

@@ -53,6 +53,7 @@ from tfnegseq.embeddings import EmbeddingTables
 from tfnegseq.keras_internals import scale_loss_for_distribution
 from tfnegseq.kinds.sequential.config import SequentialModelConfig
 from tfnegseq.layers.attention import DinAttention
+from tfnegseq.layers.dropout import CounterDropout
 from tfnegseq.layers.sine import (
     AdaptiveFusion,
     SubInterestAssignment,
@@ -138,7 +139,7 @@ class SequentialRecommender(keras.Model):
             embeddings_initializer="glorot_uniform",
             name="item_embedding",
         )
-        self.embedding_dropout = keras.layers.Dropout(m.dropout)
+        self.embedding_dropout = CounterDropout(m.dropout)
         if m.architecture in SELF_ATTENTIVE:
             self.position_embedding = keras.layers.Embedding(
                 m.max_length, m.embedding_dim, name="position_embedding"
@@ -166,7 +167,7 @@ class SequentialRecommender(keras.Model):
             self.gru = keras.layers.GRU(
                 m.embedding_dim, return_sequences=True, use_cudnn=False, name="gru"
             )
-            self.output_dropout = keras.layers.Dropout(m.dropout)
+            self.output_dropout = CounterDropout(m.dropout)
         if self.din:
             self.attention = DinAttention(m.attention_units, name="attention")
             self.head = [
