@@ -7,6 +7,7 @@ from keras import ops
 
 from tfnegseq.api_export import register
 from tfnegseq.layers._common import check_block_args, fresh
+from tfnegseq.layers.dropout import CounterDropout
 
 
 @register
@@ -138,7 +139,7 @@ class TransformerEncoder(keras.layers.Layer):
             ffn_inner.build(seq_shape)
             ffn_outer.build((None, None, self.ff_dim))
             self.blocks.append((attention_norm, attention, ffn_norm, ffn_inner, ffn_outer))
-        self.residual_dropout = keras.layers.Dropout(self.dropout, **common)
+        self.residual_dropout = CounterDropout(self.dropout, **common)
         self.final_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, name="final_norm", **common
         )

@@ -23,6 +23,7 @@ from keras import ops
 
 from tfnegseq.api_export import register
 from tfnegseq.layers._common import check_block_args, check_int, fresh
+from tfnegseq.layers.dropout import CounterDropout
 
 NEG_INF = -1e9
 
@@ -322,7 +323,7 @@ class OneTransEncoder(_UnifiedBlock):
             self.blocks.append(block)
         self.final_norm = self._norm("final_norm")
         self.final_norm.build(seq)
-        self.residual_dropout = keras.layers.Dropout(self.dropout, **self._common())
+        self.residual_dropout = CounterDropout(self.dropout, **self._common())
         self.built = True
 
     def call(self, seq, ns, mask=None, training=None, return_sequence=False,
@@ -522,7 +523,7 @@ class HyFormerEncoder(_UnifiedBlock):
             self.blocks.append(block)
         self.final_norm = self._norm("final_norm")
         self.final_norm.build(mixed)
-        self.residual_dropout = keras.layers.Dropout(self.dropout, **self._common())
+        self.residual_dropout = CounterDropout(self.dropout, **self._common())
         self.built = True
 
     def call(self, seq, ns, mask=None, training=None, return_attention_scores=False):
@@ -660,7 +661,7 @@ class MixFormerEncoder(_UnifiedBlock):
             self.blocks.append(block)
         self.final_norm = self._norm("final_norm")
         self.final_norm.build(heads)
-        self.residual_dropout = keras.layers.Dropout(self.dropout, **self._common())
+        self.residual_dropout = CounterDropout(self.dropout, **self._common())
         self.built = True
 
     @staticmethod

@@ -35,6 +35,7 @@ from tfnegseq.config import validate_section
 from tfnegseq.embeddings import EmbeddingTables
 from tfnegseq.kinds.ctr.config import CtrModelConfig
 from tfnegseq.layers.attention import DinAttention
+from tfnegseq.layers.dropout import CounterDropout
 from tfnegseq.layers.polarity import (
     MixedPolaritySequence,
     PolarityBiasEmbedding,
@@ -178,7 +179,7 @@ class CtrModel(keras.Model):
         )
         self.mlp = [keras.layers.Dense(u, activation="relu", name=f"mlp_{i}")
                     for i, u in enumerate(m.mlp_units)]
-        self.dropout = keras.layers.Dropout(m.dropout) if m.dropout else None
+        self.dropout = CounterDropout(m.dropout) if m.dropout else None
         self.out = keras.layers.Dense(1, name="logit", dtype="float32")
 
     def _make_backbone(self, suffix: str) -> Any:
