@@ -390,14 +390,19 @@ def row_set(got):
                   for i in range(len(got["mask"])))
 
 
+def grouping_users(tmp_path, users, seed):
+    """`users` random users over 30 items written as sequential samples with a manifest;
+    (samples_dir, item vocabulary)."""
+    rows = random_rows(np.random.default_rng(seed), users, 30)
+    samples_dir = write_sequences(tmp_path, rows)
+    (tmp_path / "manifest.json").write_text(f'{{"samples": {{"sequences": {users}}}}}')
+    return samples_dir, Vocabulary("item_id", np.arange(1, 31), oov_buckets=1)
+
+
 def test_length_grouping_keeps_every_user_and_only_cuts_padding(tmp_path):
     """64 users, 4 chunks of 16 at batch 4, so no user is dropped: the grouped epoch holds exactly the ungrouped epoch's rows; each batch
     is cut to the smallest bucket that holds its longest user."""
-    rng = np.random.default_rng(11)
-    rows = random_rows(rng, 64, 30)
-    vocab = Vocabulary("item_id", np.arange(1, 31), oov_buckets=1)
-    samples_dir = write_sequences(tmp_path, rows)
-    (tmp_path / "manifest.json").write_text('{"samples": {"sequences": 64}}')
+    samples_dir, vocab = grouping_users(tmp_path, 64, seed=11)
     L, B, buckets = 12, 4, [3, 6]  # noqa: N806 - resolved: [3, 6, 12]
     plain = collect(make_sequential_dataset(samples_dir, "train", B, L, item_vocab=vocab,
                                             training=True, seed=0))
@@ -443,11 +448,7 @@ def test_evaluation_grouping_keeps_every_user_and_only_cuts_padding(tmp_path, sp
     batch 4: the last batch partial), each user's row that of the plain input once its
     cut columns are padded back, batches cut to the smallest bucket holding their
     longest user, and two passes in the same order."""
-    rng = np.random.default_rng(12)
-    rows = random_rows(rng, 37, 30)
-    vocab = Vocabulary("item_id", np.arange(1, 31), oov_buckets=1)
-    samples_dir = write_sequences(tmp_path, rows)
-    (tmp_path / "manifest.json").write_text('{"samples": {"sequences": 37}}')
+    samples_dir, vocab = grouping_users(tmp_path, 37, seed=12)
     L, B, buckets = 12, 4, [3, 6]  # noqa: N806 - resolved: [3, 6, 12]
     plain = collect(make_sequential_dataset(samples_dir, split, B, L, item_vocab=vocab))
     ds = make_sequential_dataset(samples_dir, split, B, L, item_vocab=vocab,
