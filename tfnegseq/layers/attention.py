@@ -11,6 +11,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
+from tfnegseq.layers._common import fresh
 
 # Rows per chunk below which `token_matmul` keeps one plain matmul.
 _MIN_CHUNK_ROWS = 64
@@ -136,21 +137,24 @@ class DinAttention(keras.layers.Layer):
                 f"Received: keys_shape={keys_shape}, query_shape={query_shape}"
             )
         self._dim = dim
-        dense_kwargs = {
-            "kernel_initializer": self.kernel_initializer,
-            "bias_initializer": self.bias_initializer,
-            "dtype": self.dtype_policy,
-        }
+
+        def dense_kwargs():  # one initializer per weight: a shared one repeats values
+            return {
+                "kernel_initializer": fresh(self.kernel_initializer),
+                "bias_initializer": fresh(self.bias_initializer),
+                "dtype": self.dtype_policy,
+            }
+
         self.hidden_layers = []
         in_dim = 4 * dim
         for i, units in enumerate(self.units):
             layer = keras.layers.Dense(
-                units, activation=self.activation, name=f"hidden_{i}", **dense_kwargs
+                units, activation=self.activation, name=f"hidden_{i}", **dense_kwargs()
             )
             layer.build((None, in_dim))
             self.hidden_layers.append(layer)
             in_dim = units
-        self.score = keras.layers.Dense(1, name="score", **dense_kwargs)
+        self.score = keras.layers.Dense(1, name="score", **dense_kwargs())
         self.score.build((None, in_dim))
         self.built = True
 

@@ -16,6 +16,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
+from tfnegseq.layers._common import fresh
 from tfnegseq.layers.lifelong import masked_softmax
 
 
@@ -195,12 +196,13 @@ class PersonalizedExtractorGeneration(keras.layers.Layer):
         self.units = units
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.hidden = [
-            keras.layers.Dense(units, activation="relu", kernel_initializer=self.kernel_initializer,
+            keras.layers.Dense(units, activation="relu",
+                               kernel_initializer=fresh(self.kernel_initializer),
                                dtype=self.dtype_policy, name=f"hidden_{n}")
             for n in range(len(shapes))
         ]
         self.generate = [
-            keras.layers.Dense(k * d * f, kernel_initializer=self.kernel_initializer,
+            keras.layers.Dense(k * d * f, kernel_initializer=fresh(self.kernel_initializer),
                                dtype=self.dtype_policy, name=f"generate_{n}")
             for n, (k, d, f) in enumerate(shapes)
         ]

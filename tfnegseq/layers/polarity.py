@@ -21,6 +21,7 @@ from keras import ops
 
 from tfnegseq.api_export import register
 from tfnegseq.budget import polarity_budget
+from tfnegseq.layers._common import fresh
 from tfnegseq.layers.attention import token_matmul
 
 _MODES = ("interleaved", "grouped")
@@ -485,14 +486,17 @@ class TargetAwarePolarityFusion(keras.layers.Layer):
             )
         self._check_polarity_table(polarity_embeddings_shape)
         self._dim = dim
-        dense_kwargs = {
-            "use_bias": self.use_bias,
-            "kernel_initializer": self.kernel_initializer,
-            "bias_initializer": self.bias_initializer,
-            "dtype": self.dtype_policy,
-        }
+
+        def dense_kwargs():  # one initializer per weight: a shared one repeats values
+            return {
+                "use_bias": self.use_bias,
+                "kernel_initializer": fresh(self.kernel_initializer),
+                "bias_initializer": fresh(self.bias_initializer),
+                "dtype": self.dtype_policy,
+            }
+
         self.interaction = keras.layers.Dense(
-            dim, activation="relu", name="interaction", **dense_kwargs
+            dim, activation="relu", name="interaction", **dense_kwargs()
         )
         self.interaction.build((None, dim))
         self.gate = None
@@ -512,7 +516,7 @@ class TargetAwarePolarityFusion(keras.layers.Layer):
                     name="polarity_embedding",
                 )
                 self.polarity_embedding.build(polarity_shape)
-            self.gate = keras.layers.Dense(dim, activation="sigmoid", name="gate", **dense_kwargs)
+            self.gate = keras.layers.Dense(dim, activation="sigmoid", name="gate", **dense_kwargs())
             self.gate.build((None, gate_in))
         self.built = True
 

@@ -27,6 +27,7 @@ import keras
 from keras import ops
 
 from tfnegseq.api_export import register
+from tfnegseq.layers._common import fresh
 from tfnegseq.layers.dropout import CounterDropout
 
 _BETA_MODES = ("paper", "official")
@@ -279,16 +280,20 @@ class SubInterestSelfAttention(keras.layers.Layer):
         self._head_dim = key_dim
         ff_dim = self.feed_forward_dim or dim
         common = {"dtype": self.dtype_policy}
-        kernel = {"kernel_initializer": self.kernel_initializer, **common}
         seq_shape = (None, None, dim)
+
+        def kernel():  # one initializer per kernel: a shared one gives same-shaped kernels
+            return {"kernel_initializer": fresh(self.kernel_initializer), **common}
+
         for name in ("query", "key", "value"):
             projection = keras.layers.EinsumDense(
-                "bld,dhk->blhk", output_shape=(None, self.num_heads, key_dim), name=name, **kernel
+                "bld,dhk->blhk", output_shape=(None, self.num_heads, key_dim), name=name,
+                **kernel()
             )
             projection.build(seq_shape)
             setattr(self, f"{name}_dense", projection)
         self.output_dense = keras.layers.EinsumDense(
-            "blhk,hkd->bld", output_shape=(None, dim), name="attention_output", **kernel
+            "blhk,hkd->bld", output_shape=(None, dim), name="attention_output", **kernel()
         )
         self.output_dense.build((None, None, self.num_heads, key_dim))
         self.attention_norm = keras.layers.LayerNormalization(
@@ -296,10 +301,10 @@ class SubInterestSelfAttention(keras.layers.Layer):
         )
         self.attention_norm.build(seq_shape)
         self.ffn_inner = keras.layers.Dense(
-            ff_dim, activation=self.activation, name="ffn_inner", **kernel
+            ff_dim, activation=self.activation, name="ffn_inner", **kernel()
         )
         self.ffn_inner.build(seq_shape)
-        self.ffn_outer = keras.layers.Dense(dim, name="ffn_outer", **kernel)
+        self.ffn_outer = keras.layers.Dense(dim, name="ffn_outer", **kernel())
         self.ffn_outer.build((None, None, ff_dim))
         self.dropout_layer = CounterDropout(self.dropout, **common)
         self.beta_logit = None
@@ -485,7 +490,7 @@ class AdaptiveFusion(keras.layers.Layer):
         if self.normalization != "mean":
             self.importance = keras.layers.Dense(
                 1,
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=fresh(self.kernel_initializer),
                 dtype=self.dtype_policy,
                 name="importance",
             )
