@@ -55,3 +55,28 @@ def test_sine_markdown_shows_a_spread_only_over_several_runs():
     assert "0.7100 ± 0.0141" in sasrec and "| 2 |" in sasrec  # sample std of 0.70, 0.72
     assert "±" not in single and "0.7400" in single and "| 1 |" in single
     assert "still running." in text
+
+
+def test_the_configs_own_k_is_the_sine_setting_in_the_k_sweep():
+    from tfnegseq.experiments import sine
+
+    assert sine.sweep_alias("SINE K=3", 3) == "SINE"
+    assert sine.sweep_alias("SINE K=4", 3) == "SINE K=4"
+    assert sine.sweep_alias("SINE K=4", 4) == "SINE"
+
+    def record(setting, seed, auc):
+        return {"setting": setting, "seed": seed, "auc": auc, "gauc": 0.6, "ndcg@2": 0.7,
+                "ndcg_no_cutoff": 0.8, "hr@10": 0.1, "ndcg@10": 0.05, "mrr": 0.05,
+                "paper_epoch": 20, "full_epoch": 200}
+
+    data = {"records": [record("SINE", 0, 0.70), record("SINE", 1, 0.74),
+                        record("SINE K=1", 0, 0.66)], "default_num_interests": 3}
+    lines = sine.markdown("toy", data).splitlines()
+    k3 = next(line for line in lines if line.startswith("| SINE K=3 |"))
+    assert "0.7200 ± 0.0283" in k3 and "| 2 |" in k3  # SINE's two runs
+    assert any(line.startswith("| SINE K=1 |") and "0.6600" in line for line in lines)
+    assert "(K = 3: the SINE runs)" in "\n".join(lines)
+    # a config with another K: its own K row is SINE's, K=3 is absent
+    lines = sine.markdown("toy", {**data, "default_num_interests": 2}).splitlines()
+    assert any(line.startswith("| SINE K=2 |") and "0.7200" in line for line in lines)
+    assert not any(line.startswith("| SINE K=3 |") for line in lines)

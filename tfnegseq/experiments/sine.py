@@ -19,7 +19,8 @@ SINE default: K = 3, fusion eq. 13, the assignment with negatives):
     SINE              the paper's model
     SINE w/o AF       mean of the sub-interests instead of the adaptive fusion (Table 4)
     SINE w/o NF       lambda_2 = 0 and the assignment without negatives (Table 4)
-    SINE K=k          k = 1..10 (Figure 4)
+    SINE K=k          k = 1..10 (Figure 4); the config's own K is the SINE setting
+                      itself: not run twice, its records drawn at that K
 
 Every run trains with `tfnegseq.train` (early stopping on the validation split when the
 config asks for it) and appends one record (setting, seed, both protocols' metrics,
@@ -121,8 +122,23 @@ def popularity_metrics(cfg: Any) -> dict[str, Any]:
     return kind.metrics({k: np.concatenate(v) for k, v in outputs.items()})
 
 
+def sweep_alias(setting: str, default_k: int) -> str:
+    """The setting whose runs stand for `setting`: "SINE K=<the config's K>" is "SINE"."""
+    return "SINE" if setting == f"SINE K={default_k}" else setting
+
+
+def with_k_alias(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records, plus SINE's drawn again as "SINE K=<the config's K>" (the same
+    configuration) unless that setting has runs of its own."""
+    k = data.get("default_num_interests", 3)
+    recs = data["records"]
+    if any(r["setting"] == f"SINE K={k}" for r in recs):
+        return recs
+    return recs + [{**r, "setting": f"SINE K={k}"} for r in recs if r["setting"] == "SINE"]
+
+
 def markdown(dataset: str, data: dict[str, Any]) -> str:
-    summ = records.mean_std(data["records"], ("setting",), METRICS + EPOCHS)
+    summ = records.mean_std(with_k_alias(data), ("setting",), METRICS + EPOCHS)
     lines = [
         f"# SINE experiments on {dataset}",
         "",
@@ -147,7 +163,8 @@ def markdown(dataset: str, data: dict[str, Any]) -> str:
     ]
     for title, group in (("Table 3 structure: baselines", GROUPS["table3"]),
                          ("Table 4 structure: ablations", GROUPS["table4"]),
-                         ("Figure 4 structure: number of sub-interests K",
+                         ("Figure 4 structure: number of sub-interests K (K = "
+                          f"{data.get('default_num_interests', 3)}: the SINE runs)",
                           GROUPS["k_sweep"])):
         names = [s for s in group if (s,) in summ]
         if not names:
@@ -173,7 +190,7 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summ = records.mean_std(data["records"], ("setting",), METRICS)
+    summ = records.mean_std(with_k_alias(data), ("setting",), METRICS)
     names = [s for s in GROUPS["table3"] + GROUPS["table4"][1:] if (s,) in summ]
     ks = [k for k in range(1, 11) if (f"SINE K={k}",) in summ]
     panels = [("paper protocol", ("auc", "gauc", "ndcg@2")), ("full ranking", FULL)]
@@ -246,9 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:  # a report keeps the sweep's own command and settings
         records.describe(data, "tfnegseq.experiments.sine", argv, dataset=dataset,
                          config=args.config, overrides=args.overrides, seeds=seeds,)
+    default_k = int(getattr(base.model, "num_interests", 3))  # the sequential section's
+    if not args.report_only:
+        data["default_num_interests"] = default_k
     done = {(r["setting"], r["seed"]) for r in data["records"]}
-    # seed-major: an interrupted sweep has every setting at the first seeds
-    todo = [(s, seed) for seed in seeds for s in settings if (s, seed) not in done]
+    # seed-major: an interrupted sweep has every setting at the first seeds; the
+    # config's own K runs as "SINE" (once, whichever of the two names asked for it)
+    todo = list(dict.fromkeys(
+        (sweep_alias(s, default_k), seed) for seed in seeds for s in settings
+        if (sweep_alias(s, default_k), seed) not in done))
     for i, (s, seed) in enumerate([] if args.report_only else todo, start=1):
         tag = s.lower().replace(" ", "_").replace("/", "").replace("=", "")
         print(f"[{i}/{len(todo)}] {dataset} {s} seed={seed}", flush=True)
