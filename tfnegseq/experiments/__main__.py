@@ -2,7 +2,8 @@
 
     main                Table 2: backbones x {Pos Seq, Pos Seq + TAPF, Mix Seq + PB,
                         Mix Seq + TAPF} (tfnegseq.experiments.table2)
-    tapf-ablation, ratio-sweep, length-scaling, construction
+    tapf-ablation, ratio-sweep, length-scaling, construction, negative-ablation,
+    analyses
                         the mixed-polarity paper's studies (tfnegseq.experiments.polarity)
     cain                CAIN's studies (tfnegseq.experiments.cain)
     sine                SINE's tables and sweeps (tfnegseq.experiments.sine)

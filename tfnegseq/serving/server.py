@@ -11,7 +11,8 @@ request body cap (413), caps on rows / candidates / history / scored examples (4
 graph runs in chunks of rows and examples, a body read timeout (408), a connection cap
 (503), 405 instead of libevent's 501 for methods it does not know, JSON bodies on 404s
 outside `/v1/`, shapes checked against the signature before the graph runs, input
-names in columnar-format errors, and no `:classify` / `:regress`.
+names in columnar-format errors, and `:classify` / `:regress` answered only with TF
+Serving's own errors (400 when no such signature or one of another method, else 501).
 
 This module is the command line. The server is built from `codec` (JSON <-> tensors),
 `app` (routing, status, metadata, predict), `limits` (work per request, timeouts,
