@@ -15,11 +15,12 @@ from tfnegseq.data.input import make_dataset
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "synthetic.yaml")
 
 
-def _valid_auc(model, cfg) -> float:
-    """AUC of `model` on the valid split, with sklearn, on the scores of `model.predict`:
-    the compiled path training validates with. (An eager call's float32 scores differ in
-    the last bits, which reorders near-ties and moves a small split's AUC by ~1e-3.)"""
-    ds = make_dataset(cfg.output.dir, "valid", cfg, 256)
+def _valid_auc(model, cfg, split="valid") -> float:
+    """AUC of `model` on a split (valid by default), with sklearn, on the scores of
+    `model.predict`: the compiled path training validates with. (An eager call's float32
+    scores differ in the last bits, which reorders near-ties and moves a small split's
+    AUC by ~1e-3.)"""
+    ds = make_dataset(cfg.output.dir, split, cfg, 256)
     scores = model.predict(ds.map(lambda f, y: f), verbose=0)["probability"]
     labels = np.concatenate([np.asarray(y) for _, y in ds])
     return float(roc_auc_score(labels, np.asarray(scores, np.float64).reshape(-1)))
@@ -41,11 +42,20 @@ def test_the_best_validated_weights_are_restored(tiny_samples, tmp_path):
     assert max(aucs) > 0.52
     assert v["best_epoch"] == 1 + int(np.argmax(aucs))
     assert v["stopped_epoch"] is None
-    # test metrics at every validation; `selected` picks each metric's best valid epoch
-    assert all(set(h["test"]) >= {"auc", "gauc", "logloss"} for h in v["history"])
+    # `selected` picks each metric's best valid epoch and holds the test metrics of
+    # that epoch's model: the checkpoint of the epoch, scored here with sklearn
     best_ll = min(v["history"], key=lambda h: h["logloss"])
     assert v["selected"]["logloss"]["epoch"] == best_ll["epoch"]
-    assert v["selected"]["auc"]["test"] == v["history"][int(np.argmax(aucs))]["test"]
+    assert v["selected"]["auc"]["epoch"] == 1 + int(np.argmax(aucs))
+    assert all("test" not in h for h in v["history"])  # test is not scored per validation
+    for metric in ("auc", "logloss"):
+        chosen = v["selected"][metric]
+        assert set(chosen["test"]) >= {"auc", "gauc", "logloss"}
+        at_epoch = keras.saving.load_model(tmp_path / "run" / "model.keras")
+        at_epoch.load_weights(
+            tmp_path / "run" / "checkpoints" / f"epoch_{chosen['epoch']:03d}.weights.h5")
+        assert chosen["test"]["auc"] == pytest.approx(_valid_auc(at_epoch, cfg, "test"),
+                                                      abs=1e-6), metric
     # the saved model is the best validated one: its valid AUC (sklearn) is the best
     model = keras.saving.load_model(tmp_path / "run" / "model.keras")
     assert _valid_auc(model, cfg) == pytest.approx(max(aucs), abs=1e-6)
@@ -122,15 +132,25 @@ def test_callback_keeps_and_restores_the_best_weights(monkeypatch, metric, value
 
 def test_selected_reports_test_metrics_at_each_metrics_best_validation(monkeypatch):
     """Two metrics whose validation optima fall at different epochs: each is reported
-    with the test metrics of its own best validation epoch, never the test optimum."""
+    with the test metrics of its own best validation epoch's model (scored when
+    training ends, once per selected epoch), never the test optimum."""
     from types import SimpleNamespace
 
     from tfnegseq import validation
 
-    valid = iter([{"auc": 0.7, "mrr": 0.1}, {"auc": 0.6, "mrr": 0.3}, {"auc": 0.65, "mrr": 0.2}])
-    test = iter([{"auc": 0.5, "mrr": 0.9}, {"auc": 0.9, "mrr": 0.0}, {"auc": 0.99, "mrr": 0.99}])
-    monkeypatch.setattr(validation, "evaluate",
-                        lambda model, ds, *a, **k: next(valid if ds == "valid" else test))
+    valid = {1: {"auc": 0.7, "mrr": 0.1}, 2: {"auc": 0.6, "mrr": 0.3},
+             3: {"auc": 0.65, "mrr": 0.2}}
+    test = {1: {"auc": 0.5, "mrr": 0.9}, 2: {"auc": 0.9, "mrr": 0.0},
+            3: {"auc": 0.99, "mrr": 0.99}}
+    tested = []
+
+    def evaluate(model, ds, *a, **k):  # the model's weight says which epoch it is
+        epoch = int(round(float(model.get_weights()[0][0, 0])))
+        if ds == "test":
+            tested.append(epoch)
+        return (valid if ds == "valid" else test)[epoch]
+
+    monkeypatch.setattr(validation, "evaluate", evaluate)
     cfg = SimpleNamespace(train=SimpleNamespace(
         early_stopping_metric="mrr", early_stopping_patience=5, validate_every=1))
     kind = SimpleNamespace(metric_keys=("auc", "mrr"))
@@ -138,11 +158,16 @@ def test_selected_reports_test_metrics_at_each_metrics_best_validation(monkeypat
     callback = validation.ValidationCallback("valid", kind, cfg, test_dataset="test")
     callback.set_model(model)
     model.stop_training = False
-    for epoch in range(3):
+    for epoch in range(3):  # "training" moves the weights to the epoch's number
+        model.set_weights([np.full((1, 1), epoch + 1.0), np.zeros(1)])
         callback.on_epoch_end(epoch, {})
+    assert tested == []  # nothing scored on test during training
+    callback.on_train_end()
+    assert tested == [1, 2]  # the selected epochs only, each once
     selected = callback.summary()["selected"]
     assert selected["auc"] == {"epoch": 1, "valid": 0.7, "test": {"auc": 0.5, "mrr": 0.9}}
     assert selected["mrr"] == {"epoch": 2, "valid": 0.3, "test": {"auc": 0.9, "mrr": 0.0}}
+    assert float(model.get_weights()[0][0, 0]) == 2.0  # the stopping metric's best restored
 
 
 def test_in_memory_reads_the_source_once_and_keeps_its_order():
@@ -189,15 +214,16 @@ def test_callback_caches_the_inputs_of_a_kind_that_asks(monkeypatch, caches):
     callback.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
     for epoch in range(4):  # validations after epochs 2 and 4
         callback.on_epoch_end(epoch, {})
-    assert len(seen) == 4
-    assert seen[0] is seen[2] and seen[1] is seen[3]  # the same inputs every validation
-    assert (seen[0] is valid, seen[1] is test) == (not caches, not caches)
-    assert [int(x) for x in seen[0]] == [0, 1, 2, 3] and [int(x) for x in seen[1]] == [0, 1, 2]
+    callback.on_train_end()  # the test split: once, for the selected epoch
+    assert len(seen) == 3
+    assert seen[0] is seen[1]  # the same inputs every validation
+    assert (seen[0] is valid, seen[2] is test) == (not caches, not caches)
+    assert [int(x) for x in seen[0]] == [0, 1, 2, 3] and [int(x) for x in seen[2]] == [0, 1, 2]
 
 
 @pytest.mark.slow
 def test_sequential_validation_in_memory_gives_the_same_run(tmp_path, monkeypatch):
-    """A sequential run with early stopping and test scores at each validation
+    """A sequential run with early stopping and test scores at the selected epochs
     (deterministic input): the same validation history and metrics whether the
     validation inputs are kept in memory (the kind's default) or re-read every time."""
     from tests.helpers_data import write_log

@@ -8,11 +8,15 @@ validations without improvement, and restores the best weights when training end
 so the final evaluation scores the validated model. Higher is better for every metric
 but `logloss`.
 
-With `train.test_at_validation`, each validation also computes the metrics on
-`train.eval_split` ("test"), and `summary()["selected"]` gives, for every metric, the
-epoch whose *validation* value was best and the test metrics of that epoch: model
-selection per metric without touching the test split (two protocols whose validation
-optima fall at different epochs are each reported at their own optimum).
+With `train.test_at_validation`, `summary()["selected"]` gives, for every metric, the
+epoch whose *validation* value was best and the metrics on `train.eval_split` ("test")
+of the model of that epoch: model selection per metric without touching the test split
+(two protocols whose validation optima fall at different epochs are each reported at
+their own optimum). The callback keeps in memory the weights of each metric's best
+validation so far (one copy per distinct epoch: the metrics of one kind mostly agree)
+and scores the test split once per selected epoch when training ends, instead of at
+every validation; the numbers are the same (inference is deterministic and does not
+touch the training state), the cost is one evaluation per selected epoch.
 
 Its state (best value, best weights) lives in memory: a resumed run starts the
 patience count afresh from the restored epoch.
@@ -74,6 +78,12 @@ class ValidationCallback(keras.callbacks.Callback):
         self.history: list[dict[str, Any]] = []
         self.stopped_epoch: int | None = None
         self._cache = bool(getattr(kind, "cache_validation_input", False))
+        # test_at_validation: per metric (signed best validation value, its epoch), the
+        # weights of every epoch some metric selects, and the test metrics scored at
+        # the end for those epochs
+        self._best_of: dict[str, tuple[float, int]] = {}
+        self._weights_of: dict[int, list[Any]] = {}
+        self._test_of: dict[int, dict[str, Any]] = {}
 
     def _cache_inputs(self) -> None:
         """The first validation of a kind that caches: both inputs to memory."""
@@ -91,8 +101,7 @@ class ValidationCallback(keras.callbacks.Callback):
         scores = {k: float(result[k]) for k in self.kind.metric_keys if k in result}
         entry: dict[str, Any] = {"epoch": epoch + 1, **scores}
         if self.test_dataset is not None:
-            test = evaluate(self.model, self.test_dataset, self.kind, self.cfg, verbose=0)
-            entry["test"] = {k: v for k, v in test.items() if isinstance(v, int | float)}
+            self._keep_selected(epoch + 1, scores)
         self.history.append(entry)
         if logs is not None:
             logs.update({f"val_{k}": v for k, v in scores.items()})
@@ -108,7 +117,27 @@ class ValidationCallback(keras.callbacks.Callback):
                 self.stopped_epoch = epoch + 1
                 self.model.stop_training = True
 
+    def _keep_selected(self, epoch: int, scores: dict[str, float]) -> None:
+        """Updates each metric's best validation (strictly better: the first epoch
+        of a tie stays, as `selected` reads it) and keeps the weights of the epochs
+        some metric selects, dropping the others'."""
+        for k, v in scores.items():
+            signed = (-1.0 if k in LOWER_IS_BETTER else 1.0) * v
+            if k not in self._best_of or signed > self._best_of[k][0]:
+                self._best_of[k] = (signed, epoch)
+        wanted = {e for _, e in self._best_of.values()}
+        if epoch in wanted:
+            self._weights_of[epoch] = self.model.get_weights()
+        for e in [e for e in self._weights_of if e not in wanted]:
+            del self._weights_of[e]
+
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.test_dataset is not None:  # each selected epoch's model on the test split
+            for e, weights in sorted(self._weights_of.items()):
+                self.model.set_weights(weights)
+                test = evaluate(self.model, self.test_dataset, self.kind, self.cfg, verbose=0)
+                self._test_of[e] = {k: v for k, v in test.items() if isinstance(v, int | float)}
+            self._weights_of.clear()
         if self.best_weights is not None:
             self.model.set_weights(self.best_weights)
 
@@ -122,7 +151,8 @@ class ValidationCallback(keras.callbacks.Callback):
                 continue
             sign = -1.0 if k in LOWER_IS_BETTER else 1.0
             best = max(rows, key=lambda h: sign * h[k])  # max keeps the first of ties
-            out[k] = {"epoch": best["epoch"], "valid": best[k], "test": best.get("test")}
+            out[k] = {"epoch": best["epoch"], "valid": best[k],
+                      "test": self._test_of.get(best["epoch"])}
         return out
 
     def summary(self) -> dict[str, Any]:

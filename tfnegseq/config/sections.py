@@ -419,8 +419,9 @@ class TrainConfig:
     early_stopping_metric: StrictStr = ""
     early_stopping_patience: StrictInt = 5
     validate_every: StrictInt = 1
-    # also score `eval_split` at every validation; metrics.json's validation.selected
-    # then holds, per metric, the test metrics at that metric's best validation epoch
+    # metrics.json's validation.selected holds, per metric, the `eval_split` metrics of
+    # the model of that metric's best validation epoch (its weights kept in memory,
+    # scored once when training ends: tfnegseq/validation.py)
     test_at_validation: StrictBool = False
     # export a TF Serving SavedModel to <run_dir>/export/<name>/<version> after training
     export: StrictBool = True
