@@ -106,3 +106,43 @@ def test_auto_clustered_step_matches_eager_and_leaves_matmuls_out(tiny_samples, 
     text = "\n".join(p.read_text() for p in modules)
     assert " dot(" not in text
     assert "fusion" in text
+
+
+def test_deterministic_ops_needs_deterministic_input():
+    with pytest.raises(ConfigError, match="train.deterministic_ops"):
+        load_config(REPO / "configs" / "synthetic.yaml", ["train.deterministic_ops=true"])
+    cfg = load_config(REPO / "configs" / "synthetic.yaml",
+                      ["train.deterministic_ops=true", "train.deterministic_input=true"])
+    assert cfg.train.deterministic_ops
+
+
+def test_deterministic_ops_are_on_for_the_run_only_and_repeat_it_exactly(tiny_samples, tmp_path):
+    """Two runs of one seed with deterministic ops and input: the same weights bit for
+    bit and the same metrics; op determinism is on during training and off after."""
+    import keras
+    import numpy as np
+    from tensorflow.python.framework import config as tf_config
+
+    from tfnegseq import train
+
+    _, sets, _ = tiny_samples
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(tf_config.is_op_determinism_enabled())
+
+    results, weights = [], []
+    for name in ("a", "b"):
+        cfg = load_config(REPO / "configs" / "synthetic.yaml", [
+            *sets, "train.deterministic_ops=true", "train.deterministic_input=true",
+            "train.epochs=2", "train.export=false", "train.keep_checkpoints=0",
+            f"train.run_dir={tmp_path / name}"])
+        results.append(train.run_config(cfg, verbose=0, extra_callbacks=[Probe()]))
+        weights.append(keras.saving.load_model(tmp_path / name / "model.keras").get_weights())
+        assert not tf_config.is_op_determinism_enabled()
+    assert seen and all(seen)
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for key in ("auc", "gauc", "logloss"):
+        assert results[0][key] == results[1][key], key

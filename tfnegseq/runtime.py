@@ -1,5 +1,7 @@
 """TensorFlow execution settings for training (TensorFlow-specific, like the input and
-export modules; layers and models never import this).
+export modules; layers and models never import this): XLA auto-clustering
+(`train.auto_clustering`, below) and deterministic ops (`train.deterministic_ops`,
+`op_determinism`).
 
 `enable_auto_clustering()` is the `train.auto_clustering` mode: the training step is a
 plain `tf.function` (Keras `jit_compile=False`) in which TensorFlow's XLA auto-clustering
@@ -86,3 +88,50 @@ def auto_clustering(enabled: bool = True):
         yield
     finally:
         tf.config.optimizer.set_jit(previous or False)
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool = True):
+    """`train.deterministic_ops`: every op runs its deterministic implementation for
+    the block (TensorFlow's `enable_op_determinism`), so a run repeats bit for bit
+    given its seed and, with `train.deterministic_input`, its batch order. Without it,
+    multi-threaded CPU kernels (reductions, segment sums of embedding gradients) may
+    add floats in a different order from run to run: the same seed then gives models
+    that differ in the last bits at first and visibly after many epochs.
+
+    TensorFlow only; under JAX, CPU ops are already deterministic and a GPU needs
+    `XLA_FLAGS=--xla_gpu_deterministic_ops=true` set before the process starts, which
+    is checked here. The previous state is restored after the block (nothing at all
+    happens when `enabled` is false).
+    """
+    if not enabled:
+        yield
+        return
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        flag = "--xla_gpu_deterministic_ops=true"
+        if any(d.platform == "gpu" for d in jax.devices()) and flag not in os.environ.get(
+                "XLA_FLAGS", ""):
+            raise RuntimeError(f"train.deterministic_ops under JAX on a GPU: start the "
+                               f"process with XLA_FLAGS={flag}")
+        yield
+        return
+    if backend != "tensorflow":
+        raise RuntimeError(f"train.deterministic_ops: not supported on the {backend!r} backend")
+    import tensorflow as tf
+
+    # TensorFlow's public API can only turn determinism on; its state and the way back
+    # are in this module (tests/test_runtime.py checks both exist)
+    from tensorflow.python.framework import config as tf_config
+
+    previous = tf_config.is_op_determinism_enabled()
+    tf.config.experimental.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not previous:
+            tf_config.disable_op_determinism()

@@ -90,10 +90,11 @@ def build_optimizer(cfg: Config) -> Any:
 def run_config(cfg: Config, verbose: int | str = "auto",
                extra_callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Trains and evaluates one seed; writes `<run_dir>/metrics.json`; returns metrics."""
-    from tfnegseq.runtime import auto_clustering
+    from tfnegseq.runtime import auto_clustering, op_determinism
 
-    # A no-op unless asked for; then set before any tf.function or tf.data pipeline.
-    with auto_clustering(cfg.train.auto_clustering):
+    # No-ops unless asked for; then set before any tf.function or tf.data pipeline.
+    with auto_clustering(cfg.train.auto_clustering), op_determinism(
+            cfg.train.deterministic_ops):
         return _run_config(cfg, verbose, extra_callbacks)
 
 

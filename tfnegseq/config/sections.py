@@ -410,6 +410,10 @@ class TrainConfig:
     # `deterministic=True`), so two runs with the same seed see the same batches and train
     # the same model. Off by default: out-of-order reads keep the input ahead of the step.
     deterministic_input: StrictBool = False
+    # Deterministic op implementations (TensorFlow's enable_op_determinism;
+    # tfnegseq/runtime.py): with deterministic_input, two runs of one seed train the same
+    # model bit for bit. Without it, multi-threaded CPU kernels may sum in another order.
+    deterministic_ops: StrictBool = False
     steps_per_epoch: StrictInt = 0  # 0 = whole split
     eval_split: Literal["valid", "test"] = "test"
     # Early stopping on the validation split: every `validate_every` epochs the kind's
@@ -467,6 +471,9 @@ class TrainConfig:
                 "eval_split: early stopping selects the weights on 'valid', so the final "
                 "evaluation must be on 'test'"
             )
+        if self.deterministic_ops and not self.deterministic_input:
+            raise ValueError("deterministic_ops: needs train.deterministic_input: true (the "
+                             "batch order is the other source of run-to-run differences)")
         if self.test_at_validation and not self.early_stopping_metric:
             raise ValueError("test_at_validation: needs train.early_stopping_metric (the "
                              "validation it rides on)")
@@ -482,7 +489,8 @@ class TrainConfig:
 RESUME_FREE = ("name", "simulate.", "train.run_dir", "train.export", "train.epochs",
                "train.keep_checkpoints",
                "train.eval_split", "train.jit_compile", "train.auto_clustering",
-               "train.deterministic_input", "train.distribution", "train.cpu_devices",
+               "train.deterministic_input", "train.deterministic_ops", "train.distribution",
+               "train.cpu_devices",
                "train.model_shards")
 
 
