@@ -70,7 +70,8 @@ RUN_ONLY = ("train.run_dir", "train.seed", "train.export", "output.dir", "source
 # the hash while at the default, so adding an option leaves every earlier record's
 # fingerprint (and the record) valid.
 LATER_KEYS = {"model.polarity_labels": "observed", "samples.negative_history": "recent",
-              "samples.negative_history_size": 0, "samples.negative_history_seed": 0}
+              "samples.negative_history_size": 0, "samples.negative_history_seed": 0,
+              "train.deterministic_ops": False}
 
 
 def fingerprint(cfg: Any) -> str:
