@@ -95,9 +95,10 @@ def op_determinism(enabled: bool = True):
     """`train.deterministic_ops`: every op runs its deterministic implementation for
     the block (TensorFlow's `enable_op_determinism`), so a run repeats bit for bit
     given its seed and, with `train.deterministic_input`, its batch order. Without it,
-    multi-threaded CPU kernels (reductions, segment sums of embedding gradients) may
-    add floats in a different order from run to run: the same seed then gives models
-    that differ in the last bits at first and visibly after many epochs.
+    some multi-threaded CPU kernels may add floats in a different order from run to
+    run (which ones was not traced): a tiny SINE run with the batch order fixed gave
+    test AUC 0.4472 / 0.4444 / 0.4472 in three tries on a loaded 2-core machine, and
+    the same value three times with this on.
 
     TensorFlow only; under JAX, CPU ops are already deterministic and a GPU needs
     `XLA_FLAGS=--xla_gpu_deterministic_ops=true` set before the process starts, which
