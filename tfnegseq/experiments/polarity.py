@@ -303,10 +303,11 @@ def _extra_plot(spec: Studies, dataset: str, data: dict[str, Any], stem: str) ->
                 if v is not None:
                     ax.hlines(v, i - 0.4, i + 0.4, colors="black", linestyles="--",
                               label="positive share of the tokens" if i == 0 else None)
-            ax.set_ylim(0, 1)
+            ax.set_ylim(0, 1.2)  # the legend sits above the bars, clear of the labels
+            ax.set_yticks(np.linspace(0, 1, 6))
             ax.set_ylabel("share of attention")
             ax.set_title(f"{dataset}, {b}: attention split (Fig. 9)")
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=7, loc="upper center", ncol=3)
         else:
             for field, label, style in (("gap", "attention (a+)", "-"),
                                         ("token_gap", "tokens (uniform attention)", "--")):
