@@ -396,6 +396,41 @@ def test_fusion_score_catalogue_matches_reference(normalization):
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+def test_fusion_ratio_is_finite_where_every_sigmoid_underflows(call):
+    """Eq. 13 with every logit near -150: float32 sigmoids are all 0 there (the plain
+    ratio is 0 / 0 = NaN, as a MovieLens-100K run hit at epoch 230); the layer must
+    give the ratio's value, computed here in float64 where the sigmoids do not
+    underflow, and finite gradients."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(17)
+    interests = rng.normal(size=(4, K, D)).astype("float32")
+    items = rng.normal(size=(4, D)).astype("float32")
+    layer = AdaptiveFusion("ratio")
+    layer(interests, items)
+    kernel = (0.5 * rng.normal(size=(2 * D, 1))).astype("float32")
+    bias = np.array([-150.0], "float32")
+    layer.importance.set_weights([kernel, bias])
+    logits = (np.concatenate([np.broadcast_to(items[:, None], interests.shape), interests],
+                             -1).astype(np.float64) @ kernel.astype(np.float64))[..., 0] - 150.0
+    assert logits.max() < -120  # every float32 sigmoid underflows to 0
+    want = fusion_reference(interests.astype(np.float64), items.astype(np.float64),
+                            kernel.astype(np.float64), bias.astype(np.float64), "ratio")
+    got = to_numpy(call(layer, interests, items))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    table = rng.normal(size=(6, D)).astype("float32")
+    got = to_numpy(layer.score_catalogue(interests, table))
+    assert np.all(np.isfinite(got))
+    x = tf.constant(interests)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        total = tf.reduce_sum(layer(x, items))
+    grads = tape.gradient(total, [x, *layer.trainable_weights])
+    assert all(np.all(np.isfinite(g.numpy())) for g in grads)
+
+
 def test_fusion_kernel_order_is_item_first():
     """Only the item half of the kernel non-zero: the weights depend on e_i alone."""
     interests = np.random.default_rng(12).normal(size=(1, 2, 4)).astype("float32")
