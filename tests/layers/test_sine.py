@@ -431,6 +431,31 @@ def test_fusion_ratio_is_finite_where_every_sigmoid_underflows(call):
     assert all(np.all(np.isfinite(g.numpy())) for g in grads)
 
 
+def test_fusion_ratio_gradient_is_finite_under_xla_near_minus_45():
+    """Every logit near -46: the values are fine, but the plain ratio's XLA gradient is
+    -inf there (its backward squares a sum of about 1e-20 and XLA flushes it to 0)."""
+    import tensorflow as tf
+
+    interests = np.zeros((2, K, D), "float32")
+    items = np.zeros((2, D), "float32")
+    layer = AdaptiveFusion("ratio")
+    layer(interests, items)
+    kernel = np.zeros((2 * D, 1), "float32")
+    kernel[D:, 0] = 0.1  # interest term: 0.1 * sum(o_k)
+    layer.importance.set_weights([kernel, np.array([-46.0], "float32")])
+    x = tf.constant(np.random.default_rng(3).normal(scale=0.5, size=(2, K, D)), tf.float32)
+    y = tf.constant(np.random.default_rng(4).normal(size=(2, D)), tf.float32)
+
+    @tf.function(jit_compile=True)
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(layer(x, y))
+        return tape.gradient(total, x)
+
+    assert np.all(np.isfinite(grad(x).numpy()))
+
+
 def test_fusion_kernel_order_is_item_first():
     """Only the item half of the kernel non-zero: the weights depend on e_i alone."""
     interests = np.random.default_rng(12).normal(size=(1, 2, 4)).astype("float32")

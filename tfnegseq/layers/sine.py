@@ -446,9 +446,11 @@ class AdaptiveFusion(keras.layers.Layer):
 
     `W [e_i ; o_k]` is computed as `e_i . W_e + o_k . W_o`, so the `[.., C, K, 2d]`
     concatenation is never built. Eq. 13 is computed as `softmax_k(log sigmoid(x_k))`,
-    the same value: the plain ratio is 0 / 0 = NaN once every `x_k` is below about -88
-    (float32 sigmoid underflows to 0, earlier with denormals flushed), which a SINE run
-    on MovieLens-100K reached at epoch 230 (every weight NaN after that step).
+    the same value. The plain ratio's gradient is -inf under XLA once every `x_k` is
+    below about -45 (its backward squares `sum_k r_k`, about 1e-20 there, and XLA
+    flushes the result to 0; eager keeps denormals), and its value is 0 / 0 below about
+    -88. A SINE run on MovieLens-100K reached it at epoch 230 (the smallest per-row
+    maximum logit at epoch 229: -43.9), and every weight was NaN after that step.
 
     Args:
         normalization: str. `"ratio"`, `"softmax"` or `"mean"`. Defaults to `"ratio"`.
