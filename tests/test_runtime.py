@@ -73,12 +73,16 @@ def test_flags_keep_the_users_own():
     assert "FUSIBLE" in ops.split(",") and "MatMul" not in ops and "BatchMatMulV2" not in ops
 
 
-def test_auto_clustering_with_jit_compile_is_refused():
-    with pytest.raises(ConfigError, match="train.auto_clustering"):
-        load_config(REPO / "configs" / "synthetic.yaml", ["train.auto_clustering=true"])
-    cfg = load_config(REPO / "configs" / "synthetic.yaml",
-                      ["train.auto_clustering=true", "train.jit_compile=false"])
-    assert cfg.train.auto_clustering
+@pytest.mark.parametrize("key, needs", [
+    ("auto_clustering", "train.jit_compile=false"),
+    ("deterministic_ops", "train.deterministic_input=true"),
+])
+def test_execution_setting_without_its_companion_is_refused(key, needs):
+    """auto_clustering needs jit_compile off; deterministic_ops needs deterministic input."""
+    with pytest.raises(ConfigError, match=f"train.{key}"):
+        load_config(REPO / "configs" / "synthetic.yaml", [f"train.{key}=true"])
+    cfg = load_config(REPO / "configs" / "synthetic.yaml", [f"train.{key}=true", needs])
+    assert getattr(cfg.train, key)
 
 
 def test_auto_clustered_step_matches_eager_and_leaves_matmuls_out(tiny_samples, tmp_path):
@@ -106,14 +110,6 @@ def test_auto_clustered_step_matches_eager_and_leaves_matmuls_out(tiny_samples, 
     text = "\n".join(p.read_text() for p in modules)
     assert " dot(" not in text
     assert "fusion" in text
-
-
-def test_deterministic_ops_needs_deterministic_input():
-    with pytest.raises(ConfigError, match="train.deterministic_ops"):
-        load_config(REPO / "configs" / "synthetic.yaml", ["train.deterministic_ops=true"])
-    cfg = load_config(REPO / "configs" / "synthetic.yaml",
-                      ["train.deterministic_ops=true", "train.deterministic_input=true"])
-    assert cfg.train.deterministic_ops
 
 
 def test_deterministic_ops_are_on_for_the_run_only_and_repeat_it_exactly(tiny_samples, tmp_path):

@@ -110,7 +110,8 @@ class ValidationCallback(keras.callbacks.Callback):
         value = self.sign * scores[self.metric]
         if value > self.best:
             self.best, self.best_epoch, self.waited = value, epoch + 1, 0
-            self.best_weights = self.model.get_weights()
+            # the copy `_keep_selected` just took, when it did (one copy per epoch)
+            self.best_weights = self._weights_of.get(epoch + 1) or self.model.get_weights()
         else:
             self.waited += 1
             if self.waited >= self.patience:
