@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-SETTINGS = "Popularity,SASRec,DIN,SINE w/o AF"
+SETTINGS = "Popularity,Popularity (all events),SASRec,DIN,SINE w/o AF"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_sweep_writes_every_setting_and_resumes(sweep, capsys):
         for key in ("auc", "gauc", "ndcg@2", "ndcg_no_cutoff", "hr@10", "ndcg@10", "mrr"):
             assert r[key] is None or 0.0 <= r[key] <= 1.0, (name, key)
         assert 0.0 <= r["hr@10"] <= 1.0 and 0.0 <= r["auc"] <= 1.0, name
-        if name == "Popularity":
+        if name.startswith("Popularity"):
             assert r["paper_epoch"] is None
         else:  # each protocol read at its best validation epoch
             assert r["paper_epoch"] in (5, 10) and r["full_epoch"] in (5, 10), name
@@ -77,9 +77,44 @@ def test_sweep_writes_every_setting_and_resumes(sweep, capsys):
         assert f"| {name} |" in md, name
     png = (root / "results" / "sine_tiny_sine.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "[4/4]" in out
+    assert "[5/5]" in out
 
     again = run_sweep(root, path, capsys)  # everything recorded: nothing reruns
     assert "[1/" not in again
     data = json.loads((root / "results" / "sine_tiny_sine.json").read_text())
-    assert len(data["records"]) == 4
+    assert len(data["records"]) == 5
+
+
+def test_popularity_counts_training_positives_only(tmp_path):
+    """The popularity floor's counts: each item's occurrences as a training positive
+    (before the validation target), counted here in numpy from the rows written; skips,
+    the validation and the test targets never count."""
+    from tests.data.test_sequential_windows import random_rows, write_sequences
+    from tfnegseq.experiments.sine import training_positive_counts
+
+    rows = random_rows(np.random.default_rng(4), 30, 12)
+    want: dict[int, int] = {}
+    for r in rows:
+        items, pol = np.asarray(r["seq_item_id"]), np.asarray(r["seq_polarity"])
+        k = int(np.ravel(r["valid_index"])[0])
+        for item in items[:k][pol[:k] == 1]:
+            want[int(item)] = want.get(int(item), 0) + 1
+    assert sum(want.values()) > 0
+    got = training_positive_counts(write_sequences(tmp_path, rows))
+    assert got == want
+
+
+def test_an_interrupted_run_starts_afresh(sweep, capsys):
+    """A run directory of a (setting, seed) with no record is an interrupted run whose
+    validation state was in memory only: the sweep removes it before running."""
+    from tfnegseq.experiments import sine
+
+    root, path = sweep
+    stale = root / "runs" / "tiny_sine" / "popularity_seed7"
+    (stale / "backup").mkdir(parents=True)
+    (stale / "backup" / "training_metadata.json").write_text("{}")
+    argv = ["--config", str(path), "--settings", "Popularity", "--seeds", "7",
+            "--results-dir", str(root / "results_stale"), "--runs-dir", str(root / "runs")]
+    assert sine.main(argv) == 0
+    assert "removing the interrupted run" in capsys.readouterr().out
+    assert not (stale / "backup").exists()

@@ -150,6 +150,11 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     throughput = throughput_callback(tc.batch_size, previous["epochs"] if previous else None,
                                      record)
     validation = None
+    if tc.early_stopping_metric and previous:
+        print(f"warning: resuming {tc.run_dir} after epoch {previous['epochs_done']}: "
+              "validation restarts there (patience, best weights and the selected "
+              "epochs cover only later validations; tfnegseq.validation)", file=sys.stderr,
+              flush=True)
     if tc.early_stopping_metric:
         valid_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
             tc, eval_split="valid", early_stopping_metric="", test_at_validation=False))

@@ -18,8 +18,11 @@ and scores the test split once per selected epoch when training ends, instead of
 every validation; the numbers are the same (inference is deterministic and does not
 touch the training state), the cost is one evaluation per selected epoch.
 
-Its state (best value, best weights) lives in memory: a resumed run starts the
-patience count afresh from the restored epoch.
+Its state (best values, best weights, history) lives in memory: a resumed run starts
+it afresh from the restored epoch, so its patience count restarts, and the best
+weights, `history` and `selected` cover only the validations after the resume (an
+earlier, better epoch is not restored or reported). `tfnegseq.train` prints a warning
+when it resumes such a run; the experiment CLIs start every unrecorded run afresh.
 
 A kind whose `cache_validation_input` is true (the sequential kind) has its validation
 and test inputs parsed once, at the first validation, and kept in memory

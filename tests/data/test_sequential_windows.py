@@ -15,6 +15,9 @@ from tfnegseq.data.events import EventChunk
 from tfnegseq.data.samples import build_sequential_sample
 from tfnegseq.data.sequential import resolve_buckets, user_windows
 from tfnegseq.data.sequential_input import (
+    FEEDBACK_SCALE,
+    LOSS_SCALE,
+    SCALE_KEYS,
     SequentialWindows,
     group_by_length,
     make_sequential_dataset,
@@ -83,8 +86,10 @@ def test_truncation_keeps_the_most_recent():
     w = user_windows(example(TIMELINE), max_len=2, max_candidates=1)
     check(w["train"], inputs="a b", input_negatives=". x", targets="b c",
           target_negatives="x z", exclude="a b c")
-    check(w["valid"], inputs="b c", input_negatives="x z", candidates="u", exclude="b c")
-    check(w["test"], inputs="c d", input_negatives="z u", candidates="t", exclude="c d")
+    # the model reads the last two inputs; full ranking still excludes every earlier
+    # positive of the window (a is older than both kept inputs)
+    check(w["valid"], inputs="b c", input_negatives="x z", candidates="u", exclude="a b c")
+    check(w["test"], inputs="c d", input_negatives="z u", candidates="t", exclude="a b c d")
     long = user_windows(example("+a +b +c +d +e -x +f:valid +g:test"), max_len=3)
     check(long["train"], inputs="b c d", targets="c d e", mask=[1, 1, 1],
           target_negatives=". . .", exclude="a b c d e")
@@ -278,8 +283,9 @@ def test_tf_windows_equal_the_numpy_reference(random_users, rule):
     refs = [user_windows(r, L, rule, max_candidates=C) for r in rows]
     rows_of = vocab.lookup_numpy
     for split in ("train", "valid", "test"):
+        # `exclude` holds every input positive of the window, beyond L too
         got = collect(make_sequential_dataset(samples_dir, split, 16, L, rule, C,
-                                              item_vocab=vocab, seed=1))
+                                              item_vocab=vocab, seed=1, max_exclude=40))
         assert len(next(iter(got.values()))) == len(rows)
         keys = (["inputs", "input_negatives", "targets", "target_negatives"]
                 if split == "train" else ["inputs", "input_negatives"])
@@ -298,6 +304,9 @@ def test_tf_windows_equal_the_numpy_reference(random_users, rule):
         np.testing.assert_array_equal(got["candidate_mask"], cands != 0)
         for g, w in zip(got["exclude"], refs, strict=True):
             assert set(g[g != 0].tolist()) == set(rows_of(w[split]["exclude"]).tolist())
+        # the data truncates: some users' excluded items are not all among their inputs
+        assert any(len(set(rows_of(w[split]["exclude"]).tolist()) - set(i.tolist()) - {0})
+                   for w, i in zip(refs, got["inputs"], strict=True))
 
 
 def test_training_batches_have_fixed_shapes(random_users):
@@ -414,15 +423,75 @@ def test_length_grouping_keeps_every_user_and_only_cuts_padding(tmp_path):
         width = batch["mask"].shape[1]
         longest = int(batch["mask"].numpy().sum(axis=1).max())
         assert width == min(b for b in (3, 6, 12) if b >= longest), (width, longest)
-        assert all(v.shape == (B, width) for v in batch.values())
+        assert all(v.shape == ((B,) if k in SCALE_KEYS else (B, width))
+                   for k, v in batch.items())
         widths.append(width)
         for k, v in batch.items():
-            padded.setdefault(k, []).append(np.pad(v.numpy(), [(0, 0), (L - width, 0)]))
+            if k not in SCALE_KEYS:
+                padded.setdefault(k, []).append(np.pad(v.numpy(), [(0, 0), (L - width, 0)]))
     grouped = {k: np.concatenate(v) for k, v in padded.items()}
     assert len(widths) == 64 // B and len(set(widths)) > 1  # the data spans buckets
     assert row_set(grouped) == row_set(plain)
     # the random negatives sit on the target slots
     assert ((grouped["random_negatives"] != 0) == (grouped["mask"] == 1)).all()
+
+
+def test_length_grouping_weighs_every_pair_of_a_chunk_the_same():
+    """One chunk of 4 batches of 2 users with 1 .. 8 targets: sorted, the batches hold
+    3, 7, 11 and 15 pairs. Averaged over its own pairs, a pair of the first batch would
+    weigh 5x a pair of the last. With the scales, a pair's weight (its batch's scale
+    over its batch's pair count) is 1 / 9 for every pair, 9 the chunk's mean count per
+    batch; the feedback scale counts only the pairs with a passive negative."""
+    L, B = 8, 2  # noqa: N806
+    lengths = [5, 2, 8, 1, 7, 3, 6, 4]  # shuffled stream order
+    mask = np.array([[0.0] * (L - k) + [1.0] * k for k in lengths], np.float32)
+    # a passive negative on every other target slot, from the right
+    negatives = np.where((np.arange(L)[None, :] % 2 == 1) & (mask > 0), 9, 0).astype(np.int64)
+    chunk = {"mask": mask, "target_negatives": negatives,
+             "inputs": np.arange(8)[:, None] * np.ones((1, L), np.int64)}
+    got = [{k: v.numpy() for k, v in b.items()}
+           for b in group_by_length(tf.data.Dataset.from_tensors(chunk), B, [2, 4, 8], L,
+                                    seed=0)]
+    assert len(got) == 4
+    counts = sorted(b["mask"].sum() for b in got)
+    assert counts == [3, 7, 11, 15]
+    for b in got:
+        for key in SCALE_KEYS:
+            assert b[key].shape == (B,) and np.all(b[key] == b[key][0]), key
+        pairs = b["mask"].sum()
+        np.testing.assert_allclose(b[LOSS_SCALE][0] / pairs, 1 / 9, rtol=1e-6)
+        feedback = (b["mask"] * (b["target_negatives"] != 0)).sum()
+        feedback_mean = (mask * (negatives != 0)).sum() / 4
+        np.testing.assert_allclose(b[FEEDBACK_SCALE][0], feedback / feedback_mean, rtol=1e-6)
+
+
+def test_length_grouping_scales_only_when_grouped(tmp_path):
+    """The scales come with grouped training batches only; an ungrouped batch keeps the
+    model's plain mean over its own pairs."""
+    samples_dir, vocab = grouping_users(tmp_path, 64, seed=11)
+    grouped = make_sequential_dataset(samples_dir, "train", 4, 12, item_vocab=vocab,
+                                      training=True, seed=0, length_buckets=[3, 6])
+    plain = make_sequential_dataset(samples_dir, "train", 4, 12, item_vocab=vocab,
+                                    training=True, seed=0)
+    assert set(SCALE_KEYS) <= set(grouped.element_spec)
+    assert not set(SCALE_KEYS) & set(plain.element_spec)
+    # over the epoch the scales of each chunk's four batches sum to 4
+    total = sum(float(b[LOSS_SCALE][0]) for b in grouped)
+    np.testing.assert_allclose(total, 16, rtol=1e-5)
+
+
+def test_exclude_width_is_the_samples_window(tmp_path):
+    """`exclude` is as wide as the samples' window (`max_sequence` in manifest.json), so
+    a window's every input positive fits whatever L the model reads; without the
+    setting in the manifest it falls back to L."""
+    samples_dir, vocab = grouping_users(tmp_path, 8, seed=3)
+    ds = make_sequential_dataset(samples_dir, "test", 4, 5, item_vocab=vocab)
+    assert ds.element_spec["exclude"].shape.as_list() == [None, 5]
+    (tmp_path / "manifest.json").write_text(
+        '{"samples": {"sequences": 8}, "config": {"samples": {"max_sequence": 21}}}')
+    ds = make_sequential_dataset(samples_dir, "test", 4, 5, item_vocab=vocab)
+    assert ds.element_spec["exclude"].shape.as_list() == [None, 21]
+    assert ds.element_spec["inputs"].shape.as_list() == [None, 5]
 
 
 def test_length_grouping_cuts_a_partial_chunk_before_sorting():
@@ -454,7 +523,7 @@ def test_evaluation_grouping_keeps_every_user_and_only_cuts_padding(tmp_path, sp
     ds = make_sequential_dataset(samples_dir, split, B, L, item_vocab=vocab,
                                  length_buckets=buckets)
     assert ds.cardinality().numpy() == 10
-    cut_keys = ("inputs", "input_negatives", "exclude")
+    cut_keys = ("inputs", "input_negatives")  # `exclude` keeps its width E
     widths, padded = [], {}
     for batch in ds:
         width = batch["inputs"].shape[1]

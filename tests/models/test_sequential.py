@@ -307,6 +307,35 @@ def test_loss_matches_reference(arch):
     np.testing.assert_allclose(got, want, rtol=2e-5)
 
 
+@pytest.mark.parametrize("arch", ["sasrec", "sine"])
+def test_grouped_batch_loss_is_the_pair_sum_over_the_chunk_mean(arch):
+    """A length-grouped batch carries `loss_scale` / `feedback_scale` (its pair counts
+    over the chunk's mean counts): L1 and L2 become each term's sum over the batch's
+    pairs divided by the chunk's mean count (numpy, from the scores)."""
+    model = make_model(arch, **LAMBDAS)
+    batch = train_batch(np.random.default_rng(2))
+    mask = batch["mask"]
+    l2_mask = mask * (batch["target_negatives"] > 0)
+    chunk_mean, chunk_feedback_mean = 1.7 * mask.sum(), 0.6 * l2_mask.sum()
+    b = len(mask)
+    batch["loss_scale"] = np.full(b, mask.sum() / chunk_mean, "float32")
+    batch["feedback_scale"] = np.full(b, l2_mask.sum() / chunk_feedback_mean, "float32")
+    got = float(n(model.compute_loss(batch, None, model(batch, training=True))))
+    pos, neg, feedback = (
+        train_scores_reference(model, batch, batch[k])
+        for k in ("targets", "random_negatives", "target_negatives")
+    )
+
+    def pair_sum(a, b, m):
+        return float((np.logaddexp(0.0, -(a - b)) * m).sum())
+
+    want = LAMBDAS["lambda_1"] * pair_sum(pos, neg, mask) / chunk_mean
+    if arch == "sine":
+        want += LAMBDAS["lambda_2"] * pair_sum(pos, feedback, l2_mask) / chunk_feedback_mean
+        want += LAMBDAS["lambda_3"] * dcor_reference(n(model.assignment.prototypes))
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+
+
 # --------------------------------------------------------------------------------------
 # Evaluation: target and candidate scores, full-ranking rank.
 

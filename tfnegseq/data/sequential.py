@@ -48,10 +48,14 @@ negative for it and is dropped; when there are more than `max_candidates`, the m
 recent are kept.
 
 Exclusion (full-ranking protocol): `exclude` lists the distinct positive items of the
-inputs, i.e. what the user already engaged with, except the target's item: when the
-target repeats an earlier positive, it is still ranked. In the train split, `exclude`
-is every training positive (p_1 .. p_n, including the ones older than the inputs'
-`max_len`): the items the random negatives must avoid.
+split's inputs, i.e. what the user already engaged with, except the target's item:
+when the target repeats an earlier positive, it is still ranked. It covers every input
+positive of the sample, including those older than the kept `max_len` (the model sees
+the last `max_len`; the standard protocol excludes the user's whole history). What lies
+before the sample's window (`samples.max_sequence` events) is not in the sample: set
+`max_sequence` to cover the users' histories (the SINE configs do) for an exact
+exclusion. In the train split, `exclude` is every training positive (p_1 .. p_n): the
+items the random negatives must avoid.
 
 Few positives: the Beam job keeps users with at least 3 positives, but the sample
 window may hold fewer training positives. With n < 2 the train window is empty (all
@@ -122,7 +126,8 @@ def _eval_window(items: np.ndarray, neg_pos: np.ndarray, inputs: list[int], targ
     candidates = [c for c in candidates if items[c] != target]
     if max_candidates is not None:
         candidates = candidates[len(candidates) - min(len(candidates), max_candidates):]
-    seen = np.unique(items[np.asarray(kept, np.int64)]) if kept else np.zeros(0, np.int64)
+    # every input positive of the window, also those older than the kept `max_len`
+    seen = np.unique(items[np.asarray(inputs, np.int64)]) if inputs else np.zeros(0, np.int64)
     return {
         "inputs": left_pad(items[np.asarray(kept, np.int64)], max_len),
         "input_negatives": left_pad(_ids(items, neg_pos[np.asarray(kept, np.int64)]), max_len),
@@ -154,7 +159,8 @@ def user_windows(example: Mapping[str, Any], max_len: int, negative_rule: str = 
             positive, distinct, sorted).
         valid / test: `inputs`, `input_negatives` [max_len], `target` (scalar),
             `candidates` [<= max_candidates] (oldest first), `exclude` (distinct
-            input positives except the target's item, sorted), and the positions in
+            input positives of the sample, the ones beyond `max_len` included, except
+            the target's item, sorted), and the positions in
             `seq_*` of the candidates and of the kept inputs (`candidate_positions`,
             `input_positions`; for checks).
 

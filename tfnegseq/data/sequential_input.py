@@ -10,8 +10,10 @@ as `tfnegseq.data.input` does for the CTR task:
     train   inputs, input_negatives, targets, target_negatives,
             random_negatives                                 [B, L] int64
             mask                                             [B, L] float32
+            loss_scale, feedback_scale (grouped only)        [B]    float32
     valid / test
-            inputs, input_negatives, exclude                 [B, L] int64
+            inputs, input_negatives                          [B, L] int64
+            exclude                                          [B, E] int64
             target                                           [B]    int64
             candidates                                       [B, C] int64
             candidate_mask                                   [B, C] float32
@@ -25,18 +27,30 @@ grouping), and each batch keeps only its last `b` columns, `b` the
 smallest bucket that holds its longest user (left padding: nothing but padding is
 cut; the model's positions count from the right, so a user's inputs get the same
 position embeddings at any `b`). The batch order is then shuffled. XLA compiles the
-training step once per bucket. On MovieLens-100K (median 36 targets, L = 200) this
+training step once per bucket.
+Sorting makes batches of short users and batches of long users, and a loss averaged
+over each batch's own pairs would then weigh a short user's pair up to 10x a long
+user's (MovieLens-100K, shortest vs longest quarter of users), where random batches
+weigh every pair about the same. So each grouped batch also carries `loss_scale` and
+`feedback_scale` (`[B]`, one value per batch): its count of target pairs (`mask`) and
+of pairs with a passive negative (`mask` and `target_negatives`) over its chunk's mean
+count per batch. The model multiplies each batch-mean loss term by its scale, which
+makes it the term's sum over the batch divided by the chunk's mean count: every pair of
+the chunk weighs the same, as in an ungrouped epoch. On MovieLens-100K (median 36 targets, L = 200) this
 cuts the padded slots about 2x (benchmarks/bench_sine.py, "length buckets").
 Evaluation splits are grouped the same way (`length_buckets` given, not training):
 users sorted by their number of inputs within chunks of `BUCKET_CHUNK` batches read in
-order, every user kept (the last batch may be partial), no shuffle, and `inputs`,
-`input_negatives` and `exclude` cut to the bucket. The order is deterministic, so two
+order, every user kept (the last batch may be partial), no shuffle, and `inputs` and
+`input_negatives` cut to the bucket. The order is deterministic, so two
 passes over the split agree row by row; every metric is per user or pooled, so the
 order changes none. It matters for DIN, whose full ranking costs O(L) attention
 units per catalogue item.
 
-`exclude` holds the inputs with the target's item blanked (row 0): the user's earlier
-positives that full ranking leaves out. `candidates` are left-padded, most recent last.
+`exclude` holds every input positive of the sample's window with the target's item
+blanked (row 0): the user's earlier positives that full ranking leaves out, also those
+older than the last L the model reads. Its width E is the samples' `max_sequence` (read
+from `manifest.json`), so no window overflows it. `candidates` are left-padded, most
+recent last.
 
 Random negatives (SINE's L1 / SASRec's negative): one per target position, uniform
 over the vocabulary's kept items (OOV buckets and padding are never drawn), and never
@@ -62,11 +76,16 @@ import tensorflow as tf
 from tfnegseq import schema
 from tfnegseq.config import SamplesConfig, VocabConfig
 from tfnegseq.data.input import RAW_USER_ID, left_pad, manifest_examples, record_batches
+from tfnegseq.data.manifest import read_manifest
 from tfnegseq.data.sequential import SPLITS, check_negative_rule, resolve_buckets
 from tfnegseq.data.vocab import Vocabulary
 
 AUTOTUNE = tf.data.AUTOTUNE
 BUCKET_CHUNK = 4  # batches sorted by length together (length grouping)
+# length grouping's per-batch loss scales ([B] float32, one value per batch): the
+# batch's count of L1 / L2 pairs over its chunk's mean count per batch
+LOSS_SCALE, FEEDBACK_SCALE = "loss_scale", "feedback_scale"
+SCALE_KEYS = (LOSS_SCALE, FEEDBACK_SCALE)
 SEQUENCES = "sequences"  # the Beam job's output folder (tfnegseq.data.beam.SEQUENCES)
 # the example features the windows read (names from the schema's sequential features)
 _KEYS = ("user_id", "seq_item_id", "seq_polarity", "valid_index", "valid_item_id",
@@ -90,26 +109,40 @@ def group_by_length(ds: tf.data.Dataset, batch_size: int, buckets: Sequence[int]
     result yields `[batch_size, b]` batches, b in `buckets`."""
     bounds = tf.constant(list(buckets), tf.int32)
 
+    def scale(pairs: tf.Tensor) -> tf.Tensor:
+        """[n, L] 0/1 pairs of a sorted chunk -> [n]: each user's batch's pair count
+        over the chunk's mean pair count per batch (1 where the chunk has none)."""
+        per_batch = tf.reduce_sum(tf.reshape(pairs, [-1, batch_size * tf.shape(pairs)[1]]),
+                                  axis=1)  # [n / batch_size]
+        mean = tf.reduce_mean(per_batch)
+        ratio = tf.where(mean > 0, per_batch / tf.maximum(mean, 1e-9), 1.0)
+        return tf.repeat(ratio, batch_size)
+
     def sort_chunk(w: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         # whole batches only, cut before sorting: the users a partial chunk drops are
         # random ones (the stream is shuffled), not its longest
         whole = tf.shape(w["mask"])[0] // batch_size * batch_size
         lengths = tf.reduce_sum(w["mask"][:whole], axis=1)
         order = tf.argsort(lengths, stable=True)
-        return {k: tf.gather(v[:whole], order) for k, v in w.items()}
+        out = {k: tf.gather(v[:whole], order) for k, v in w.items()}
+        mask = tf.cast(out["mask"], tf.float32)
+        out[LOSS_SCALE] = scale(mask)
+        if "target_negatives" in out:
+            out[FEEDBACK_SCALE] = scale(mask * tf.cast(out["target_negatives"] != 0, tf.float32))
+        return out
 
     def cut(w: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         longest = tf.cast(tf.reduce_max(tf.reduce_sum(w["mask"], axis=1)), tf.int32)
         b = tf.gather(bounds, tf.minimum(tf.searchsorted(bounds, longest[None])[0],
                                          len(buckets) - 1))
-        return {k: v[:, max_len - b:] for k, v in w.items()}
+        return {k: (v if k in SCALE_KEYS else v[:, max_len - b:]) for k, v in w.items()}
 
     ds = ds.map(sort_chunk, num_parallel_calls=AUTOTUNE).unbatch()
     ds = ds.batch(batch_size, drop_remainder=True).map(cut, num_parallel_calls=AUTOTUNE)
     return ds.shuffle(BUCKET_CHUNK * 4, seed=seed, reshuffle_each_iteration=True)
 
 
-EVAL_CUT_KEYS = ("inputs", "input_negatives", "exclude")  # [B, L], left-padded
+EVAL_CUT_KEYS = ("inputs", "input_negatives")  # [B, L], left-padded; `exclude` is [B, E]
 
 
 def group_eval_by_length(ds: tf.data.Dataset, batch_size: int, buckets: Sequence[int],
@@ -146,10 +179,14 @@ class SequentialWindows:
         negative_rule: str. "previous" or "window" (`tfnegseq.data.sequential`).
             Defaults to "previous".
         max_candidates: int. C, candidates kept per user (most recent). Defaults to 100.
+        max_exclude: int or None. E, the width of `exclude`: at least the samples'
+            `max_sequence`, so that every input positive of a window fits (a longer
+            list would keep its most recent E). None: `max_len`. Defaults to None.
     """
 
     def __init__(self, item_vocab: Vocabulary, split: str, max_len: int,
-                 negative_rule: str = "previous", max_candidates: int = 100):
+                 negative_rule: str = "previous", max_candidates: int = 100,
+                 max_exclude: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"`split` must be one of {SPLITS}. Received: split={split!r}")
         if max_len < 1:
@@ -163,6 +200,9 @@ class SequentialWindows:
         self.max_len = max_len
         self.negative_rule = negative_rule
         self.max_candidates = max_candidates
+        if max_exclude is not None and max_exclude < 1:
+            raise ValueError(f"`max_exclude` must be >= 1. Received: max_exclude={max_exclude}")
+        self.max_exclude = max_len if max_exclude is None else max_exclude
         self.lookup = item_vocab.lookup_layer()
         self.first_row = item_vocab.oov_buckets + 1  # the first kept item's row
         self.num_items = len(item_vocab.ids)
@@ -209,12 +249,15 @@ class SequentialWindows:
         cand_mask &= raw != target_raw[:, None]  # a skip of the target's item: dropped
         L, C = self.max_len, self.max_candidates  # noqa: N806
         inputs = left_pad(tf.ragged.boolean_mask(rows, in_mask), L, 0)
-        inputs_raw = left_pad(tf.ragged.boolean_mask(raw, in_mask), L, schema.PAD_ID)
         candidates = left_pad(tf.ragged.boolean_mask(rows, cand_mask), C, 0)  # [B, C]
+        # every input positive of the window (not only the last L), the target's item
+        # blanked: the user's earlier positives that full ranking leaves out
+        seen = in_mask & (raw != target_raw[:, None])
+        exclude = left_pad(tf.ragged.boolean_mask(rows, seen), self.max_exclude, 0)
         return {
             "inputs": inputs,
             "input_negatives": left_pad(tf.ragged.boolean_mask(neg_rows, in_mask), L, 0),
-            "exclude": tf.where(inputs_raw == target_raw[:, None], tf.zeros_like(inputs), inputs),
+            "exclude": exclude,
             "target": self._rows(target_raw),
             "candidates": candidates,
             "candidate_mask": tf.cast(candidates != 0, tf.float32),
@@ -265,6 +308,14 @@ class SequentialWindows:
         return tf.where(mask & (free > 0), self.first_row + x, 0)
 
 
+def window_size(samples_dir: str) -> int | None:
+    """The samples' `max_sequence` (events per window) from their `manifest.json`, or
+    None when there is no manifest or it does not say."""
+    manifest = read_manifest(samples_dir) or {}
+    value = ((manifest.get("config") or {}).get("samples") or {}).get("max_sequence")
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def make_sequential_dataset(
     samples_dir: str,
     split: str,
@@ -280,6 +331,7 @@ def make_sequential_dataset(
     deterministic: bool = False,
     repeat: bool = False,
     length_buckets: Sequence[int] | None = (),
+    max_exclude: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of one split's windows from `<samples_dir>/sequences/*.tfrecord.gz`.
 
@@ -307,6 +359,9 @@ def make_sequential_dataset(
             `resolve_buckets`): None = automatic buckets, () = off. Used when
             `training` on the train split, and on the valid and test splits (sorted,
             not shuffled). Defaults to ().
+        max_exclude: int or None. The width of `exclude` (`SequentialWindows`); None:
+            the samples' `max_sequence` from `manifest.json`, else `max_len`. Defaults
+            to None.
 
     Returns:
         A `tf.data.Dataset` of dicts (module docstring). Without `repeat`, its
@@ -314,7 +369,10 @@ def make_sequential_dataset(
     """
     if item_vocab is None:
         item_vocab = Vocabulary.load(samples_dir, schema.ITEM_VOCAB, vocab or VocabConfig())
-    windows = SequentialWindows(item_vocab, split, max_len, negative_rule, max_candidates)
+    if max_exclude is None:
+        max_exclude = window_size(samples_dir) or max_len
+    windows = SequentialWindows(item_vocab, split, max_len, negative_rule, max_candidates,
+                                max_exclude)
     in_order = not training or deterministic
     grouped = training or split != "train"
     buckets = resolve_buckets(max_len, length_buckets) if grouped else []

@@ -6,8 +6,12 @@
 Settings (each a set of `--set` overrides of the config; the config's own model is the
 SINE default: K = 3, fusion eq. 13, the assignment with negatives):
 
-    Popularity        the training-event count of each item (no training): the floor
-                      NDCG@2 must be read against (about 2.4 candidates per user)
+    Popularity        each item's count of training positives (no training): the
+                      floor NDCG@2 must be read against (about 2.4 candidates per user)
+    Popularity (all events)
+                      each item's count of training events, skips included: in the
+                      paper's protocol, whose candidates are skips, this favours the
+                      candidates (a lower floor; kept to show by how much)
     SASRec            positives only, L1 (BPR against a uniform item)
     SASRec-N          SASRec + L2: the passive negatives as training negatives
     GRU4Rec           one GRU over the positives, L1
@@ -33,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import sys
 from typing import Any
 
@@ -41,9 +47,10 @@ import numpy as np
 from tfnegseq.config import load_config
 from tfnegseq.experiments import records
 
-POPULARITY = "Popularity"
+POPULARITY, POPULARITY_EVENTS = "Popularity", "Popularity (all events)"
 SETTINGS: dict[str, list[str]] = {
     POPULARITY: [],
+    POPULARITY_EVENTS: [],
     "SASRec": ["model.architecture=sasrec"],
     "SASRec-N": ["model.architecture=sasrec_n"],
     "GRU4Rec": ["model.architecture=gru4rec"],
@@ -57,7 +64,7 @@ SETTINGS: dict[str, list[str]] = {
        for k in range(1, 11)},
 }
 GROUPS = {
-    "table3": [POPULARITY, "SASRec", "SASRec-N", "GRU4Rec", "DIN", "SINE"],
+    "table3": [POPULARITY, POPULARITY_EVENTS, "SASRec", "SASRec-N", "GRU4Rec", "DIN", "SINE"],
     "table4": ["SINE", "SINE w/o AF", "SINE w/o NF"],
     "k_sweep": [f"SINE K={k}" for k in range(1, 11)],
 }
@@ -80,9 +87,32 @@ def setting_names(spec: str) -> list[str]:
     return out
 
 
-def popularity_metrics(cfg: Any) -> dict[str, Any]:
-    """Both protocols for scores = the item's training-event count (the vocabulary's
-    count; OOV items score 0), on `train.eval_split`, with the kind's metrics."""
+def training_positive_counts(data_dir: str) -> dict[int, int]:
+    """Raw item id -> how often it is a training positive (p_1 .. p_n of each user's
+    sample: the positives before the validation target; `tfnegseq.data.sequential`)."""
+    import tensorflow as tf
+
+    from tfnegseq.data.input import record_batches
+    from tfnegseq.data.sequential_input import SEQUENCES
+
+    spec = {"seq_item_id": tf.io.RaggedFeature(tf.int64),
+            "seq_polarity": tf.io.RaggedFeature(tf.int64),
+            "valid_index": tf.io.FixedLenFeature([], tf.int64)}
+    counts: dict[int, int] = {}
+    for serialized in record_batches(data_dir, SEQUENCES, 512).as_numpy_iterator():
+        p = tf.io.parse_example(serialized, spec)
+        for items, pol, k in zip(p["seq_item_id"].numpy(), p["seq_polarity"].numpy(),
+                                 p["valid_index"].numpy(), strict=True):
+            for item in items[:k][pol[:k] == 1].tolist():
+                counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def popularity_metrics(cfg: Any, events: bool = False) -> dict[str, Any]:
+    """Both protocols for scores = the item's count of training positives (OOV items
+    score 0), on `train.eval_split`, with the kind's metrics. `events`: count every
+    training event instead (the vocabulary's count: skips too, so in the paper's
+    protocol, whose candidates are skips, it favours the candidates)."""
     from tfnegseq import kinds
     from tfnegseq.data.input import FeatureProcessor
     from tfnegseq.data.vocab import read_vocab_file
@@ -92,12 +122,15 @@ def popularity_metrics(cfg: Any) -> dict[str, Any]:
     data_dir = samples_dir(cfg)
     processor = FeatureProcessor.from_data_dir(data_dir, cfg)
     vocab = processor.vocabularies["item_id"]
-    ids, file_counts = read_vocab_file(os.path.join(data_dir, "vocab", "item_id.tsv"))
-    count_of = dict(zip(ids.tolist(), file_counts.tolist(), strict=True))
+    if events:
+        ids, file_counts = read_vocab_file(os.path.join(data_dir, "vocab", "item_id.tsv"))
+        count_of = dict(zip(ids.tolist(), file_counts.tolist(), strict=True))
+    else:
+        count_of = training_positive_counts(data_dir)
     rows = vocab.size
     start = 1 + vocab.oov_buckets
     counts = np.zeros(rows, np.float64)
-    counts[start:] = [count_of[i] for i in vocab.ids.tolist()]
+    counts[start:] = [count_of.get(i, 0) for i in vocab.ids.tolist()]
     datasets = kind.make_datasets(cfg, data_dir, processor)
     assert datasets is not None, "the sequential kind makes its own datasets"
     _, eval_ds = datasets
@@ -273,14 +306,20 @@ def main(argv: list[str] | None = None) -> int:
         (sweep_alias(s, default_k), seed) for seed in seeds for s in settings
         if (sweep_alias(s, default_k), seed) not in done))
     for i, (s, seed) in enumerate([] if args.report_only else todo, start=1):
-        tag = s.lower().replace(" ", "_").replace("/", "").replace("=", "")
+        tag = re.sub(r"[^a-z0-9_-]", "", s.lower().replace(" ", "_"))
         print(f"[{i}/{len(todo)}] {dataset} {s} seed={seed}", flush=True)
         cfg = load_config(args.config, args.overrides + SETTINGS[s] + [
             f"train.seed={seed}", "train.export=false",
             f"train.run_dir={args.runs_dir}/{dataset}/{tag}_seed{seed}"])
         keras.backend.clear_session()
-        if s == POPULARITY:
-            m = {**popularity_metrics(cfg), "seconds": 0.0}
+        # a run directory of an unrecorded run is an interrupted one: its validation
+        # state (best weights, selected epochs) was in memory only, so resuming it
+        # would report only the validations after the restart; start it afresh
+        if os.path.isdir(cfg.train.run_dir):
+            print(f"    removing the interrupted run {cfg.train.run_dir}", flush=True)
+            shutil.rmtree(cfg.train.run_dir)
+        if s in (POPULARITY, POPULARITY_EVENTS):
+            m = {**popularity_metrics(cfg, events=s == POPULARITY_EVENTS), "seconds": 0.0}
         else:
             m = run_config(cfg, verbose=0)
         validation = m.get("validation") or {}

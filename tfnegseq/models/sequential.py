@@ -29,7 +29,8 @@ One model class for the `sequential` kind's architectures (`SequentialModelConfi
 
 Training batches (`tfnegseq.data.sequential_input`, ids already embedding rows, 0 =
 padding): `inputs`, `input_negatives`, `targets`, `target_negatives`,
-`random_negatives` `[B, L]` and `mask` `[B, L]`; the model returns the scores
+`random_negatives` `[B, L]` and `mask` `[B, L]`, and with length grouping the loss
+scales `loss_scale` and `feedback_scale` `[B]`; the model returns the scores
 `positive`, `negative` (the random item) and `feedback` (the passive negative) `[B, L]`
 and owns its loss. Evaluation batches (`inputs`, `input_negatives`, `target` `[B]`,
 `candidates` `[B, C]`, `exclude` `[B, L]`): the model returns `target_score` `[B]`,
@@ -478,15 +479,28 @@ class SequentialRecommender(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """`lambda_1 L1` (target vs a random item); sasrec_n and sine add `lambda_2 L2`
         (target vs its passive negative, pairs without one masked), sine
-        `lambda_3 L_dis`; plus any regularisation losses."""
+        `lambda_3 L_dis`; plus any regularisation losses.
+
+        L1 and L2 are means over the batch's real pairs, each multiplied by the batch's
+        `loss_scale` / `feedback_scale` when the input carries them (length grouping:
+        the batch's pair count over its chunk's mean, so every pair weighs the same
+        whatever the length of its batch's users; `tfnegseq.data.sequential_input`).
+        For DIN with sampled target positions, L1 is the mean over the sampled pairs
+        times the scale of all target pairs: each batch weighs by its users' number of
+        targets, not by the (capped) number sampled."""
         m = self.m
         # DIN with sampled target positions scores `[B, T]` and says which are real
         mask = ops.cast(y_pred["mask"] if "mask" in y_pred else x["mask"], "float32")
         positive = ops.cast(y_pred["positive"], "float32")
-        total = m.lambda_1 * bpr_loss(positive, ops.cast(y_pred["negative"], "float32"), mask)
+
+        def scale(key):  # length-grouped batches (tfnegseq.data.sequential_input)
+            return ops.mean(ops.cast(x[key], "float32")) if key in x else 1.0
+
+        total = m.lambda_1 * scale("loss_scale") * bpr_loss(
+            positive, ops.cast(y_pred["negative"], "float32"), mask)
         if m.architecture in ("sasrec_n", "sine"):
             feedback_mask = mask * ops.cast(ops.not_equal(x["target_negatives"], 0), "float32")
-            total = total + m.lambda_2 * bpr_loss(
+            total = total + m.lambda_2 * scale("feedback_scale") * bpr_loss(
                 positive, ops.cast(y_pred["feedback"], "float32"), feedback_mask
             )
         if self.sine:
