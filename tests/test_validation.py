@@ -66,6 +66,44 @@ def test_the_best_validated_weights_are_restored(tiny_samples, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+class _Interrupt(Exception):
+    pass
+
+
+def test_a_resumed_run_keeps_the_validations_before_the_interruption(tiny_samples, tmp_path):
+    """Killed at the start of epoch 3 and rerun: metrics.json's validation covers all 4
+    epochs, the 2 before the interruption with the values they had then, and the
+    state beside the backup is gone once the run is finished."""
+    cfg, sets, _ = tiny_samples
+    cfg = load_config(CONFIG, sets + [
+        f"train.run_dir={tmp_path}/run", "train.epochs=4", "train.learning_rate=0.01",
+        "train.early_stopping_metric=auc", "train.early_stopping_patience=10",
+        "train.test_at_validation=true", "train.export=false"])
+    before = []
+
+    class StopAtEpoch3(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise _Interrupt()
+
+        def on_epoch_end(self, epoch, logs=None):
+            before.append(logs["val_auc"])
+
+    with pytest.raises(_Interrupt):
+        train.run_config(cfg, verbose=0, extra_callbacks=[StopAtEpoch3()])
+    assert os.path.exists(tmp_path / "run" / "backup" / "validation" / "state.json")
+    keras.backend.clear_session()
+    m = train.run_config(cfg, verbose=0)
+    v = m["validation"]
+    assert m["resumed_from_epoch"] == 2
+    assert [h["epoch"] for h in v["history"]] == [1, 2, 3, 4]
+    assert [h["auc"] for h in v["history"][:2]] == before
+    aucs = [h["auc"] for h in v["history"]]
+    assert v["best_epoch"] == 1 + int(np.argmax(aucs))
+    assert v["selected"]["auc"]["test"] is not None
+    assert not os.path.exists(tmp_path / "run" / "backup")
+
+
 def test_training_stops_after_patience_validations_without_improvement(tiny_samples, tmp_path):
     cfg, sets, _ = tiny_samples
     # a learning rate too small to move the AUC: no validation improves on the first
@@ -261,3 +299,56 @@ def test_sequential_validation_in_memory_gives_the_same_run(tmp_path, monkeypatc
     assert cached["validation"]["history"] == reread["validation"]["history"]
     for k in SEQUENTIAL.metric_keys:
         assert cached[k] == reread[k], k
+
+
+def test_a_resumed_callback_continues_the_same_validation(monkeypatch, tmp_path):
+    """Scripted validations over 6 epochs, with and without an interruption after epoch
+    3 (a new callback restores the state the first wrote): the same patience count, the
+    same restored best weights and the same per-metric selection with its test metrics.
+    Without the state, the resumed callback would select epoch 5 for auc (0.8), not 2."""
+    from types import SimpleNamespace
+
+    from tfnegseq import validation
+
+    valid = {1: {"auc": 0.6, "mrr": 0.1}, 2: {"auc": 0.9, "mrr": 0.2},
+             3: {"auc": 0.7, "mrr": 0.4}, 4: {"auc": 0.5, "mrr": 0.3},
+             5: {"auc": 0.8, "mrr": 0.35}, 6: {"auc": 0.85, "mrr": 0.38}}
+    test = {e: {"auc": e / 10, "mrr": e / 100} for e in valid}
+
+    def evaluate(model, ds, *a, **k):
+        epoch = int(round(float(model.get_weights()[0][0, 0])))
+        return (valid if ds == "valid" else test)[epoch]
+
+    monkeypatch.setattr(validation, "evaluate", evaluate)
+    cfg = SimpleNamespace(train=SimpleNamespace(
+        early_stopping_metric="mrr", early_stopping_patience=3, validate_every=1))
+    kind = SimpleNamespace(metric_keys=("auc", "mrr"))
+
+    def run(epochs, state_dir, resume=False):
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        callback = validation.ValidationCallback("valid", kind, cfg, test_dataset="test",
+                                                 state_dir=state_dir)
+        callback.set_model(model)
+        assert callback.restore() == resume
+        model.stop_training = False
+        for epoch in epochs:
+            if model.stop_training:
+                break
+            model.set_weights([np.full((1, 1), epoch + 1.0), np.zeros(1)])
+            callback.on_epoch_end(epoch, {})
+        return callback, model
+
+    whole, whole_model = run(range(6), str(tmp_path / "whole"))
+    whole.on_train_end()
+    first, _ = run(range(3), str(tmp_path / "split"))  # killed after epoch 3: no train end
+    # the files: the state, and the weights of epochs 2 (auc) and 3 (mrr) only
+    assert sorted(os.listdir(tmp_path / "split")) == ["state.json", "weights_2.npz",
+                                                      "weights_3.npz"]
+    second, second_model = run(range(3, 6), str(tmp_path / "split"), resume=True)
+    second.on_train_end()
+    assert whole.stopped_epoch == second.stopped_epoch == 6  # mrr: best 3, then 3 worse
+    assert second.summary() == whole.summary()
+    assert second.summary()["selected"]["auc"] == {
+        "epoch": 2, "valid": 0.9, "test": {"auc": 0.2, "mrr": 0.02}}
+    np.testing.assert_array_equal(second_model.get_weights()[0], whole_model.get_weights()[0])
+    assert float(second_model.get_weights()[0][0, 0]) == 3.0

@@ -10,7 +10,9 @@ metrics (`tfnegseq.evaluate`) and writes a run directory:
     <run_dir>/checkpoints/      weights after each epoch (the `train.keep_checkpoints`
                                 most recent; all by default)
     <run_dir>/backup/           state for resuming an interrupted run (BackupAndRestore;
-                                present only while a run is unfinished)
+                                present only while a run is unfinished), with
+                                backup/validation/, the early-stopping state
+                                (`tfnegseq.validation`, "Resuming")
     <run_dir>/model.keras       the trained model
     <run_dir>/data/             vocabularies, manifest and a few examples, so export and
                                 scoring need only the run directory (`tfnegseq.runs`)
@@ -150,18 +152,20 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     throughput = throughput_callback(tc.batch_size, previous["epochs"] if previous else None,
                                      record)
     validation = None
-    if tc.early_stopping_metric and previous:
-        print(f"warning: resuming {tc.run_dir} after epoch {previous['epochs_done']}: "
-              "validation restarts there (patience, best weights and the selected "
-              "epochs cover only later validations; tfnegseq.validation)", file=sys.stderr,
-              flush=True)
     if tc.early_stopping_metric:
         valid_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
             tc, eval_split="valid", early_stopping_metric="", test_at_validation=False))
         _, valid_ds = (kind.make_datasets(valid_cfg, data_dir, processor)
                        or make_datasets(valid_cfg, data_dir, processor))
-        validation = ValidationCallback(valid_ds, kind, cfg,
-                                        eval_ds if tc.test_at_validation else None)
+        # beside the model's backup, removed with it when training ends
+        validation = ValidationCallback(
+            valid_ds, kind, cfg, eval_ds if tc.test_at_validation else None,
+            state_dir=os.path.join(tc.run_dir, "backup", "validation"),
+            write_state=plan.is_chief)
+        if previous and validation.restore():
+            print(f"resuming validation after epoch {previous['epochs_done']}: "
+                  f"{len(validation.history)} earlier validations, best epoch "
+                  f"{validation.best_epoch}", flush=True)
     chief = plan.is_chief
     callbacks = [
         distribute.backup_callback(plan, os.path.join(tc.run_dir, "backup")),

@@ -18,11 +18,15 @@ and scores the test split once per selected epoch when training ends, instead of
 every validation; the numbers are the same (inference is deterministic and does not
 touch the training state), the cost is one evaluation per selected epoch.
 
-Its state (best values, best weights, history) lives in memory: a resumed run starts
-it afresh from the restored epoch, so its patience count restarts, and the best
-weights, `history` and `selected` cover only the validations after the resume (an
-earlier, better epoch is not restored or reported). `tfnegseq.train` prints a warning
-when it resumes such a run; the experiment CLIs start every unrecorded run afresh.
+Resuming: with a `state_dir`, the callback writes its state after every validation
+(`state.json`: history, best value and epoch, patience count, each metric's best; and
+one `weights_<epoch>.npz` per kept weight copy, written before the JSON that names it
+and removed once no metric selects it), and `restore()` reads it back, so a run
+resumed by `tfnegseq.train` (BackupAndRestore) continues the same validation: the same
+patience count, best weights and selected epochs as an uninterrupted run. A run killed
+between its last backup and that epoch's validation resumes after the backed-up epoch
+without that validation (its model is still validated at the next multiple of
+`validate_every`). Without a `state_dir` the state lives in memory only.
 
 A kind whose `cache_validation_input` is true (the sequential kind) has its validation
 and test inputs parsed once, at the first validation, and kept in memory
@@ -32,10 +36,13 @@ same batches from memory instead of re-reading and re-parsing the shards.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any
 
 import keras
+import numpy as np
 
 from tfnegseq.evaluate import evaluate
 
@@ -63,12 +70,20 @@ class ValidationCallback(keras.callbacks.Callback):
             stopping), `early_stopping_patience`, `validate_every`.
         test_dataset: the evaluation input, scored at every validation too; None: not
             scored. Defaults to None.
+        state_dir: str or None. Where the state is written after every validation
+            (module docstring, "Resuming"); None: memory only. Defaults to None.
+        write_state: bool. False: `restore` reads `state_dir` but nothing is written
+            (the non-chief processes of a multi-process run). Defaults to True.
     """
 
-    def __init__(self, dataset: Any, kind: Any, cfg: Any, test_dataset: Any = None) -> None:
+    STATE_FILE = "state.json"
+
+    def __init__(self, dataset: Any, kind: Any, cfg: Any, test_dataset: Any = None,
+                 state_dir: str | None = None, write_state: bool = True) -> None:
         super().__init__()
         self.dataset, self.kind, self.cfg = dataset, kind, cfg
         self.test_dataset = test_dataset
+        self.state_dir, self.write_state = state_dir, write_state
         tc = cfg.train
         self.metric = tc.early_stopping_metric
         self.patience = tc.early_stopping_patience
@@ -120,6 +135,66 @@ class ValidationCallback(keras.callbacks.Callback):
             if self.waited >= self.patience:
                 self.stopped_epoch = epoch + 1
                 self.model.stop_training = True
+        self._save_state()
+
+    # ------------------------------------------------------------ resume state
+    def _weights_path(self, epoch: int) -> str:
+        assert self.state_dir is not None
+        return os.path.join(self.state_dir, f"weights_{epoch}.npz")
+
+    def _kept(self) -> dict[int, list[Any]]:
+        kept = dict(self._weights_of)
+        if self.best_weights is not None and self.best_epoch is not None:
+            kept[self.best_epoch] = self.best_weights
+        return kept
+
+    def _save_state(self) -> None:
+        """Writes the state (module docstring, "Resuming"): the weight files first, then
+        `state.json` atomically, then the weight files it no longer names removed."""
+        if not self.state_dir or not self.write_state:
+            return
+        os.makedirs(self.state_dir, exist_ok=True)
+        kept = self._kept()
+        for e, weights in kept.items():
+            path = self._weights_path(e)
+            if not os.path.exists(path):
+                tmp = path + ".tmp.npz"
+                np.savez(tmp, *weights)
+                os.replace(tmp, path)
+        state = {"history": self.history, "best": self.best, "best_epoch": self.best_epoch,
+                 "waited": self.waited, "stopped_epoch": self.stopped_epoch,
+                 "best_of": {k: [v, e] for k, (v, e) in self._best_of.items()},
+                 "selected_epochs": sorted(self._weights_of), "weight_epochs": sorted(kept)}
+        tmp = os.path.join(self.state_dir, self.STATE_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, os.path.join(self.state_dir, self.STATE_FILE))
+        for name in os.listdir(self.state_dir):
+            if name.startswith("weights_") and name.endswith(".npz"):
+                stem = name[len("weights_"):-len(".npz")]
+                if stem.isdigit() and int(stem) not in kept:
+                    os.remove(os.path.join(self.state_dir, name))
+
+    def restore(self) -> bool:
+        """Reads the state `state_dir` holds (a resumed run); False when there is none."""
+        path = os.path.join(self.state_dir or "", self.STATE_FILE)
+        if not self.state_dir or not os.path.exists(path):
+            return False
+        with open(path) as f:
+            state = json.load(f)
+
+        def load(e: int) -> list[Any]:
+            with np.load(self._weights_path(e)) as z:
+                return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+        loaded = {int(e): load(int(e)) for e in state["weight_epochs"]}
+        self.history = list(state["history"])
+        self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
+        self.waited, self.stopped_epoch = int(state["waited"]), state["stopped_epoch"]
+        self._best_of = {k: (float(v), int(e)) for k, (v, e) in state["best_of"].items()}
+        self._weights_of = {int(e): loaded[int(e)] for e in state["selected_epochs"]}
+        self.best_weights = loaded.get(self.best_epoch) if self.best_epoch else None
+        return True
 
     def _keep_selected(self, epoch: int, scores: dict[str, float]) -> None:
         """Updates each metric's best validation (strictly better: the first epoch
