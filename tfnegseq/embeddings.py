@@ -27,7 +27,42 @@ from typing import Any
 import keras
 from keras import ops
 
+from tfnegseq.api_export import register
 from tfnegseq.keras_internals import AutocastScope
+
+
+@register
+class ZeroLeadingRows(keras.initializers.Initializer):
+    """`initializer`'s values with the first `rows` rows set to 0.
+
+    For the rows of a vocabulary table that no kept id maps to: padding (row 0) and the
+    out-of-vocabulary buckets (rows 1 .. oov_buckets, `tfnegseq.data.vocab`). The
+    vocabularies are counted on the training split, so with `min_count` 1 no training
+    example maps to an OOV bucket: its row never gets a gradient and, drawn at random,
+    would stay a random vector that every unseen user or item of the test split reads.
+    Zero, it reads as "unknown" (no contribution), and it still trains from zero where
+    training ids do map to it (`min_count` > 1). The whole table is drawn first, so the
+    other rows get exactly the values `initializer` alone gives them.
+
+    Args:
+        initializer: str or initializer. The values of the other rows.
+        rows: int. How many leading rows are zero (`1 + oov_buckets`).
+    """
+
+    def __init__(self, initializer: Any = "random_normal", rows: int = 1):
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"`rows` must be an int >= 0. Received: rows={rows!r}")
+        self.initializer = keras.initializers.get(initializer)
+        self.rows = rows
+
+    def __call__(self, shape: Any, dtype: Any = None) -> Any:
+        values = self.initializer(shape, dtype=dtype)
+        keep = ops.cast(ops.arange(shape[0]) >= self.rows, values.dtype)
+        return values * ops.reshape(keep, (shape[0],) + (1,) * (len(shape) - 1))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"initializer": keras.initializers.serialize(self.initializer),
+                "rows": self.rows}
 
 
 def take_rows(table: Any, ids: Any) -> Any:

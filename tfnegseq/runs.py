@@ -50,13 +50,35 @@ NEGATIVE_HISTORY_KEYS = {"negative_history": "recent", "negative_history_size": 
                          "negative_history_seed": 0}
 
 
+# what else fixes the samples' content: the config keys a training config must share
+# with the samples it reads (compared where the manifest recorded them)
+SAMPLES_KEYS = ("task", "max_history", "lifelong_length", "max_sequence", "before",
+                "user_features", "item_features", "min_core", "target_stride",
+                "max_targets_per_user", "negatives")
+SECTION_KEYS = ("rules", "split")
+
+
+def built_differently(cfg: Config, manifest: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, built, configured) for each of `SAMPLES_KEYS` (`samples.<key>`) and
+    `SECTION_KEYS` (whole sections) whose value in the manifest's config differs from
+    `cfg`'s; keys the manifest does not record are not compared."""
+    built = manifest.get("config", {})
+    mine = cfg.to_dict()
+    out = [(k, built["samples"][k], mine["samples"][k]) for k in SAMPLES_KEYS
+           if k in built.get("samples", {}) and built["samples"][k] != mine["samples"][k]]
+    out += [(k, built[k], mine[k]) for k in SECTION_KEYS if k in built and built[k] != mine[k]]
+    return out
+
+
 def check_negative_history(cfg: Config, data_dir: str) -> None:
-    """Refuses to train on samples whose negative histories were built otherwise than
-    the config says: `samples.negative_history`, `negative_history_size` and
-    `negative_history_seed` must equal those `<data_dir>/manifest.json` recorded (a key
-    an older manifest lacks counts as its default: "recent", 0, 0). The negative lists
-    are fixed when the samples are built; training cannot change them. No manifest (a
-    remote directory without one): nothing to compare.
+    """Refuses to train on samples built otherwise than the config says:
+    `samples.negative_history`, `negative_history_size` and `negative_history_seed`
+    must equal those `<data_dir>/manifest.json` recorded (a key an older manifest lacks
+    counts as its default: "recent", 0, 0), and so must `SAMPLES_KEYS` and the `rules`
+    and `split` sections (`built_differently`: e.g. `samples.max_history` 500 on samples
+    built with 100 would train on lists padded past their real length). The samples
+    are fixed when they are built; training cannot change them. No manifest (a remote
+    directory without one): nothing to compare.
 
     Raises:
         ConfigError: naming each differing key, both values and the directory.
@@ -75,9 +97,10 @@ def check_negative_history(cfg: Config, data_dir: str) -> None:
             and drawn != cfg.samples.negative_history_length()):
         differ.append(("negative_history_size (0 = max_history)", drawn,
                        cfg.samples.negative_history_length()))
+    differ += [(k, got, want) for k, got, want in built_differently(cfg, manifest)]
     if differ:
-        listed = "; ".join(f"samples.{k} is {want!r} in the config but the samples were "
-                           f"built with {got!r}" for k, got, want in differ)
+        listed = "; ".join(f"{'' if '.' in k else 'samples.'}{k} is {want!r} in the config "
+                           f"but the samples were built with {got!r}" for k, got, want in differ)
         raise ConfigError(
             f"train.data_dir: {listed} ({data_dir!r}, manifest.json); rebuild the samples "
             "with this config (python -m beam_jobs.build_samples --config ...) or train "

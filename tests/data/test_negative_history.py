@@ -342,3 +342,31 @@ def test_training_refuses_a_drawn_list_of_another_length(tmp_path):
     with pytest.raises(ConfigError, match=r"negative_history_size \(0 = max_history\) is 10 "
                                           r"in the config but the samples were built with 20"):
         check_negative_history(train_cfg(built, negative_history="random"), str(built))
+
+
+def test_training_refuses_samples_built_with_another_history_length_or_rules(tmp_path):
+    """Not only the negative lists: `samples.max_history` 500 on samples built with 100
+    would train on lists padded past their real length, and other rules or another
+    split label other events; each difference is named. Keys the manifest does not
+    record are not compared."""
+    built = tmp_path / "samples"
+    built.mkdir()
+    (built / "manifest.json").write_text(json.dumps({"config": {
+        "samples": {"max_history": 100, "min_core": 0},
+        "rules": {"label": ["rating >= 4"], "positive": ["rating >= 4"],
+                  "negative": ["rating <= 2"]}}}))
+
+    def cfg(max_history=100, negative="rating <= 2"):
+        return config_from_dict({
+            "samples": {"max_history": max_history},
+            "rules": {"label": ["rating >= 4"], "positive": ["rating >= 4"],
+                      "negative": [negative]},
+            "model": {"sequence_length": 10}, "train": {"data_dir": str(built)}})
+
+    samples_dir(cfg())
+    with pytest.raises(ConfigError, match=r"samples.max_history is 500 in the config but the "
+                                          r"samples were built with 100"):
+        samples_dir(cfg(max_history=500))
+    with pytest.raises(ConfigError, match=r"rules is .*rating <= 1.* in the config but the "
+                                          r"samples were built with .*rating <= 2"):
+        samples_dir(cfg(negative="rating <= 1"))

@@ -336,3 +336,64 @@ def test_unified_backbones_under_jax_match_tensorflow_and_train(tmp_path):
     result = run_under_jax(JAX_SCRIPT, str(tmp_path / "data.npz"), ",".join(UNIFIED),
                            str(tmp_path))
     assert "JAX_MODELS_OK" in result.stdout
+
+
+def test_unknown_rows_start_at_zero_and_stay_zero_when_unused():
+    """`unknown_rows` = 1 + oov_buckets: padding and OOV rows of the item, user and side
+    tables are 0 at init (the other rows as the plain initializer draws them) and, when
+    no training id maps to them, still 0 after training; an unseen user then reads a
+    zero vector, not an untrained random one."""
+    m = dataclasses.asdict(ModelConfig(
+        backbone="din", polarity="tapf", positive_ratio=0.5, sequence_length=10,
+        embedding_dim=16, mlp_units=[32], attention_units=[16], num_heads=2))
+
+    def build(unknown_rows):
+        keras.utils.set_random_seed(3)
+        model = CtrModel({"item_id": ITEMS + 1, "user_id": 6, "user_age": 5}, m,
+                         side_features=["user_age"], unknown_rows=unknown_rows)
+        x, _ = planted_batch(np.random.default_rng(0), 8)
+        model({**x, "user_age": np.full(8, 4, np.int64)})
+        return model
+
+    plain, zeroed = build(0), build(3)
+    tables = ("item_embedding", "user_embedding", "emb_user_age")
+    for name in tables:
+        a = np.asarray(plain.get_layer(name).embeddings)
+        b = np.asarray(zeroed.get_layer(name).embeddings)
+        assert np.abs(a[:3]).min() > 0, name  # the plain draw: random rows
+        np.testing.assert_array_equal(b[:3], 0.0, err_msg=name)
+        np.testing.assert_array_equal(b[3:], a[3:], err_msg=name)  # the same draw
+    # train with ids >= 3 only: rows 0-2 get no gradient and stay 0
+    rng = np.random.default_rng(1)
+    x, y = planted_batch(rng, 256)
+    x["item_id"] = np.maximum(x["item_id"], 3)
+    x["user_id"] = np.full(256, 4, np.int64)
+    x["user_age"] = np.full(256, 3, np.int64)
+    zeroed.compile(optimizer=keras.optimizers.Adam(1e-2))
+    zeroed.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    for name in ("user_embedding", "emb_user_age"):
+        table = np.asarray(zeroed.get_layer(name).embeddings)
+        np.testing.assert_array_equal(table[:3], 0.0, err_msg=name)
+        assert np.abs(table[3:]).max() > 0
+    config = zeroed.get_config()
+    assert config["unknown_rows"] == 3
+    assert CtrModel.from_config(config).unknown_rows == 3
+
+
+@pytest.mark.parametrize("config, kind", [("synthetic.yaml", "ctr"),
+                                          ("movielens_100k_cain.yaml", "cain")])
+def test_the_kinds_zero_padding_and_oov_rows(config, kind):
+    """The CTR and CAIN kinds build their models with `unknown_rows` = 1 + the config's
+    `vocab.oov_buckets` (padding and every OOV bucket)."""
+    import os
+
+    from tfnegseq import kinds
+    from tfnegseq.config import load_config
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+                        "configs", config)
+    cfg = load_config(path, ["vocab.oov_buckets=5"])
+    sizes = {"item_id": 50, "user_id": 40, **{f"user_{f}": 12 for f in cfg.samples.user_features},
+             **{f"item_{f}": 12 for f in cfg.samples.item_features}}
+    model = kinds.get_kind(kind).build_model(cfg, sizes)
+    assert model.unknown_rows == 6

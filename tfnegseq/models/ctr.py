@@ -32,7 +32,7 @@ from keras import ops
 from tfnegseq.api_export import register
 from tfnegseq.budget import polarity_budget
 from tfnegseq.config import validate_section
-from tfnegseq.embeddings import EmbeddingTables
+from tfnegseq.embeddings import EmbeddingTables, ZeroLeadingRows
 from tfnegseq.kinds.ctr.config import CtrModelConfig
 from tfnegseq.layers.attention import DinAttention
 from tfnegseq.layers.dropout import CounterDropout
@@ -94,9 +94,12 @@ class CtrModel(keras.Model):
 
     def __init__(self, vocab_sizes: dict[str, int], model: dict[str, Any],
                  side_features: list[str] | None = None, row_sparse_gradients: bool = False,
-                 item_rows_multiple: int = 1, **kwargs: Any):
+                 item_rows_multiple: int = 1, unknown_rows: int = 0, **kwargs: Any):
         super().__init__(**kwargs)
         self.row_sparse_gradients = bool(row_sparse_gradients)
+        # leading rows of the id tables no kept id maps to (padding and the OOV
+        # buckets, `1 + vocab.oov_buckets`): zero at init (`ZeroLeadingRows`)
+        self.unknown_rows = int(unknown_rows)
         # the item table's rows rounded up to a multiple of this (rows past the vocabulary
         # are never looked up): model_parallel splits them evenly over its devices
         self.item_rows_multiple = int(item_rows_multiple)
@@ -126,11 +129,11 @@ class CtrModel(keras.Model):
         rows = -(-vocab_sizes["item_id"] // self.item_rows_multiple) * self.item_rows_multiple
         self.item_embedding = keras.layers.Embedding(
             rows, d, name="item_embedding", dtype="float32",
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
+            embeddings_initializer=self._id_initializer(),
         )
         self.user_embedding = keras.layers.Embedding(
             vocab_sizes["user_id"], d, name="user_embedding", dtype="float32",
-            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
+            embeddings_initializer=self._id_initializer(),
         )
         self.position_embedding = keras.layers.Embedding(
             m.sequence_length, d, name="position_embedding", dtype="float32",
@@ -138,7 +141,8 @@ class CtrModel(keras.Model):
         ) if short else None
         self.side_embeddings = {
             name: keras.layers.Embedding(vocab_sizes[name], max(4, d // 4), name=f"emb_{name}",
-                                        dtype="float32")
+                                        dtype="float32",
+                                        embeddings_initializer=self._id_initializer("uniform"))
             for name in self.side_features
         }
         self.pbe = (PolarityBiasEmbedding(name="pbe")
@@ -527,6 +531,14 @@ class CtrModel(keras.Model):
             side_features=self.side_features,
             row_sparse_gradients=self.row_sparse_gradients,
             item_rows_multiple=self.item_rows_multiple,
+            unknown_rows=self.unknown_rows,
         )
         return config
+
+    def _id_initializer(self, base: str | None = None) -> Any:
+        """A fresh initializer of an id table (`unknown_rows` leading rows zero): base
+        None = RandomNormal(0.05), else a Keras initializer name."""
+        init = (keras.initializers.RandomNormal(stddev=0.05) if base is None
+                else keras.initializers.get(base))
+        return ZeroLeadingRows(init, self.unknown_rows) if self.unknown_rows else init
 

@@ -81,6 +81,8 @@ class CainKind(CtrKind):
             profile_features=profile_features(cfg),
             row_sparse_gradients=cfg.train.embedding_updates == "row_sparse",
             item_rows_multiple=item_rows_multiple(cfg),
+            # padding and OOV rows of every id table start at zero (ZeroLeadingRows)
+            unknown_rows=1 + cfg.vocab.oov_buckets,
             name="cain_model",
         )
 

@@ -72,6 +72,8 @@ class CtrKind(ModelKind):
             side_features=side_feature_names(cfg),
             row_sparse_gradients=cfg.train.embedding_updates == "row_sparse",
             item_rows_multiple=item_rows_multiple(cfg),
+            # padding and OOV rows of every id table start at zero (ZeroLeadingRows)
+            unknown_rows=1 + cfg.vocab.oov_buckets,
             name="ctr_model",
         )
 
