@@ -141,3 +141,16 @@ def test_a_tiny_construction_study_runs_the_dual_stream_encoder(tiny_samples, tm
     dual = next(r for r in data["records"] if r["setting"] == "dual-stream")
     assert dual["analysis"]["attention"] is None  # no one attention over both polarities
     assert 0.0 <= dual["auc"] <= 1.0
+
+
+def test_length_scaling_slopes_use_the_lengths_both_series_ran():
+    """Pos Seq ran L = 10, 100; Mix Seq + TAPF also 1000: both slopes are fitted over
+    10 and 100 only (hand-worked: +0.01 and +0.03 per decade, ratio 3), not Mix Seq's
+    over 10-1000."""
+    from tfnegseq.experiments.polarity import shared_fit
+
+    fitted = shared_fit({"Pos Seq": {10: 0.70, 100: 0.71},
+                         "Mix Seq + TAPF": {10: 0.70, 100: 0.73, 1000: 0.50}})
+    assert fitted["Pos Seq"] == (pytest.approx(0.01), 2)
+    assert fitted["Mix Seq + TAPF"] == (pytest.approx(0.03), 2)
+    assert shared_fit({"Pos Seq": {10: 0.7}, "Mix Seq + TAPF": {10: 0.7, 100: 0.8}}) == {}

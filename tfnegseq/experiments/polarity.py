@@ -97,23 +97,35 @@ NUMERIC = {
 }
 
 
+SERIES = ("Pos Seq", "Mix Seq + TAPF")
+
+
+def shared_fit(points: dict[str, dict[int, float]]) -> dict[str, tuple[float, int]]:
+    """Least-squares slope against log10 L of each series in `points` (name -> {L:
+    value}), over the lengths *every* series has (a slope over 10-200 against one over
+    10-100 compares different ranges), and the number of lengths used."""
+    common = sorted(set.intersection(*(set(v) for v in points.values()))) if points else []
+    if len(common) < 2:
+        return {}
+    x = np.log10(np.array(common, np.float64))
+    return {name: (float(np.polyfit(x, [v[length] for length in common], 1)[0]), len(common))
+            for name, v in points.items()}
+
+
 def slopes(summ: dict[tuple[Any, ...], dict[str, Any]], backbone: str | None
            ) -> dict[str, tuple[float, int]]:
-    """Least-squares slope of mean AUC against log10 L per series, and the points used."""
-    out = {}
-    for name in ("Pos Seq", "Mix Seq + TAPF"):
-        pts = [(np.log10(length), summ[key]["auc"][0]) for length in LENGTHS
-               if (key := ("length-scaling", backbone, f"{name} L={length}")) in summ]
-        if len(pts) >= 2:
-            x, y = np.array(pts).T
-            out[name] = (float(np.polyfit(x, y, 1)[0]), len(pts))
-    return out
+    """Least-squares slope of mean AUC against log10 L per series over their shared
+    lengths (`shared_fit`), and the points used."""
+    return shared_fit({name: {length: summ[key]["auc"][0] for length in LENGTHS
+                              if (key := ("length-scaling", backbone, f"{name} L={length}"))
+                              in summ} for name in SERIES})
 
 
 def _slope_text(fitted: dict[str, tuple[float, int]], what: str) -> list[str]:
     if not fitted:
         return []
-    text = (f"Slope of {what} per decade of L (least squares over the lengths run): "
+    text = (f"Slope of {what} per decade of L (least squares over the lengths both "
+            "series ran): "
             + "; ".join(f"{n} {s:+.4f} ({k} lengths)" for n, (s, k) in fitted.items()))
     if len(fitted) == 2 and fitted["Pos Seq"][0] != 0:
         text += (f"; ratio Mix Seq + TAPF / Pos Seq "
@@ -160,16 +172,15 @@ def full_history_slopes(data: dict[str, Any], backbone: str | None, cutoff: str
                         ) -> dict[str, tuple[float, int]]:
     """Table 5: the slopes of the full-history subset's mean AUC against log10 L, on
     one subset (positive history >= `cutoff`) for every L."""
-    out = {}
-    for name in ("Pos Seq", "Mix Seq + TAPF"):
-        pts = [(np.log10(length), a) for length in LENGTHS
-               if (a := amean(analysed(data, "length-scaling", backbone,
-                                       f"{name} L={length}"), "full_history", cutoff, "auc"))
-               is not None]
-        if len(pts) >= 2:
-            x, y = np.array(pts).T
-            out[name] = (float(np.polyfit(x, y, 1)[0]), len(pts))
-    return out
+    points: dict[str, dict[int, float]] = {}
+    for name in SERIES:
+        points[name] = {}
+        for length in LENGTHS:
+            a = amean(analysed(data, "length-scaling", backbone, f"{name} L={length}"),
+                      "full_history", cutoff, "auc")
+            if a is not None:
+                points[name][length] = a
+    return shared_fit(points)
 
 
 def _extra(spec: Studies, study: str, summ: dict[tuple[Any, ...], dict[str, Any]],
