@@ -15,18 +15,26 @@ from tfnegseq.layers.cain import (
 )
 
 
-def tcn_reference(x, mask, kernel, bias, context_length, stride):
-    """Eq. (5), index by index: y[b, j] = sum over k in [-cl, cl] of x~[b, j*s + k] @
-    W[k + cl] + bias, x~ = x * mask inside [0, N), 0 outside. `kernel` is [2cl+1, d, f]
-    or per example [B, 2cl+1, d, f]."""
+def centres(length, stride, anchor):
+    """Output j's centre: j * s ("start"), or counted back from the last input, so that
+    the last output sits on input N - 1 ("end")."""
+    n_out = -(-length // stride)
+    if anchor == "start":
+        return [j * stride for j in range(n_out)]
+    return [length - 1 - (n_out - 1 - j) * stride for j in range(n_out)]
+
+
+def tcn_reference(x, mask, kernel, bias, context_length, stride, anchor="start"):
+    """Eq. (5), index by index: y[b, j] = sum over k in [-cl, cl] of x~[b, c_j + k] @
+    W[k + cl] + bias, x~ = x * mask inside [0, N), 0 outside, c_j from `centres`.
+    `kernel` is [2cl+1, d, f] or per example [B, 2cl+1, d, f]."""
     batch, length, _ = x.shape
     n_out = -(-length // stride)
     f = kernel.shape[-1]
     y = np.zeros((batch, n_out, f))
     for b in range(batch):
         w = kernel[b] if kernel.ndim == 4 else kernel
-        for j in range(n_out):
-            centre = j * stride
+        for j, centre in enumerate(centres(length, stride, anchor)):
             total = np.array(bias, np.float64)
             for k in range(-context_length, context_length + 1):
                 t = centre + k
@@ -45,23 +53,48 @@ def randomize(layer, rng):
 
 
 @pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+@pytest.mark.parametrize("anchor", ["start", "end"])
 @pytest.mark.parametrize("context_length, stride", [(0, 1), (1, 1), (7, 1), (1, 4), (7, 4), (0, 4)])
-def test_tcn_matches_reference(context_length, stride, call):
+def test_tcn_matches_reference(context_length, stride, anchor, call):
     rng = np.random.default_rng(context_length * 10 + stride)
     width, d, f = 11, 5, 3
     x = rng.normal(size=(4, width, d)).astype("float32")
     mask = left_padded_mask([11, 7, 1, 0], width)  # full, padded, one item, all padding
     x_noisy = np.where(mask[..., None], x, 9.0).astype("float32")  # padding holds junk
-    layer = TemporalConvolution(f, context_length, stride)
+    layer = TemporalConvolution(f, context_length, stride, anchor=anchor)
     layer(x, mask)
     randomize(layer, rng)
     kernel, bias = to_numpy(layer.kernel), to_numpy(layer.bias)
     assert kernel.shape == (2 * context_length + 1, d, f) and bias.shape == (f,)
     got = to_numpy(call(layer, x_noisy, mask))
-    want = tcn_reference(x, mask, kernel, bias, context_length, stride)
+    want = tcn_reference(x, mask, kernel, bias, context_length, stride, anchor)
     assert got.shape == (4, -(-width // stride), f)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(layer.output_mask(mask), mask[:, ::stride])
+    np.testing.assert_array_equal(layer.output_mask(mask),
+                                  mask[:, centres(width, stride, anchor)])
+    # per-example kernels (the tap-sum path) at the same centres
+    per_user = rng.normal(size=(4, *kernel.shape)).astype("float32")
+    np.testing.assert_allclose(
+        to_numpy(layer(x_noisy, mask, filters=per_user)),
+        tcn_reference(x, mask, per_user, bias, context_length, stride, anchor),
+        rtol=1e-4, atol=1e-4)
+
+
+def test_tcn_end_anchor_keeps_a_centre_on_the_newest_item():
+    """N = 8, stride 4, taps (1, 10, 100) at (-1, 0, +1): "end" centres outputs on
+    inputs 3 and 7 (the last), hand-worked. A left-padded user with 3 real items
+    (slots 5-7) has no real centre under "start" (0 and 4) and one under "end" (7)."""
+    x = np.arange(1, 9, dtype="float32").reshape(1, 8, 1)  # 1 .. 8
+    layer = TemporalConvolution(1, 1, stride=4, anchor="end")
+    layer(x)
+    layer.set_weights([np.array([1.0, 10.0, 100.0], "float32").reshape(3, 1, 1),
+                       np.zeros(1, "float32")])
+    # output 0: x[2] + 10 x[3] + 100 x[4]; output 1: x[6] + 10 x[7] + 0 (end padding)
+    np.testing.assert_allclose(to_numpy(layer(x))[0, :, 0],
+                               [3 + 10 * 4 + 100 * 5, 7 + 10 * 8])
+    mask = left_padded_mask([3], 8)
+    assert layer.output_mask(mask).tolist() == [[False, True]]
+    assert TemporalConvolution(1, 1, stride=4).output_mask(mask).tolist() == [[False, False]]
 
 
 def test_tcn_ends_are_zero_padded_and_centres_are_j_times_stride():
@@ -256,8 +289,9 @@ def msia_reference(layer, x, mask, target, din_weights, peg=None):
         if n:
             h = np.maximum(h, 0.0)
         kernel = peg[n] if peg is not None and peg[n] is not None else to_numpy(tcn.kernel)
-        h = tcn_reference(h, m, kernel, to_numpy(tcn.bias), tcn.context_length, tcn.stride)
-        m = m[:, :: tcn.stride]
+        h = tcn_reference(h, m, kernel, to_numpy(tcn.bias), tcn.context_length, tcn.stride,
+                          tcn.anchor)
+        m = m[:, centres(m.shape[1], tcn.stride, tcn.anchor)]
         if n == 0:
             interests.append(din_reference(h, target, m, din_weights, "sigmoid")[0])
         else:
@@ -355,15 +389,26 @@ def test_peg_matches_reference_and_feeds_the_tcn():
                                rtol=1e-4, atol=1e-4)
 
 
-def test_peg_kernels_have_a_glorot_like_scale_at_initialisation():
-    """Xavier init: the generated kernels' spread is of the order of a Glorot kernel of
-    the same TCN layer (within a factor of 4), not far off as an unscaled generator."""
+@pytest.mark.parametrize("profile_std", [1.0, 0.05])  # unit inputs; embedding rows
+def test_peg_kernels_have_a_glorot_like_scale_at_initialisation(profile_std):
+    """The generated kernels start at the spread of a Glorot kernel of the same TCN
+    layer (the generator's bias is one; within 25%, and within 2x from unit-variance
+    inputs, whose offset adds its own spread), also from profile embeddings of
+    the model's scale (std 0.05), where a zero bias left them about 20x smaller; the
+    users' kernels differ (the per-user offset)."""
     rng = np.random.default_rng(8)
     k, d, f = 15, 64, 64
-    peg = PersonalizedExtractorGeneration([(k, d, f)], units=64)
-    kernels = to_numpy(peg(rng.normal(size=(16, 32)).astype("float32"))[0])
     glorot = np.sqrt(2.0 / (k * d + k * f))  # std of glorot_uniform for a [k, d, f] kernel
-    assert glorot / 4 < kernels.std() < glorot * 4, (kernels.std(), glorot)
+    profile = (rng.normal(size=(16, 32)) * profile_std).astype("float32")
+    kernels = to_numpy(PersonalizedExtractorGeneration([(k, d, f)], units=64)(profile)[0])
+    # the offset adds its own spread: about 0.9 Glorot from unit-variance inputs
+    upper = 1.25 if profile_std < 1 else 2.0
+    assert 0.8 * glorot < kernels.std() < upper * glorot, (kernels.std(), glorot)
+    assert np.abs(kernels[0] - kernels[1]).max() > 0
+    zero_bias = to_numpy(PersonalizedExtractorGeneration(
+        [(k, d, f)], units=64, bias_initializer="zeros")(profile)[0])
+    if profile_std < 1:  # without the bias: the offset alone, far below Glorot
+        assert zero_bias.std() < glorot / 5, (zero_bias.std(), glorot)
 
 
 def test_peg_serialization_and_validation(tmp_path):
@@ -392,8 +437,9 @@ def test_tcn_under_jax():
         "from tests.helpers import eager_call, xla_call\n"
         "from tests.layers import test_cain as t\n"
         "for call in (eager_call, xla_call):\n"
-        "    for cl, s in ((0, 1), (7, 1), (1, 4)):\n"
-        "        t.test_tcn_matches_reference(cl, s, call)\n"
+        "    for cl, s, anchor in ((0, 1, 'start'), (7, 1, 'start'), (1, 4, 'start'),\n"
+        "                          (1, 4, 'end'), (7, 4, 'end')):\n"
+        "        t.test_tcn_matches_reference(cl, s, anchor, call)\n"
         "t.test_tcn_per_example_filters_equal_single_example_calls()\n"
         "t.test_tcn_output_depends_only_on_its_window()\n")
 
@@ -416,3 +462,36 @@ def test_msia_and_peg_under_mixed_bfloat16():
     np.testing.assert_allclose(to_numpy(out).astype("float32"), want, rtol=0.05, atol=0.05)
     with_peg = to_numpy(msia(x, mask, target, peg(profile))).astype("float32")
     assert np.isfinite(with_peg).all()
+
+
+def test_context_self_attention_sees_the_order_and_ignores_padding(tmp_path):
+    """With positions, swapping two real items changes the outputs at the other
+    positions (attention alone is permutation-equivariant: each output would just move
+    with its item); padding values change nothing and padded outputs are 0; the
+    layer round-trips through keras.saving."""
+    from tfnegseq.layers.cain import ContextSelfAttention
+
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(2, 6, 4)).astype("float32")
+    mask = left_padded_mask([6, 4], 6)
+    swapped = x.copy()
+    swapped[:, [3, 4]] = x[:, [4, 3]]
+    for positions in (False, True):
+        layer = ContextSelfAttention(num_heads=2, positions=positions)
+        base, moved = to_numpy(layer(x, mask)), to_numpy(layer(swapped, mask))
+        others = [0, 1, 2, 5]
+        if positions:
+            assert np.abs(moved[0, others] - base[0, others]).max() > 1e-4
+        else:  # a set: the same outputs, permuted with the items
+            np.testing.assert_allclose(moved[0, others], base[0, others], atol=1e-5)
+            np.testing.assert_allclose(moved[0, [4, 3]], base[0, [3, 4]], atol=1e-5)
+    junk = np.where(mask[..., None], x, 7.0).astype("float32")
+    out = to_numpy(layer(junk, mask))
+    np.testing.assert_allclose(out, base, atol=1e-5)
+    assert np.all(out[1, :2] == 0)
+    inputs = [keras.Input((6, 4)), keras.Input((6,), dtype="bool")]
+    model = keras.Model(inputs, layer(*inputs))
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(to_numpy(again([x, mask])), base, atol=1e-6)
+    assert again.layers[-1].get_config()["positions"] is True

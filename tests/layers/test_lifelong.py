@@ -233,6 +233,36 @@ def test_sdim_gradient_is_finite_where_no_item_shares_the_targets_bucket():
     assert np.abs(grad[0]).sum() > 0  # and the gradient still flows through real sums
 
 
+def test_msia_hashes_the_raw_items_and_attends_over_their_tcn_outputs():
+    """ETA and SDIM as MSIA's major attention retrieve by the hash of the *raw* items
+    (the target's space) and read the TCN outputs: MSIA's output equals the layer called
+    on the first layer's outputs with `retrieval_keys` = the raw items, and (ETA) the
+    retrieved slots are the brute-force Hamming top-k of the raw items, not of the
+    outputs."""
+    from tfnegseq.layers.cain import MultiScopeInterestAggregator
+
+    rng = np.random.default_rng(16)
+    n, d, k = 16, 4, 4
+    x = rng.normal(size=(2, n, d)).astype("float32")
+    mask, target = left_padded_mask([16, 9], n), rng.normal(size=(2, d)).astype("float32")
+    for major in (HashRetrievalAttention(top_k=k, hash_bits=16, attention_dim=4, seed=3),
+                  HashSamplingAttention(num_hashes=6, hash_bits=2, seed=3)):
+        msia = MultiScopeInterestAggregator(1, context_length=1, major_attention=major)
+        out, (outputs, m) = msia(x, mask, target, return_first_layer=True)
+        want = major(outputs, target, m, retrieval_keys=x)
+        np.testing.assert_allclose(to_numpy(out), to_numpy(want), rtol=1e-5, atol=1e-6)
+        if isinstance(major, HashRetrievalAttention):
+            r = to_numpy(major.projection)
+            hamming = (((x @ r) >= 0) != ((target @ r) >= 0)[:, None, :]).sum(-1)
+            indices, _ = (to_numpy(v) for v in major.retrieve(x, target, mask))
+            for b in range(2):
+                real = np.flatnonzero(mask[b])
+                order = real[np.lexsort((-real, hamming[b, real]))][:k]
+                np.testing.assert_array_equal(indices[b, :len(order)], order)
+            # and that differs from hashing the outputs (the old behaviour)
+            assert not np.allclose(to_numpy(out), to_numpy(major(outputs, target, m)))
+
+
 @pytest.mark.parametrize("cls", [SoftSearchAttention, HashRetrievalAttention,
                                  ConsistentTopKAttention, LifelongAttentionPyramid])
 def test_as_msia_major_attention(cls):

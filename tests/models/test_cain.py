@@ -107,6 +107,8 @@ def test_value_buckets_follow_the_boundaries():
     {"context": "none", "major_attention": "sim", "peg_layers": "none"},
     {"context": "gru", "msia_layers": 1, "peg_layers": "none", "major_attention": "twin"},
     {"context": "self_attention", "msia_layers": 1, "peg_layers": "none"},
+    {"context": "gru", "msia_layers": 1, "peg_layers": "none", "major_attention": "eta"},
+    {"major_attention": "sdim", "peg_layers": "none"},
 ])
 def test_padding_and_items_beyond_the_lifelong_length_change_nothing(overrides):
     """The mask is life_order > 0 (polarity 0 is also a neutral event): what a padding

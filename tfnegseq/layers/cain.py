@@ -19,16 +19,25 @@ from tfnegseq.api_export import register
 from tfnegseq.layers._common import fresh
 from tfnegseq.layers.lifelong import masked_softmax
 
+ANCHORS = ("start", "end")  # TemporalConvolution: where its centres count from
+
 
 @register
 class TemporalConvolution(keras.layers.Layer):
     """A temporal convolution along the sequence, centred windows (CAIN eq. 5, 12).
 
-    `y[b, j] = sum_{k=-cl..cl} x~[b, j*s + k] @ W[k + cl] + bias`, j = 0 ..
+    `y[b, j] = sum_{k=-cl..cl} x~[b, c_j + k] @ W[k + cl] + bias`, j = 0 ..
     ceil(N / s) - 1, where `x~[b, t] = x[b, t] * mask[b, t]` inside the sequence and 0
     outside it (both ends zero-padded; the padding slots of a left-padded sequence count
-    as zeros too). Output j is centred on input `j * s`. `context_length=0` is a
-    per-item dense layer (the paper's cl = 0 point).
+    as zeros too). `anchor="start"` (the default): output j is centred on input
+    `c_j = j * s`. `anchor="end"`: on `c_j = o + j * s` with `o = (N - 1) mod s`, so the
+    last output is centred on the last input. For a left-padded sequence (most recent
+    item last, as the lifelong lists are) "end" keeps a centre on the newest item and
+    every s-th one before it: with "start", a user with fewer than s real items at the
+    right end of N slots may have no real centre at all (N = 256, s = 4^3: fewer than
+    64 items) and a strided layer gives that user nothing. The two differ only for
+    `stride > 1`. `context_length=0` is a per-item dense layer (the paper's cl = 0
+    point).
 
     The windows are not Keras' `padding="same"`: for `stride > 1` TensorFlow's SAME
     padding centres output j on `j*s + cl - pad_left`, not on `j*s`. The sequence is
@@ -50,6 +59,8 @@ class TemporalConvolution(keras.layers.Layer):
             `[2cl+1, d, filters]` and `bias` `[filters]` (Conv1D's names and layout).
         use_kernel: bool. False: no `kernel` weight; every call must pass `filters` (a
             layer whose kernel PEG always replaces). Defaults to True.
+        anchor: "start" or "end". Which end of the sequence the centres count from
+            (above). Defaults to "start".
         **kwargs: base layer arguments (`name`, `dtype`).
 
     Call arguments:
@@ -72,9 +83,12 @@ class TemporalConvolution(keras.layers.Layer):
 
     def __init__(self, filters, context_length, stride=1, activation=None,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", use_kernel=True,
-                 **kwargs):
+                 anchor="start", **kwargs):
         super().__init__(**kwargs)
         self.use_kernel = bool(use_kernel)
+        if anchor not in ANCHORS:
+            raise ValueError(f"`anchor` must be one of {ANCHORS}. Received: anchor={anchor!r}")
+        self.anchor = anchor
         for name, value, low in (("filters", filters, 1), ("context_length", context_length, 0),
                                  ("stride", stride, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -105,9 +119,16 @@ class TemporalConvolution(keras.layers.Layer):
     def output_length(self, length):
         return -(-length // self.stride)
 
+    def offset(self, length):
+        """The first centre, `o` (0 for "start", `(N - 1) mod s` for "end")."""
+        return 0 if self.anchor == "start" else (length - 1) % self.stride
+
     def output_mask(self, mask):
         """The outputs' mask `[B, ceil(N / stride)]`: the mask at each centre."""
-        return None if mask is None else mask[:, :: self.stride]
+        if mask is None:
+            return None
+        length = mask.shape[1] if mask.shape[1] is not None else ops.shape(mask)[1]
+        return mask[:, self.offset(length):: self.stride]
 
     def call(self, sequence, mask=None, filters=None):
         x = sequence
@@ -116,10 +137,12 @@ class TemporalConvolution(keras.layers.Layer):
         length = x.shape[1] if x.shape[1] is not None else ops.shape(x)[1]
         cl, s = self.context_length, self.stride
         n_out = -(-length // s) if isinstance(length, int) else (length + s - 1) // s
-        # cl zeros before; after: up to the last tap of the last output, (n_out-1)*s + cl
-        after = (n_out - 1) * s + cl - (length - 1)
+        o = self.offset(length)
+        # cl zeros before; after: up to the last tap of the last output,
+        # o + (n_out-1)*s + cl; then the first o slots dropped (window j starts at o + j*s)
+        after = o + (n_out - 1) * s + cl - (length - 1)
         after = max(after, 0) if isinstance(after, int) else ops.maximum(after, 0)
-        x = ops.pad(x, [[0, 0], [cl, after], [0, 0]])
+        x = ops.pad(x, [[0, 0], [cl, after], [0, 0]])[:, o:]
         per_example = filters is not None
         if not per_example and self.kernel is None:
             raise ValueError(f"{self.name} was built without a kernel (use_kernel=False): "
@@ -154,8 +177,38 @@ class TemporalConvolution(keras.layers.Layer):
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
             use_kernel=self.use_kernel,
+            anchor=self.anchor,
         )
         return config
+
+
+@register
+class FlatKernelGlorot(keras.initializers.Initializer):
+    """Glorot-uniform values of a `[K, d, f]` convolution kernel (fan in `K d`, fan out
+    `K f`), flattened: the bias of a Dense layer whose output is reshaped into such a
+    kernel (PEG's `generate_<n>`), so that the generated kernel starts as a Glorot
+    kernel plus a per-user offset.
+
+    Args:
+        kernel_shape: `(K, d, f)`.
+        seed: int or None. Defaults to None.
+    """
+
+    def __init__(self, kernel_shape, seed=None):
+        self.kernel_shape = tuple(int(v) for v in kernel_shape)
+        self.seed = seed
+        self._glorot = keras.initializers.GlorotUniform(seed=seed)
+
+    def __call__(self, shape, dtype=None):
+        import math
+
+        if tuple(shape) != (math.prod(self.kernel_shape),):
+            raise ValueError(f"FlatKernelGlorot{self.kernel_shape} initializes a "
+                             f"{math.prod(self.kernel_shape)}-vector. Received: shape={shape}")
+        return ops.reshape(self._glorot(self.kernel_shape, dtype=dtype), tuple(shape))
+
+    def get_config(self):
+        return {"kernel_shape": list(self.kernel_shape), "seed": self.seed}
 
 
 @register
@@ -170,10 +223,20 @@ class PersonalizedExtractorGeneration(keras.layers.Layer):
     paper's §5.1.4. The generator is large: `units * K * d * f` weights per layer
     (3.9 M at units 64, K 15, d = f = 64).
 
+    `b2_n` starts as a Glorot draw of the `[K_n, d_n, f_n]` kernel (`FlatKernelGlorot`;
+    `bias_initializer="kernel"`), so a layer's generated kernels start as one Glorot
+    kernel plus a per-user offset `W2_n O_n`. With a zero `b2` they would start at the
+    scale of that offset alone, which for profile embeddings of std 0.05 is about 20x
+    below a Glorot kernel: every PEG layer would shrink its output about 20x at the
+    start of training. "zeros" keeps `b2 = 0` (where the generated kernel is summed
+    with a global one, Table 6's "sum").
+
     Args:
         kernel_shapes: list of `(K_n, d_n, f_n)`, one per generated layer (K_n = 2cl+1).
         units: int. Width of eq. 10's hidden layer. Defaults to 64.
         kernel_initializer: of both Dense layers. Defaults to "glorot_uniform".
+        bias_initializer: "kernel" or "zeros", of `generate_<n>`'s bias (above).
+            Defaults to "kernel".
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -183,8 +246,13 @@ class PersonalizedExtractorGeneration(keras.layers.Layer):
         A list of `[B, K_n, d_n, f_n]` kernels, in `kernel_shapes` order.
     """
 
-    def __init__(self, kernel_shapes, units=64, kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(self, kernel_shapes, units=64, kernel_initializer="glorot_uniform",
+                 bias_initializer="kernel", **kwargs):
         super().__init__(**kwargs)
+        if bias_initializer not in ("kernel", "zeros"):
+            raise ValueError("`bias_initializer` must be 'kernel' or 'zeros'. "
+                             f"Received: {bias_initializer!r}")
+        self.bias_initializer = bias_initializer
         shapes = [tuple(s) for s in kernel_shapes]
         if not shapes or any(len(s) != 3 or any(not isinstance(v, int) or v < 1 for v in s)
                              for s in shapes):
@@ -203,6 +271,8 @@ class PersonalizedExtractorGeneration(keras.layers.Layer):
         ]
         self.generate = [
             keras.layers.Dense(k * d * f, kernel_initializer=fresh(self.kernel_initializer),
+                               bias_initializer=(FlatKernelGlorot((k, d, f))
+                                                 if bias_initializer == "kernel" else "zeros"),
                                dtype=self.dtype_policy, name=f"generate_{n}")
             for n, (k, d, f) in enumerate(shapes)
         ]
@@ -229,6 +299,7 @@ class PersonalizedExtractorGeneration(keras.layers.Layer):
             kernel_shapes=[list(s) for s in self.kernel_shapes],
             units=self.units,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=self.bias_initializer,
         )
         return config
 
@@ -346,7 +417,10 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
             (the major attention compares the outputs with the target item).
         major_attention: a layer called `layer(keys [B, n, f], query [B, d], mask)`
             returning `[B, D]` (any of the lifelong attentions), or its serialized
-            config; None: `DinAttention()`.
+            config; None: `DinAttention()`. One whose `uses_retrieval_keys` is true
+            (ETA, SDIM: hash retrieval) also gets `retrieval_keys=`, the raw input
+            items at the first layer's centres, so that it hashes items in the target's
+            space and attends over their TCN outputs.
         attention_dim, value_dim, score_normalization: of the auxiliary attentions.
         activation: between TCN layers. Defaults to "relu".
         peg_aggregation: how a layer's per-user kernel (PEG) meets its global one
@@ -359,6 +433,10 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
             "replace" they have no global kernel (nothing would train it), with
             "concat" they get their merge. Defaults to none (kernels passed to other
             layers still replace or are summed with the global one).
+        anchor: the TCN layers' `anchor`. Defaults to "end": the lifelong lists are
+            left-padded, most recent last, and every strided layer keeps a centre on
+            the newest item (with "start", users with fewer real items than a layer's
+            total stride get no output from it).
 
     Call arguments:
         sequence: float `[B, N, d]` lifelong item representations; mask: bool `[B, N]`;
@@ -373,18 +451,21 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
     def __init__(self, num_layers, context_length=7, strides=None, later_stride=4,
                  filters=None, major_attention=None, attention_dim=64, value_dim=None,
                  score_normalization="softmax", activation="relu", peg_aggregation="replace",
-                 peg_layers=None, **kwargs):
+                 peg_layers=None, anchor="end", **kwargs):
         super().__init__(**kwargs)
         if peg_aggregation not in ("replace", "sum", "concat"):
             raise ValueError("`peg_aggregation` must be 'replace', 'sum' or 'concat'. "
                              f"Received: {peg_aggregation!r}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"`anchor` must be one of {ANCHORS}. Received: anchor={anchor!r}")
+        self.anchor = anchor
         self.peg_aggregation = peg_aggregation
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"`num_layers` must be an int >= 1. Received: {num_layers!r}")
         self.peg_layers = sorted(int(n) for n in (peg_layers or ()))
         if any(not 0 <= n < num_layers for n in self.peg_layers):
             raise ValueError(f"`peg_layers` must be layer indices in [0, {num_layers}). "
                              f"Received: {peg_layers!r}")
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"`num_layers` must be an int >= 1. Received: {num_layers!r}")
         cls = (list(context_length) if isinstance(context_length, (list, tuple))
                else [context_length] * num_layers)
         strides = list(strides) if strides is not None else [1] + [later_stride] * (num_layers - 1)
@@ -416,7 +497,8 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
         # A layer whose kernel PEG replaces (eq. 12) has no global kernel to train.
         replaced = set(self.peg_layers) if self.peg_aggregation == "replace" else set()
         self.tcn = [TemporalConvolution(filters, cl, s, use_kernel=n not in replaced,
-                                        dtype=self.dtype_policy, name=f"tcn_{n}")
+                                        anchor=self.anchor, dtype=self.dtype_policy,
+                                        name=f"tcn_{n}")
                     for n, (cl, s) in enumerate(zip(self.context_lengths, self.strides,
                                                     strict=True))]
         for n, layer in enumerate(self.tcn):
@@ -473,7 +555,13 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
             m = tcn.output_mask(m)
             if n == 0:
                 first = (x, m)
-                interests.append(self.major(x, target, m))
+                if getattr(self.major, "uses_retrieval_keys", False):
+                    # hashing retrieval (ETA, SDIM) on the raw items at the centres, in
+                    # the target's space; the attention reads the TCN outputs
+                    keys = sequence[:, tcn.offset(sequence.shape[1])::tcn.stride]
+                    interests.append(self.major(x, target, m, retrieval_keys=keys))
+                else:
+                    interests.append(self.major(x, target, m))
             else:
                 interests.append(self.auxiliary[n - 1](x, target, m))
         interest = ops.concatenate(interests, axis=-1)
@@ -494,6 +582,7 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
             activation=keras.activations.serialize(self.activation),
             peg_aggregation=self.peg_aggregation,
             peg_layers=self.peg_layers,
+            anchor=self.anchor,
         )
         return config
 
@@ -506,9 +595,16 @@ class ContextSelfAttention(keras.layers.Layer):
     residual, layer norm), padding neither attending nor attended to and set to zero
     at the output. Cost grows with N^2 (the paper's reason to prefer the TCN).
 
+    Attention alone treats the sequence as a set; a context extractor must know which
+    items are neighbours. With `positions` (the default) a learned position embedding
+    (weight `positions`, `[N, d]`, counted from the newest slot so that a left-padded
+    user's most recent item always gets row N - 1) is added to the real items first, as
+    a Transformer encoder does; the TCN and the GRU see the order by construction.
+
     Args:
         num_heads: int. Defaults to 2. ff_dim: int or None (None: twice the width).
         dropout: float. Defaults to 0.
+        positions: bool. Add the position embedding. Defaults to True.
 
     Call arguments:
         sequence: float `[B, N, d]`; mask: bool `[B, N]`; training.
@@ -517,14 +613,22 @@ class ContextSelfAttention(keras.layers.Layer):
         `[B, N, d]`.
     """
 
-    def __init__(self, num_heads=2, ff_dim=None, dropout=0.0, **kwargs):
+    def __init__(self, num_heads=2, ff_dim=None, dropout=0.0, positions=True, **kwargs):
         super().__init__(**kwargs)
         self.num_heads, self.ff_dim, self.dropout = num_heads, ff_dim, dropout
+        self.positions = bool(positions)
 
     def build(self, sequence_shape, mask_shape=None):
         d = sequence_shape[-1]
         if d % self.num_heads:
             raise ValueError(f"`num_heads`={self.num_heads} must divide the width {d}")
+        self.position_embedding = None
+        if self.positions:
+            if sequence_shape[1] is None:
+                raise ValueError("`positions` needs a static sequence length")
+            self.position_embedding = self.add_weight(
+                name="positions", shape=(sequence_shape[1], d),
+                initializer=keras.initializers.RandomNormal(stddev=0.05))
         self.attention = keras.layers.MultiHeadAttention(
             self.num_heads, d // self.num_heads, dropout=self.dropout,
             dtype=self.dtype_policy, name="attention")
@@ -544,7 +648,10 @@ class ContextSelfAttention(keras.layers.Layer):
         real = (ops.ones(ops.shape(sequence)[:2], dtype="bool") if mask is None
                 else ops.cast(mask, "bool"))
         pairs = ops.logical_and(ops.expand_dims(real, 1), ops.expand_dims(real, 2))
-        x = sequence * ops.cast(ops.expand_dims(real, -1), sequence.dtype)
+        x = sequence
+        if self.position_embedding is not None:
+            x = x + ops.expand_dims(ops.cast(self.position_embedding, x.dtype), 0)
+        x = x * ops.cast(ops.expand_dims(real, -1), x.dtype)
         attended = self.attention(x, x, attention_mask=pairs, training=training)
         x = self.norm_1(x + attended)
         x = self.norm_2(x + self.project(self.hidden(x)))
@@ -552,5 +659,6 @@ class ContextSelfAttention(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_heads=self.num_heads, ff_dim=self.ff_dim, dropout=self.dropout)
+        config.update(num_heads=self.num_heads, ff_dim=self.ff_dim, dropout=self.dropout,
+                      positions=self.positions)
         return config

@@ -197,6 +197,13 @@ class HashRetrievalAttention(keras.layers.Layer):
     projection (FuxiCTR can redraw it per call; a redraw would make serving
     non-deterministic). The target and the items must share a width (one projection).
 
+    `retrieval_keys` (call argument, `[B, N, d]`, optional): hash these instead of
+    `sequence` and attend over `sequence`. CAIN's backbone substitution passes the raw
+    items while `sequence` holds their TCN outputs: a TCN output and the raw target live
+    in unrelated spaces, and the hash has no gradient that could align them, so hashing
+    the outputs against the target selects items at random (a review measured it: the
+    item equal to the target was no nearer in Hamming distance than any other).
+
     Args:
         top_k: int. Defaults to 50. hash_bits: int, m. Defaults to 32.
         attention_dim, num_heads: of the ESU. seed: of the projection. Defaults to 0.
@@ -240,8 +247,11 @@ class HashRetrievalAttention(keras.layers.Layer):
         key = (self.hash_bits - distance) * float(length + 1) + recency  # exact in float32
         return select_top_k(key, mask, self.top_k)
 
-    def call(self, sequence, target, mask):
-        indices, valid = self.retrieve(sequence, target, mask)
+    uses_retrieval_keys = True  # MSIA passes the raw items (class docstring)
+
+    def call(self, sequence, target, mask, retrieval_keys=None):
+        keys = sequence if retrieval_keys is None else retrieval_keys
+        indices, valid = self.retrieve(keys, target, mask)
         return self.esu(gather_items(sequence, indices), target, valid)
 
     def get_config(self):
@@ -345,6 +355,9 @@ class HashSamplingAttention(keras.layers.Layer):
     Implemented: the sampling-based aggregation with fixed projections (non-trainable,
     saved). Simplified: no separate short-sequence attention (the model has its own).
     `normalize` defaults to True, the paper's reading (FuxiCTR's default is False).
+    `retrieval_keys` (call argument, optional): bucket these instead of `sequence` and
+    sum `sequence` (as `HashRetrievalAttention`: CAIN passes the raw items beside their
+    TCN outputs).
 
     Args:
         num_hashes: int, m. Defaults to 48. hash_bits: int, tau. Defaults to 3.
@@ -380,8 +393,11 @@ class HashSamplingAttention(keras.layers.Layer):
         same = ops.equal(self.buckets(sequence), ops.expand_dims(self.buckets(target), 1))
         return ops.cast(same & ops.expand_dims(ops.cast(mask, "bool"), -1), sequence.dtype)
 
-    def call(self, sequence, target, mask):
-        weights = self.collisions(sequence, target, mask)  # [B, N, m]
+    uses_retrieval_keys = True
+
+    def call(self, sequence, target, mask, retrieval_keys=None):
+        keys = sequence if retrieval_keys is None else retrieval_keys
+        weights = self.collisions(keys, target, mask)  # [B, N, m]
         sums = ops.matmul(ops.swapaxes(weights, 1, 2), sequence)  # [B, m, d]
         if self.normalize:
             # rsqrt of the clamped square, not sqrt then clamp: a function whose bucket

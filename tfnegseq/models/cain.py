@@ -132,8 +132,10 @@ class CainModel(CtrModel):
             layers = m.peg_layer_indices()
             if layers:
                 shapes = self.msia.kernel_shapes(d)
-                self.peg = PersonalizedExtractorGeneration([shapes[n] for n in layers],
-                                                           units=m.peg_units, name="peg")
+                # "sum": the global kernel is the Glorot start; else the generator's bias
+                self.peg = PersonalizedExtractorGeneration(
+                    [shapes[n] for n in layers], units=m.peg_units, name="peg",
+                    bias_initializer="zeros" if m.peg_aggregation == "sum" else "kernel")
         else:
             self.major = major_attention(m)
             if m.context == "gru":
@@ -211,6 +213,9 @@ class CainModel(CtrModel):
             items = items * ops.cast(ops.expand_dims(mask, -1), items.dtype)
         elif self.extractor is not None:
             items = self.extractor(tokens, mask, training=training)
+        if self.extractor is not None and getattr(self.major, "uses_retrieval_keys", False):
+            # hash retrieval (ETA, SDIM) on the raw items, attention over their contexts
+            return self.major(items, target, mask, retrieval_keys=tokens), items, mask
         return self.major(items, target, mask), items, mask
 
     # served row by row: the lifelong path has its own candidate-free state
