@@ -85,19 +85,24 @@ def test_a_tiny_length_sweep_skips_what_the_data_cannot_hold(tiny_samples, tmp_p
     assert (results / f"polarity_{cfg.name}.png").stat().st_size > 10_000
 
 
-def test_options_added_later_keep_the_committed_records_fingerprints():
+def test_options_added_later_keep_the_committed_records_fingerprints(monkeypatch):
     """A config key added after records carried fingerprints (`records.LATER_KEYS`)
-    leaves the hash of a config at its default unchanged: the committed Table 2 record
+    leaves the hash of a config at its default unchanged: the revision-1 Table 2 record
     of OneTrans Pos Seq (config_sha d70f082777e2, written before `polarity_labels` and
-    `samples.negative_history` existed) still matches its config; a non-default value
-    changes the hash."""
+    `samples.negative_history` existed) still matches its config at code revision 1; a
+    non-default value changes the hash, and so does the current code revision (its
+    records are not current any more)."""
     from tfnegseq.experiments import records, table2
 
-    committed = json.loads((REPO / "docs" / "results" / "table2_movielens_100k.json").read_text())
+    committed = json.loads(
+        (REPO / "docs" / "results" / "rev1" / "table2_movielens_100k.json").read_text())
     sha = {(r["backbone"], r["setting"]): r.get("config_sha") for r in committed["records"]}
     assert sha[("onetrans", "Pos Seq")] == "d70f082777e2"
     overrides = [*table2.SETTINGS["Pos Seq"], "model.backbone=onetrans",
                  *table2.BACKBONE_OVERRIDES["onetrans"]]
+    assert records.CODE_REVISION["ctr"] >= 2
+    assert records.fingerprint(load_config(CONFIG, overrides)) != "d70f082777e2"
+    monkeypatch.setitem(records.CODE_REVISION, "ctr", 1)
     assert records.fingerprint(load_config(CONFIG, overrides)) == "d70f082777e2"
     for later in ("model.polarity_labels=random", "samples.negative_history=random"):
         assert records.fingerprint(load_config(CONFIG, [*overrides, later])) != "d70f082777e2"

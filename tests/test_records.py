@@ -80,3 +80,26 @@ def test_the_configs_own_k_is_the_sine_setting_in_the_k_sweep():
     lines = sine.markdown("toy", {**data, "default_num_interests": 2}).splitlines()
     assert any(line.startswith("| SINE K=2 |") and "0.7200" in line for line in lines)
     assert not any(line.startswith("| SINE K=3 |") for line in lines)
+
+
+def test_only_records_of_the_current_config_and_code_revision_are_current(monkeypatch):
+    """A record is current when its `config_sha` is the fingerprint its setting would
+    run with now: one of another config, one written before fingerprints (no sha) and,
+    after a code revision, one of the older code all move to `discarded_records`."""
+    from tfnegseq.config import config_from_dict
+    from tfnegseq.experiments import records
+
+    cfg = config_from_dict({"model": {"kind": "ctr"}})
+    monkeypatch.setitem(records.CODE_REVISION, "ctr", 1)
+    old = records.fingerprint(cfg)
+    monkeypatch.setitem(records.CODE_REVISION, "ctr", 2)
+    now = records.fingerprint(cfg)
+    assert old != now
+    data = {"records": [{"setting": "a", "seed": 0, "config_sha": now},
+                        {"setting": "a", "seed": 1, "config_sha": old},
+                        {"setting": "a", "seed": 2},
+                        {"setting": "b", "seed": 0}]}  # no expectation: left alone
+    records.set_aside_stale(data, {("a",): now}, ("setting",))
+    assert [(r["setting"], r["seed"]) for r in data["records"]] == [("a", 0), ("b", 0)]
+    assert [r["seed"] for r in data["discarded_records"]] == [1, 2]
+    assert all(r["discarded"] == "config changed" for r in data["discarded_records"])

@@ -74,13 +74,27 @@ LATER_KEYS = {"model.polarity_labels": "observed", "samples.negative_history": "
               "train.deterministic_ops": False}
 
 
+# Code revisions per model kind: bumped when a code change alters what an unchanged
+# config trains or how it is scored, so that the records of the older code stop
+# matching (`fingerprint`) and a sweep reruns them instead of averaging the two.
+# Revision 1 is left out of the hash (the fingerprints written before revisions).
+#   2 (2026-12-06): padding and OOV rows of the id tables start at zero (CTR, CAIN);
+#     CAIN: MSIA's TCN centres from the newest item, PEG's generator bias, ETA / SDIM
+#     hashing the raw items, positions in the self-attention extractor.
+CODE_REVISION = {"ctr": 2, "cain": 2}
+
+
 def fingerprint(cfg: Any) -> str:
     """A short hash of everything a run's config trains with (the resolved config less
-    `RUN_ONLY`): two runs of one sweep with the same fingerprint are the same setting."""
+    `RUN_ONLY`) and of its kind's `CODE_REVISION`: two runs of one sweep with the same
+    fingerprint are the same setting on the same code revision."""
     import dataclasses
     import hashlib
 
     data = dataclasses.asdict(cfg)
+    revision = CODE_REVISION.get(getattr(cfg.model, "kind", ""), 1)
+    if revision != 1:
+        data["code_revision"] = revision
     for key in RUN_ONLY:
         section, name = key.split(".")
         data.get(section, {}).pop(name, None)
@@ -96,12 +110,12 @@ def current(records: Iterable[dict[str, Any]], expected: dict[tuple[Any, ...], s
             key: tuple[str, ...]) -> list[dict[str, Any]]:
     """The records whose config is what the sweep would run now: a record whose `key`
     fields are in `expected` and whose `config_sha` differs from it is dropped (a run of
-    another setting); records without a `config_sha` (written before fingerprints) are
-    kept."""
+    another setting or of an older code revision), as is one without a `config_sha`
+    (written before fingerprints, so before any code revision)."""
     out = []
     for r in records:
         want = expected.get(tuple(r[k] for k in key))
-        if want is None or r.get("config_sha") in (None, want):
+        if want is None or r.get("config_sha") == want:
             out.append(r)
     return out
 
@@ -109,7 +123,8 @@ def current(records: Iterable[dict[str, Any]], expected: dict[tuple[Any, ...], s
 def set_aside_stale(data: dict[str, Any], expected: dict[tuple[Any, ...], str],
                     key: tuple[str, ...]) -> None:
     """Keeps in `data["records"]` only the records `current` keeps; the others move to
-    `data["discarded_records"]` marked "config changed" (kept, never reported)."""
+    `data["discarded_records"]` marked "config changed" (kept, never reported; a new
+    `CODE_REVISION` counts as a change)."""
     kept = current(data["records"], expected, key)
     stale = [r for r in data["records"] if r not in kept]
     if stale:
