@@ -50,22 +50,30 @@ NEGATIVE_HISTORY_KEYS = {"negative_history": "recent", "negative_history_size": 
                          "negative_history_seed": 0}
 
 
-# what else fixes the samples' content: the config keys a training config must share
-# with the samples it reads (compared where the manifest recorded them)
-SAMPLES_KEYS = ("task", "max_history", "lifelong_length", "max_sequence", "before",
-                "user_features", "item_features", "min_core", "target_stride",
-                "max_targets_per_user", "negatives")
+# what else fixes the samples' content, compared where the manifest recorded it: keys
+# a training config must share with its samples; lengths it may not exceed (a shorter
+# one reads the most recent part of each list); side features it may leave unread
+SAMPLES_KEYS = ("task", "before", "min_core", "target_stride", "max_targets_per_user",
+                "negatives")
+LENGTH_KEYS = ("max_history", "lifelong_length", "max_sequence")
+FEATURE_KEYS = ("user_features", "item_features")
 SECTION_KEYS = ("rules", "split")
 
 
 def built_differently(cfg: Config, manifest: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(key, built, configured) for each of `SAMPLES_KEYS` (`samples.<key>`) and
-    `SECTION_KEYS` (whole sections) whose value in the manifest's config differs from
-    `cfg`'s; keys the manifest does not record are not compared."""
+    """(key, built, configured) for each `samples.<key>` of `SAMPLES_KEYS` and each
+    section of `SECTION_KEYS` whose value in the manifest's config differs from `cfg`'s,
+    each of `LENGTH_KEYS` whose configured length exceeds the built one (the lists hold
+    no more than that: the rest would be padding) and each of `FEATURE_KEYS` that
+    names a feature the samples lack; keys the manifest does not record are not
+    compared."""
     built = manifest.get("config", {})
-    mine = cfg.to_dict()
-    out = [(k, built["samples"][k], mine["samples"][k]) for k in SAMPLES_KEYS
-           if k in built.get("samples", {}) and built["samples"][k] != mine["samples"][k]]
+    made, mine = built.get("samples", {}), cfg.to_dict()
+    want = mine["samples"]
+    out = [(k, made[k], want[k]) for k in SAMPLES_KEYS if k in made and made[k] != want[k]]
+    out += [(k, made[k], want[k]) for k in LENGTH_KEYS if k in made and want[k] > made[k]]
+    out += [(k, made[k], want[k]) for k in FEATURE_KEYS
+            if k in made and not set(want[k]) <= set(made[k])]
     out += [(k, built[k], mine[k]) for k in SECTION_KEYS if k in built and built[k] != mine[k]]
     return out
 
@@ -74,9 +82,9 @@ def check_negative_history(cfg: Config, data_dir: str) -> None:
     """Refuses to train on samples built otherwise than the config says:
     `samples.negative_history`, `negative_history_size` and `negative_history_seed`
     must equal those `<data_dir>/manifest.json` recorded (a key an older manifest lacks
-    counts as its default: "recent", 0, 0), and so must `SAMPLES_KEYS` and the `rules`
-    and `split` sections (`built_differently`: e.g. `samples.max_history` 500 on samples
-    built with 100 would train on lists padded past their real length). The samples
+    counts as its default: "recent", 0, 0), and so must the rest of what fixed the
+    samples (`built_differently`: e.g. `samples.max_history` 500 on samples built with
+    100 would train on lists padded past their real length). The samples
     are fixed when they are built; training cannot change them. No manifest (a remote
     directory without one): nothing to compare.
 

@@ -346,27 +346,34 @@ def test_training_refuses_a_drawn_list_of_another_length(tmp_path):
 
 def test_training_refuses_samples_built_with_another_history_length_or_rules(tmp_path):
     """Not only the negative lists: `samples.max_history` 500 on samples built with 100
-    would train on lists padded past their real length, and other rules or another
-    split label other events; each difference is named. Keys the manifest does not
-    record are not compared."""
+    would train on lists padded past their real length (a shorter one is fine), other
+    rules or another split label other events, and a side feature the samples lack
+    cannot be read (one they hold may go unread); each difference is named. Keys the
+    manifest does not record are not compared."""
     built = tmp_path / "samples"
     built.mkdir()
     (built / "manifest.json").write_text(json.dumps({"config": {
-        "samples": {"max_history": 100, "min_core": 0},
+        "samples": {"max_history": 100, "min_core": 0, "item_features": ["category"]},
         "rules": {"label": ["rating >= 4"], "positive": ["rating >= 4"],
                   "negative": ["rating <= 2"]}}}))
 
-    def cfg(max_history=100, negative="rating <= 2"):
+    def cfg(max_history=100, negative="rating <= 2", item_features=()):
         return config_from_dict({
-            "samples": {"max_history": max_history},
+            "samples": {"max_history": max_history, "item_features": list(item_features)},
             "rules": {"label": ["rating >= 4"], "positive": ["rating >= 4"],
                       "negative": [negative]},
             "model": {"sequence_length": 10}, "train": {"data_dir": str(built)}})
 
     samples_dir(cfg())
+    samples_dir(cfg(max_history=50))  # a shorter list: the most recent 50 of the 100
     with pytest.raises(ConfigError, match=r"samples.max_history is 500 in the config but the "
                                           r"samples were built with 100"):
         samples_dir(cfg(max_history=500))
     with pytest.raises(ConfigError, match=r"rules is .*rating <= 1.* in the config but the "
                                           r"samples were built with .*rating <= 2"):
         samples_dir(cfg(negative="rating <= 1"))
+    samples_dir(cfg(item_features=["category"]))  # a side feature may be left unread
+    with pytest.raises(ConfigError, match=r"samples.item_features is \['genre'\] in the "
+                                          r"config but the samples were built with "
+                                          r"\['category'\]"):
+        samples_dir(cfg(item_features=["genre"]))
