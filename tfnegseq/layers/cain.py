@@ -12,6 +12,8 @@ is a per-user kernel passed at call time, generated from the user's profile by
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -200,8 +202,6 @@ class FlatKernelGlorot(keras.initializers.Initializer):
         self._glorot = keras.initializers.GlorotUniform(seed=seed)
 
     def __call__(self, shape, dtype=None):
-        import math
-
         if tuple(shape) != (math.prod(self.kernel_shape),):
             raise ValueError(f"FlatKernelGlorot{self.kernel_shape} initializes a "
                              f"{math.prod(self.kernel_shape)}-vector. Received: shape={shape}")
