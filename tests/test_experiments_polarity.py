@@ -25,6 +25,11 @@ def test_tapf_ablation_switches_one_component_each():
     for name, key in polarity.ABLATIONS.items():
         changed = {k for k in vars(full) if getattr(cfgs[name], k) != getattr(full, k)}
         assert changed == {key} and getattr(cfgs[name], key) is False
+    both = cfgs["w/o target interaction & gating"]  # Table 3's last two rows
+    assert {k for k in vars(full) if getattr(both, k) != getattr(full, k)} == {
+        "tapf_target_interaction", "tapf_gating"}
+    pb = cfgs["PB only"]
+    assert (pb.polarity, pb.positive_ratio) == ("pbe", 0.5)
 
 
 def test_ratio_and_length_settings():
@@ -159,3 +164,155 @@ def test_length_scaling_slopes_use_the_lengths_both_series_ran():
     assert fitted["Pos Seq"] == (pytest.approx(0.01), 2)
     assert fitted["Mix Seq + TAPF"] == (pytest.approx(0.03), 2)
     assert shared_fit({"Pos Seq": {10: 0.7}, "Mix Seq + TAPF": {10: 0.7, 100: 0.8}}) == {}
+
+
+def test_endpoint_gains_reproduce_the_papers_table4_ratios_for_din():
+    """The paper's DIN row of Table 4 (KuaiRec): Δ10→100 +0.0099 vs +0.0195 (ratio
+    1.97x), Δ10→500 +0.0102 vs +0.0219 (2.15x); a least-squares fit of the same numbers
+    gives another ratio, so the report's primary slope is the endpoint gain. A length
+    only one series ran is not used."""
+    from tfnegseq.experiments.polarity import endpoint_gains
+
+    lengths = (10, 20, 50, 100, 200, 300, 500)
+    pos = dict(zip(lengths, (.8263, .8306, .8351, .8362, .8374, .8366, .8365), strict=True))
+    mix = dict(zip(lengths, (.8516, .8614, .8688, .8711, .8733, .8743, .8735), strict=True))
+    gains = endpoint_gains({"Pos Seq": pos, "Mix Seq + TAPF": {**mix, 1000: 0.5}})
+    assert sorted(gains) == [100, 500]
+    assert gains[100]["Pos Seq"] == pytest.approx(0.0099)
+    assert gains[100]["Mix Seq + TAPF"] == pytest.approx(0.0195)
+    assert gains[500]["Mix Seq + TAPF"] / gains[500]["Pos Seq"] == pytest.approx(2.15, abs=0.005)
+    assert gains[100]["Mix Seq + TAPF"] / gains[100]["Pos Seq"] == pytest.approx(1.97, abs=0.005)
+    assert endpoint_gains({"Pos Seq": {10: .7, 100: .71},
+                           "Mix Seq + TAPF": {10: .7, 100: .73}}) == {
+        100: {"Pos Seq": pytest.approx(0.01), "Mix Seq + TAPF": pytest.approx(0.03)}}
+
+
+def test_the_full_history_subset_fit_stops_at_its_cutoff():
+    """Table 5's subset (positive history >= 100) fills Pos Seq only up to L = 100; the
+    points beyond the cutoff, where it pads again, are left out of its slopes."""
+    def rec(setting, auc):
+        return {"study": "length-scaling", "backbone": "din", "setting": setting, "seed": 0,
+                "analysis": {"full_history": {"100": {"auc": auc, "n": 5}}}}
+
+    data = {"records": [rec(f"{name} L={length}", auc)
+                        for name, aucs in (("Pos Seq", (.70, .71, .60)),
+                                           ("Mix Seq + TAPF", (.70, .73, .90)))
+                        for length, auc in zip((10, 100, 200), aucs, strict=True)]}
+    points = polarity.full_history_points(data, "din", "100")
+    assert points == {"Pos Seq": {10: .70, 100: .71}, "Mix Seq + TAPF": {10: .70, 100: .73}}
+    fitted = polarity.full_history_slopes(data, "din", "100")
+    assert fitted["Pos Seq"] == (pytest.approx(0.01), 2)  # per decade, over 10 and 100
+    assert fitted["Mix Seq + TAPF"] == (pytest.approx(0.03), 2)
+
+
+def test_a_length_only_one_series_can_run_is_not_run():
+    """At max_history 100, Pos Seq L = 200 does not load but Mix Seq + TAPF L = 200 (100
+    positive slots) does; no slope would use it, so the sweep leaves it out."""
+    from tfnegseq.experiments.studies import incomplete
+
+    loadable = {("length-scaling", "din", s): "sha" for s in polarity.STUDIES["length-scaling"]
+                if not s.endswith(("L=300", "L=500")) and s != "Pos Seq L=200"}
+    assert incomplete(polarity.SPEC, loadable) == [
+        ("length-scaling", "din", "Mix Seq + TAPF L=200")]
+
+
+def test_records_of_settings_the_config_cannot_load_are_set_aside(tmp_path, capsys):
+    """A length-scaling record of L = 500 (samples with max_history 500) in the results
+    of a sweep whose config holds 100 is not this sweep's run: it moves to
+    `discarded_records` instead of being reported beside the new runs."""
+    results = tmp_path / "results"
+    results.mkdir()
+    path = results / "polarity_movielens_100k.json"
+    row = {"study": "length-scaling", "backbone": "din", "seed": 0, "auc": 0.7,
+           "gauc": 0.6, "logloss": 0.5, "config_sha": "0123456789ab"}
+    path.write_text(json.dumps({"records": [{**row, "setting": "Pos Seq L=500"}]}))
+    assert entry.main(["length-scaling", "--config", str(CONFIG), "--backbones", "din",
+                       "--results-dir", str(results), "--report-only"]) == 0
+    data = json.loads(path.read_text())
+    assert data["records"] == []
+    assert [r["setting"] for r in data["discarded_records"]] == ["Pos Seq L=500"]
+    assert "skipped length-scaling / din / Mix Seq + TAPF L=200" in capsys.readouterr().out
+
+
+def test_a_sweep_stops_when_its_config_changes_under_it(tmp_path, monkeypatch):
+    """The fingerprint recorded with a run is the config that run trains: if the YAML
+    changes after the sweep computed its fingerprints, the run is refused before it
+    trains, instead of being recorded under the older config's hash."""
+    from tfnegseq.experiments import records, studies
+
+    edited = {"now": False}
+    real_load, real_describe = studies.load_config, records.describe
+
+    def load(path, overrides=()):
+        return real_load(path, [*overrides, *(["model.embedding_dim=8"] if edited["now"]
+                                                else [])])
+
+    def describe(*args, **kwargs):  # called after the fingerprints, before the first run
+        real_describe(*args, **kwargs)
+        edited["now"] = True
+
+    monkeypatch.setattr(studies, "load_config", load)
+    monkeypatch.setattr(records, "describe", describe)
+    monkeypatch.setattr(records, "run_ctr", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(SystemExit, match="the config differs from the one this sweep"):
+        entry.main(["ratio-sweep", "--config", str(CONFIG), "--settings", "r=0.5",
+                    "--seeds", "0", "--results-dir", str(tmp_path), "--runs-dir",
+                    str(tmp_path / "runs")])
+
+
+def test_reanalyse_skips_a_run_directory_holding_another_configs_model(tmp_path, capsys):
+    """`--reanalyse` recomputes a record's analyses only from the model its own config
+    trained: a directory reused by a run of other overrides is left alone."""
+    from tfnegseq.experiments import records, studies
+
+    calls = []
+    spec = studies.Studies(prog="p", prefix="x", kind="ctr",
+                           studies={"s": {"a": []}}, reference={"s": "a"},
+                           default_studies=("s",), after_run=lambda cfg: calls.append(cfg)
+                           or {"analysis": {"ok": True}})
+
+    def run_config(study, backbone, setting, seed, extra=()):
+        return load_config(CONFIG, [f"train.run_dir={tmp_path / 'run'}", *extra])
+
+    ours = run_config("s", None, "a", 0)
+    sha = records.fingerprint(ours)
+    data = {"records": [{"study": "s", "setting": "a", "seed": 0, "config_sha": sha}]}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"")
+    other = run_config("s", None, "a", 0, ["model.embedding_dim=8"])
+    (run / "metrics.json").write_text(json.dumps({"config": other.to_dict()}))
+    studies.reanalyse(spec, data, str(tmp_path / "r.json"), {("s", "a"): sha}, ["s"], [0],
+                      run_config)
+    assert calls == [] and "analysis" not in data["records"][0]
+    assert "hold a model of another config" in capsys.readouterr().out
+    (run / "metrics.json").write_text(json.dumps({"config": ours.to_dict()}))
+    studies.reanalyse(spec, data, str(tmp_path / "r.json"), {("s", "a"): sha}, ["s"], [0],
+                      run_config)
+    assert len(calls) == 1 and data["records"][0]["analysis"] == {"ok": True}
+
+
+def test_study_reports_show_the_relative_change_the_attention_split_and_recorded_seeds():
+    """Table 3's Δ % is relative to the reference's AUC (hand-worked: 0.79 vs 0.80 is
+    -1.25 %); Table 6's a+ on clicked and unclicked rows are columns; the seeds line
+    names the seeds of the records, not the last call's."""
+    from tfnegseq.experiments import studies
+
+    def rec(setting, seed, auc):
+        return {"study": "tapf-ablation", "backbone": "din", "setting": setting, "seed": seed,
+                "auc": auc, "gauc": 0.6, "logloss": 0.5,
+                "analysis": {"attention": {"positive_share": 0.6,
+                                           "positive_share_clicked": 0.65,
+                                           "positive_share_not_clicked": 0.55,
+                                           "positive_tokens": 0.5, "gap": 0.1,
+                                           "token_gap": 0.0}}}
+
+    data = {"records": [rec("full TAPF", 0, 0.80), rec("full TAPF", 3, 0.80),
+                        rec("PB only", 0, 0.79)], "seeds": [3]}
+    md = studies.markdown(polarity.SPEC, "toy", data)
+    assert "Seeds: [0, 3];" in md
+    line = next(x for x in md.splitlines() if x.startswith("| PB only |") and "0.7900" in x)
+    assert "| -0.0100 | -1.25% |" in line
+    assert "| a+ clicked | a+ unclicked |" in md
+    assert any(x.startswith("| PB only |") and "| 0.650 | 0.550 |" in x
+               for x in md.splitlines())

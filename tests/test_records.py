@@ -103,3 +103,27 @@ def test_only_records_of_the_current_config_and_code_revision_are_current(monkey
     assert [(r["setting"], r["seed"]) for r in data["records"]] == [("a", 0), ("b", 0)]
     assert [r["seed"] for r in data["discarded_records"]] == [1, 2]
     assert all(r["discarded"] == "config changed" for r in data["discarded_records"])
+
+
+def test_a_sweep_run_starts_afresh_over_an_unrecorded_run_directory(tmp_path, monkeypatch):
+    """An unrecorded run's directory is an interrupted run, maybe of older code whose
+    backup the config hash cannot tell apart: `run_ctr` removes it instead of resuming."""
+    import tfnegseq.train
+    from tfnegseq.config import config_from_dict
+    from tfnegseq.experiments import records
+
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "backup" / "stale.weights.h5").write_bytes(b"old")
+    cfg = config_from_dict({"model": {"kind": "ctr"}, "train": {"run_dir": str(run_dir)}})
+    seen = []
+
+    def fake_run(c, verbose=0):
+        seen.append(run_dir.exists())
+        return {"auc": 0.7, "gauc": 0.6, "logloss": 0.5, "eval_examples": 3,
+                "train_examples_per_second": 1.0, "seconds": 1.0}
+
+    monkeypatch.setattr(tfnegseq.train, "run_config", fake_run)
+    data = {"records": []}
+    records.run_ctr(str(tmp_path / "r.json"), data, cfg, setting="a", seed=0)
+    assert seen == [False] and data["records"][0]["auc"] == 0.7

@@ -6,9 +6,9 @@
 
 | study | paper | what varies (Mix Seq + TAPF unless named) |
 | --- | --- | --- |
-| tapf-ablation | Table 3 | full TAPF; without target interaction, residual, polarity sign, gating, polarity embedding (default backbones: OneTrans as the paper, and DIN) |
+| tapf-ablation | Table 3 | full TAPF; without target interaction, residual, polarity sign, gating, polarity embedding, target interaction and gating together; PB only (Mix Seq + PB) (default backbones: OneTrans as the paper, and DIN) |
 | ratio-sweep | Figure 4 | positive ratio r = 0.0, 0.1, ..., 1.0 (default: DIN) |
-| length-scaling | Table 4 / Figure 1 | L = 10, 20, 50, 100, 200, 300, 500 for Pos Seq and Mix Seq + TAPF, as far as `samples.max_history` holds them (longer ones are skipped with a note); the markdown adds each series' slope of AUC against log10 L and their ratio (default: every backbone) |
+| length-scaling | Table 4 / Figure 1 | L = 10, 20, 50, 100, 200, 300, 500 for Pos Seq and Mix Seq + TAPF, as far as `samples.max_history` holds them (longer ones are skipped with a note); a length runs only where both series can; the markdown adds the paper's slopes (Δ AUC from L = 10 to 100 and to the longest length, Mix / Pos ratio) and a least-squares slope against log10 L (default: every backbone) |
 | construction | Table 7 | interleaved vs polarity-grouped concatenation vs the dual-stream encoder (`model.mode=dual`; default: OneTrans as the paper, DIN, Transformer) |
 | negative-ablation | Figure 8 | Pos Seq; Mix Seq with the recent negatives, with items drawn from the catalogue ("random universe", `samples.negative_history=catalogue`), with negatives drawn from the user's whole past ("random history", `samples.negative_history=random`), and with random polarity labels (`model.polarity_labels=random`); the two with their own samples build them with the Beam job (DirectRunner) in `<output.dir>_neg_*` on first use (default: DIN) |
 
@@ -54,6 +54,9 @@ STUDIES: dict[str, dict[str, list[str]]] = {
     "tapf-ablation": {
         "full TAPF": MIX_TAPF,
         **{name: [*MIX_TAPF, f"model.{key}=false"] for name, key in ABLATIONS.items()},
+        "w/o target interaction & gating": [*MIX_TAPF, "model.tapf_target_interaction=false",
+                                            "model.tapf_gating=false"],
+        "PB only": ["model.positive_ratio=0.5", "model.polarity=pbe"],
     },
     "ratio-sweep": {f"r={r:.1f}": [f"model.positive_ratio={r}", *TAPF] for r in RATIOS},
     "length-scaling": {
@@ -112,13 +115,31 @@ def shared_fit(points: dict[str, dict[int, float]]) -> dict[str, tuple[float, in
             for name, v in points.items()}
 
 
+def endpoint_gains(points: dict[str, dict[int, float]]) -> dict[int, dict[str, float]]:
+    """Table 4's slopes: each series' gain `value(L) - value(L0)` from the shortest
+    length every series ran (L0, 10 in the paper) to 100 and to the longest length every
+    series ran (the paper's Δ10→100 and Δ10→500) -> {L: {series: gain}}; lengths only
+    one series ran are not used."""
+    common = sorted(set.intersection(*(set(v) for v in points.values()))) if points else []
+    if len(common) < 2:
+        return {}
+    ends = sorted({end for end in (100, common[-1]) if end in common and end > common[0]})
+    return {end: {name: v[end] - v[common[0]] for name, v in points.items()} for end in ends}
+
+
+def length_points(summ: dict[tuple[Any, ...], dict[str, Any]], backbone: str | None
+                  ) -> dict[str, dict[int, float]]:
+    """Mean test AUC of each series at each length it ran: {series: {L: AUC}}."""
+    return {name: {length: summ[key]["auc"][0] for length in LENGTHS
+                   if (key := ("length-scaling", backbone, f"{name} L={length}")) in summ}
+            for name in SERIES}
+
+
 def slopes(summ: dict[tuple[Any, ...], dict[str, Any]], backbone: str | None
            ) -> dict[str, tuple[float, int]]:
     """Least-squares slope of mean AUC against log10 L per series over their shared
     lengths (`shared_fit`), and the points used."""
-    return shared_fit({name: {length: summ[key]["auc"][0] for length in LENGTHS
-                              if (key := ("length-scaling", backbone, f"{name} L={length}"))
-                              in summ} for name in SERIES})
+    return shared_fit(length_points(summ, backbone))
 
 
 def _slope_text(fitted: dict[str, tuple[float, int]], what: str) -> list[str]:
@@ -131,6 +152,22 @@ def _slope_text(fitted: dict[str, tuple[float, int]], what: str) -> list[str]:
         text += (f"; ratio Mix Seq + TAPF / Pos Seq "
                  f"{fitted['Mix Seq + TAPF'][0] / fitted['Pos Seq'][0]:.2f}")
     return ["", text + "."]
+
+
+def _scaling_text(points: dict[str, dict[int, float]], what: str) -> list[str]:
+    """The paper's reading (Δ from the shortest shared length to 100 and to the longest,
+    Mix Seq + TAPF's over Pos Seq's), then a least-squares slope over every shared
+    length."""
+    lines: list[str] = []
+    for end, gains in endpoint_gains(points).items():
+        start = min(set.intersection(*(set(v) for v in points.values())))
+        text = (f"Δ {what} from L = {start} to L = {end} (the paper's Table 4 / 5 slope): "
+                + "; ".join(f"{n} {g:+.4f}" for n, g in gains.items()))
+        if len(gains) == 2 and gains["Pos Seq"] != 0:
+            text += (f"; ratio Mix Seq + TAPF / Pos Seq "
+                     f"{gains['Mix Seq + TAPF'] / gains['Pos Seq']:.2f}")
+        lines += ["", text + "."]
+    return lines + _slope_text(shared_fit(points), what)
 
 
 def analysed(data: dict[str, Any], study: str, backbone: str | None, setting: str
@@ -168,26 +205,34 @@ def subset_cutoff(data: dict[str, Any], backbone: str | None) -> str | None:
     return "100" if "100" in common else max(common, key=int)
 
 
-def full_history_slopes(data: dict[str, Any], backbone: str | None, cutoff: str
-                        ) -> dict[str, tuple[float, int]]:
-    """Table 5: the slopes of the full-history subset's mean AUC against log10 L, on
-    one subset (positive history >= `cutoff`) for every L."""
+def full_history_points(data: dict[str, Any], backbone: str | None, cutoff: str
+                        ) -> dict[str, dict[int, float]]:
+    """Table 5's points: the full-history subset's mean AUC (positive history >=
+    `cutoff`, one subset for every L) of each series at each length up to `cutoff`, where
+    both series fill every positive slot; beyond it Pos Seq pads again, the confound the
+    subset removes."""
     points: dict[str, dict[int, float]] = {}
     for name in SERIES:
         points[name] = {}
         for length in LENGTHS:
             a = amean(analysed(data, "length-scaling", backbone, f"{name} L={length}"),
                       "full_history", cutoff, "auc")
-            if a is not None:
+            if a is not None and length <= int(cutoff):
                 points[name][length] = a
-    return shared_fit(points)
+    return points
+
+
+def full_history_slopes(data: dict[str, Any], backbone: str | None, cutoff: str
+                        ) -> dict[str, tuple[float, int]]:
+    """Table 5: the least-squares slopes of `full_history_points` against log10 L."""
+    return shared_fit(full_history_points(data, backbone, cutoff))
 
 
 def _extra(spec: Studies, study: str, summ: dict[tuple[Any, ...], dict[str, Any]],
            backbone: str | None, data: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     if study == "length-scaling":
-        lines += _slope_text(slopes(summ, backbone), "mean AUC")
+        lines += _scaling_text(length_points(summ, backbone), "mean AUC")
         rows = [(s, a) for s in STUDIES[study] if (a := analysed(data, study, backbone, s))]
         cut = subset_cutoff(data, backbone)
         if rows and cut is not None:
@@ -201,7 +246,8 @@ def _extra(spec: Studies, study: str, summ: dict[tuple[Any, ...], dict[str, Any]
                 share = f"{n / total:.1%}" if n is not None and total else "—"
                 lines.append(f"| {s} | {_f(amean(a, 'full_history', cut, 'auc'))} | "
                              f"{_f(n, '.0f')} | {share} |")
-            lines += _slope_text(full_history_slopes(data, backbone, cut), "the subset's AUC")
+            lines += _scaling_text(full_history_points(data, backbone, cut),
+                                   f"the subset's AUC (L <= {cut})")
         return lines
     rows = [(s, a) for s in STUDIES[study] if (a := analysed(data, study, backbone, s))]
     if not rows:
@@ -211,14 +257,18 @@ def _extra(spec: Studies, study: str, summ: dict[tuple[Any, ...], dict[str, Any]
               "backbone's attention on positive tokens (DIN: of the absolute pooling "
               "weights; with random polarity labels, of the tokens labelled positive); "
               "tokens+ = share of positive tokens among those attended (a+ under uniform "
-              "attention); gap = a+ on clicked rows minus a+ on the others (§4.5.1), "
-              "token gap the same of tokens+ (a gap the sequences' make-up alone gives).",
-              "", "| Setting | AUC cold (rows) | AUC warm | a+ | tokens+ | gap | token gap |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "attention); a+ clicked / a+ unclicked = a+ on the rows with label 1 / 0 "
+              "(Table 6); gap = their difference (§4.5.1), token gap the same of tokens+ "
+              "(a gap the sequences' make-up alone gives).",
+              "", "| Setting | AUC cold (rows) | AUC warm | a+ | a+ clicked | a+ unclicked | "
+              "tokens+ | gap | token gap |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s, a in rows:
         lines.append(f"| {s} | {_f(amean(a, 'cold', 'auc'))} ({_f(amean(a, 'cold', 'n'), '.0f')})"
                      f" | {_f(amean(a, 'warm', 'auc'))} | "
                      f"{_f(amean(a, 'attention', 'positive_share'), '.3f')} | "
+                     f"{_f(amean(a, 'attention', 'positive_share_clicked'), '.3f')} | "
+                     f"{_f(amean(a, 'attention', 'positive_share_not_clicked'), '.3f')} | "
                      f"{_f(amean(a, 'attention', 'positive_tokens'), '.3f')} | "
                      f"{_f(amean(a, 'attention', 'gap'), '+.3f')} | "
                      f"{_f(amean(a, 'attention', 'token_gap'), '+.3f')} |")

@@ -64,6 +64,12 @@ def mean_std(records: Iterable[dict[str, Any]], group: tuple[str, ...],
     return out
 
 
+def recorded_seeds(data: dict[str, Any]) -> list[int]:
+    """The seeds of the records a report summarises (the last call's `--seeds`, kept in
+    `data["seeds"]`, may name fewer)."""
+    return sorted({int(r["seed"]) for r in data["records"]})
+
+
 # Keys that name where a run writes or which seed it uses, not what it trains.
 RUN_ONLY = ("train.run_dir", "train.seed", "train.export", "output.dir", "source.path")
 # Config keys added after records carried fingerprints, with their defaults: left out of
@@ -82,6 +88,11 @@ LATER_KEYS = {"model.polarity_labels": "observed", "samples.negative_history": "
 #     CAIN: MSIA's TCN centres from the newest item, PEG's generator bias, ETA / SDIM
 #     hashing the raw items, positions in the self-attention extractor.
 CODE_REVISION = {"ctr": 2, "cain": 2}
+
+
+# The expected fingerprint of a recorded setting the sweep's config cannot load: no
+# record carries it, so `set_aside_stale` sets such records aside.
+UNLOADABLE = "unloadable"
 
 
 def fingerprint(cfg: Any) -> str:
@@ -149,12 +160,21 @@ def ctr_line(metrics: dict[str, Any]) -> str:
 def run_ctr(path: str, data: dict[str, Any], cfg: Any, **fields: Any) -> dict[str, Any]:
     """Trains one CTR run of a sweep (`tfnegseq.train.run_config`, fresh Keras session),
     appends `{**fields, **ctr_fields(metrics)}` to `data` and saves it at once; returns
-    the run's metrics."""
+    the run's metrics.
+
+    The run starts afresh: a directory already at `cfg.train.run_dir` belongs to a run
+    the sweep never recorded (interrupted), possibly of an older `CODE_REVISION` whose
+    backup `model_hash` cannot tell apart, so it is removed rather than resumed."""
+    import shutil
+
     import keras
 
     from tfnegseq.provenance import versions
     from tfnegseq.train import run_config
 
+    if os.path.isdir(cfg.train.run_dir):
+        print(f"    removing the interrupted run {cfg.train.run_dir}", flush=True)
+        shutil.rmtree(cfg.train.run_dir)
     keras.backend.clear_session()
     metrics = run_config(cfg, verbose=0)
     data["records"].append({**fields, **ctr_fields(metrics)})

@@ -177,7 +177,7 @@ def markdown(dataset: str, data: dict[str, Any]) -> str:
         "",
         f"Command: `{data.get('command', '')}`  ",
         f"Config: `{data.get('config')}` with {data.get('overrides') or 'no overrides'}; "
-        f"seeds {data.get('seeds')}; machine: {data.get('machine', {}).get('processor', '')} "
+        f"seeds {records.recorded_seeds(data)}; machine: {data.get('machine', {}).get('processor', '')} "
         f"({data.get('machine', {}).get('cores')} cores); "
         + (f"finished {data['finished']}." if data.get("finished") else "still running."),
         *(["", f"**Note:** {data['notes']}"] if data.get("notes") else []),

@@ -37,6 +37,7 @@ from tfnegseq.config import ConfigError, load_config
 from tfnegseq.data.manifest import read_manifest
 from tfnegseq.experiments import records
 from tfnegseq.experiments.records import mean_std
+from tfnegseq.runs import load_run
 
 METRICS = ("auc", "gauc", "logloss", "train_examples_per_second")
 
@@ -102,11 +103,20 @@ def reanalyse(spec: Studies, data: dict[str, Any], path: str,
     chosen = [r for r in data["records"] if r["seed"] in seeds and r["study"] in studies
               and r.get("config_sha") is not None
               and r["config_sha"] == expected.get(tuple(r.get(k) for k in spec.group))]
-    missing = 0
+    missing = other = 0
     for i, r in enumerate(chosen, start=1):
         cfg = run_config(r["study"], r.get("backbone"), r["setting"], r["seed"])
         if not os.path.exists(os.path.join(cfg.train.run_dir, "model.keras")):
             missing += 1
+            continue
+        # the directory may hold a later run of another config under the same name
+        # (e.g. the same study with other `--set` overrides): analyse only the record's
+        try:
+            trained = records.fingerprint(load_run(cfg.train.run_dir)[0])
+        except (OSError, ConfigError, ValueError):
+            trained = None
+        if trained != r["config_sha"]:
+            other += 1
             continue
         print(f"[reanalyse {i}/{len(chosen)}] {r['study']}: "
               f"{r.get('backbone') + ', ' if r.get('backbone') else ''}{r['setting']}, "
@@ -116,6 +126,9 @@ def reanalyse(spec: Studies, data: dict[str, Any], path: str,
     if missing:
         print(f"reanalyse: {missing} of {len(chosen)} recorded runs have no saved model "
               f"under their run directory; their records are unchanged", flush=True)
+    if other:
+        print(f"reanalyse: {other} of {len(chosen)} recorded runs' directories hold a model "
+              f"of another config (metrics.json); their records are unchanged", flush=True)
 
 
 def _key(spec: Studies, study: str, backbone: str | None, setting: str) -> tuple[str, ...]:
@@ -139,12 +152,13 @@ def markdown(spec: Studies, dataset: str, data: dict[str, Any]) -> str:
     lines = [
         f"# {spec.title} on {dataset}", "",
         f"Command: `{data.get('command', '')}`  ",
-        f"Seeds: {data.get('seeds')}; epochs: {data.get('epochs')}; machine: "
+        f"Seeds: {records.recorded_seeds(data)}; epochs: {data.get('epochs')}; machine: "
         f"{machine.get('processor', '')} ({machine.get('cores')} cores); "
         f"finished {data.get('finished', 'in progress')}.", "",
         "Mean ± sample std over the runs (a single run shows no ±). Δ AUC is against the "
-        "study's reference setting (marked *). Examples/s is training throughput on a "
-        "shared machine: compare within a study only.",
+        "study's reference setting (marked *), Δ % the same relative to the reference's "
+        "AUC. Examples/s is training throughput on a shared machine: compare within a "
+        "study only.",
     ]
     if data.get("notes"):
         lines += ["", str(data["notes"])]
@@ -156,13 +170,16 @@ def markdown(spec: Studies, dataset: str, data: dict[str, Any]) -> str:
             ref = summ.get(_key(spec, study, backbone, spec.reference[study]))
             title = f"{study}" + (f", {backbone}" if backbone else "")
             lines += ["", f"## {title}", "",
-                      "| Setting | AUC | Δ AUC | GAUC | logloss | examples/s | runs |",
-                      "| --- | --- | --- | --- | --- | --- | --- |"]
+                      "| Setting | AUC | Δ AUC | Δ % | GAUC | logloss | examples/s | runs |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
             for s in rows:
                 r = summ[_key(spec, study, backbone, s)]
                 is_ref = s == spec.reference[study]
                 delta = f"{r['auc'][0] - ref['auc'][0]:+.4f}" if ref and not is_ref else "—"
+                rel = (f"{100 * (r['auc'][0] - ref['auc'][0]) / ref['auc'][0]:+.2f}%"
+                       if ref and not is_ref else "—")
                 lines.append(f"| {s}{' *' if is_ref else ''} | {_fmt(r, 'auc')} | {delta} | "
+                             f"{rel} | "
                              f"{_fmt(r, 'gauc')} | {_fmt(r, 'logloss')} | "
                              f"{_fmt(r, 'train_examples_per_second', 0)} | {r['auc'][2]} |")
             if spec.extra is not None:
@@ -224,6 +241,25 @@ def plot(spec: Studies, dataset: str, data: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def incomplete(spec: Studies, loadable: dict[tuple[str, ...], Any]) -> list[tuple[str, ...]]:
+    """Keys of `loadable` at a numeric study's x value that some series of that study
+    (and backbone) cannot run: the length-scaling fit and its ratio use only the lengths
+    both series ran, so a run at a length only one of them reaches is wasted."""
+    out: list[tuple[str, ...]] = []
+    for study, points in spec.numeric.items():
+        series = {name for name, _ in points.values()}
+        for backbone in (spec.backbones or (None,)):
+            xs: dict[str, set[float]] = {name: set() for name in series}
+            for setting, (name, x) in points.items():
+                if _key(spec, study, backbone, setting) in loadable:
+                    xs[name].add(x)
+            shared = set.intersection(*xs.values())
+            out += [key for setting, (name, x) in points.items()
+                    if (key := _key(spec, study, backbone, setting)) in loadable
+                    and x not in shared]
+    return out
 
 
 def run(spec: Studies, argv: list[str] | None = None) -> int:
@@ -295,19 +331,26 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
                               f"train.run_dir={args.runs_dir}/{base.name}/{tag}"])
 
     # every setting loads before the first run; the fingerprints of what would run now
-    expected: dict[tuple[str, ...], str] = {}
+    loadable: dict[tuple[str, ...], str] = {}
     for study in studies:
         for backbone in backbones_of(study):
             for setting in spec.studies[study]:
-                if wanted and setting not in wanted:
-                    continue
                 try:
-                    expected[_key(spec, study, backbone, setting)] = records.fingerprint(
+                    loadable[_key(spec, study, backbone, setting)] = records.fingerprint(
                         run_config(study, backbone, setting, 0))
                 except ConfigError as e:
                     if not spec.skip_invalid:
                         raise
-                    print(f"skipped {study} / {backbone or '-'} / {setting}: {e}", flush=True)
+                    if not wanted or setting in wanted:
+                        print(f"skipped {study} / {backbone or '-'} / {setting}: {e}",
+                              flush=True)
+    for key in incomplete(spec, loadable):  # a numeric x runs only where every series can
+        if not wanted or key[-1] in wanted:
+            print(f"skipped {' / '.join(k or '-' for k in key)}: not every series of the "
+                  "study can run at this value, and the comparisons use the values all "
+                  "series share", flush=True)
+        del loadable[key]
+    expected = {k: v for k, v in loadable.items() if not wanted or k[-1] in wanted}
     dataset = base.name
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, f"{spec.prefix}_{dataset}.json")
@@ -319,7 +362,9 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
                 expected[key] = records.fingerprint(
                     run_config(r["study"], r.get("backbone"), r["setting"], 0))
             except (ConfigError, KeyError):
-                pass
+                # a setting this sweep's config cannot run (or no longer names) is not
+                # what the sweep would run now: set aside, never reported beside it
+                expected[key] = records.UNLOADABLE
     records.set_aside_stale(data, expected, spec.group)
     if not args.report_only:
         records.describe(data, spec.prog, argv, dataset=dataset, config=args.config,
@@ -340,6 +385,10 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
         if backbone:
             fields["backbone"] = backbone
         cfg = run_config(study, backbone, setting, seed)
+        if records.fingerprint(cfg) != fields["config_sha"]:  # e.g. the YAML was edited
+            raise SystemExit(f"error: {where}: the config differs from the one this sweep "
+                             "started with (was the config file edited?); run the sweep "
+                             "again to set the older runs aside")
         ensure_samples(cfg, base)
         records.run_ctr(path, data, cfg, **fields)
         if spec.after_run is not None:

@@ -79,7 +79,7 @@ def markdown(dataset: str, data: dict[str, Any]) -> str:
         f"# Table 2 structure on {dataset}",
         "",
         f"Command: `{data.get('command', '')}`  ",
-        f"Seeds: {data.get('seeds')}; epochs: {data.get('epochs')}; machine: "
+        f"Seeds: {records.recorded_seeds(data)}; epochs: {data.get('epochs')}; machine: "
         f"{data.get('machine', {}).get('processor', '')} ({data.get('machine', {}).get('cores')} cores); "
         f"finished {data.get('finished', 'in progress')}.",
         "",
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--backbones", default="din,transformer")
+    ap.add_argument("--backbones", default=",".join(BACKBONES))
     ap.add_argument("--settings", default=",".join(DEFAULT_SETTINGS))
     ap.add_argument("--results-dir", default="docs/results")
     ap.add_argument("--runs-dir", default="runs/table2")
@@ -203,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             if (b, s, seed) not in done]
     for i, (b, s, seed) in enumerate([] if args.report_only else todo, start=1):
         print(f"[{i}/{len(todo)}] {dataset} {b} {s} seed={seed}", flush=True)
-        records.run_ctr(path, data, run_config(b, s, seed), backbone=b, setting=s, seed=seed,
+        cfg = run_config(b, s, seed)
+        if records.fingerprint(cfg) != expected[(b, s)]:  # e.g. the YAML was edited
+            raise SystemExit(f"error: {b} {s} seed {seed}: the config differs from the one "
+                             "this sweep started with (was the config file edited?); run "
+                             "the sweep again to set the older runs aside")
+        records.run_ctr(path, data, cfg, backbone=b, setting=s, seed=seed,
                         config_sha=expected[(b, s)])
     print(records.finish(path, data, bool(todo) and not args.report_only,
                          lambda d: markdown(dataset, d), lambda png: plot(dataset, data, png)))

@@ -11,7 +11,8 @@ says what it implements and what it simplifies (sources: arXiv 2510.26104 OneTra
 Shared conventions: pre-RMSNorm residual blocks (`keras.layers.RMSNormalization`);
 attention logits and softmax in float32; a query with no key it may attend to (a fully
 padded history) gets a zero context, never a NaN; padded behaviour tokens are masked as
-keys, so they never reach a real token or an output.
+keys, so they never reach a real token or the NS tokens' outputs (a padded slot's own
+row, returned only by `return_sequence=True` for the analyses, is normalised noise).
 """
 
 from __future__ import annotations
@@ -45,18 +46,20 @@ def pyramid_schedule(length: int, ns_tokens: int, num_layers: int) -> list[int]:
     """Behaviour tokens that emit queries (and survive) in each OneTrans layer.
 
     OneTrans §3.4: "only a tail subset of the most recent sequential tokens emits
-    queries", the count shrinking linearly "until it matches the number of
-    non-sequential tokens". Here: all `length` tokens at the first layer, linearly
-    down to `min(length, ns_tokens)` at the second-to-last, and none at the last
-    layer, whose behaviour-token outputs nothing would read (the readout is the NS
-    tokens), so only the NS tokens query there. One layer: `[0]`.
+    queries", the count shrinking linearly over the stack "until it matches the number
+    of non-sequential tokens" at the top. Here: linearly from all `length` tokens at the
+    first layer to `min(length, ns_tokens)` at the last, except that the last layer
+    keeps none, as its behaviour-token outputs nothing would read (the readout is the NS
+    tokens), so only the NS tokens query there. One layer: `[0]`; two layers:
+    `[length, 0]` (no behaviour token is dropped before the top layer: the pyramid
+    changes nothing at two layers).
     """
     if num_layers == 1:
         return [0]
-    end, steps = min(length, ns_tokens), num_layers - 1
-    if steps == 1:
-        return [length, 0]
-    return [int(round(length + (end - length) * i / (steps - 1))) for i in range(steps)] + [0]
+    end = min(length, ns_tokens)
+    ramp = [int(round(length + (end - length) * i / (num_layers - 1)))
+            for i in range(num_layers)]
+    return ramp[:-1] + [0]
 
 
 def attend(query, key, value, allowed, num_heads: int):
@@ -234,8 +237,8 @@ class OneTransEncoder(_UnifiedBlock):
     parameterisation**: every behaviour token shares one set of Q/K/V, output and FFN
     weights (`seq_*` Dense layers); each non-sequential token has its own
     (`ns_*` `PerTokenDense` layers, one kernel slice per token). Attention is
-    **causal** over the concatenated order: a behaviour token sees earlier behaviour
-    tokens only; non-sequential token `j` sees every behaviour token and NS tokens
+    **causal** over the concatenated order: a behaviour token sees itself and earlier
+    behaviour tokens only; non-sequential token `j` sees every behaviour token and NS tokens
     `1..j`. **Pyramid stacking** (`pyramid=True`): layer `i` computes queries (and
     keeps outputs) only for the most recent `pyramid_schedule(L, T, num_layers)[i]`
     behaviour tokens and all NS tokens, while its keys and values cover every token
@@ -425,10 +428,13 @@ class OneTransEncoder(_UnifiedBlock):
 
 
 def _masked_mean(seq, mask):
-    w = ops.cast(ops.expand_dims(mask, -1), seq.dtype)
-    total = ops.sum(seq * w, axis=1)
-    count = ops.maximum(ops.sum(w, axis=1), ops.cast(1.0, seq.dtype))
-    return total / count
+    """Mean of the unmasked tokens `[B, d]`, summed in float32 (a bfloat16 sum over
+    hundreds of tokens loses about 0.4 %), returned in `seq`'s dtype."""
+    x = ops.cast(seq, "float32")
+    w = ops.cast(ops.expand_dims(mask, -1), "float32")
+    total = ops.sum(x * w, axis=1)
+    count = ops.maximum(ops.sum(w, axis=1), 1.0)
+    return ops.cast(total / count, seq.dtype)
 
 
 @register

@@ -312,8 +312,9 @@ class CtrModel(keras.Model):
         `tokens` [B, L, d] (lookups, mixed sequence, position, PBE), `polarity`, `mask`
         [B, L] and, for the unified backbones when no TAPF reads the candidate first,
         `cache`: their candidate-free side (OneTrans: every layer's behaviour-token keys
-        and values; HyFormer: the sequence encoding's keys and values; MixFormer: the
-        per-head keys and values; `sequence_cache` of each)."""
+        and values; HyFormer: the sequence encoding's keys and values and the masked
+        mean that feeds its query generation; MixFormer: the per-head keys and values;
+        `sequence_cache` of each)."""
         items, polarity = self._mixed(inputs)
         batch, length = ops.shape(items)[0], ops.shape(items)[1]
         rows = self.tables.gather(self, self.tables.table(self.item_embedding),
