@@ -118,3 +118,29 @@ def test_an_interrupted_run_starts_afresh(sweep, capsys):
     assert sine.main(argv) == 0
     assert "removing the interrupted run" in capsys.readouterr().out
     assert not (stale / "backup").exists()
+
+
+def test_sine_records_carry_fingerprints_and_other_configs_are_set_aside(tmp_path):
+    """Each SINE record carries its config's fingerprint (sequential code revision
+    included); a resumed sweep sets aside records of another config (here: one run with
+    dropout 0.2, and one written without a fingerprint) instead of averaging them."""
+    from tests.conftest import REPO
+    from tfnegseq.experiments import records, sine
+
+    config = str(REPO / "configs" / "movielens_100k_sine.yaml")
+    cfg = sine.setting_config(config, [], "SASRec", 0, "runs/sine", "movielens_100k_sine")
+    now = records.fingerprint(cfg)
+    other = records.fingerprint(sine.setting_config(config, ["model.dropout=0.2"], "SASRec",
+                                                    0, "runs/sine", "movielens_100k_sine"))
+    assert now != other
+    row = {"auc": 0.7, "gauc": 0.6, "ndcg@2": 0.7, "hr@10": 0.1, "ndcg@10": 0.05, "mrr": 0.04}
+    path = tmp_path / "sine_movielens_100k_sine.json"
+    path.write_text(json.dumps({"records": [
+        {**row, "setting": "SASRec", "seed": 0, "config_sha": now},
+        {**row, "setting": "SASRec", "seed": 1, "config_sha": other},
+        {**row, "setting": "SASRec", "seed": 2}]}))
+    assert sine.main(["--config", config, "--settings", "SASRec", "--results-dir",
+                      str(tmp_path), "--report-only"]) == 0
+    data = json.loads(path.read_text())
+    assert [r["seed"] for r in data["records"]] == [0]
+    assert sorted(r["seed"] for r in data["discarded_records"]) == [1, 2]

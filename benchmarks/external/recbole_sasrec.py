@@ -28,10 +28,10 @@ separate virtual environment (benchmarks/external/README.md). Two modes:
    rows RecBole built equal the export (every user: prefix and target), and writes
    `--out-json` and `--out-md`.
 
-Full ranking as ours: RecBole scores the whole catalogue; the user's input positives
-(the prefix) are excluded from the ranking, as our `exclude` (RecBole's sequential
-evaluation excludes nothing by itself; `--no-exclude-history` keeps RecBole's own
-behaviour). MRR without cutoff is RecBole's MRR@K with K = the catalogue size.
+Full ranking as ours: RecBole scores the whole catalogue; every earlier positive of the
+user (not only the prefix of the most recent `--max-len`) is excluded from the ranking,
+the target's own item kept, as our `exclude` (RecBole's sequential evaluation excludes
+nothing by itself; `--no-exclude-history` keeps RecBole's own behaviour). MRR without cutoff is RecBole's MRR@K with K = the catalogue size.
 """
 
 from __future__ import annotations
@@ -299,16 +299,32 @@ def run_one(args, meta: dict, loss: str, seed: int) -> dict:
     model.forward = trimmed_forward
 
     if not args.no_exclude_history:
-        # our full-ranking protocol: the inputs (the prefix, most recent max_len) are not
-        # ranked, except the target's own item
+        # our full-ranking protocol: every earlier positive of the user is not ranked
+        # (the training positives and, for the test target, the validation target; not
+        # only the prefix of the most recent max_len), except the target's own item.
+        # Earlier positives of a valid row = train, of a test row = train + valid: both
+        # are train + {valid} less the target.
         full_sort_predict = model.full_sort_predict
+        dataset_ = train_data._dataset
+        n_items = dataset_.item_num
+        earlier = torch.zeros((dataset_.user_num, n_items), dtype=torch.bool)
+        for user, split in meta["user_splits"].items():
+            row = int(dataset_.token2id(model.USER_ID, user))
+            items = [str(i) for i in split["train"]] + [str(split["valid"])]
+            earlier[row, torch.as_tensor(dataset_.token2id(model.ITEM_ID, items))] = True
 
         def masked_full_sort_predict(interaction):
             scores = full_sort_predict(interaction)
+            users = interaction[model.USER_ID].long().cpu()
+            mask = earlier[users].to(scores.device).clone()
+            rows = torch.arange(len(users))
+            mask[rows, interaction[model.ITEM_ID].long()] = False
+            # the prefix is a subset of the earlier positives (kept for a check)
             seq = interaction[model.ITEM_SEQ]
-            mask = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, seq, True)
-            rows = torch.arange(len(seq))
-            mask[rows, interaction[model.ITEM_ID]] = False
+            prefix = torch.zeros_like(mask).scatter_(1, seq.long(), True)
+            prefix[:, 0] = False  # padding id 0
+            prefix[rows, interaction[model.ITEM_ID].long()] = False
+            assert bool((mask | ~prefix).all()), "a prefix item outside the earlier positives"
             return scores.masked_fill(mask, float("-inf"))
 
         model.full_sort_predict = masked_full_sort_predict
@@ -374,7 +390,7 @@ def write_md(result: dict, path: Path) -> None:
         f"{c['catalogue_items']} items (RecBole {c['recbole_items']}), of which "
         f"{c['positive_items']} occur as positives; {c['interactions']} positives.",
         "",
-        "Full ranking over the catalogue, the user's input positives excluded"
+        "Full ranking over the catalogue, every earlier positive of the user excluded"
         + (" (as ours)." if result["exclude_history"] else " NOT excluded (RecBole's default).")
         + " Test metrics at the epoch of best validation NDCG@10 (RecBole reloads that"
         " checkpoint); each run's schedule: `schedule` in the JSON, note (5).",

@@ -87,7 +87,10 @@ LATER_KEYS = {"model.polarity_labels": "observed", "samples.negative_history": "
 #   2 (2026-12-06): padding and OOV rows of the id tables start at zero (CTR, CAIN);
 #     CAIN: MSIA's TCN centres from the newest item, PEG's generator bias, ETA / SDIM
 #     hashing the raw items, positions in the self-attention extractor.
-CODE_REVISION = {"ctr": 2, "cain": 2}
+#   sequential 2 (2026-12-06, commit b0e8a1a): length-grouped batches weigh every pair
+#     alike, full ranking excludes every earlier positive, the popularity floor counts
+#     training positives (its records carry fingerprints since revision 2 only).
+CODE_REVISION = {"ctr": 2, "cain": 2, "sequential": 2}
 
 
 # The expected fingerprint of a recorded setting the sweep's config cannot load: no

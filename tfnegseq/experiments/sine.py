@@ -170,6 +170,16 @@ def with_k_alias(data: dict[str, Any]) -> list[dict[str, Any]]:
     return recs + [{**r, "setting": f"SINE K={k}"} for r in recs if r["setting"] == "SINE"]
 
 
+def setting_config(config: str, overrides: list[str], setting: str, seed: int,
+                   runs_dir: str, dataset: str) -> Any:
+    """The config one run of `setting` at `seed` trains with (its run directory
+    `<runs_dir>/<dataset>/<setting tag>_seed<seed>`, no export)."""
+    tag = re.sub(r"[^a-z0-9_-]", "", setting.lower().replace(" ", "_"))
+    return load_config(config, overrides + SETTINGS[setting] + [
+        f"train.seed={seed}", "train.export=false",
+        f"train.run_dir={runs_dir}/{dataset}/{tag}_seed{seed}"])
+
+
 def markdown(dataset: str, data: dict[str, Any]) -> str:
     summ = records.mean_std(with_k_alias(data), ("setting",), METRICS + EPOCHS)
     lines = [
@@ -299,6 +309,17 @@ def main(argv: list[str] | None = None) -> int:
     default_k = int(getattr(base.model, "num_interests", 3))  # the sequential section's
     if not args.report_only:
         data["default_num_interests"] = default_k
+    # the fingerprint each setting would run with now; records of another config (or of
+    # an older code revision) move to "discarded_records", never averaged with new runs
+    expected: dict[tuple[str, ...], str] = {}
+    for s in {*(sweep_alias(x, default_k) for x in settings),
+              *(r["setting"] for r in data["records"])}:
+        try:
+            expected[(s,)] = records.fingerprint(
+                setting_config(args.config, args.overrides, s, 0, args.runs_dir, dataset))
+        except (ConfigError, KeyError):
+            expected[(s,)] = records.UNLOADABLE
+    records.set_aside_stale(data, expected, ("setting",))
     done = {(r["setting"], r["seed"]) for r in data["records"]}
     # seed-major: an interrupted sweep has every setting at the first seeds; the
     # config's own K runs as "SINE" (once, whichever of the two names asked for it)
@@ -306,11 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         (sweep_alias(s, default_k), seed) for seed in seeds for s in settings
         if (sweep_alias(s, default_k), seed) not in done))
     for i, (s, seed) in enumerate([] if args.report_only else todo, start=1):
-        tag = re.sub(r"[^a-z0-9_-]", "", s.lower().replace(" ", "_"))
         print(f"[{i}/{len(todo)}] {dataset} {s} seed={seed}", flush=True)
-        cfg = load_config(args.config, args.overrides + SETTINGS[s] + [
-            f"train.seed={seed}", "train.export=false",
-            f"train.run_dir={args.runs_dir}/{dataset}/{tag}_seed{seed}"])
+        cfg = setting_config(args.config, args.overrides, s, seed, args.runs_dir, dataset)
+        if records.fingerprint(cfg) != expected[(s,)]:  # e.g. the YAML was edited
+            raise SystemExit(f"error: {s} seed {seed}: the config differs from the one this "
+                             "sweep started with (was the config file edited?); run the "
+                             "sweep again to set the older runs aside")
         keras.backend.clear_session()
         # a run directory of an unrecorded run is an interrupted one: its validation
         # state (best weights, selected epochs) was in memory only, so resuming it
@@ -329,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         paper = selected.get(PAPER_SELECT) or {}
         full = selected.get(FULL_SELECT) or {}
         data["records"].append({
-            "setting": s, "seed": seed,
+            "setting": s, "seed": seed, "config_sha": expected[(s,)],
             **{k: (paper.get("test") or m).get(k) for k in PAPER},
             **{k: (full.get("test") or m).get(k) for k in FULL},
             "paper_epoch": paper.get("epoch"), "full_epoch": full.get("epoch"),
