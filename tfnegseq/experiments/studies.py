@@ -326,7 +326,7 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
         moved = [o.split("=", 1)[1] for o in own if o.startswith("output.dir=")]
         if moved and base.train.data_dir:  # the setting's own samples, not the sweep's
             own.append(f"train.data_dir={moved[-1]}")
-        return load_config(args.config, args.overrides + extra + own
+        return load_config(args.config, args.overrides + extra + own + records.SWEEP_OVERRIDES
                            + [f"train.seed={seed}", "train.export=false",
                               f"train.run_dir={args.runs_dir}/{base.name}/{tag}"])
 

@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         name = s.replace(" + ", "_").replace(" (", "_").replace(")", "").replace(" ", "_")
         tag = f"{b}_{name}_seed{seed}".lower()
         return load_config(args.config, args.overrides + SETTINGS[s] + [
-            f"model.backbone={b}", *BACKBONE_OVERRIDES.get(b, []), f"train.seed={seed}",
+            f"model.backbone={b}", *BACKBONE_OVERRIDES.get(b, []), *records.SWEEP_OVERRIDES,
+            f"train.seed={seed}",
             "train.export=false", f"train.run_dir={args.runs_dir}/{dataset}/{tag}"])
 
     # the config each (backbone, setting) would run with now (seed-independent); runs of
