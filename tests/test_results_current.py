@@ -21,7 +21,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
-CLIS = {"table2_": "table2", "polarity_": "polarity", "cain_": "cain"}
+CLIS = {"table2_": "table2", "polarity_": "polarity", "cain_": "cain", "sine_": "sine"}
 
 
 def _files():
