@@ -78,3 +78,19 @@ def test_a_tiny_sweep_writes_results_and_resumes(tmp_path, capsys):
     assert cain.main(argv) == 0  # resumes: nothing left to run
     assert "[1/" not in capsys.readouterr().out
     assert len(json.loads((tmp_path / "results" / "cain_tiny.json").read_text())["records"]) == 2
+
+
+def test_the_backbone_study_reads_each_attention_against_its_own_raw_row():
+    """Tables 2-3: SIM + TCN against SIM raw (hand-worked: 0.72 - 0.70 = +0.0200), not
+    against LAP raw, the study's Δ column reference."""
+    from tfnegseq.experiments import cain, studies
+
+    def rec(setting, auc):
+        return {"study": "backbone", "setting": setting, "seed": 0, "auc": auc, "gauc": 0.6,
+                "logloss": 0.5}
+
+    data = {"records": [rec("LAP raw", 0.75), rec("SIM raw", 0.70), rec("SIM + TCN", 0.72),
+                        rec("SIM + MSIA", 0.69)]}
+    md = studies.markdown(cain.SPEC, "toy", data)
+    assert "| SIM | 0.7000 | 0.7200 (+0.0200) | 0.6900 (-0.0100) |" in md
+    assert "| LAP | 0.7500 | — | — |" in md

@@ -127,3 +127,52 @@ def test_a_sweep_run_starts_afresh_over_an_unrecorded_run_directory(tmp_path, mo
     data = {"records": []}
     records.run_ctr(str(tmp_path / "r.json"), data, cfg, setting="a", seed=0)
     assert seen == [False] and data["records"][0]["auc"] == 0.7
+
+
+def test_cain_settings_that_build_one_model_share_a_fingerprint():
+    """strides None means 1 then `later_stride`; a setting that spells the same strides
+    out (Figure 7's "first stride 1", Figure 6's "1 layer") is the same model, so the
+    same fingerprint; other strides are another model."""
+    from tests.conftest import REPO
+    from tfnegseq.config import load_config
+    from tfnegseq.experiments import records
+
+    config = REPO / "configs" / "movielens_100k_cain.yaml"
+
+    def sha(*overrides):
+        return records.fingerprint(load_config(config, list(overrides)))
+
+    assert sha() == sha("model.strides=[1,4,4,4]")
+    assert sha("model.msia_layers=1") == sha("model.msia_layers=1", "model.strides=[1]")
+    assert sha("model.later_stride=1") == sha("model.strides=[1,1,1,1]")
+    assert sha() != sha("model.strides=[2,4,4,4]") != sha("model.later_stride=2")
+
+
+def test_a_setting_another_study_already_ran_is_copied_not_trained(tmp_path, monkeypatch):
+    """Two studies naming one config: the second gets the first's record (marked
+    `copied_from`), one training in all; a different config trains."""
+    from tests.conftest import REPO
+    from tfnegseq.experiments import records, studies
+
+    spec = studies.Studies(
+        prog="p", prefix="x", kind="ctr", default_studies=("a", "b"),
+        studies={"a": {"mix": ["model.positive_ratio=0.5"]},
+                 "b": {"same": ["model.positive_ratio=0.5"], "other": ["model.positive_ratio=1.0"]}},
+        reference={"a": "mix", "b": "same"})
+    trained = []
+
+    def fake_run(path, data, cfg, **fields):
+        trained.append((fields["study"], fields["setting"]))
+        data["records"].append({**fields, "auc": 0.7 + 0.01 * len(trained), "gauc": 0.6,
+                                "logloss": 0.5})
+        records.save(path, data)
+
+    monkeypatch.setattr(records, "run_ctr", fake_run)
+    assert studies.run(spec, ["--config", str(REPO / "configs" / "movielens_100k.yaml"),
+                              "--study", "a", "--study", "b", "--seeds", "0",
+                              "--results-dir", str(tmp_path), "--runs-dir",
+                              str(tmp_path / "runs")]) == 0
+    assert trained == [("a", "mix"), ("b", "other")]
+    data = json.loads((tmp_path / "x_movielens_100k.json").read_text())
+    same = next(r for r in data["records"] if r["setting"] == "same")
+    assert same["copied_from"] == "a / mix" and same["auc"] == 0.71 and same["study"] == "b"

@@ -286,3 +286,37 @@ def test_config_round_trips_through_the_model():
     model = CainModel(VOCAB, cfg, side_features=SIDE, profile_features=["user_age"])
     assert model.get_config()["model"]["major_attention"] == "eta"
     assert model.get_config()["profile_features"] == ["user_age"]
+
+
+@pytest.mark.parametrize("context, msia_layers", [("none", 1), ("gru", 1), ("tcn", 2)])
+@pytest.mark.parametrize("major", ["eta", "sdim"])
+def test_hash_retrieval_compares_the_item_embeddings_alone_with_the_target(
+        major, context, msia_layers, monkeypatch):
+    """ETA and SDIM hash the lifelong items to compare them with the target item, which
+    carries no engagement value: the keys they hash are the item embeddings alone
+    (zero at padding), whatever the value embedding adds to the tokens and whether the
+    attention reads raw items, a GRU's outputs or MSIA's first layer (its centres)."""
+    keras.utils.set_random_seed(7)
+    model = make_model(context=context, msia_layers=msia_layers, major_attention=major,
+                       peg_layers="none", lifelong_value_boundaries=[2.0, 4.0])
+    rng = np.random.default_rng(7)
+    x = make_inputs(rng)
+    model(x)
+    attention = model.msia.major if model.msia is not None else model.major
+    seen = []
+    real_call = attention.call
+
+    def spy(sequence, target, mask, retrieval_keys=None):
+        seen.append(None if retrieval_keys is None else to_numpy(retrieval_keys))
+        return real_call(sequence, target, mask, retrieval_keys=retrieval_keys)
+
+    monkeypatch.setattr(attention, "call", spy)
+    model(x)
+    table = to_numpy(model.item_embedding.embeddings)
+    items = x["life_item_id"][:, -SMALL["lifelong_length"]:]
+    want = table[items] * (x["life_order"][:, -SMALL["lifelong_length"]:] > 0)[..., None]
+    if model.msia is not None:
+        tcn = model.msia.tcn[0]
+        want = want[:, tcn.offset(want.shape[1])::tcn.stride]
+    assert seen and seen[-1] is not None
+    np.testing.assert_allclose(seen[-1], want, rtol=1e-6, atol=1e-6)

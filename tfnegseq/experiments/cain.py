@@ -30,6 +30,7 @@ and `cain_<dataset>.png` (one panel per study).
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from tfnegseq.experiments.studies import Studies, run
 
@@ -107,9 +108,35 @@ STUDIES: dict[str, dict[str, list[str]]] = {
 REFERENCE = {"overall": "LAP", "context_length": "cl=-1 (no TCN)", "extractor": "none",
              "backbone": "LAP raw", "layers": "1 layer", "strides": "first stride 1",
              "peg": "no PEG", "polarity": "CAIN"}
+BACKBONES = ("SIM", "ETA", "SDIM", "TWIN", "LAP")
+
+
+def _extra(spec: Studies, study: str, summ: dict[tuple[Any, ...], dict[str, Any]],
+           backbone: str | None, data: dict[str, Any]) -> list[str]:
+    """Tables 2-3 read each backbone's TCN and MSIA rows against its own raw row (the
+    table's Δ column is against LAP raw)."""
+    if study != "backbone":
+        return []
+    lines = ["", "Each attention with one TCN layer and with MSIA, against the same "
+             "attention on the raw items (Tables 2-3's comparison):", "",
+             "| attention | raw AUC | + TCN (Δ) | + MSIA (Δ) |", "| --- | --- | --- | --- |"]
+    rows = 0
+    for name in BACKBONES:
+        raw = summ.get(("backbone", f"{name} raw"), {}).get("auc")
+        if raw is None:
+            continue
+        cells = []
+        for how in ("+ TCN", "+ MSIA"):
+            r = summ.get(("backbone", f"{name} {how}"), {}).get("auc")
+            cells.append("—" if r is None else f"{r[0]:.4f} ({r[0] - raw[0]:+.4f})")
+        lines.append(f"| {name} | {raw[0]:.4f} | {cells[0]} | {cells[1]} |")
+        rows += 1
+    return lines if rows else []
+
+
 SPEC = Studies(prog="tfnegseq.experiments.cain", prefix="cain", kind="cain",
                studies=STUDIES, reference=REFERENCE, default_studies=("overall",),
-               title="CAIN experiments")
+               title="CAIN experiments", extra=_extra)
 
 
 def main(argv: list[str] | None = None) -> int:

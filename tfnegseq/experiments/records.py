@@ -112,6 +112,13 @@ def fingerprint(cfg: Any) -> str:
     import hashlib
 
     data = dataclasses.asdict(cfg)
+    model = data.get("model", {})
+    if model.get("kind") == "cain" and "strides" in model:
+        # one model, one hash: strides None means 1 then `later_stride`, which is read
+        # only then (a setting giving the same strides explicitly is the same model)
+        if model["strides"] is None:
+            model["strides"] = [1] + [model["later_stride"]] * (model["msia_layers"] - 1)
+        model.pop("later_stride", None)
     revision = CODE_REVISION.get(getattr(cfg.model, "kind", ""), 1)
     if revision != 1:
         data["code_revision"] = revision

@@ -14,7 +14,10 @@ whole CLI:
   logloss, examples/s, seconds) to `<results-dir>/<prefix>_<dataset>.json` as soon as it
   ends; a run counts as done only when its `config_sha` (`records.fingerprint`) is the
   config the sweep would run now, and records of another config move to
-  `discarded_records` (kept, never reported or resumed);
+  `discarded_records` (kept, never reported or resumed); a setting whose config and seed
+  another study already ran (one model under two names, e.g. the ratio sweep's r = 0.5
+  and the ablation's full TAPF) gets a copy of that record (`copied_from`) instead of a
+  second training;
 - `--reanalyse` recomputes `after_run` (e.g. the analyses) of the selected recorded
   runs from the models they saved under `--runs-dir` and updates their records (after
   the analysis code changed; a run whose model is gone keeps its record as it is);
@@ -376,6 +379,11 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
             for backbone in backbones_of(study) for setting in spec.studies[study]
             if _key(spec, study, backbone, setting) in expected
             and (*_key(spec, study, backbone, setting), seed) not in done]
+    # a setting of one study may be another study's model (e.g. the ratio sweep's r = 0.5
+    # is the ablation's full TAPF): a recorded run of the same config and seed is copied
+    # under the new key instead of training the same model again
+    by_config = {(r["config_sha"], r["seed"]): r for r in data["records"]
+                 if r.get("config_sha")}
     for i, (study, backbone, setting, seed) in enumerate([] if args.report_only else todo,
                                                           start=1):
         where = f"{study}: {backbone + ', ' if backbone else ''}{setting}, seed {seed}"
@@ -384,6 +392,14 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
                   "config_sha": expected[_key(spec, study, backbone, setting)]}
         if backbone:
             fields["backbone"] = backbone
+        twin = by_config.get((fields["config_sha"], seed))
+        if twin is not None:
+            source = f"{twin['study']} / {twin['setting']}"
+            data["records"].append({**{k: v for k, v in twin.items() if k != "copied_from"},
+                                    **fields, "copied_from": twin.get("copied_from", source)})
+            records.save(path, data)
+            print(f"    the same config and seed as {source}: its record copied", flush=True)
+            continue
         cfg = run_config(study, backbone, setting, seed)
         if records.fingerprint(cfg) != fields["config_sha"]:  # e.g. the YAML was edited
             raise SystemExit(f"error: {where}: the config differs from the one this sweep "
@@ -391,6 +407,7 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
                              "again to set the older runs aside")
         ensure_samples(cfg, base)
         records.run_ctr(path, data, cfg, **fields)
+        by_config[(fields["config_sha"], seed)] = data["records"][-1]
         if spec.after_run is not None:
             try:
                 data["records"][-1].update(spec.after_run(cfg))

@@ -442,7 +442,10 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
         sequence: float `[B, N, d]` lifelong item representations; mask: bool `[B, N]`;
         target: float `[B, d]`; peg_filters: None or a list (one per layer) of None or
         `[B, 2cl+1, d_in, f]` per-user kernels (PEG, eq. 12); return_first_layer: also
-        return the first layer's outputs and mask (SIM's auxiliary loss reads them).
+        return the first layer's outputs and mask (SIM's auxiliary loss reads them);
+        retrieval_keys: None or float `[B, N, d]`, what a hashing major attention (ETA,
+        SDIM) hashes at the first layer's centres (default: `sequence`; `CainModel`
+        passes the item embeddings alone, in the target's space).
 
     Returns:
         `[B, D + (num_layers - 1) * value_dim]`, or `(that, (cr^1, mask^1))`.
@@ -540,7 +543,8 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
         both = ops.concatenate([tcn(x, m, kernel), tcn(x, m)], axis=-1)
         return self.merge[str(n)](both)
 
-    def call(self, sequence, mask, target, peg_filters=None, return_first_layer=False):
+    def call(self, sequence, mask, target, peg_filters=None, return_first_layer=False,
+             retrieval_keys=None):
         peg = list(peg_filters) if peg_filters is not None else [None] * self.num_layers
         if len(peg) != self.num_layers:
             raise ValueError(f"`peg_filters` needs {self.num_layers} entries (None where a "
@@ -557,8 +561,11 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
                 first = (x, m)
                 if getattr(self.major, "uses_retrieval_keys", False):
                     # hashing retrieval (ETA, SDIM) on the raw items at the centres, in
-                    # the target's space; the attention reads the TCN outputs
-                    keys = sequence[:, tcn.offset(sequence.shape[1])::tcn.stride]
+                    # the target's space (`retrieval_keys`, e.g. the item embeddings
+                    # without side information; default the input sequence); the
+                    # attention reads the TCN outputs
+                    raw = sequence if retrieval_keys is None else retrieval_keys
+                    keys = raw[:, tcn.offset(sequence.shape[1])::tcn.stride]
                     interests.append(self.major(x, target, m, retrieval_keys=keys))
                 else:
                     interests.append(self.major(x, target, m))

@@ -158,8 +158,11 @@ class CainModel(CtrModel):
     def has_short_term(self) -> bool:
         return bool(self.m.short_term)
 
-    def lifelong_tokens(self, inputs: dict[str, Any], target):
-        """`(tokens [B, N, d], mask [B, N] bool, polarity [B, N])` of the last N items."""
+    def lifelong_tokens(self, inputs: dict[str, Any], target, with_items: bool = False):
+        """`(tokens [B, N, d], mask [B, N] bool, polarity [B, N])` of the last N items;
+        with `with_items`, also the item embeddings alone `[B, N, d]` (zero at padding,
+        before the value embedding and PBE / TAPF): the keys hash retrieval (ETA, SDIM)
+        compares with the target item, which carries no value or polarity."""
         n = self.m.lifelong_length
         items = inputs["life_item_id"][:, -n:]
         mask = ops.greater(inputs["life_order"][:, -n:], 0)
@@ -167,6 +170,8 @@ class CainModel(CtrModel):
         rows = self.tables.gather(self, self.tables.table(self.item_embedding),
                                   ops.reshape(items, (-1,)))
         tokens = ops.reshape(rows, (batch, length, -1))
+        keep = ops.expand_dims(mask, -1)
+        item_rows = ops.cast(tokens, self.compute_dtype) * ops.cast(keep, self.compute_dtype)
         if self.value_embedding is not None:
             values = ops.cast(inputs["life_value"][:, -n:], "float32")
             bucket = ops.zeros_like(values, dtype="int32")
@@ -176,13 +181,15 @@ class CainModel(CtrModel):
                                             ops.reshape(bucket, (-1,)))
             tokens = tokens + ops.reshape(value_rows, (batch, length, -1))
         tokens = ops.cast(tokens, self.compute_dtype)
-        tokens = tokens * ops.cast(ops.expand_dims(mask, -1), tokens.dtype)
+        tokens = tokens * ops.cast(keep, tokens.dtype)
         polarity = None
         if self.life_pbe is not None:
             polarity = ops.where(mask, ops.cast(inputs["life_polarity"][:, -n:], "int32"), 0)
             tokens = self.life_pbe(tokens, polarity)
             if self.life_tapf is not None:
                 tokens = self.life_tapf(tokens, target, polarity)
+        if with_items:
+            return tokens, mask, polarity, item_rows
         return tokens, mask, polarity
 
     def profile(self, inputs: dict[str, Any]):
@@ -196,7 +203,10 @@ class CainModel(CtrModel):
     def lifelong_interest(self, inputs: dict[str, Any], target, training=None):
         """`(interest [B, D], first-layer items [B, n, f], their mask)` of the lifelong
         sequence (the items and mask feed SIM's auxiliary GSU loss)."""
-        tokens, mask, _ = self.lifelong_tokens(inputs, target)
+        tokens, mask, _, item_rows = self.lifelong_tokens(inputs, target, with_items=True)
+        major = self.msia.major if self.msia is not None else self.major
+        # hash retrieval (ETA, SDIM) compares the item embeddings alone with the target
+        keys = item_rows if getattr(major, "uses_retrieval_keys", False) else None
         if self.msia is not None:
             kernels = None
             if self.peg is not None:
@@ -205,7 +215,8 @@ class CainModel(CtrModel):
                 kernels = [next(generated) if n in layers else None
                            for n in range(self.m.msia_layers)]
             interest, (items, items_mask) = self.msia(tokens, mask, target, kernels,
-                                                      return_first_layer=True)
+                                                      return_first_layer=True,
+                                                      retrieval_keys=keys)
             return interest, items, items_mask
         items = tokens
         if isinstance(self.extractor, keras.layers.Bidirectional):
@@ -213,9 +224,8 @@ class CainModel(CtrModel):
             items = items * ops.cast(ops.expand_dims(mask, -1), items.dtype)
         elif self.extractor is not None:
             items = self.extractor(tokens, mask, training=training)
-        if self.extractor is not None and getattr(self.major, "uses_retrieval_keys", False):
-            # hash retrieval (ETA, SDIM) on the raw items, attention over their contexts
-            return self.major(items, target, mask, retrieval_keys=tokens), items, mask
+        if keys is not None:  # the attention reads the (contextualised) tokens
+            return self.major(items, target, mask, retrieval_keys=keys), items, mask
         return self.major(items, target, mask), items, mask
 
     # served row by row: the lifelong path has its own candidate-free state
