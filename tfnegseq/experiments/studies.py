@@ -342,11 +342,12 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
                     loadable[_key(spec, study, backbone, setting)] = records.fingerprint(
                         run_config(study, backbone, setting, 0))
                 except ConfigError as e:
+                    if wanted and setting not in wanted:
+                        continue  # a setting this call does not run need not load
                     if not spec.skip_invalid:
                         raise
-                    if not wanted or setting in wanted:
-                        print(f"skipped {study} / {backbone or '-'} / {setting}: {e}",
-                              flush=True)
+                    print(f"skipped {study} / {backbone or '-'} / {setting}: {e}",
+                          flush=True)
     for key in incomplete(spec, loadable):  # a numeric x runs only where every series can
         if not wanted or key[-1] in wanted:
             print(f"skipped {' / '.join(k or '-' for k in key)}: not every series of the "
