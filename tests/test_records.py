@@ -176,3 +176,21 @@ def test_a_setting_another_study_already_ran_is_copied_not_trained(tmp_path, mon
     data = json.loads((tmp_path / "x_movielens_100k.json").read_text())
     same = next(r for r in data["records"] if r["setting"] == "same")
     assert same["copied_from"] == "a / mix" and same["auc"] == 0.71 and same["study"] == "b"
+
+
+def test_a_sweep_over_some_settings_does_not_load_the_others(tmp_path):
+    """`--settings` picks what runs: a setting left out that the config cannot load (here
+    a sequence longer than the samples' history) does not refuse the sweep, even in a
+    study that refuses invalid settings."""
+    from tests.conftest import REPO
+    from tfnegseq.experiments import studies
+
+    spec = studies.Studies(
+        prog="p", prefix="x", kind="ctr", default_studies=("a",),
+        studies={"a": {"ok": [], "too long": ["model.sequence_length=500"]}},
+        reference={"a": "ok"})
+    argv = ["--config", str(REPO / "configs" / "movielens_100k.yaml"), "--results-dir",
+            str(tmp_path), "--report-only"]
+    assert studies.run(spec, [*argv, "--settings", "ok"]) == 0
+    with pytest.raises(Exception, match="sequence_length"):
+        studies.run(spec, argv)
