@@ -133,6 +133,15 @@ def fingerprint(cfg: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def check_unchanged(cfg: Any, expected: str, where: str) -> None:
+    """Refuses a run whose config is not the one its sweep fingerprinted at start (e.g.
+    the YAML was edited mid-sweep): its record would carry the older config's hash."""
+    if fingerprint(cfg) != expected:
+        raise SystemExit(f"error: {where}: the config differs from the one this sweep "
+                         "started with (was the config file edited?); run the sweep "
+                         "again to set the older runs aside")
+
+
 def current(records: Iterable[dict[str, Any]], expected: dict[tuple[Any, ...], str],
             key: tuple[str, ...]) -> list[dict[str, Any]]:
     """The records whose config is what the sweep would run now: a record whose `key`

@@ -329,10 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (s, seed) in enumerate([] if args.report_only else todo, start=1):
         print(f"[{i}/{len(todo)}] {dataset} {s} seed={seed}", flush=True)
         cfg = setting_config(args.config, args.overrides, s, seed, args.runs_dir, dataset)
-        if records.fingerprint(cfg) != expected[(s,)]:  # e.g. the YAML was edited
-            raise SystemExit(f"error: {s} seed {seed}: the config differs from the one this "
-                             "sweep started with (was the config file edited?); run the "
-                             "sweep again to set the older runs aside")
+        records.check_unchanged(cfg, expected[(s,)], f"{s} seed {seed}")
         keras.backend.clear_session()
         # a run directory of an unrecorded run is an interrupted one: its validation
         # state (best weights, selected epochs) was in memory only, so resuming it

@@ -402,10 +402,7 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
             print(f"    the same config and seed as {source}: its record copied", flush=True)
             continue
         cfg = run_config(study, backbone, setting, seed)
-        if records.fingerprint(cfg) != fields["config_sha"]:  # e.g. the YAML was edited
-            raise SystemExit(f"error: {where}: the config differs from the one this sweep "
-                             "started with (was the config file edited?); run the sweep "
-                             "again to set the older runs aside")
+        records.check_unchanged(cfg, fields["config_sha"], where)
         ensure_samples(cfg, base)
         records.run_ctr(path, data, cfg, **fields)
         by_config[(fields["config_sha"], seed)] = data["records"][-1]

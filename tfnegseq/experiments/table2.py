@@ -205,10 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (b, s, seed) in enumerate([] if args.report_only else todo, start=1):
         print(f"[{i}/{len(todo)}] {dataset} {b} {s} seed={seed}", flush=True)
         cfg = run_config(b, s, seed)
-        if records.fingerprint(cfg) != expected[(b, s)]:  # e.g. the YAML was edited
-            raise SystemExit(f"error: {b} {s} seed {seed}: the config differs from the one "
-                             "this sweep started with (was the config file edited?); run "
-                             "the sweep again to set the older runs aside")
+        records.check_unchanged(cfg, expected[(b, s)], f"{b} {s} seed {seed}")
         records.run_ctr(path, data, cfg, backbone=b, setting=s, seed=seed,
                         config_sha=expected[(b, s)])
     print(records.finish(path, data, bool(todo) and not args.report_only,

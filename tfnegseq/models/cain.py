@@ -171,7 +171,8 @@ class CainModel(CtrModel):
                                   ops.reshape(items, (-1,)))
         tokens = ops.reshape(rows, (batch, length, -1))
         keep = ops.expand_dims(mask, -1)
-        item_rows = ops.cast(tokens, self.compute_dtype) * ops.cast(keep, self.compute_dtype)
+        item_rows = (ops.cast(tokens, self.compute_dtype) * ops.cast(keep, self.compute_dtype)
+                     if with_items else None)
         if self.value_embedding is not None:
             values = ops.cast(inputs["life_value"][:, -n:], "float32")
             bucket = ops.zeros_like(values, dtype="int32")
