@@ -164,9 +164,10 @@ def test_din_attention_share_is_the_absolute_weight_mass_on_positive_tokens():
 
 
 def test_onetrans_attention_share_reads_the_tokens_entering_its_last_layer():
-    """With the pyramid (3 layers: the last layer's behaviour keys are the 2 most recent
-    tokens) and the 5 negatives older than the 5 positives, the last layer attends to
-    positives only: share 1. Without the pyramid it also attends to the negatives."""
+    """With the pyramid (4 layers over 10 tokens down to 2 NS tokens: schedule
+    [10, 7, 5, 0], so the last layer's behaviour keys are the 5 most recent tokens) and
+    the 5 negatives older than the 5 positives, the last layer attends to positives
+    only: share 1. Without the pyramid it also attends to the negatives."""
     import dataclasses
 
     from tfnegseq.kinds.ctr.config import CtrModelConfig
@@ -181,12 +182,12 @@ def test_onetrans_attention_share_reads_the_tokens_entering_its_last_layer():
     for pyramid, want_one in ((True, True), (False, False)):
         m = dataclasses.asdict(CtrModelConfig(
             backbone="onetrans", polarity="pbe", sequence_length=10, embedding_dim=16,
-            num_heads=2, num_layers=3, ns_tokens=2, pyramid=pyramid, mlp_units=[8],
+            num_heads=2, num_layers=4, ns_tokens=2, pyramid=pyramid, mlp_units=[8],
             attention_units=[8]))
         model = CtrModel({"item_id": 30, "user_id": 2}, m)
         share, tokens = (np.asarray(v) for v in model.attention_share(x, True))
         if want_one:
-            assert model.backbone.schedule[-2] == 2
+            assert model.backbone.schedule == [10, 7, 5, 0]
             np.testing.assert_allclose(share, 1.0, rtol=1e-6)
             np.testing.assert_allclose(tokens, 1.0)  # the 2 entering tokens: positives
         else:
