@@ -593,22 +593,28 @@ class MixFormerEncoder(_UnifiedBlock):
     With `T` non-sequential tokens ("heads") of width `d` and the behaviour tokens
     projected once to width `T * d` (`sequence_projection`, so that chunk `i` of every
     behaviour token belongs to head `i`), each of `num_layers` layers computes
-    (pre-RMSNorm throughout, equation numbers of the paper as quoted by public
-    re-implementations; the PDF body was not available to us):
+    (pre-RMSNorm throughout; the paper's eq. 3-9 as transcribed from its v2 PDF by a
+    public write-up, GitHub `Bolt00Y/RAS` `mixformer/MixFormer_论文详解.md`, which agrees
+    with a second write-up and the unofficial `yyHaker/MixFormer`; the PDF itself was
+    not available to us):
     1. Query Mixer (feature-level mixing): `P = HeadMixing(RMSNorm(X)) + X` (RankMixer
        token mixing, T heads); `Q_i = P_i + SwiGLU_i(RMSNorm(P_i))` (per head).
     2. Cross attention (sequence-level mixing): `H = S + SwiGLU_l(RMSNorm(S))` on the
-       *original* projected sequence `S` (the sequence is not updated across layers;
-       each layer has its own SwiGLU); head `i` attends with its single query `Q_i`
+       *original* projected sequence `S` (eq. 5 read literally: the sequence is not
+       updated across layers, which the paper does not state either way; each layer
+       has its own SwiGLU, as its ablation "per-layer FFN -> shared" implies); head `i`
+       attends with its single query `Q_i`
        over `K_i = H[..., i] W_k^i`, `V_i = H[..., i] W_v^i` (its own chunk and
        projections): `Z_i = Q_i + sum_t softmax_t(Q_i . K_ti / sqrt(d)) V_ti`.
     3. Output fusion: `X'_i = Z_i + SwiGLU'_i(RMSNorm(Z_i))` (per head).
     The output is the T heads after a final RMSNorm.
 
     Simplified: `num_heads` is not used for attention (each head is one query of width
-    `d`, as in the paper); the NS heads come from Auto-Split (one Dense) instead of a
-    per-chunk projection of the concatenated features; the UI-MixFormer serving variant
-    (user/item head split) is not built.
+    `d`, as in the paper); the NS heads come from Auto-Split (one Dense) instead of
+    eq. 2's per-chunk projection of the concatenated features; how `S` reaches width
+    `T * d` (one Dense here) and the final RMSNorm are not given by the paper; the
+    UI-MixFormer serving variant (eq. 10-11, a user/item mask on the head mixing) is not
+    built.
 
     Args:
         num_layers, ff_dim (SwiGLU hidden width), dropout, epsilon, kernel_initializer:
