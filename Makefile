@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_backbones.py
 	$(BIN)/python benchmarks/bench_candidates.py
 	$(BIN)/python benchmarks/bench_tapf_floor.py
+	$(BIN)/python benchmarks/bench_tcn_kernels.py
 	$(BIN)/python benchmarks/bench_embedding_updates.py
 	$(BIN)/python benchmarks/bench_embedding_updates.py --xla clustered --dtype mixed_bfloat16
 

@@ -72,7 +72,7 @@ def test_tcn_matches_reference(context_length, stride, anchor, call):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(layer.output_mask(mask),
                                   mask[:, centres(width, stride, anchor)])
-    # per-example kernels (the tap-sum path) at the same centres
+    # per-example kernels (the batched window matmul) at the same centres
     per_user = rng.normal(size=(4, *kernel.shape)).astype("float32")
     np.testing.assert_allclose(
         to_numpy(layer(x_noisy, mask, filters=per_user)),

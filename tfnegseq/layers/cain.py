@@ -44,9 +44,14 @@ class TemporalConvolution(keras.layers.Layer):
     The windows are not Keras' `padding="same"`: for `stride > 1` TensorFlow's SAME
     padding centres output j on `j*s + cl - pad_left`, not on `j*s`. The sequence is
     padded explicitly (cl zeros before, enough after); the layer's own kernel is then one
-    VALID `ops.conv`, and per-example kernels are a sum over the `2cl + 1` taps of one
-    batched matmul over strided slices each: no window tensor `[B, n_out, 2cl+1, d]` is
-    built (2 GB at B = 256, N = 2000, d = 64, cl = 7).
+    VALID `ops.conv`. Per-example kernels are one batched matmul of the windows
+    `[B, n_out, (2cl+1) d]` (the `2cl + 1` strided slices side by side) with the kernels
+    `[B, (2cl+1) d, f]`. The window tensor is 2 GB at B = 256, N = 2000, d = 64, cl = 7;
+    a sum of `2cl + 1` per-tap matmuls builds no such tensor but saves no memory under
+    XLA (each slice is materialised for the backward pass anyway): it took 1.14x as
+    long for one layer (fwd + bwd, XLA on CPU, B = 256, N = 2000, cl = 7;
+    `benchmarks/bench_tcn_kernels.py`), and CAIN's training step with PEG at N = 2000
+    peaked at 8.2 GiB against 6.8 GiB now (`benchmarks/results/cain_peg_window.json`).
 
     Args:
         filters: int. Output channels f (the constructor's `filters`; the call's
@@ -153,14 +158,18 @@ class TemporalConvolution(keras.layers.Layer):
         if not per_example:
             # One VALID convolution over the explicitly padded sequence: output j reads
             # padded inputs [j*s, j*s + 2cl] = inputs [j*s - cl, j*s + cl]. 7-13x faster
-            # under XLA on CPU than the tap sum below (measured: B = 256, N = 1,000).
+            # under XLA on CPU than a per-tap matmul sum (measured: B = 256, N = 1,000),
+            # 1.2x faster than the window matmul below (B = 256, N = 2,000, cl = 7;
+            # benchmarks/bench_tcn_kernels.py).
             out = ops.conv(x, kernel, strides=s, padding="valid")[:, :n_out]
             return self.activation(out + ops.cast(self.bias, out.dtype))
-        out = None
-        for k in range(self.taps):  # static: 2cl + 1 batched matmuls, never per user
-            window = x[:, k: k + (n_out - 1) * s + 1: s] if s > 1 else x[:, k: k + n_out]
-            term = ops.matmul(window, kernel[:, k])  # [B, n_out, d] @ [B, d, f]
-            out = term if out is None else out + term
+        # window j of example b: inputs [j*s - cl, j*s + cl] side by side, tap-major as
+        # the kernel's rows [B, 2cl+1, d, f] -> [B, (2cl+1) d, f]; one batched matmul
+        windows = [x[:, k: k + (n_out - 1) * s + 1: s] if s > 1 else x[:, k: k + n_out]
+                   for k in range(self.taps)]
+        windows = windows[0] if self.taps == 1 else ops.concatenate(windows, axis=-1)
+        dim = kernel.shape[2]
+        out = ops.matmul(windows, ops.reshape(kernel, (-1, self.taps * dim, self.filters)))
         out = out + ops.cast(self.bias, out.dtype)
         return self.activation(out)
 

@@ -1,0 +1,142 @@
+"""Benchmark (issue 14): the TCN's formulations, one layer's forward + backward pass.
+
+CAIN's `TemporalConvolution` (`tfnegseq.layers.TemporalConvolution`) runs the layer's
+own kernel as one VALID `ops.conv`, and per-example kernels (PEG) as one batched matmul
+of the windows side by side. This times, under XLA (`jit_compile`), float32, the
+gradient of `sum(y ** 2)` with respect to the input and the kernel(s) of:
+
+| variant | what |
+| --- | --- |
+| `shared_conv` | the layer with its own kernel (`ops.conv`) |
+| `per_example_window` | the layer with per-example kernels `[B, 2cl+1, d, f]` (PEG's path) |
+| `per_example_tap_sum` | the earlier per-example formulation, written here: the sum over the 2cl+1 taps of one batched matmul of a shifted slice each |
+
+`--rounds` interleaved rounds (order reversed every other round), medians, the ratios
+of the medians of per-round ratios; peak memory is not measured here (XLA materialises
+each tap's slice for the backward pass either way; `bench_cain.py` measures the
+model's). Default shapes are `bench_cain.py`'s layer 1 at N = 2,000: B = 256, d = f =
+64, cl = 7, stride 1.
+
+    python benchmarks/bench_tcn_kernels.py      # -> benchmarks/results/tcn_kernels.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--length", type=int, default=2000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--context-length", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--out", default=os.path.join(HERE, "results", "tcn_kernels.json"))
+    args = p.parse_args(argv)
+
+    import numpy as np
+    import tensorflow as tf
+    from _machine import machine
+    from keras import ops
+
+    from tfnegseq.layers import TemporalConvolution
+    from tfnegseq.provenance import versions
+
+    b, n, d, cl = args.batch, args.length, args.dim, args.context_length
+    taps = 2 * cl + 1
+    rng = np.random.default_rng(0)
+    x = tf.Variable(rng.normal(size=(b, n, d)).astype("float32"))
+    per_user = tf.Variable(rng.normal(size=(b, taps, d, d)).astype("float32") * 0.05)
+    mask = tf.ones((b, n), bool)
+    shared = TemporalConvolution(d, cl)
+    shared(x, mask)
+    per = TemporalConvolution(d, cl, use_kernel=False)
+    per(x, mask, filters=per_user)
+
+    def tap_sum(seq, kernels):  # [B, N, d], [B, taps, d, f] -> [B, N, f]
+        padded = ops.pad(seq, [[0, 0], [cl, cl], [0, 0]])
+        out = None
+        for k in range(taps):
+            term = ops.matmul(padded[:, k: k + n], kernels[:, k])
+            out = term if out is None else out + term
+        return out
+
+    forward = {
+        "shared_conv": (lambda: shared(x, mask), [x, *shared.trainable_variables]),
+        "per_example_window": (lambda: per(x, mask, filters=per_user), [x, per_user]),
+        "per_example_tap_sum": (lambda: tap_sum(x, per_user), [x, per_user]),
+    }
+    np.testing.assert_allclose(forward["per_example_window"][0]().numpy(),
+                               forward["per_example_tap_sum"][0]().numpy(), atol=1e-3)
+
+    def grad_fn(fn, variables):
+        @tf.function(jit_compile=True)
+        def step():
+            with tf.GradientTape() as tape:
+                y = fn()
+                loss = tf.reduce_sum(y * y)
+            return tape.gradient(loss, variables)
+        return step
+
+    steps = {name: grad_fn(fn, v) for name, (fn, v) in forward.items()}
+    compile_s = {}
+    for name, step in steps.items():
+        start = time.perf_counter()
+        step()
+        compile_s[name] = round(time.perf_counter() - start, 1)
+        step()
+    rounds: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for r in range(args.rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            out = steps[name]()
+            out[0].numpy()
+            rounds[name].append(time.perf_counter() - start)
+        print(f"round {r + 1}/{args.rounds}: "
+              + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in rounds.items()), flush=True)
+
+    def ratio(a: str, base: str) -> float:
+        return round(statistics.median(
+            u / w for u, w in zip(rounds[a], rounds[base], strict=True)), 3)
+
+    result = {
+        "benchmark": "tcn_kernels",
+        "shapes": {"batch": b, "length": n, "dim": d, "filters": d, "context_length": cl,
+                   "stride": 1},
+        "mode": "xla, float32, forward + backward (input and kernel gradients)",
+        "rounds": args.rounds,
+        "compile_seconds": compile_s,
+        "variants": {k: {"ms": round(statistics.median(v) * 1e3, 1),
+                         "rounds_ms": [round(t * 1e3, 1) for t in v]}
+                     for k, v in rounds.items()},
+        "ratios": {"per_example_window/shared_conv": ratio("per_example_window", "shared_conv"),
+                   "per_example_tap_sum/shared_conv": ratio("per_example_tap_sum", "shared_conv"),
+                   "per_example_window/per_example_tap_sum":
+                       ratio("per_example_window", "per_example_tap_sum")},
+        "machine": machine(),
+        "versions": versions(),
+        "command": "python benchmarks/bench_tcn_kernels.py " + " ".join(argv or sys.argv[1:]),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print(json.dumps(result["ratios"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
