@@ -235,7 +235,13 @@ def test_a_tiny_analyses_study_records_and_plots_the_analyses(tiny_samples, tmp_
     assert 0 < attention["positive_share"] < 1 and 0 < attention["positive_tokens"] < 1
     md = (results / f"polarity_{cfg.name}.md").read_text()
     assert "AUC by positive history length" in md and "| 0-1 (" in md
-    assert "| a+ | tokens+ | gap | token gap |" in md
+    assert "| a+ | a+ clicked | a+ unclicked | tokens+ | gap | token gap |" in md
+    # Table 6's a+ on clicked and on unclicked rows: both real shares in the TAPF row
+    table = md.split("| a+ | a+ clicked | a+ unclicked |", 1)[1].splitlines()
+    row = next(line for line in table if line.startswith("| Mix Seq + TAPF | "))
+    clicked, unclicked = (float(c) for c in row.split(" | ")[4:6])
+    assert 0 < clicked < 1 and 0 < unclicked < 1
+    assert clicked == pytest.approx(attention["positive_share_clicked"], abs=5e-4)
     assert (results / f"polarity_{cfg.name}_analyses.png").stat().st_size > 10_000
 
     # --reanalyse: recomputed from the saved models; a run without its model is left alone
