@@ -27,10 +27,10 @@ def test_preset_users_span_hundreds_to_thousands_of_events():
     assert n.min() >= 150 and 3800 <= n.max() <= 4000
     assert (n >= 2000).mean() > 0.15  # a tail longer than the lifelong list
     assert ((n >= 100) & (n < 1000)).mean() > 0.5  # most users have hundreds
-    # the documented size: targets thinned to 16,205 samples
+    # the documented size: targets thinned to 51,904 samples
     assert sum(len(select_targets(int(k), cfg.samples))
                for k in sim._event_counts(cfg.simulate, np.random.default_rng(
-                   np.random.SeedSequence(cfg.simulate.seed).spawn(6)[1]))) == 16_205
+                   np.random.SeedSequence(cfg.simulate.seed).spawn(6)[1]))) == 51_904
 
 
 @pytest.fixture(scope="module")
