@@ -94,3 +94,19 @@ def test_the_backbone_study_reads_each_attention_against_its_own_raw_row():
     md = studies.markdown(cain.SPEC, "toy", data)
     assert "| SIM | 0.7000 | 0.7200 (+0.0200) | 0.6900 (-0.0100) |" in md
     assert "| LAP | 0.7500 | — | — |" in md
+
+
+def test_each_setting_is_read_against_the_reference_seed_by_seed():
+    """Hand-worked: CAIN - LAP = +0.0100 at seed 0 and -0.0020 at seed 1 (ahead on 1 of
+    2); SIM ran at one seed only, so it gets no paired row."""
+    from tfnegseq.experiments import cain, studies
+
+    def rec(setting, seed, auc):
+        return {"study": "overall", "setting": setting, "seed": seed, "auc": auc,
+                "gauc": 0.6, "logloss": 0.5}
+
+    data = {"records": [rec("LAP", 0, 0.74), rec("LAP", 1, 0.75), rec("CAIN", 0, 0.75),
+                        rec("CAIN", 1, 0.748), rec("SIM", 0, 0.70)]}
+    md = studies.markdown(cain.SPEC, "toy", data)
+    assert "| CAIN | +0.0100, -0.0020 (0, 1) | 1 of 2 |" in md
+    assert "| SIM |" not in md.split("seed by seed")[1]

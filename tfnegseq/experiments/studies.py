@@ -229,14 +229,19 @@ def plot(spec: Studies, dataset: str, data: dict[str, Any], path: str) -> None:
             xs = np.arange(len(names))
             colors = ["#9e9e9e" if x == spec.reference[study] else "#1565c0" for x in names]
             ax.bar(xs, means, yerr=stds, capsize=4, color=colors)
+            lows, tops = [], []
             for xi, name in enumerate(names):
                 seeds = [r["auc"] for r in data["records"] if r["study"] == study
                          and r["setting"] == name and r.get("backbone") == backbone]
                 ax.scatter([xi] * len(seeds), seeds, color="black", s=8, zorder=3)
-                ax.text(xi, means[xi], f"{means[xi]:.4f}\nn={len(seeds)}", ha="center",
-                        va="bottom", fontsize=7)
+                # the label sits above the error bar and every seed's point
+                top = max([means[xi] + stds[xi], *seeds])
+                lows.append(min([means[xi] - stds[xi], *seeds]))
+                tops.append(top)
+                ax.annotate(f"{means[xi]:.4f}\nn={len(seeds)}", (xi, top), xytext=(0, 3),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=7)
             spread = max(stds + [0.002])
-            ax.set_ylim(min(means) - max(3 * spread, 0.01), max(means) + 3 * spread)
+            ax.set_ylim(min(lows) - max(2 * spread, 0.01), max(tops) + 4 * spread)
             ax.set_xticks(xs, names, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("test AUC (mean ± std)")
         ax.set_title(title)
