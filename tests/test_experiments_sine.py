@@ -144,3 +144,24 @@ def test_sine_records_carry_fingerprints_and_other_configs_are_set_aside(tmp_pat
     data = json.loads(path.read_text())
     assert [r["seed"] for r in data["records"]] == [0]
     assert sorted(r["seed"] for r in data["discarded_records"]) == [1, 2]
+
+
+def test_the_k_sweep_plots_each_k_over_the_seeds_every_k_ran_at():
+    """SINE (the config's K = 3) ran at seeds 0 and 1, K = 1 at seed 0 only: Figure 4's
+    K = 3 point is SINE's seed-0 AUC (0.70), not the two-seed mean (0.75)."""
+    from tfnegseq.experiments import sine
+
+    def rec(setting, seed, auc):
+        return {"setting": setting, "seed": seed, "auc": auc, "gauc": 0.6, "ndcg@2": 0.7}
+
+    data = {"default_num_interests": 3,
+            "records": [rec("SINE", 0, 0.70), rec("SINE", 1, 0.80), rec("SINE K=1", 0, 0.65),
+                        rec("SASRec", 0, 0.5)]}
+    ks, seeds, summ = sine.k_sweep_points(data)
+    assert ks == [1, 3] and seeds == [0]
+    assert summ[("SINE K=3",)]["auc"][0] == 0.70
+    assert summ[("SINE K=1",)]["auc"][0] == 0.65
+    # no seed shared by every K: every run counts
+    data["records"][2]["seed"] = 2
+    ks, seeds, summ = sine.k_sweep_points(data)
+    assert seeds == [] and abs(summ[("SINE K=3",)]["auc"][0] - 0.75) < 1e-12
