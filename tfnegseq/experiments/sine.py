@@ -248,7 +248,7 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
 
     summ = records.mean_std(with_k_alias(data), ("setting",), METRICS)
     names = [s for s in GROUPS["table3"] + GROUPS["table4"][1:] if (s,) in summ]
-    ks = [k for k in range(1, 11) if (f"SINE K={k}",) in summ]
+    ks, shared, ksumm = k_sweep_points(data)
     panels = [("paper protocol", ("auc", "gauc", "ndcg@2")), ("full ranking", FULL)]
     fig, axes = plt.subplots(1, 3 if ks else 2, figsize=(16 if ks else 11, 4.2))
     width = 0.8 / max(1, len(names))
@@ -268,7 +268,6 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
     axes[0].legend(fontsize=7, loc="upper left")
     if ks:
         ax = axes[2]
-        ks, shared, ksumm = k_sweep_points(data)
         for m in ("auc", "gauc", "ndcg@2"):
             means = [ksumm[(f"SINE K={k}",)][m][0] for k in ks]
             stds = [ksumm[(f"SINE K={k}",)][m][1] for k in ks]
