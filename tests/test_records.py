@@ -194,3 +194,58 @@ def test_a_sweep_over_some_settings_does_not_load_the_others(tmp_path):
     assert studies.run(spec, [*argv, "--settings", "ok"]) == 0
     with pytest.raises(Exception, match="sequence_length"):
         studies.run(spec, argv)
+
+
+def _sweep(path, dataset, recs, **meta):
+    path.write_text(json.dumps({"dataset": dataset, "records": recs, **meta}))
+    return str(path)
+
+
+def test_merge_adds_the_runs_a_target_lacks_and_keeps_its_metadata(tmp_path):
+    from tfnegseq.experiments.__main__ import main
+
+    a = {"setting": "SINE", "seed": 0, "config_sha": "x", "auc": 0.7}
+    b = {"setting": "SINE", "seed": 1, "config_sha": "x", "auc": 0.72}
+    c = {"setting": "SASRec", "seed": 1, "config_sha": "y", "auc": 0.69}
+    target = _sweep(tmp_path / "t.json", "toy", [a], command="sweep 0", notes="Seed 0.")
+    s1 = _sweep(tmp_path / "s1.json", "toy", [a, b], command="sweep 1")
+    s2 = _sweep(tmp_path / "s2.json", "toy", [c, b])
+    assert records.merge(target, [s1, s2], note="Seed 1 from two workers.") == (2, 2)
+    out = json.load(open(target))
+    assert out["records"] == [a, b, c]
+    assert out["command"] == "sweep 0" and out["notes"] == "Seed 0. Seed 1 from two workers."
+    # the CLI entry point: merging again adds nothing
+    assert main(["merge", target, s1]) == 0 and json.load(open(target))["records"] == [a, b, c]
+
+
+def test_merge_tells_studies_and_backbones_apart(tmp_path):
+    r = {"study": "overall", "backbone": "din", "setting": "TAPF", "seed": 0, "auc": 0.6}
+    other_study = {**r, "study": "peg", "auc": 0.61}
+    other_backbone = {**r, "backbone": "transformer", "auc": 0.62}
+    target = str(tmp_path / "new.json")  # absent: created from the first source
+    src = _sweep(tmp_path / "s.json", "toy", [r, other_study, other_backbone], notes="n")
+    assert records.merge(target, [src]) == (3, 0)
+    assert json.load(open(target))["notes"] == "n"
+
+
+def test_merge_refuses_conflicting_runs_and_other_datasets_and_writes_nothing(
+        tmp_path, capsys):
+    from tfnegseq.experiments.__main__ import main
+
+    a = {"setting": "SINE", "seed": 0, "config_sha": "x", "auc": 0.7}
+    target = _sweep(tmp_path / "t.json", "toy", [a])
+    before = open(target).read()
+    rerun = _sweep(tmp_path / "rerun.json", "toy", [{**a, "auc": 0.71}])
+    with pytest.raises(records.MergeError, match=r"rerun.json: record 0 \(setting='SINE', "
+                                                 r"seed=0\) differs"):
+        records.merge(target, [rerun])
+    other = _sweep(tmp_path / "other.json", "ml", [{**a, "seed": 3}])
+    with pytest.raises(records.MergeError, match="other.json: dataset 'ml'"):
+        records.merge(target, [other])
+    broken = _sweep(tmp_path / "broken.json", "toy", [{"seed": 1}])
+    with pytest.raises(records.MergeError, match="broken.json: record 0 has no"):
+        records.merge(target, [broken])
+    assert open(target).read() == before
+    assert main(["merge", target, str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("missing.json: no such file") and err.count("\n") == 1

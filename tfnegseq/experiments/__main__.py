@@ -7,6 +7,8 @@
                         the mixed-polarity paper's studies (tfnegseq.experiments.polarity)
     cain                CAIN's studies (tfnegseq.experiments.cain)
     sine                SINE's tables and sweeps (tfnegseq.experiments.sine)
+    merge               adds the records of sweep files written by other processes
+                        (their --results-dir) to one (tfnegseq.experiments.records)
 
 Everything after NAME goes to that module's CLI (`--help` there).
 """
@@ -17,7 +19,7 @@ import sys
 
 from tfnegseq.experiments import polarity
 
-NAMES = ("main", *polarity.STUDIES, "cain", "sine")
+NAMES = ("main", *polarity.STUDIES, "cain", "sine", "merge")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return table2.main(rest)
     if name in polarity.STUDIES:
         return polarity.main(["--study", name, *rest])
+    if name == "merge":
+        from tfnegseq.experiments import records
+
+        return records.merge_main(rest)
     if name == "cain":
         from tfnegseq.experiments import cain
 

@@ -232,3 +232,94 @@ def finish(path: str, data: dict[str, Any], ran: bool,
         f.write(text)
     plot(stem + ".png")
     return text
+
+
+# ---------------------------------------------------------------------------- merging
+# What names a run in every sweep's records: CTR and CAIN studies add `study`, Table 2
+# adds `backbone`; `setting` and `seed` are always there.
+RUN_KEY = ("study", "backbone", "setting", "seed")
+
+
+class MergeError(ValueError):
+    """Sweep files that cannot be merged (named in the message)."""
+
+
+def run_key(record: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The fields of `RUN_KEY` a record has, as `(field, value)` pairs."""
+    return tuple((f, record[f]) for f in RUN_KEY if f in record)
+
+
+def merge(target: str, sources: list[str], note: str | None = None) -> tuple[int, int]:
+    """Adds to the sweep file `target` the records of the sweep files `sources` (the
+    same sweep run from several processes, each with its own `--results-dir`), keyed by
+    `RUN_KEY`; returns `(added, already_present)`.
+
+    A record whose run the target already holds, with the same values, is skipped; with
+    other values (two runs of one setting and seed, or runs of different configs) the
+    merge is refused, as are files of another dataset or without `records`: nothing is
+    written then. `target` is created from the first source's metadata when absent;
+    otherwise its metadata (command, config, notes) stay, and `note` is appended to its
+    `notes`. The markdown and plot are not rewritten: run the sweep with `--report-only`
+    (it also sets aside records of another config or code revision)."""
+    data = load(target)
+    fresh = not os.path.exists(target)
+    held = {run_key(r): (target, r) for r in data["records"]}
+    added = present = 0
+    for src in sources:
+        if not os.path.exists(src):
+            raise MergeError(f"{src}: no such file")
+        try:
+            other = load(src)
+        except json.JSONDecodeError as e:
+            raise MergeError(f"{src}: not JSON ({e})") from e
+        if not isinstance(other, dict) or not isinstance(other.get("records"), list):
+            raise MergeError(f"{src}: not a sweep file (no `records` list)")
+        if fresh:
+            data = {**{k: v for k, v in other.items() if k != "records"}, "records": []}
+            fresh = False
+        if data.get("dataset") and other.get("dataset") and data["dataset"] != other["dataset"]:
+            raise MergeError(f"{src}: dataset {other['dataset']!r}, but {target} holds "
+                             f"{data['dataset']!r}")
+        for i, r in enumerate(other["records"]):
+            if not isinstance(r, dict) or "setting" not in r or "seed" not in r:
+                raise MergeError(f"{src}: record {i} has no `setting` and `seed`")
+            key = run_key(r)
+            if key in held:
+                where, kept = held[key]
+                if kept != r:
+                    run = ", ".join(f"{f}={v!r}" for f, v in key)
+                    raise MergeError(f"{src}: record {i} ({run}) differs from the one in "
+                                     f"{where}; remove one of the two runs first")
+                present += 1
+                continue
+            data["records"].append(r)
+            held[key] = (src, r)
+            added += 1
+    if note:
+        data["notes"] = f"{data['notes']} {note}" if data.get("notes") else note
+    save(target, data)
+    return added, present
+
+
+def merge_main(argv: list[str] | None = None) -> int:
+    """`python -m tfnegseq.experiments merge TARGET SOURCE [SOURCE ...] [--note TEXT]`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        prog="python -m tfnegseq.experiments merge",
+        description="Add the records of sweep files written by other processes (their "
+                    "--results-dir) to one sweep file; then rewrite its tables and plot "
+                    "with the sweep's --report-only.")
+    ap.add_argument("target", help="the sweep JSON to add to (created when absent)")
+    ap.add_argument("sources", nargs="+", help="sweep JSONs of the same sweep")
+    ap.add_argument("--note", help="text appended to the target's notes (how the runs "
+                                   "were made)")
+    args = ap.parse_args(argv)
+    try:
+        added, present = merge(args.target, args.sources, args.note)
+    except MergeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.target}: {added} record(s) added, {present} already there; rewrite its "
+          "tables and plot with the sweep's --report-only", flush=True)
+    return 0
