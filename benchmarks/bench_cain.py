@@ -60,6 +60,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+from tfnegseq.provenance import git_commit  # noqa: E402
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "no_tcn": {"context": "none", "peg_layers": "none"},
     "tcn_1": {"msia_layers": 1, "peg_layers": "none"},
@@ -256,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": {v: model_config(v, 0, args.dim) | {"lifelong_length": "N"}
                      for v in args.variants},
         "load_average_start": os.getloadavg(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                 text=True, cwd=HERE).stdout.strip(),
+        "commit": git_commit(),  # "+dirty" with local changes
         "by_length": {},
     }
     for n in lengths:

@@ -8,8 +8,15 @@ gradient of `sum(y ** 2)` with respect to the input and the kernel(s) of:
 | variant | what |
 | --- | --- |
 | `shared_conv` | the layer with its own kernel (`ops.conv`) |
-| `per_example_window` | the layer with per-example kernels `[B, 2cl+1, d, f]` (PEG's path) |
-| `per_example_tap_sum` | the earlier per-example formulation, written here: the sum over the 2cl+1 taps of one batched matmul of a shifted slice each |
+| `per_example_window` | per-example kernels `[B, 2cl+1, d, f]` (PEG's) as one batched matmul of the windows side by side, `[B, N, (2cl+1) d] @ [B, (2cl+1) d, f]`: the layer's path in float32 |
+| `per_example_tap_sum` | the same as the sum over the 2cl+1 taps of one batched matmul of a shifted slice each: the layer's path in bfloat16 / float16 |
+
+Both per-example variants are written here and checked against the layer's own output.
+
+`--mode bf16` runs the same under `mixed_bfloat16` (inputs and kernels cast to
+bfloat16, float32 variables) with TensorFlow's XLA auto-clustering instead of
+`jit_compile`, as `bench_cain.py --mode bf16` trains: the matmuls and convolutions go to
+oneDNN, which uses AMX where the CPU has it.
 
 `--rounds` interleaved rounds (order reversed every other round), medians, the ratios
 of the medians of per-round ratios; peak memory is not measured here (XLA materialises
@@ -18,6 +25,7 @@ model's). Default shapes are `bench_cain.py`'s layer 1 at N = 2,000: B = 256, d 
 64, cl = 7, stride 1.
 
     python benchmarks/bench_tcn_kernels.py      # -> benchmarks/results/tcn_kernels.json
+    python benchmarks/bench_tcn_kernels.py --mode bf16 --out benchmarks/results/tcn_kernels_bf16.json
 """
 
 from __future__ import annotations
@@ -43,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--context-length", type=int, default=7)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--mode", choices=("xla", "bf16"), default="xla")
     p.add_argument("--out", default=os.path.join(HERE, "results", "tcn_kernels.json"))
     args = p.parse_args(argv)
 
+    import keras
     import numpy as np
     import tensorflow as tf
     from _machine import machine
@@ -54,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     from tfnegseq.layers import TemporalConvolution
     from tfnegseq.provenance import versions
 
+    bf16 = args.mode == "bf16"
+    if bf16:
+        from tfnegseq.runtime import enable_auto_clustering
+
+        enable_auto_clustering()
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    compute = "bfloat16" if bf16 else "float32"
     b, n, d, cl = args.batch, args.length, args.dim, args.context_length
     taps = 2 * cl + 1
     rng = np.random.default_rng(0)
@@ -73,19 +90,30 @@ def main(argv: list[str] | None = None) -> int:
             out = term if out is None else out + term
         return out
 
+    def window(seq, kernels):  # the same, one matmul of the windows side by side
+        padded = ops.pad(seq, [[0, 0], [cl, cl], [0, 0]])
+        windows = ops.concatenate([padded[:, k: k + n] for k in range(taps)], axis=-1)
+        return ops.matmul(windows, ops.reshape(kernels, (-1, taps * d, d)))
+
+    def cast(v):
+        return ops.cast(v, compute)
+
     forward = {
-        "shared_conv": (lambda: shared(x, mask), [x, *shared.trainable_variables]),
-        "per_example_window": (lambda: per(x, mask, filters=per_user), [x, per_user]),
-        "per_example_tap_sum": (lambda: tap_sum(x, per_user), [x, per_user]),
+        "shared_conv": (lambda: shared(cast(x), mask), [x, *shared.trainable_variables]),
+        "per_example_window": (lambda: window(cast(x), cast(per_user)), [x, per_user]),
+        "per_example_tap_sum": (lambda: tap_sum(cast(x), cast(per_user)), [x, per_user]),
     }
-    np.testing.assert_allclose(forward["per_example_window"][0]().numpy(),
-                               forward["per_example_tap_sum"][0]().numpy(), atol=1e-3)
+    layer_out = ops.cast(per(cast(x), mask, filters=cast(per_user)) - ops.cast(per.bias, compute),
+                         "float32").numpy()
+    for name in ("per_example_window", "per_example_tap_sum"):
+        np.testing.assert_allclose(ops.cast(forward[name][0](), "float32").numpy(), layer_out,
+                                   atol=0.1 if bf16 else 1e-3, err_msg=name)
 
     def grad_fn(fn, variables):
-        @tf.function(jit_compile=True)
+        @tf.function(jit_compile=not bf16)
         def step():
             with tf.GradientTape() as tape:
-                y = fn()
+                y = ops.cast(fn(), "float32")
                 loss = tf.reduce_sum(y * y)
             return tape.gradient(loss, variables)
         return step
@@ -116,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "tcn_kernels",
         "shapes": {"batch": b, "length": n, "dim": d, "filters": d, "context_length": cl,
                    "stride": 1},
-        "mode": "xla, float32, forward + backward (input and kernel gradients)",
+        "mode": ("auto-clustering, mixed_bfloat16" if bf16 else "xla, float32")
+                + ", forward + backward (input and kernel gradients)",
+        "layer_path": "per_example_tap_sum" if bf16 else "per_example_window",
         "rounds": args.rounds,
         "compile_seconds": compile_s,
         "variants": {k: {"ms": round(statistics.median(v) * 1e3, 1),

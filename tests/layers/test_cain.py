@@ -160,6 +160,21 @@ def test_tcn_mixed_bfloat16():
     np.testing.assert_allclose(to_numpy(out).astype("float32"), want, rtol=0.05, atol=0.1)
 
 
+@pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
+def test_tcn_per_example_filters_mixed_bfloat16(call):
+    # half precision takes the per-tap matmul sum instead of the window matmul
+    rng = np.random.default_rng(6)
+    cl, s, d, f = 3, 2, 6, 4
+    x = rng.normal(size=(3, 13, d)).astype("float32")
+    mask = left_padded_mask([13, 7, 1], 13)
+    filters = (rng.normal(size=(3, 2 * cl + 1, d, f)) * 0.3).astype("float32")
+    layer = TemporalConvolution(f, cl, s, bias_initializer="ones", dtype="mixed_bfloat16")
+    out = call(layer, x, mask, filters)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    want = tcn_reference(x, mask, filters, to_numpy(layer.bias), cl, s)
+    np.testing.assert_allclose(to_numpy(out).astype("float32"), want, rtol=0.05, atol=0.1)
+
+
 def test_tcn_serialization_round_trip(tmp_path):
     inputs = keras.Input((10, 6))
     mask = keras.Input((10,), dtype="bool")
