@@ -52,6 +52,10 @@ class TemporalConvolution(keras.layers.Layer):
     long for one layer (fwd + bwd, XLA on CPU, B = 256, N = 2000, cl = 7;
     `benchmarks/bench_tcn_kernels.py`), and CAIN's training step with PEG at N = 2000
     peaked at 8.2 GiB against 6.8 GiB now (`benchmarks/results/cain_peg_window.json`).
+    That is float32. In bfloat16 / float16 the per-tap sum is the path: on a CPU with
+    AMX under `mixed_bfloat16` the window matmul took 2.1x its time, and CAIN's step with
+    PEG peaked at 10.0 GiB with it against 4.2 GiB with the sum
+    (`benchmarks/results/tcn_kernels_bf16.json`, `cain_bf16.json`, `cain_bf16_taps.json`).
 
     Args:
         filters: int. Output channels f (the constructor's `filters`; the call's
@@ -165,20 +169,20 @@ class TemporalConvolution(keras.layers.Layer):
             return self.activation(out + ops.cast(self.bias, out.dtype))
         # tap k's inputs for every output: [B, n_out, d], output j reading input j*s + k
         # of the padded sequence
-        taps = [x[:, k: k + (n_out - 1) * s + 1: s] if s > 1 else x[:, k: k + n_out]
-                for k in range(self.taps)]
+        slices = [x[:, k: k + (n_out - 1) * s + 1: s] if s > 1 else x[:, k: k + n_out]
+                  for k in range(self.taps)]
         if keras.backend.standardize_dtype(x.dtype) in ("bfloat16", "float16"):
             # half precision: a sum of one batched matmul per tap. The window matmul
             # below takes 2.1x its time in bfloat16 on a CPU with AMX (B = 256, N =
             # 2,000, cl = 7; benchmarks/results/tcn_kernels_bf16.json)
-            out = ops.matmul(taps[0], kernel[:, 0])
+            out = ops.matmul(slices[0], kernel[:, 0])
             for k in range(1, self.taps):
-                out = out + ops.matmul(taps[k], kernel[:, k])
+                out = out + ops.matmul(slices[k], kernel[:, k])
         else:
             # float32: window j of example b, inputs [j*s - cl, j*s + cl] side by side,
             # tap-major as the kernel's rows [B, 2cl+1, d, f] -> [B, (2cl+1) d, f]; one
             # batched matmul (0.88-1.07x the tap sum's time, AMD and Intel CPUs)
-            windows = taps[0] if self.taps == 1 else ops.concatenate(taps, axis=-1)
+            windows = slices[0] if self.taps == 1 else ops.concatenate(slices, axis=-1)
             dim = kernel.shape[2]
             out = ops.matmul(windows, ops.reshape(kernel, (-1, self.taps * dim, self.filters)))
         out = out + ops.cast(self.bias, out.dtype)
