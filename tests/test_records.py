@@ -207,13 +207,16 @@ def test_merge_adds_the_runs_a_target_lacks_and_keeps_its_metadata(tmp_path):
     a = {"setting": "SINE", "seed": 0, "config_sha": "x", "auc": 0.7}
     b = {"setting": "SINE", "seed": 1, "config_sha": "x", "auc": 0.72}
     c = {"setting": "SASRec", "seed": 1, "config_sha": "y", "auc": 0.69}
-    target = _sweep(tmp_path / "t.json", "toy", [a], command="sweep 0", notes="Seed 0.")
-    s1 = _sweep(tmp_path / "s1.json", "toy", [a, b], command="sweep 1")
-    s2 = _sweep(tmp_path / "s2.json", "toy", [c, b])
+    target = _sweep(tmp_path / "t.json", "toy", [a], command="sweep 0", notes="Seed 0.",
+                    finished="2026-12-06T20:26:19")
+    s1 = _sweep(tmp_path / "s1.json", "toy", [a, b], command="sweep 1",
+                finished="2026-12-07T01:41:02")
+    s2 = _sweep(tmp_path / "s2.json", "toy", [c, b], finished="2026-12-06T09:00:00")
     assert records.merge(target, [s1, s2], note="Seed 1 from two workers.") == (2, 2)
     out = json.load(open(target))
     assert out["records"] == [a, b, c]
     assert out["command"] == "sweep 0" and out["notes"] == "Seed 0. Seed 1 from two workers."
+    assert out["finished"] == "2026-12-07T01:41:02"  # the latest run's end
     # the CLI entry point: merging again adds nothing
     assert main(["merge", target, s1]) == 0 and json.load(open(target))["records"] == [a, b, c]
 

@@ -258,8 +258,9 @@ def merge(target: str, sources: list[str], note: str | None = None) -> tuple[int
     other values (two runs of one setting and seed, or runs of different configs) the
     merge is refused, as are files of another dataset or without `records`: nothing is
     written then. `target` is created from the first source's metadata when absent;
-    otherwise its metadata (command, config, notes) stay, and `note` is appended to its
-    `notes`. The markdown and plot are not rewritten: run the sweep with `--report-only`
+    otherwise its metadata (command, config, notes) stay, `note` is appended to its
+    `notes`, and its `finished` stamp becomes the latest of the files' (a source's runs
+    may have ended later). The markdown and plot are not rewritten: run the sweep with `--report-only`
     (it also sets aside records of another config or code revision)."""
     data = load(target)
     fresh = not os.path.exists(target)
@@ -295,6 +296,8 @@ def merge(target: str, sources: list[str], note: str | None = None) -> tuple[int
             data["records"].append(r)
             held[key] = (src, r)
             added += 1
+        if other.get("finished") and str(other["finished"]) > str(data.get("finished", "")):
+            data["finished"] = other["finished"]  # ISO timestamps order as strings
     if note:
         data["notes"] = f"{data['notes']} {note}" if data.get("notes") else note
     save(target, data)
