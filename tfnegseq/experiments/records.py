@@ -260,8 +260,8 @@ def merge(target: str, sources: list[str], note: str | None = None) -> tuple[int
     written then. `target` is created from the first source's metadata when absent;
     otherwise its metadata (command, config, notes) stay, `note` is appended to its
     `notes`, and its `finished` stamp becomes the latest of the files' (a source's runs
-    may have ended later). The markdown and plot are not rewritten: run the sweep with `--report-only`
-    (it also sets aside records of another config or code revision)."""
+    may have ended later). The markdown and plot are not rewritten: run the sweep with
+    `--report-only` (it also sets aside records of another config or code revision)."""
     data = load(target)
     fresh = not os.path.exists(target)
     held = {run_key(r): (target, r) for r in data["records"]}
