@@ -249,6 +249,10 @@ def test_merge_refuses_conflicting_runs_and_other_datasets_and_writes_nothing(
     with pytest.raises(records.MergeError, match="broken.json: record 0 has no"):
         records.merge(target, [broken])
     assert open(target).read() == before
+    not_a_sweep = tmp_path / "list.json"
+    not_a_sweep.write_text("[]")
+    with pytest.raises(records.MergeError, match="list.json: not a sweep file"):
+        records.merge(str(not_a_sweep), [target])  # a bad target, not only a bad source
     assert main(["merge", target, str(tmp_path / "missing.json")]) == 2
     err = capsys.readouterr().err
     assert err.strip().endswith("missing.json: no such file") and err.count("\n") == 1

@@ -249,6 +249,17 @@ def run_key(record: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple((f, record[f]) for f in RUN_KEY if f in record)
 
 
+def _read_sweep(path: str) -> dict[str, Any]:
+    """A sweep file for `merge`, or `MergeError` naming the path."""
+    try:
+        data = load(path)
+    except (OSError, json.JSONDecodeError) as e:
+        raise MergeError(f"{path}: not readable as JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise MergeError(f"{path}: not a sweep file (no `records` list)")
+    return data
+
+
 def merge(target: str, sources: list[str], note: str | None = None) -> tuple[int, int]:
     """Adds to the sweep file `target` the records of the sweep files `sources` (the
     same sweep run from several processes, each with its own `--results-dir`), keyed by
@@ -262,19 +273,14 @@ def merge(target: str, sources: list[str], note: str | None = None) -> tuple[int
     `notes`, and its `finished` stamp becomes the latest of the files' (a source's runs
     may have ended later). The markdown and plot are not rewritten: run the sweep with
     `--report-only` (it also sets aside records of another config or code revision)."""
-    data = load(target)
+    data = _read_sweep(target)  # {"records": []} when absent
     fresh = not os.path.exists(target)
     held = {run_key(r): (target, r) for r in data["records"]}
     added = present = 0
     for src in sources:
         if not os.path.exists(src):
             raise MergeError(f"{src}: no such file")
-        try:
-            other = load(src)
-        except json.JSONDecodeError as e:
-            raise MergeError(f"{src}: not JSON ({e})") from e
-        if not isinstance(other, dict) or not isinstance(other.get("records"), list):
-            raise MergeError(f"{src}: not a sweep file (no `records` list)")
+        other = _read_sweep(src)
         if fresh:
             data = {**{k: v for k, v in other.items() if k != "records"}, "records": []}
             fresh = False
