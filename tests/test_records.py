@@ -119,14 +119,66 @@ def test_a_sweep_run_starts_afresh_over_an_unrecorded_run_directory(tmp_path, mo
     seen = []
 
     def fake_run(c, verbose=0):
-        seen.append(run_dir.exists())
+        seen.append(sorted(p.name for p in run_dir.iterdir()))
         return {"auc": 0.7, "gauc": 0.6, "logloss": 0.5, "eval_examples": 3,
                 "train_examples_per_second": 1.0, "seconds": 1.0}
 
     monkeypatch.setattr(tfnegseq.train, "run_config", fake_run)
     data = {"records": []}
     records.run_ctr(str(tmp_path / "r.json"), data, cfg, setting="a", seed=0)
-    assert seen == [False] and data["records"][0]["auc"] == 0.7
+    assert seen == [[records.RUN_MARK]] and data["records"][0]["auc"] == 0.7
+
+
+def test_a_sweep_resumes_only_an_interrupted_run_of_its_own_fingerprint(tmp_path, monkeypatch):
+    """A run directory the sweep marked with this run's fingerprint and whose trainer
+    left a resume state is kept (the trainer resumes it) and the record says after
+    which epoch; a mark of another fingerprint (other config or code revision), a
+    finished but unrecorded run, and a resume state of another config are removed."""
+    import tfnegseq.train
+    from tfnegseq.config import config_from_dict
+    from tfnegseq.experiments import records
+    from tfnegseq.runs import write_resume_state
+
+    run_dir = tmp_path / "run"
+    cfg = config_from_dict({"model": {"kind": "ctr"}, "train": {"run_dir": str(run_dir)}})
+    other = config_from_dict({"model": {"kind": "ctr", "embedding_dim": 8},
+                              "train": {"run_dir": str(run_dir)}})
+    seen = []
+
+    def fake_run(c, verbose=0):
+        seen.append(sorted(p.name for p in run_dir.iterdir()))
+        return {"auc": 0.7, "gauc": 0.6, "logloss": 0.5, "eval_examples": 3,
+                "train_examples_per_second": 1.0, "seconds": 1.0}
+
+    monkeypatch.setattr(tfnegseq.train, "run_config", fake_run)
+
+    def interrupted(mark_cfg, state_cfg, finished=False):
+        if run_dir.exists():
+            import shutil
+            shutil.rmtree(run_dir)
+        write_resume_state(str(run_dir), state_cfg, {"epochs_done": 7, "epochs": [],
+                                                     "seconds": 2.0})
+        (run_dir / records.RUN_MARK).write_text(
+            json.dumps({"config_sha": records.fingerprint(mark_cfg)}))
+        if finished:
+            (run_dir / "metrics.json").write_text("{}")
+        data = {"records": []}
+        records.run_ctr(str(tmp_path / "r.json"), data, cfg, setting="a", seed=0)
+        return data["records"][0].get("resumed_from_epoch")
+
+    assert interrupted(cfg, cfg) == 7
+    assert seen[-1] == ["backup", records.RUN_MARK]  # kept for the trainer
+    for mark_cfg, state_cfg, finished in [(other, cfg, False), (cfg, other, False),
+                                          (cfg, cfg, True)]:
+        assert interrupted(mark_cfg, state_cfg, finished) is None
+        assert seen[-1] == [records.RUN_MARK]  # removed; the new run's mark written
+        mark = json.loads((run_dir / records.RUN_MARK).read_text())
+        assert mark == {"config_sha": records.fingerprint(cfg)}
+    monkeypatch.setitem(records.CODE_REVISION, "ctr", 99)  # same config, newer code
+    write_resume_state(str(run_dir), cfg, {"epochs_done": 7, "epochs": [], "seconds": 2.0})
+    data = {"records": []}
+    records.run_ctr(str(tmp_path / "r.json"), data, cfg, setting="a", seed=0)
+    assert "resumed_from_epoch" not in data["records"][0] and seen[-1] == [records.RUN_MARK]
 
 
 def test_cain_settings_that_build_one_model_share_a_fingerprint():

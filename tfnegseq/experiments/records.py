@@ -1,7 +1,9 @@
 """Result files of the experiment CLIs: one JSON per sweep, a record per finished run.
 
 A sweep appends each run's record as soon as it ends (`save` writes through a temporary
-file and renames it), so an interrupted sweep resumes where it stopped.
+file and renames it), so an interrupted sweep resumes where it stopped; a run
+interrupted mid-training resumes after its last finished epoch when the sweep is run
+again with the same runs directory (`prepare_run_dir`).
 """
 
 from __future__ import annotations
@@ -182,27 +184,74 @@ def ctr_line(metrics: dict[str, Any]) -> str:
             f"logloss={metrics['logloss']:.4f} ({metrics['seconds']:.0f}s)")
 
 
+# Written into a run directory when a sweep starts the run there: the run's
+# `fingerprint`, which, unlike the backup's `Config.model_hash()`, includes the kind's
+# `CODE_REVISION`.
+RUN_MARK = "sweep_run.json"
+
+
+def prepare_run_dir(cfg: Any) -> int | None:
+    """Readies `cfg.train.run_dir` for a sweep's run of `cfg`; returns the number of
+    epochs an interrupted run there has done (`tfnegseq.train` resumes it: weights,
+    optimizer and validation state from `backup/`), or None when the run starts afresh.
+
+    An interrupted run is resumed only when the directory's `RUN_MARK` names this
+    run's `fingerprint` (same config and code revision) and the trainer's resume state
+    matches the config. Anything else there (a run of another fingerprint, one from a
+    version that wrote no mark, one killed before its first epoch's backup, a finished
+    run the sweep never recorded) is removed, so no stale weights are continued. The
+    mark is (re)written before training starts."""
+    import shutil
+
+    from tfnegseq.config import ConfigError
+    from tfnegseq.runs import read_resume_state
+
+    run_dir = cfg.train.run_dir
+    sha = fingerprint(cfg)
+    mark = os.path.join(run_dir, RUN_MARK)
+    state = None
+    if os.path.isdir(run_dir):
+        try:
+            with open(mark, encoding="utf-8") as f:
+                marked = json.load(f).get("config_sha")
+        except (OSError, ValueError, AttributeError):
+            marked = None
+        if marked == sha and not os.path.exists(os.path.join(run_dir, "metrics.json")):
+            try:
+                state = read_resume_state(run_dir, cfg)
+            except ConfigError:
+                state = None
+        if state is None:
+            print(f"    removing the interrupted run {run_dir}", flush=True)
+            shutil.rmtree(run_dir)
+        else:
+            print(f"    resuming the interrupted run {run_dir} after epoch "
+                  f"{state['epochs_done']}", flush=True)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(mark + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"config_sha": sha}, f)
+    os.replace(mark + ".tmp", mark)
+    return None if state is None else int(state["epochs_done"])
+
+
 def run_ctr(path: str, data: dict[str, Any], cfg: Any, **fields: Any) -> dict[str, Any]:
     """Trains one CTR run of a sweep (`tfnegseq.train.run_config`, fresh Keras session),
     appends `{**fields, **ctr_fields(metrics)}` to `data` and saves it at once; returns
     the run's metrics.
 
-    The run starts afresh: a directory already at `cfg.train.run_dir` belongs to a run
-    the sweep never recorded (interrupted), possibly of an older `CODE_REVISION` whose
-    backup `model_hash` cannot tell apart, so it is removed rather than resumed."""
-    import shutil
-
+    An interrupted run of the same fingerprint in `cfg.train.run_dir` is resumed, and
+    its record says after which epoch (`resumed_from_epoch`); anything else there is
+    removed first (`prepare_run_dir`)."""
     import keras
 
     from tfnegseq.provenance import versions
     from tfnegseq.train import run_config
 
-    if os.path.isdir(cfg.train.run_dir):
-        print(f"    removing the interrupted run {cfg.train.run_dir}", flush=True)
-        shutil.rmtree(cfg.train.run_dir)
+    resumed = prepare_run_dir(cfg)
     keras.backend.clear_session()
     metrics = run_config(cfg, verbose=0)
-    data["records"].append({**fields, **ctr_fields(metrics)})
+    data["records"].append({**fields, **ctr_fields(metrics),
+                            **({"resumed_from_epoch": resumed} if resumed else {})})
     data["versions"] = versions()
     save(path, data)
     print(ctr_line(metrics), flush=True)

@@ -29,7 +29,8 @@ SINE default: K = 3, fusion eq. 13, the assignment with negatives):
 Every run trains with `tfnegseq.train` (early stopping on the validation split when the
 config asks for it) and appends one record (setting, seed, both protocols' metrics,
 best epoch, seconds) to `docs/results/sine_<dataset>.json` as soon as it ends, so an
-interrupted sweep resumes where it stopped. At the end it writes `sine_<dataset>.md`
+interrupted sweep resumes where it stopped, and a run interrupted mid-training
+resumes after its last finished epoch (`records.prepare_run_dir`). At the end it writes `sine_<dataset>.md`
 (mean ± sample std) and `sine_<dataset>.png` (Table 3 bars, the K sweep).
 """
 
@@ -38,7 +39,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
 from typing import Any
 
@@ -346,15 +346,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = setting_config(args.config, args.overrides, s, seed, args.runs_dir, dataset)
         records.check_unchanged(cfg, expected[(s,)], f"{s} seed {seed}")
         keras.backend.clear_session()
-        # a run directory of an unrecorded run is an interrupted one: its validation
-        # state (best weights, selected epochs) was in memory only, so resuming it
-        # would report only the validations after the restart; start it afresh
-        if os.path.isdir(cfg.train.run_dir):
-            print(f"    removing the interrupted run {cfg.train.run_dir}", flush=True)
-            shutil.rmtree(cfg.train.run_dir)
+        resumed = None
         if s in (POPULARITY, POPULARITY_EVENTS):
             m = {**popularity_metrics(cfg, events=s == POPULARITY_EVENTS), "seconds": 0.0}
         else:
+            # an interrupted run of this fingerprint resumes (weights, optimizer and
+            # validation state); anything else in its directory is removed
+            resumed = records.prepare_run_dir(cfg)
             m = run_config(cfg, verbose=0)
         validation = m.get("validation") or {}
         selected = validation.get("selected") or {}
@@ -371,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             "stopped_epoch": validation.get("stopped_epoch"),
             "train_examples_per_second": m.get("train_examples_per_second"),
             "seconds": m.get("seconds"),
+            **({"resumed_from_epoch": resumed} if resumed else {}),
         })
         data["versions"] = versions()
         records.save(path, data)
