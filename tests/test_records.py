@@ -105,18 +105,12 @@ def test_only_records_of_the_current_config_and_code_revision_are_current(monkey
     assert all(r["discarded"] == "config changed" for r in data["discarded_records"])
 
 
-def test_a_sweep_run_starts_afresh_over_an_unrecorded_run_directory(tmp_path, monkeypatch):
-    """An unrecorded run's directory is an interrupted run, maybe of older code whose
-    backup the config hash cannot tell apart: `run_ctr` removes it instead of resuming."""
+def _fake_training(monkeypatch, run_dir):
+    """Replaces `tfnegseq.train.run_config` by a stub that records what `run_dir` holds
+    when training starts (a sorted list of names, one per run) and returns CTR metrics."""
     import tfnegseq.train
-    from tfnegseq.config import config_from_dict
-    from tfnegseq.experiments import records
 
-    run_dir = tmp_path / "run"
-    (run_dir / "backup").mkdir(parents=True)
-    (run_dir / "backup" / "stale.weights.h5").write_bytes(b"old")
-    cfg = config_from_dict({"model": {"kind": "ctr"}, "train": {"run_dir": str(run_dir)}})
-    seen = []
+    seen: list[list[str]] = []
 
     def fake_run(c, verbose=0):
         seen.append(sorted(p.name for p in run_dir.iterdir()))
@@ -124,6 +118,20 @@ def test_a_sweep_run_starts_afresh_over_an_unrecorded_run_directory(tmp_path, mo
                 "train_examples_per_second": 1.0, "seconds": 1.0}
 
     monkeypatch.setattr(tfnegseq.train, "run_config", fake_run)
+    return seen
+
+
+def test_a_sweep_run_starts_afresh_over_an_unrecorded_run_directory(tmp_path, monkeypatch):
+    """An unrecorded run's directory is an interrupted run, maybe of older code whose
+    backup the config hash cannot tell apart: `run_ctr` removes it instead of resuming."""
+    from tfnegseq.config import config_from_dict
+    from tfnegseq.experiments import records
+
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "backup" / "stale.weights.h5").write_bytes(b"old")
+    cfg = config_from_dict({"model": {"kind": "ctr"}, "train": {"run_dir": str(run_dir)}})
+    seen = _fake_training(monkeypatch, run_dir)
     data = {"records": []}
     records.run_ctr(str(tmp_path / "r.json"), data, cfg, setting="a", seed=0)
     assert seen == [[records.RUN_MARK]] and data["records"][0]["auc"] == 0.7
@@ -134,7 +142,6 @@ def test_a_sweep_resumes_only_an_interrupted_run_of_its_own_fingerprint(tmp_path
     left a resume state is kept (the trainer resumes it) and the record says after
     which epoch; a mark of another fingerprint (other config or code revision), a
     finished but unrecorded run, and a resume state of another config are removed."""
-    import tfnegseq.train
     from tfnegseq.config import config_from_dict
     from tfnegseq.experiments import records
     from tfnegseq.runs import write_resume_state
@@ -143,14 +150,7 @@ def test_a_sweep_resumes_only_an_interrupted_run_of_its_own_fingerprint(tmp_path
     cfg = config_from_dict({"model": {"kind": "ctr"}, "train": {"run_dir": str(run_dir)}})
     other = config_from_dict({"model": {"kind": "ctr", "embedding_dim": 8},
                               "train": {"run_dir": str(run_dir)}})
-    seen = []
-
-    def fake_run(c, verbose=0):
-        seen.append(sorted(p.name for p in run_dir.iterdir()))
-        return {"auc": 0.7, "gauc": 0.6, "logloss": 0.5, "eval_examples": 3,
-                "train_examples_per_second": 1.0, "seconds": 1.0}
-
-    monkeypatch.setattr(tfnegseq.train, "run_config", fake_run)
+    seen = _fake_training(monkeypatch, run_dir)
 
     def interrupted(mark_cfg, state_cfg, finished=False):
         if run_dir.exists():
