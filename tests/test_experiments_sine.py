@@ -104,20 +104,64 @@ def test_popularity_counts_training_positives_only(tmp_path):
     assert got == want
 
 
-def test_an_interrupted_run_starts_afresh(sweep, capsys):
-    """A run directory of a (setting, seed) with no record is an interrupted run whose
-    validation state was in memory only: the sweep removes it before running."""
-    from tfnegseq.experiments import sine
+def test_an_interrupted_run_resumes_and_an_unmarked_one_starts_afresh(sweep, capsys,
+                                                                      monkeypatch):
+    """A sweep run killed mid-training (here: after epoch 6 of 10) resumes when the
+    sweep runs again: epochs 0-5 are not trained again and the record says
+    `resumed_from_epoch`. A run directory the sweep did not mark (another version's,
+    or anything else there) is removed before the run."""
+    import keras
+
+    import tfnegseq.train
+    from tfnegseq.experiments import records, sine
 
     root, path = sweep
-    stale = root / "runs" / "tiny_sine" / "popularity_seed7"
-    (stale / "backup").mkdir(parents=True)
-    (stale / "backup" / "training_metadata.json").write_text("{}")
-    argv = ["--config", str(path), "--settings", "Popularity", "--seeds", "7",
-            "--results-dir", str(root / "results_stale"), "--runs-dir", str(root / "runs")]
-    assert sine.main(argv) == 0
+    argv = ["--config", str(path), "--settings", "SASRec", "--seeds", "7",
+            "--results-dir", str(root / "results_resume"), "--runs-dir", str(root / "runs")]
+    run_dir = root / "runs" / "tiny_sine" / "sasrec_seed7"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "backup" / "training_metadata.json").write_text("{}")  # unmarked
+
+    class Killed(Exception):
+        pass
+
+    class KillAtEpoch6(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 6:
+                raise Killed()
+
+    started: list[int] = []  # the first epoch each training call runs
+
+    class FirstEpoch(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.first = True
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.first:
+                started.append(epoch)
+                self.first = False
+
+    real = tfnegseq.train.run_config
+
+    def run_config(cfg, verbose=0):
+        kill = [KillAtEpoch6()] if not started else []
+        return real(cfg, verbose, extra_callbacks=[FirstEpoch(), *kill])
+
+    monkeypatch.setattr(tfnegseq.train, "run_config", run_config)
+    with pytest.raises(Killed):
+        sine.main(argv)
     assert "removing the interrupted run" in capsys.readouterr().out
-    assert not (stale / "backup").exists()
+    assert "epoch" in json.loads((run_dir / "backup" / "training_metadata.json").read_text())
+    mark = json.loads((run_dir / records.RUN_MARK).read_text())
+    assert (run_dir / "backup" / "validation" / "state.json").exists()  # validated at 5
+
+    assert sine.main(argv) == 0
+    assert "resuming the interrupted run" in capsys.readouterr().out
+    assert started == [0, 6]  # the second call began at epoch 6
+    data = json.loads((root / "results_resume" / "sine_tiny_sine.json").read_text())
+    (r,) = data["records"]
+    assert r["resumed_from_epoch"] == 6 and r["config_sha"] == mark["config_sha"]
+    assert r["paper_epoch"] in (5, 10) and r["full_epoch"] in (5, 10)
 
 
 def test_sine_records_carry_fingerprints_and_other_configs_are_set_aside(tmp_path):
