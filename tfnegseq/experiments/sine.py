@@ -29,9 +29,10 @@ SINE default: K = 3, fusion eq. 13, the assignment with negatives):
 Every run trains with `tfnegseq.train` (early stopping on the validation split when the
 config asks for it) and appends one record (setting, seed, both protocols' metrics,
 best epoch, seconds) to `docs/results/sine_<dataset>.json` as soon as it ends, so an
-interrupted sweep resumes where it stopped, and a run interrupted mid-training
-resumes after its last finished epoch (`records.prepare_run_dir`). At the end it writes `sine_<dataset>.md`
-(mean ± sample std) and `sine_<dataset>.png` (Table 3 bars, the K sweep).
+interrupted sweep resumes where it stopped, and a run interrupted mid-training resumes
+after its last finished epoch (`records.prepare_run_dir`). At the end it writes
+`sine_<dataset>.md` (mean ± sample std) and `sine_<dataset>.png` (Table 3 bars, the K
+sweep).
 """
 
 from __future__ import annotations
