@@ -107,15 +107,20 @@ def test_only_records_of_the_current_config_and_code_revision_are_current(monkey
 
 def _fake_training(monkeypatch, run_dir):
     """Replaces `tfnegseq.train.run_config` by a stub that records what `run_dir` holds
-    when training starts (a sorted list of names, one per run) and returns CTR metrics."""
+    when training starts (a sorted list of names, one per run) and returns CTR metrics,
+    with `resumed_from_epoch` when a resume state is there (as the trainer does)."""
     import tfnegseq.train
 
     seen: list[list[str]] = []
 
     def fake_run(c, verbose=0):
         seen.append(sorted(p.name for p in run_dir.iterdir()))
+        # as the trainer: a resume state left in backup/ is resumed, and said so
+        state = run_dir / "backup" / "tfnegseq_resume.json"
+        resumed = json.loads(state.read_text())["epochs_done"] if state.exists() else None
         return {"auc": 0.7, "gauc": 0.6, "logloss": 0.5, "eval_examples": 3,
-                "train_examples_per_second": 1.0, "seconds": 1.0}
+                "train_examples_per_second": 1.0, "seconds": 1.0,
+                "resumed_from_epoch": resumed}
 
     monkeypatch.setattr(tfnegseq.train, "run_config", fake_run)
     return seen

@@ -247,9 +247,10 @@ def run_ctr(path: str, data: dict[str, Any], cfg: Any, **fields: Any) -> dict[st
     from tfnegseq.provenance import versions
     from tfnegseq.train import run_config
 
-    resumed = prepare_run_dir(cfg)
+    prepare_run_dir(cfg)
     keras.backend.clear_session()
     metrics = run_config(cfg, verbose=0)
+    resumed = metrics.get("resumed_from_epoch")  # the trainer's, from its resume state
     data["records"].append({**fields, **ctr_fields(metrics),
                             **({"resumed_from_epoch": resumed} if resumed else {})})
     data["versions"] = versions()

@@ -347,13 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = setting_config(args.config, args.overrides, s, seed, args.runs_dir, dataset)
         records.check_unchanged(cfg, expected[(s,)], f"{s} seed {seed}")
         keras.backend.clear_session()
-        resumed = None
         if s in (POPULARITY, POPULARITY_EVENTS):
             m = {**popularity_metrics(cfg, events=s == POPULARITY_EVENTS), "seconds": 0.0}
         else:
             # an interrupted run of this fingerprint resumes (weights, optimizer and
             # validation state); anything else in its directory is removed
-            resumed = records.prepare_run_dir(cfg)
+            records.prepare_run_dir(cfg)
             m = run_config(cfg, verbose=0)
         validation = m.get("validation") or {}
         selected = validation.get("selected") or {}
@@ -370,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
             "stopped_epoch": validation.get("stopped_epoch"),
             "train_examples_per_second": m.get("train_examples_per_second"),
             "seconds": m.get("seconds"),
-            **({"resumed_from_epoch": resumed} if resumed else {}),
+            **({"resumed_from_epoch": m["resumed_from_epoch"]}
+               if m.get("resumed_from_epoch") else {}),
         })
         data["versions"] = versions()
         records.save(path, data)
