@@ -153,7 +153,8 @@ def test_an_interrupted_run_resumes_and_an_unmarked_one_starts_afresh(sweep, cap
     assert "removing the interrupted run" in capsys.readouterr().out
     assert "epoch" in json.loads((run_dir / "backup" / "training_metadata.json").read_text())
     mark = json.loads((run_dir / records.RUN_MARK).read_text())
-    assert (run_dir / "backup" / "validation" / "state.json").exists()  # validated at 5
+    state = json.loads((run_dir / "backup" / "validation" / "state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [5]  # validated at 5, then killed
 
     assert sine.main(argv) == 0
     assert "resuming the interrupted run" in capsys.readouterr().out
@@ -161,7 +162,9 @@ def test_an_interrupted_run_resumes_and_an_unmarked_one_starts_afresh(sweep, cap
     data = json.loads((root / "results_resume" / "sine_tiny_sine.json").read_text())
     (r,) = data["records"]
     assert r["resumed_from_epoch"] == 6 and r["config_sha"] == mark["config_sha"]
-    assert r["paper_epoch"] in (5, 10) and r["full_epoch"] in (5, 10)
+    # the resumed run kept epoch 5's validation as it was, and validated epoch 10
+    history = json.loads((run_dir / "metrics.json").read_text())["validation"]["history"]
+    assert history[0] == state["history"][0] and [h["epoch"] for h in history] == [5, 10]
 
 
 def test_sine_records_carry_fingerprints_and_other_configs_are_set_aside(tmp_path):

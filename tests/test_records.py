@@ -146,7 +146,8 @@ def test_a_sweep_resumes_only_an_interrupted_run_of_its_own_fingerprint(tmp_path
     """A run directory the sweep marked with this run's fingerprint and whose trainer
     left a resume state is kept (the trainer resumes it) and the record says after
     which epoch; a mark of another fingerprint (other config or code revision), a
-    finished but unrecorded run, and a resume state of another config are removed."""
+    finished but unrecorded run, a resume state of another config and a backup without
+    its weights file are removed."""
     from tfnegseq.config import config_from_dict
     from tfnegseq.experiments import records
     from tfnegseq.runs import write_resume_state
@@ -157,12 +158,20 @@ def test_a_sweep_resumes_only_an_interrupted_run_of_its_own_fingerprint(tmp_path
                               "train": {"run_dir": str(run_dir)}})
     seen = _fake_training(monkeypatch, run_dir)
 
-    def interrupted(mark_cfg, state_cfg, finished=False):
+    def keras_backup(weights=True):  # what BackupAndRestore leaves after epoch 7
+        import h5py
+
+        if weights:
+            h5py.File(run_dir / "backup" / "latest.weights.h5", "w").close()
+        (run_dir / "backup" / "training_metadata.json").write_text('{"epoch": 7}')
+
+    def interrupted(mark_cfg, state_cfg, finished=False, weights=True):
         if run_dir.exists():
             import shutil
             shutil.rmtree(run_dir)
         write_resume_state(str(run_dir), state_cfg, {"epochs_done": 7, "epochs": [],
                                                      "seconds": 2.0})
+        keras_backup(weights)
         (run_dir / records.RUN_MARK).write_text(
             json.dumps({"config_sha": records.fingerprint(mark_cfg)}))
         if finished:
@@ -173,14 +182,16 @@ def test_a_sweep_resumes_only_an_interrupted_run_of_its_own_fingerprint(tmp_path
 
     assert interrupted(cfg, cfg) == 7
     assert seen[-1] == ["backup", records.RUN_MARK]  # kept for the trainer
-    for mark_cfg, state_cfg, finished in [(other, cfg, False), (cfg, other, False),
-                                          (cfg, cfg, True)]:
-        assert interrupted(mark_cfg, state_cfg, finished) is None
+    for mark_cfg, state_cfg, finished, weights in [
+            (other, cfg, False, True), (cfg, other, False, True), (cfg, cfg, True, True),
+            (cfg, cfg, False, False)]:  # the last: its backup lost the weights file
+        assert interrupted(mark_cfg, state_cfg, finished, weights) is None
         assert seen[-1] == [records.RUN_MARK]  # removed; the new run's mark written
         mark = json.loads((run_dir / records.RUN_MARK).read_text())
         assert mark == {"config_sha": records.fingerprint(cfg)}
     monkeypatch.setitem(records.CODE_REVISION, "ctr", 99)  # same config, newer code
     write_resume_state(str(run_dir), cfg, {"epochs_done": 7, "epochs": [], "seconds": 2.0})
+    keras_backup()
     data = {"records": []}
     records.run_ctr(str(tmp_path / "r.json"), data, cfg, setting="a", seed=0)
     assert "resumed_from_epoch" not in data["records"][0] and seen[-1] == [records.RUN_MARK]

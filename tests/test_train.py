@@ -104,6 +104,17 @@ def test_resumes_from_last_epoch_after_interruption(tiny_samples, tmp_path, upda
     assert not os.path.exists(tmp_path / "run" / "backup")  # a finished run keeps none
 
 
+def test_throughput_leaves_out_the_compile_epoch_of_each_training_call():
+    """examples/s leaves out the first epoch of the run and the first epoch after a
+    resume (both compile), when there are others."""
+    cb = train.throughput_callback(10, previous=[(100, 100.0), (100, 1.0)])
+    cb.epochs += [(100, 50.0), (100, 1.0), (100, 2.0)]  # the resumed call's epochs
+    assert cb.examples_per_second() == pytest.approx(300 / 4.0)
+    fresh = train.throughput_callback(10)
+    fresh.epochs += [(100, 100.0), (200, 2.0)]
+    assert fresh.examples_per_second() == pytest.approx(100.0)
+
+
 def test_seeds_summary_is_mean_and_std_of_runs(tiny_samples, tmp_path, capsys):
     cfg, sets, _ = tiny_samples
     args = ["--config", CONFIG, "--seeds", "0,1"]

@@ -104,6 +104,140 @@ def test_a_resumed_run_keeps_the_validations_before_the_interruption(tiny_sample
     assert not os.path.exists(tmp_path / "run" / "backup")
 
 
+def _resume_cfg(tiny_samples, tmp_path, *extra):
+    cfg, sets, _ = tiny_samples
+    return load_config(CONFIG, sets + [
+        f"train.run_dir={tmp_path}/run", "train.early_stopping_metric=auc",
+        "train.test_at_validation=true", "train.export=false", *extra])
+
+
+def _kill_at_evaluate(monkeypatch, call):
+    """`tfnegseq.validation.evaluate` raises `_Interrupt` at its `call`-th call (1-based)
+    and works normally afterwards; returns the count."""
+    import tfnegseq.validation as validation
+
+    real, calls = validation.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise _Interrupt()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(validation, "evaluate", evaluate)
+    return calls
+
+
+class _EpochsBegun(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.begun = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begun.append(epoch)
+
+
+def _killed_then_rerun(cfg, monkeypatch, between=None):
+    """Runs `cfg` until the kill the test patched in (`_Interrupt`), undoes the patches,
+    calls `between()`, reruns it; returns the rerun's metrics and the epochs it began."""
+    with pytest.raises(_Interrupt):
+        train.run_config(cfg, verbose=0)
+    monkeypatch.undo()
+    if between is not None:
+        between()
+    keras.backend.clear_session()
+    begun = _EpochsBegun()
+    return train.run_config(cfg, verbose=0, extra_callbacks=[begun]), begun.begun
+
+
+def test_a_run_killed_during_a_validation_has_that_epoch_validated_when_it_resumes(
+        tiny_samples, tmp_path, monkeypatch):
+    """Killed inside the validation of epoch 2 (after Keras' backup of epoch 2): the
+    resumed run validates the backed-up model as epoch 2 before training epoch 3, so
+    the history has every epoch, and epoch 2's AUC is that model's (sklearn)."""
+    cfg = _resume_cfg(tiny_samples, tmp_path, "train.epochs=4", "train.learning_rate=0.01",
+                      "train.early_stopping_patience=10")
+    _kill_at_evaluate(monkeypatch, 2)
+    backup, epoch_2 = tmp_path / "run" / "backup", tmp_path / "epoch_2.weights.h5"
+
+    def keep_epoch_2():
+        assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 2
+        epoch_2.write_bytes((backup / "latest.weights.h5").read_bytes())
+
+    m, begun = _killed_then_rerun(cfg, monkeypatch, keep_epoch_2)
+    v = m["validation"]
+    assert m["resumed_from_epoch"] == 2 and begun == [2, 3]
+    assert [h["epoch"] for h in v["history"]] == [1, 2, 3, 4]
+    model = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    model.optimizer.build(model.trainable_variables)  # the backup holds its state too
+    model.load_weights(epoch_2)
+    assert v["history"][1]["auc"] == pytest.approx(_valid_auc(model, cfg), abs=1e-6)
+
+
+def test_a_run_killed_after_early_stopping_fired_trains_no_further(tiny_samples, tmp_path,
+                                                                   monkeypatch):
+    """Stopped early at epoch 3 (patience 2, nothing improves), then killed while the
+    test split of the selected epochs was scored: the rerun resumes after epoch 3,
+    trains no epoch, and finishes the run as the uninterrupted one would have."""
+    cfg = _resume_cfg(tiny_samples, tmp_path, "train.epochs=6", "train.learning_rate=1e-12",
+                      "train.early_stopping_patience=2")
+    _kill_at_evaluate(monkeypatch, 4)  # 3 validations, then the first test scoring
+    m, begun = _killed_then_rerun(cfg, monkeypatch)
+    v = m["validation"]
+    assert m["resumed_from_epoch"] == 3 and begun == []
+    assert v["stopped_epoch"] == 3 and v["best_epoch"] == 1
+    assert [h["epoch"] for h in v["history"]] == [1, 2, 3]
+    assert v["selected"]["auc"]["test"] is not None
+    assert not os.path.exists(tmp_path / "run" / "backup")
+
+
+def test_a_run_killed_while_keras_writes_its_backup_resumes_from_the_epoch_before(
+        tiny_samples, tmp_path, monkeypatch):
+    """Killed while Keras rewrote `latest.weights.h5` at the end of epoch 3 (the file
+    left truncated): the rerun resumes after epoch 2 from the previous copy, instead of
+    failing on the truncated file."""
+    cfg = _resume_cfg(tiny_samples, tmp_path, "train.epochs=4", "train.learning_rate=0.01",
+                      "train.early_stopping_patience=10")
+    real, saves = keras.Model.save_weights, []
+
+    def save_weights(self, filepath, *args, **kwargs):
+        real(self, filepath, *args, **kwargs)
+        if str(filepath).endswith("latest.weights.h5"):
+            saves.append(filepath)
+            if len(saves) == 3:
+                with open(filepath, "r+b") as f:
+                    f.truncate(os.path.getsize(filepath) // 2)
+                raise _Interrupt()
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_weights)
+    m, begun = _killed_then_rerun(cfg, monkeypatch)
+    assert m["resumed_from_epoch"] == 2 and begun == [2, 3]
+    assert [h["epoch"] for h in m["validation"]["history"]] == [1, 2, 3, 4]
+
+
+def test_a_backup_without_its_weights_is_refused_not_resumed_from_scratch(
+        tiny_samples, tmp_path):
+    """A backup whose weights file is gone (a kill while Keras removed the folder) is
+    refused with an error naming the file; Keras alone would resume "after epoch 2"
+    from freshly initialised weights."""
+    cfg = _resume_cfg(tiny_samples, tmp_path, "train.epochs=4",
+                      "train.early_stopping_patience=10")
+
+    class StopAtEpoch3(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise _Interrupt()
+
+    with pytest.raises(_Interrupt):
+        train.run_config(cfg, verbose=0, extra_callbacks=[StopAtEpoch3()])
+    backup = tmp_path / "run" / "backup"
+    for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
+        (backup / name).unlink(missing_ok=True)
+    keras.backend.clear_session()
+    with pytest.raises(ConfigError, match=r"latest\.weights\.h5' is missing"):
+        train.run_config(cfg, verbose=0)
+
+
 def test_training_stops_after_patience_validations_without_improvement(tiny_samples, tmp_path):
     cfg, sets, _ = tiny_samples
     # a learning rate too small to move the AUC: no validation improves on the first

@@ -348,14 +348,20 @@ def process_input(plan: Plan, cfg: Config, kind: Any, data_dir: str,
 def backup_callback(plan: Plan, directory: str) -> Any:
     """`keras.callbacks.BackupAndRestore` into `directory`; with several processes, one
     directory per process (Keras' callback has no chief: each process saves its own
-    copy) keeping both checkpoints, since a process whose peer died blocks mid-save and
-    leaves a truncated file."""
+    copy). Both checkpoints are kept (`double_checkpoint`): a process killed while
+    Keras rewrites the weights file in place (or one whose peer died mid-save) leaves a
+    truncated file, and Keras then resumes from the previous epoch's copy. The backup
+    is not deleted when `fit` returns (`delete_checkpoint=False`): `tfnegseq.train`
+    removes it once the run's `metrics.json` is written, so a run killed while it scores
+    the test split resumes after its last epoch instead of training again from 0."""
     import keras
 
     if not plan.multi_process:
-        return keras.callbacks.BackupAndRestore(directory)
+        return keras.callbacks.BackupAndRestore(directory, double_checkpoint=True,
+                                                delete_checkpoint=False)
     return keras.callbacks.BackupAndRestore(
-        os.path.join(directory, f"process_{plan.process_id}"), double_checkpoint=True)
+        os.path.join(directory, f"process_{plan.process_id}"), double_checkpoint=True,
+        delete_checkpoint=False)
 
 
 def host_values(variables: list[Any]) -> list[Any]:

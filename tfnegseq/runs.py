@@ -209,7 +209,50 @@ def read_resume_state(run_dir: str, cfg: Config) -> dict[str, Any] | None:
             f"train.run_dir: {run_dir!r} holds an interrupted run trained with a different "
             f"config ({listed or 'config hash differs'}); resuming would mix the two. {how}"
         )
+    if not any(name.startswith("process_") for name in os.listdir(backup)):
+        epochs = _backup_epoch(backup, how)
+        if epochs != state.get("epochs_done"):
+            # killed between Keras' backup and this record (or Keras falls back to the
+            # previous epoch's copy): Keras' epoch is where training resumes
+            state = {**state, "epochs_done": epochs,
+                     "epochs": list(state.get("epochs", []))[:epochs]}
     return state
+
+
+def _readable_h5(path: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            return True
+    except OSError:
+        return False
+
+
+def _backup_epoch(backup: str, how: str) -> int:
+    """The epoch Keras' `BackupAndRestore` (one process, `double_checkpoint`) resumes a
+    run at from `backup`: after the epoch its `training_metadata.json` names, from
+    `latest.weights.h5`, or from the previous epoch's `.bkp` copies when the latest
+    weights file does not open (a process killed while Keras rewrote it in place).
+    `ConfigError` when neither is usable: without this check Keras would resume from
+    freshly initialised weights when the weights file is gone (it skips a missing one)
+    and fail with h5py's error when it is truncated and has no copy."""
+    weights, meta = (os.path.join(backup, "latest.weights.h5"),
+                     os.path.join(backup, "training_metadata.json"))
+    if _readable_h5(weights):
+        use = meta
+    elif _readable_h5(weights + ".bkp") and os.path.exists(meta + ".bkp"):
+        use = meta + ".bkp"
+    else:
+        what = "is truncated" if os.path.exists(weights) else "is missing"
+        raise ConfigError(f"train.run_dir: the interrupted run's weights {weights!r} {what} "
+                          f"and no earlier copy opens; {how}")
+    try:
+        with open(use, encoding="utf-8") as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"train.run_dir: the interrupted run's {use!r} is unreadable "
+                          f"({error}); {how}") from error
 
 
 def write_resume_state(run_dir: str, cfg: Config, state: dict[str, Any]) -> None:

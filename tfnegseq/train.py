@@ -48,7 +48,8 @@ CHECKPOINT = re.compile(r"epoch_(\d+)\.weights\.h5")
 def throughput_callback(batch_size: int, previous: list[tuple[int, float]] | None = None,
                         on_epoch: Any = None) -> Any:
     """A Keras callback measuring training examples/s per epoch; its
-    `examples_per_second()` excludes the first epoch (compile) when there are more.
+    `examples_per_second()` excludes the first epoch of each training call (compile: the
+    run's first, and the first after a resume) when there are more.
     `previous`: (examples, seconds) of the epochs an interrupted run already trained;
     `on_epoch(epochs)` is called after each epoch with the list so far."""
     import keras
@@ -71,7 +72,9 @@ def throughput_callback(batch_size: int, previous: list[tuple[int, float]] | Non
                 on_epoch(epoch, self.epochs)
 
         def examples_per_second(self) -> float:
-            use = self.epochs[1:] or self.epochs
+            # each training call's first epoch compiles (a resumed run's too)
+            first = {0, len(previous or [])}
+            use = [e for i, e in enumerate(self.epochs) if i not in first] or self.epochs
             n = sum(e for e, _ in use)
             t = sum(s for _, s in use)
             return n / t if t > 0 else 0.0
@@ -167,8 +170,20 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
                   f"{len(validation.history)} earlier validations, best epoch "
                   f"{validation.best_epoch}", flush=True)
     chief = plan.is_chief
+    backup = distribute.backup_callback(plan, os.path.join(tc.run_dir, "backup"))
+    epochs = tc.epochs
+    if previous and validation is not None:
+        done = previous["epochs_done"]
+        if validation.missed(done):
+            # killed after the backup of a validation epoch, before its validation:
+            # validate the backed-up weights (that epoch's model) before going on
+            backup.set_model(model)
+            backup.on_train_begin()
+            validation.validate(model, done)
+        if validation.stopped_epoch is not None:  # stopped before it was killed
+            epochs = done  # no more training: fit only ends the run
     callbacks = [
-        distribute.backup_callback(plan, os.path.join(tc.run_dir, "backup")),
+        backup,
         throughput,  # before validation: its epoch time leaves validation out
         *([validation] if validation else []),  # before the checkpoint and TensorBoard
         *([] if tc.keep_checkpoints == 0 or not chief else [recent_checkpoints(
@@ -180,7 +195,7 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     os.makedirs(os.path.join(tc.run_dir, "checkpoints"), exist_ok=True)
     model.fit(
         train_ds,
-        epochs=tc.epochs,
+        epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose if chief else 0,
@@ -219,9 +234,9 @@ def _run_config(cfg: Config, verbose: int | str = "auto",
     log.info("%s: %s", tc.run_dir, format_metrics(result, kind.metric_keys))
     if plan.multi_process:
         distribute.wait_for_all("run written")
-        # every process removed its backup/process_<i>; what is left is the resume
-        # state, which Keras' callback removes with backup/ on one process
-        shutil.rmtree(os.path.join(tc.run_dir, "backup"), ignore_errors=True)
+    # the run is written: its backup (Keras' weights, the resume and validation state,
+    # kept until now so that a run killed after fit resumes there) goes
+    shutil.rmtree(os.path.join(tc.run_dir, "backup"), ignore_errors=True)
     return result
 
 

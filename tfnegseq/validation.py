@@ -24,9 +24,10 @@ one `weights_<epoch>.npz` per kept weight copy, written before the JSON that nam
 and removed once no metric selects it), and `restore()` reads it back, so a run
 resumed by `tfnegseq.train` (BackupAndRestore) continues the same validation: the same
 patience count, best weights and selected epochs as an uninterrupted run. A run killed
-between its last backup and that epoch's validation resumes after the backed-up epoch
-without that validation (its model is still validated at the next multiple of
-`validate_every`). Without a `state_dir` the state lives in memory only.
+between the backup of a validation epoch and that epoch's validation has the backed-up
+model validated before training goes on (`missed`, `validate`: `tfnegseq.train` does
+it), and a run killed after early stopping fired (while the test split was scored, say)
+trains no further. Without a `state_dir` the state lives in memory only.
 
 A kind whose `cache_validation_input` is true (the sequential kind) has its validation
 and test inputs parsed once, at the first validation, and kept in memory
@@ -195,6 +196,19 @@ class ValidationCallback(keras.callbacks.Callback):
         self._weights_of = {int(e): loaded[int(e)] for e in state["selected_epochs"]}
         self.best_weights = loaded.get(self.best_epoch) if self.best_epoch else None
         return True
+
+    def missed(self, epochs_done: int) -> bool:
+        """Whether a run resumed after `epochs_done` epochs lacks the validation of its
+        last epoch (a validation epoch, not validated, no stop recorded)."""
+        return (epochs_done > 0 and epochs_done % self.every == 0
+                and self.stopped_epoch is None
+                and all(h["epoch"] != epochs_done for h in self.history))
+
+    def validate(self, model: Any, epoch: int) -> None:
+        """Validates `model` as the end of epoch `epoch` (1-based) does in training: the
+        history, the best weights, the patience count and the state on disk."""
+        self.set_model(model)
+        self.on_epoch_end(epoch - 1, None)
 
     def _keep_selected(self, epoch: int, scores: dict[str, float]) -> None:
         """Updates each metric's best validation (strictly better: the first epoch

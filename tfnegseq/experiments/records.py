@@ -216,13 +216,18 @@ def prepare_run_dir(cfg: Any) -> int | None:
                 marked = json.load(f).get("config_sha")
         except (OSError, ValueError, AttributeError):
             marked = None
-        if marked == sha and not os.path.exists(os.path.join(run_dir, "metrics.json")):
+        if marked != sha:
+            why = "not this sweep's run" if marked is None else "a run of another config"
+        elif os.path.exists(os.path.join(run_dir, "metrics.json")):
+            why = "finished but not recorded"
+        else:
             try:
                 state = read_resume_state(run_dir, cfg)
-            except ConfigError:
-                state = None
+                why = "killed before its first epoch's backup"
+            except ConfigError as error:
+                why = str(error).split("; delete")[0]
         if state is None:
-            print(f"    removing the interrupted run {run_dir}", flush=True)
+            print(f"    removing the interrupted run {run_dir} ({why})", flush=True)
             shutil.rmtree(run_dir)
         else:
             print(f"    resuming the interrupted run {run_dir} after epoch "
