@@ -10,8 +10,14 @@ gradient of `sum(y ** 2)` with respect to the input and the kernel(s) of:
 | `shared_conv` | the layer with its own kernel (`ops.conv`) |
 | `per_example_window` | per-example kernels `[B, 2cl+1, d, f]` (PEG's) as one batched matmul of the windows side by side, `[B, N, (2cl+1) d] @ [B, (2cl+1) d, f]`: the layer's path in float32 |
 | `per_example_tap_sum` | the same as the sum over the 2cl+1 taps of one batched matmul of a shifted slice each: the layer's path in bfloat16 / float16 |
+| `per_example_grouped` | (`--mode bf16` only) the same as one grouped convolution: the batch folded into the channels, `[1, N, B d]` with a `[2cl+1, d, B f]` kernel and `feature_group_count = B`, through TensorFlow's own `tf.nn.conv2d` |
 
-Both per-example variants are written here and checked against the layer's own output.
+The per-example variants are written here and checked against the layer's own output.
+`per_example_grouped` is not the layer's path and cannot be from `keras.ops`: on the
+TensorFlow backend `keras.ops.conv` runs every grouped convolution in a nested
+`jit_compile=True` function, and XLA:CPU's grouped convolution is slow (float32
+forward 3x TensorFlow's own at B = 32, N = 500; the float32 jit forward + backward at
+the default shapes did not finish in 12 CPU-minutes), so `--mode xla` leaves it out.
 
 `--mode bf16` runs the same under `mixed_bfloat16` (inputs and kernels cast to
 bfloat16, float32 variables) with TensorFlow's XLA auto-clustering instead of
@@ -95,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         windows = ops.concatenate([padded[:, k: k + n] for k in range(taps)], axis=-1)
         return ops.matmul(windows, ops.reshape(kernels, (-1, taps * d, d)))
 
+    def grouped(seq, kernels):  # the same, the batch as groups of one convolution
+        padded = tf.pad(seq, [[0, 0], [cl, cl], [0, 0]])  # [B, N + 2cl, d]
+        folded = tf.reshape(tf.transpose(padded, [1, 0, 2]), [1, 1, n + 2 * cl, b * d])
+        k = tf.reshape(tf.transpose(kernels, [1, 2, 0, 3]), [1, taps, d, b * d])
+        out = tf.nn.conv2d(folded, k, 1, "VALID")  # [1, 1, N, B f], group g = example g
+        return tf.transpose(tf.reshape(out, [n, b, d]), [1, 0, 2])
+
     def cast(v):
         return ops.cast(v, compute)
 
@@ -103,9 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         "per_example_window": (lambda: window(cast(x), cast(per_user)), [x, per_user]),
         "per_example_tap_sum": (lambda: tap_sum(cast(x), cast(per_user)), [x, per_user]),
     }
+    if bf16:
+        forward["per_example_grouped"] = (lambda: grouped(cast(x), cast(per_user)),
+                                          [x, per_user])
     layer_out = ops.cast(per(cast(x), mask, filters=cast(per_user)) - ops.cast(per.bias, compute),
                          "float32").numpy()
-    for name in ("per_example_window", "per_example_tap_sum"):
+    for name in [k for k in forward if k.startswith("per_example")]:
         np.testing.assert_allclose(ops.cast(forward[name][0](), "float32").numpy(), layer_out,
                                    atol=0.1 if bf16 else 1e-3, err_msg=name)
 
@@ -155,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": {"per_example_window/shared_conv": ratio("per_example_window", "shared_conv"),
                    "per_example_tap_sum/shared_conv": ratio("per_example_tap_sum", "shared_conv"),
                    "per_example_window/per_example_tap_sum":
-                       ratio("per_example_window", "per_example_tap_sum")},
+                       ratio("per_example_window", "per_example_tap_sum"),
+                   **({"per_example_grouped/shared_conv":
+                           ratio("per_example_grouped", "shared_conv"),
+                       "per_example_grouped/per_example_tap_sum":
+                           ratio("per_example_grouped", "per_example_tap_sum")}
+                      if bf16 else {})},
         "machine": machine(),
         "versions": versions(),
         "command": "python benchmarks/bench_tcn_kernels.py " + " ".join(argv or sys.argv[1:]),
