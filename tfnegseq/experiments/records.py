@@ -190,10 +190,10 @@ def ctr_line(metrics: dict[str, Any]) -> str:
 RUN_MARK = "sweep_run.json"
 
 
-def prepare_run_dir(cfg: Any) -> int | None:
-    """Readies `cfg.train.run_dir` for a sweep's run of `cfg`; returns the number of
-    epochs an interrupted run there has done (`tfnegseq.train` resumes it: weights,
-    optimizer and validation state from `backup/`), or None when the run starts afresh.
+def prepare_run_dir(cfg: Any) -> None:
+    """Readies `cfg.train.run_dir` for a sweep's run of `cfg`: an interrupted run there
+    is kept for `tfnegseq.train` to resume (weights, optimizer and validation state from
+    `backup/`; the trainer's metrics say after which epoch), or the directory is cleared.
 
     An interrupted run is resumed only when the directory's `RUN_MARK` names this
     run's `fingerprint` (same config and code revision) and the trainer's resume state
@@ -236,7 +236,6 @@ def prepare_run_dir(cfg: Any) -> int | None:
     with open(mark + ".tmp", "w", encoding="utf-8") as f:
         json.dump({"config_sha": sha}, f)
     os.replace(mark + ".tmp", mark)
-    return None if state is None else int(state["epochs_done"])
 
 
 def run_ctr(path: str, data: dict[str, Any], cfg: Any, **fields: Any) -> dict[str, Any]:
