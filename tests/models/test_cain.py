@@ -183,6 +183,84 @@ def test_peg_kernels_come_from_the_profile_and_differ_between_users():
     assert all(t.kernel is not None for t in summed.msia.tcn)
 
 
+def behavioral_reference(x, n, edges):
+    """Table 5's behavioural statistics of the last n lifelong events, from their
+    definition (`CainModel.behavioral_statistics`), row by row."""
+    rows = []
+    for order, polarity, value in zip(x["life_order"], x["life_polarity"], x["life_value"],
+                                      strict=True):
+        real = order[-n:] > 0
+        count = int(real.sum())
+        pol, val = polarity[-n:][real], value[-n:][real]
+        per = max(count, 1)
+        row = [np.log(1 + count) / np.log(1 + n), (pol == 1).sum() / per, (pol == -1).sum() / per]
+        if edges:
+            buckets = [sum(v >= e for e in edges) for v in val]
+            row.append(sum(buckets) / per / len(edges))
+        rows.append(row)
+    return np.array(rows, np.float32)
+
+
+@pytest.mark.parametrize("edges", [[], [2.0, 3.0, 4.0, 5.0]])
+def test_behavioral_statistics_match_their_definition(edges):
+    """PEG's "behavioral" input: activity, positive and negative shares and the mean
+    value bucket over the real events of the lifelong lists the model reads (the last
+    `lifelong_length` of 40; a user with none gets zeros), recomputed in numpy."""
+    model = make_model(lifelong_value_boundaries=edges)
+    x = make_inputs(np.random.default_rng(11))
+    x["life_value"][0, -3:] = [2.0, 1.999, 5.0]  # on and just below the edges
+    got = to_numpy(model.behavioral_statistics(x))
+    want = behavioral_reference(x, SMALL["lifelong_length"], edges)
+    assert got.shape == (B, 4 if edges else 3)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got[-1], 0.0)  # no lifelong events
+    assert got[0, 0] == pytest.approx(1.0)  # 40 events fill the 32 the model reads
+
+
+def test_peg_reads_the_behavioral_statistics_after_the_profile_embeddings():
+    """`profile_features` with "behavioral": eq. 10's I is [age embedding ; statistics];
+    two users with one profile and lifelong items but different polarities get different
+    kernels (the statistics reach PEG); the model round-trips with it."""
+    keras.utils.set_random_seed(5)
+    cfg = {**SMALL, "lifelong_value_boundaries": [2.0, 4.0]}
+    model = CainModel(VOCAB, cfg, side_features=SIDE, profile_features=["user_age", "behavioral"])
+    x = make_inputs(np.random.default_rng(5))
+    for name in ("life_item_id", "life_order", "life_value", "user_age", "item_id"):
+        x[name][1] = x[name][0]
+    x["life_polarity"][1] = np.where(x["life_order"][0] > 0, 1, 0)
+    x["life_polarity"][0] = np.where(x["life_order"][0] > 0, -1, 0)
+    model(x)
+    age = to_numpy(model.side_embeddings["user_age"].embeddings)[x["user_age"]]
+    want = np.concatenate([age, behavioral_reference(x, SMALL["lifelong_length"], [2.0, 4.0])], -1)
+    np.testing.assert_allclose(to_numpy(model.profile(x)), want, rtol=1e-6, atol=1e-6)
+    kernels = to_numpy(model.peg(model.profile(x))[0])
+    assert not np.allclose(kernels[0], kernels[1])
+    again = CainModel.from_config(model.get_config())
+    again(x)
+    again.set_weights(model.get_weights())
+    np.testing.assert_allclose(probabilities(again, x), probabilities(model, x), rtol=1e-6)
+
+
+def test_peg_input_groups_resolve_from_the_config():
+    """`peg_inputs`: "demographic" is every user feature, named once; "behavioral" is the
+    statistics; unset is every user feature; a user feature named like a group is
+    refused."""
+    from tfnegseq.kinds.cain import profile_features
+
+    def resolve(inputs, features=("age", "gender")):
+        raw = {"samples": {"lifelong_length": 256, "user_features": list(features)},
+               "model": {"kind": "cain", **({} if inputs is None else {"peg_inputs": inputs})}}
+        return profile_features(config_from_dict(raw, where="c.yaml"))
+
+    assert resolve(None) == ["user_age", "user_gender"]
+    assert resolve(["demographic"]) == ["user_age", "user_gender"]
+    assert resolve(["gender", "demographic", "behavioral"]) == [
+        "user_gender", "user_age", "behavioral"]
+    assert resolve(["behavioral", "user_id"]) == ["behavioral", "user_id"]
+    with pytest.raises(ConfigError, match="name PEG input groups"):
+        resolve(None, features=("age", "behavioral"))
+
+
 def test_peg_sum_is_one_convolution_with_the_summed_kernel():
     """Table 6 "sum": conv(x, W^PC) + conv(x, W) + b == conv(x, W^PC + W) + b."""
     keras.utils.set_random_seed(4)

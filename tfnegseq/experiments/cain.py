@@ -15,7 +15,7 @@ Studies (`--study`, repeatable; `--list` prints each study's settings):
 | backbone | Tables 2-3 | SIM, ETA, SDIM, TWIN, LAP raw, with one TCN layer, with 4-layer MSIA |
 | layers | Figure 6 | 1-6 TCN layers, every stride 1 (no PEG) |
 | strides | Figure 7 | first-layer stride 1-4; later strides 1-6 (4 layers, no PEG) |
-| peg | Tables 4-6 | PEG on none / first / later / all layers; inputs; replace / sum / concat |
+| peg | Tables 4-6 | PEG on none / first / later / all layers; inputs (the user features, the user id, behavioural statistics, both groups); replace / sum / concat |
 | polarity | ours | CAIN with PBE or TAPF on the lifelong tokens |
 
 Every run trains from the config (same data, epochs and optimizer for every setting) and
@@ -97,6 +97,11 @@ STUDIES: dict[str, dict[str, list[str]]] = {
                             "model.peg_aggregation=concat"],
         "PEG all, user id only": ["model.context=tcn", "model.msia_layers=4",
                                   "model.peg_layers=all", "model.peg_inputs=[user_id]"],
+        "PEG all, behavioral": ["model.context=tcn", "model.msia_layers=4",
+                                "model.peg_layers=all", "model.peg_inputs=[behavioral]"],
+        "PEG all, demographic + behavioral": [
+            "model.context=tcn", "model.msia_layers=4", "model.peg_layers=all",
+            "model.peg_inputs=[demographic,behavioral]"],
     },
     "polarity": {
         "CAIN": [],

@@ -20,6 +20,7 @@ Written with `keras.ops` only, so the same model runs on TensorFlow and on JAX.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import keras
@@ -27,7 +28,7 @@ from keras import ops
 
 from tfnegseq.api_export import register
 from tfnegseq.keras_internals import scale_loss_for_distribution
-from tfnegseq.kinds.cain.config import CainModelConfig
+from tfnegseq.kinds.cain.config import BEHAVIORAL, CainModelConfig
 from tfnegseq.layers.attention import DinAttention
 from tfnegseq.layers.cain import (
     ContextSelfAttention,
@@ -76,7 +77,8 @@ class CainModel(CtrModel):
         model: dict. A `CainModelConfig` as a dict.
         profile_features: list of str. The inputs PEG generates kernels from (eq. 10's
             I): `user_<f>` side features and/or `user_id`, each read through the same
-            embedding the head uses. Needed when `peg_layers` is not "none".
+            embedding the head uses, and/or "behavioral" (`behavioral_statistics`).
+            Needed when `peg_layers` is not "none".
 
     Call arguments:
         inputs: `CtrModel`'s (when `short_term`) plus `life_item_id`, `life_order`,
@@ -104,7 +106,7 @@ class CainModel(CtrModel):
         if m.peg_layers != "none" and not self.profile_features:
             raise ValueError("peg_layers needs profile_features (PEG's input, eq. 10)")
         missing = [f for f in self.profile_features
-                   if f != "user_id" and f not in self.side_features]
+                   if f not in ("user_id", BEHAVIORAL) and f not in self.side_features]
         if missing:
             raise ValueError(f"profile_features {missing} are not among side_features "
                              f"{self.side_features} (PEG reads the head's embeddings)")
@@ -174,10 +176,7 @@ class CainModel(CtrModel):
         item_rows = (ops.cast(tokens, self.compute_dtype) * ops.cast(keep, self.compute_dtype)
                      if with_items else None)
         if self.value_embedding is not None:
-            values = ops.cast(inputs["life_value"][:, -n:], "float32")
-            bucket = ops.zeros_like(values, dtype="int32")
-            for edge in self.value_boundaries:  # bucket = number of edges <= value
-                bucket = bucket + ops.cast(ops.greater_equal(values, edge), "int32")
+            bucket = self._value_buckets(inputs)
             value_rows = self.tables.gather(self, self.tables.table(self.value_embedding),
                                             ops.reshape(bucket, (-1,)))
             tokens = tokens + ops.reshape(value_rows, (batch, length, -1))
@@ -193,10 +192,48 @@ class CainModel(CtrModel):
             return tokens, mask, polarity, item_rows
         return tokens, mask, polarity
 
+    def _value_buckets(self, inputs: dict[str, Any]):
+        """The bucket of each of the last N `life_value`s `[B, N]` int32: the number of
+        `lifelong_value_boundaries` edges <= the value."""
+        values = ops.cast(inputs["life_value"][:, -self.m.lifelong_length:], "float32")
+        bucket = ops.zeros_like(values, dtype="int32")
+        for edge in self.value_boundaries:
+            bucket = bucket + ops.cast(ops.greater_equal(values, edge), "int32")
+        return bucket
+
+    def behavioral_statistics(self, inputs: dict[str, Any]):
+        """PEG's "behavioral" input (Table 5's behavioural statistics; ours: the paper
+        does not list them) `[B, 3]`, or `[B, 4]` with `lifelong_value_boundaries`, each
+        in [0, 1], over the real events among the last N lifelong items the model reads
+        (all before the target, so nothing leaks):
+
+            activity = log(1 + n) / log(1 + N)      n real events (life_order > 0)
+            positive share, negative share          life_polarity +1 / -1 among them
+            mean value bucket / number of edges     the engagement value's bucket
+
+        A user with no lifelong events gets zeros."""
+        n_max = self.m.lifelong_length
+        real = ops.cast(ops.greater(inputs["life_order"][:, -n_max:], 0), "float32")
+        polarity = ops.cast(inputs["life_polarity"][:, -n_max:], "float32") * real
+        count = ops.sum(real, axis=-1)
+        per_event = ops.maximum(count, 1.0)
+        stats = [ops.log1p(count) / math.log1p(n_max),
+                 ops.sum(ops.cast(ops.greater(polarity, 0.0), "float32"), axis=-1) / per_event,
+                 ops.sum(ops.cast(ops.less(polarity, 0.0), "float32"), axis=-1) / per_event]
+        if self.value_boundaries:
+            bucket = ops.cast(self._value_buckets(inputs), "float32")
+            stats.append(ops.sum(bucket * real, axis=-1) / per_event
+                         / float(len(self.value_boundaries)))
+        return ops.cast(ops.stack(stats, axis=-1), self.compute_dtype)
+
     def profile(self, inputs: dict[str, Any]):
-        """PEG's input I `[B, p]`: the profile features' embeddings, concatenated."""
+        """PEG's input I `[B, p]`: the profile features' embeddings (and the behavioural
+        statistics), concatenated in `profile_features` order."""
         parts = []
         for name in self.profile_features:
+            if name == BEHAVIORAL:
+                parts.append(self.behavioral_statistics(inputs))
+                continue
             layer = self.user_embedding if name == "user_id" else self.side_embeddings[name]
             parts.append(self._lookup(layer, inputs[name]))
         return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tfnegseq.kinds import register_kind
-from tfnegseq.kinds.cain.config import CainModelConfig
+from tfnegseq.kinds.cain.config import BEHAVIORAL, DEMOGRAPHIC, CainModelConfig
 from tfnegseq.kinds.ctr import CtrKind, item_rows_multiple
 
 if TYPE_CHECKING:
@@ -24,19 +24,26 @@ if TYPE_CHECKING:
 
 
 def peg_input_names(cfg: Config) -> list[str]:
-    """PEG's inputs as the config names them (`samples.user_features` entries or
-    `user_id`): `model.peg_inputs`, or every user feature when it is unset."""
+    """PEG's inputs as the config names them (`samples.user_features` entries, `user_id`
+    or `behavioral`): `model.peg_inputs` with "demographic" expanded to every user
+    feature, or every user feature when it is unset. Each name once, in order."""
     m = cfg.model
     assert isinstance(m, CainModelConfig)
-    return list(m.peg_inputs if m.peg_inputs is not None else cfg.samples.user_features)
+    names: list[str] = []
+    for name in (m.peg_inputs if m.peg_inputs is not None else [DEMOGRAPHIC]):
+        for n in (cfg.samples.user_features if name == DEMOGRAPHIC else [name]):
+            if n not in names:
+                names.append(n)
+    return names
 
 
 def profile_features(cfg: Config) -> list[str]:
-    """PEG's inputs as model input names (`user_<f>`, `user_id`); [] without PEG."""
+    """PEG's inputs as `CainModel` names them (`user_<f>`, `user_id`, `behavioral`); []
+    without PEG."""
     assert isinstance(cfg.model, CainModelConfig)
     if cfg.model.peg_layers == "none":
         return []
-    return [n if n == "user_id" else f"user_{n}" for n in peg_input_names(cfg)]
+    return [n if n in ("user_id", BEHAVIORAL) else f"user_{n}" for n in peg_input_names(cfg)]
 
 
 class CainKind(CtrKind):
@@ -57,12 +64,19 @@ class CainKind(CtrKind):
                 f"{available} (the lifelong items the samples carry); lower it or raise "
                 "samples.lifelong_length and rebuild the samples")
         if m.peg_layers != "none":
+            reserved = sorted({DEMOGRAPHIC, BEHAVIORAL} & set(cfg.samples.user_features))
+            if reserved:
+                raise ValueError(
+                    f"samples.user_features: {reserved} name PEG input groups "
+                    "(model.peg_inputs); rename the user feature")
             names = peg_input_names(cfg)
-            unknown = [n for n in names if n != "user_id" and n not in cfg.samples.user_features]
+            unknown = [n for n in names if n not in ("user_id", BEHAVIORAL)
+                       and n not in cfg.samples.user_features]
             if unknown:
                 raise ValueError(
                     f"model.peg_inputs: {unknown} are not in samples.user_features "
-                    f"{cfg.samples.user_features} (or 'user_id')")
+                    f"{cfg.samples.user_features} (or 'user_id', '{DEMOGRAPHIC}', "
+                    f"'{BEHAVIORAL}')")
             if not names:
                 raise ValueError(
                     "model.peg_inputs: PEG needs at least one profile input; "

@@ -31,6 +31,9 @@ from pydantic.dataclasses import dataclass
 from tfnegseq.config import SECTION, at_least
 from tfnegseq.kinds.ctr.config import CtrModelConfig
 
+# PEG input groups (`peg_inputs`, Table 5) that are not user feature names
+DEMOGRAPHIC, BEHAVIORAL = "demographic", "behavioral"
+
 
 @dataclass(config=SECTION)
 class CainModelConfig(CtrModelConfig):
@@ -45,9 +48,11 @@ class CainModelConfig(CtrModelConfig):
     items with `context: none`); its sizes `top_k` (SIM, ETA, TWIN), `lap_top_k` (LAP's
     k1, k2), `hash_bits` (ETA), `sdim_hashes` / `sdim_hash_bits` (SDIM),
     `lifelong_heads`, `lifelong_attention_dim`. `peg_layers`: which TCN layers get
-    per-user kernels (Table 4); `peg_inputs`: the profile features they are generated
-    from (Table 5; names of `samples.user_features`, or "user_id"; None: every user
-    feature); `peg_units`: eq. 10's width; `peg_aggregation`: Table 6 ("replace" the
+    per-user kernels (Table 4); `peg_inputs`: what they are generated from (Table 5):
+    names of `samples.user_features`, "user_id", "demographic" (every user feature, the
+    dataset's profile columns) and "behavioral" (statistics of the lifelong lists the
+    model reads: `CainModel.behavioral_statistics`); None: every user feature.
+    `peg_units`: eq. 10's width; `peg_aggregation`: Table 6 ("replace" the
     global kernel, the paper's default; "sum" it with the personalised one; "concat"
     both outputs, then a Dense back to the TCN's width). `lifelong_value_boundaries`:
     bucket edges of `life_value` (the engagement value: rating, watch ratio, behaviour
