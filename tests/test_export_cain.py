@@ -2,7 +2,8 @@
 lifelong sequence as raw lists (issue 14): `serving_default` in a process that never
 imports keras or tfnegseq equals the Keras model on the same examples, a lifelong list
 longer than trained keeps its most recent `lifelong_length` entries, and malformed
-lifelong lists are refused with the field named."""
+lifelong lists are refused with the field named. PEG reads the user id and the
+behavioural statistics of the lifelong lists, so the served graph computes those too."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def cain_export(tmp_path_factory) -> Exported:
             "model.kind=cain", "model.sequence_length=10", "model.embedding_dim=8",
             f"model.lifelong_length={LIFE}", "model.msia_layers=2", "model.context_length=2",
             "model.lap_top_k=[12,6]", "model.lifelong_attention_dim=8", "model.peg_units=4",
-            "model.peg_inputs=[user_id]", "model.lifelong_value_boundaries=[0.3,0.7]",
+            "model.peg_inputs=[user_id,behavioral]", "model.lifelong_value_boundaries=[0.3,0.7]",
             "train.batch_size=256", "train.epochs=1", f"train.run_dir={root}/run"]
     cfg = load_config(REPO / "configs" / "synthetic.yaml", sets)
     simulate_to_dir(cfg.simulate, cfg.source.path)
