@@ -83,7 +83,8 @@ class CainModel(CtrModel):
     Call arguments:
         inputs: `CtrModel`'s (when `short_term`) plus `life_item_id`, `life_order`,
             `life_value` `[B, N_s]` (N_s >= `lifelong_length`; the last N are read) and
-            `life_polarity` when `lifelong_polarity` is not "none".
+            `life_polarity` when `lifelong_polarity` is not "none" or PEG reads
+            "behavioral".
 
     Returns:
         dict with `probability` [B], `logit` [B] and, for SIM, `auxiliary_logit` [B]
