@@ -128,7 +128,8 @@ def serving_case(exp: Exported, rows: list[dict[str, Any]], candidates: list[dic
            for r, w in zip(rows, widths, strict=True)]
     for name in lists:
         width = max(1, max(len(c[name]) for c in cut))
-        pad: Any = -1 if name.endswith("item_id") else (0.0 if name == "life_value" else 0)
+        ids = name.endswith("item_id") or name.startswith("life_item_")  # looked up
+        pad: Any = -1 if ids else (0.0 if name == "life_value" else 0)
         inputs[name] = [[pad] * (width - len(c[name])) + c[name] for c in cut]
     inputs["item_id"] = [[c["item_id"] for c in candidates] for _ in rows]
     for name in item_side:

@@ -18,10 +18,34 @@ CONFIG = REPO / "configs" / "movielens_100k_cain.yaml"
 
 @pytest.mark.parametrize("study", list(cain.STUDIES))
 def test_every_setting_of_every_study_is_a_valid_config(study):
+    from tfnegseq.experiments.studies import placeholders
+
+    base = load_config(CONFIG)
     for setting, overrides in cain.STUDIES[study].items():
-        cfg = load_config(CONFIG, overrides)
+        cfg = load_config(CONFIG, [o.format(**placeholders(base)) for o in overrides])
         assert cfg.model.kind == "cain", setting
     assert cain.REFERENCE[study] in cain.STUDIES[study]
+
+
+def test_the_most_interacted_settings_build_their_own_samples_with_every_item_feature():
+    """Table 5's "most interacted" input: its settings' samples carry `life_item_<f>` for
+    every item feature (genre on MovieLens-100K) in a directory of their own, so the
+    other settings' samples and fingerprints stay as they were."""
+    from tfnegseq.experiments import records
+    from tfnegseq.experiments.studies import placeholders
+
+    base = load_config(CONFIG)
+    for setting in ("PEG all, most interacted", "PEG all, every group"):
+        cfg = load_config(CONFIG, [o.format(**placeholders(base))
+                                   for o in cain.STUDIES["peg"][setting]])
+        assert cfg.samples.lifelong_item_features == base.samples.item_features == ["genre"]
+        assert cfg.output.dir == base.output.dir + "_life_items"
+        assert "most_interacted" in cfg.model.peg_inputs
+    # a config at the default (no lifelong item features) hashes as before the key existed
+    with_key = load_config(CONFIG, ["samples.lifelong_item_features=[]"])
+    assert records.fingerprint(with_key) == records.fingerprint(base)
+    assert records.fingerprint(load_config(CONFIG, ["samples.lifelong_item_features=[genre]"])) \
+        != records.fingerprint(base)
 
 
 def test_overall_is_table_7():

@@ -2,8 +2,9 @@
 lifelong sequence as raw lists (issue 14): `serving_default` in a process that never
 imports keras or tfnegseq equals the Keras model on the same examples, a lifelong list
 longer than trained keeps its most recent `lifelong_length` entries, and malformed
-lifelong lists are refused with the field named. PEG reads the user id and the
-behavioural statistics of the lifelong lists, so the served graph computes those too."""
+lifelong lists are refused with the field named. PEG reads the user id, the
+behavioural statistics of the lifelong lists and the most interacted category (from the
+`life_item_category` list), so the served graph computes those too."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from tests.helpers_export import (
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LIFE = 24  # samples.lifelong_length of the fixture
-LISTS = HISTORY_LISTS + LIFELONG_LISTS
+LISTS = HISTORY_LISTS + LIFELONG_LISTS + ("life_item_category",)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,9 @@ def cain_export(tmp_path_factory) -> Exported:
             "model.kind=cain", "model.sequence_length=10", "model.embedding_dim=8",
             f"model.lifelong_length={LIFE}", "model.msia_layers=2", "model.context_length=2",
             "model.lap_top_k=[12,6]", "model.lifelong_attention_dim=8", "model.peg_units=4",
-            "model.peg_inputs=[user_id,behavioral]", "model.lifelong_value_boundaries=[0.3,0.7]",
+            "samples.lifelong_item_features=[category]",
+            "model.peg_inputs=[user_id,behavioral,most_interacted]",
+            "model.lifelong_value_boundaries=[0.3,0.7]",
             "train.batch_size=256", "train.epochs=1", f"train.run_dir={root}/run"]
     cfg = load_config(REPO / "configs" / "synthetic.yaml", sets)
     simulate_to_dir(cfg.simulate, cfg.source.path)
@@ -101,16 +104,20 @@ def test_cain_saved_model_matches_keras_in_a_tensorflow_only_process(cain_export
     n = LIFE + 5
     too_long = {**first, "life_item_id": [list(range(1, n + 1))],
                 "life_order": [list(range(1, n + 1))], "life_polarity": [[1] * n],
-                "life_value": [[0.5] * n]}
+                "life_value": [[0.5] * n], "life_item_category": [[i % 7 for i in range(n)]]}
     truncated = {**first, "life_item_id": [list(range(6, n + 1))],
                  "life_order": [list(range(6, n + 1))], "life_polarity": [[1] * LIFE],
-                 "life_value": [[0.5] * LIFE]}
+                 "life_value": [[0.5] * LIFE],
+                 "life_item_category": [[i % 7 for i in range(5, n)]]}
     not_left_padded = {**first, "life_item_id": [[5, -1]], "life_order": [[1, 0]],
-                       "life_polarity": [[1, 0]], "life_value": [[1.0, 0.0]]}
+                       "life_polarity": [[1, 0]], "life_value": [[1.0, 0.0]],
+                       "life_item_category": [[1, -1]]}
     unordered = {**first, "life_item_id": [[5, 6]], "life_order": [[4, 4]],
-                 "life_polarity": [[1, 1]], "life_value": [[1.0, 1.0]]}
+                 "life_polarity": [[1, 1]], "life_value": [[1.0, 1.0]],
+                 "life_item_category": [[1, 2]]}
     ragged = {**first, "life_item_id": [[5, 6]], "life_order": [[1, 2]],
-              "life_polarity": [[1, 1]], "life_value": [[1.0]]}
+              "life_polarity": [[1, 1]], "life_value": [[1.0, 1.0]],
+              "life_item_category": [[1]]}
     spec = {"serving": [b for b, _ in cases],
             "bad": {"too_long": too_long, "truncated": truncated, "ragged": ragged,
                     "not_left_padded": not_left_padded, "unordered": unordered}}
@@ -125,7 +132,8 @@ def test_cain_saved_model_matches_keras_in_a_tensorflow_only_process(cain_export
     out = json.loads((tmp_path / "out.json").read_text())
 
     assert out["imported"] == []
-    assert {"life_item_id", "life_order", "life_polarity", "life_value"} <= set(out["inputs"])
+    assert {"life_item_id", "life_order", "life_polarity", "life_value",
+            "life_item_category"} <= set(out["inputs"])
     assert out["float_inputs"] == ["life_value"]
     for (batch, refs), got in zip(cases, out["serving"], strict=True):
         want = keras_probabilities(exp, refs).reshape(len(batch["user_id"]), -1)
@@ -134,4 +142,4 @@ def test_cain_saved_model_matches_keras_in_a_tensorflow_only_process(cain_export
     assert out["scored"]["too_long"] == out["scored"]["truncated"]
     assert "life_item_id is not left-padded" in out["errors"]["not_left_padded"]
     assert "life_order must increase strictly" in out["errors"]["unordered"]
-    assert "life_item_id and life_value need the same shape" in out["errors"]["ragged"]
+    assert "life_item_id and life_item_category need the same shape" in out["errors"]["ragged"]

@@ -56,7 +56,7 @@ NEGATIVE_HISTORY_KEYS = {"negative_history": "recent", "negative_history_size": 
 SAMPLES_KEYS = ("task", "before", "min_core", "target_stride", "max_targets_per_user",
                 "negatives")
 LENGTH_KEYS = ("max_history", "lifelong_length", "max_sequence")
-FEATURE_KEYS = ("user_features", "item_features")
+FEATURE_KEYS = ("user_features", "item_features", "lifelong_item_features")
 SECTION_KEYS = ("rules", "split")
 
 

@@ -15,6 +15,7 @@ CTR task, one sample per target event:
 | `neg_item_id`, `neg_order` | int64 | list <= max_history | recent negatives, oldest first (`samples.negative_history`) |
 | `life_item_id`, `life_order`, `life_polarity` | int64 | list <= lifelong_length | all events |
 | `life_value` | float | list <= lifelong_length | engagement value of each |
+| `life_item_<f>` | int64 | list <= lifelong_length | side feature `f` of each (`samples.lifelong_item_features`) |
 | `user_<f>` / `item_<f>` | int64 | scalar | profile / side features (raw categorical ids) |
 
 Sequential task (SINE protocol), one sample per user:
@@ -97,6 +98,8 @@ def _ctr_features(cfg: SamplesConfig) -> list[Feature]:
             Feature("life_polarity", "int64", "list", n),
             Feature("life_value", "float32", "list", n),
         ]
+        out += [Feature(f"life_item_{f}", "int64", "list", n, f"item_{f}")
+                for f in cfg.lifelong_item_features]
     out += _side_features(cfg)
     return out
 

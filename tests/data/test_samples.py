@@ -75,7 +75,7 @@ def test_input_order_breaks_ties_in_the_timeline():
     assert rows[2]["pos_item_id"] == [6, 7]
 
 
-def brute_force(items, ts, pols, h, before, life=0, values=None):
+def brute_force(items, ts, pols, h, before, life=0, values=None, genre=None):
     order = sorted(range(len(items)), key=lambda i: (ts[i], i))
     out = []
     for rank, j in enumerate(order):
@@ -97,6 +97,8 @@ def brute_force(items, ts, pols, h, before, life=0, values=None):
             rec["life_item_id"] = [items[i] for i in ll]
             rec["life_polarity"] = [pols[i] for i in ll]
             rec["life_value"] = [values[i] for i in ll]
+            if genre is not None:  # each lifelong event's own item's genre
+                rec["life_item_genre"] = [genre.get(items[i], PAD_ID) for i in ll]
         out.append(rec)
     return out
 
@@ -110,9 +112,13 @@ def test_matches_brute_force_and_never_leaks(before, seed):
     ts = np.sort(rng.integers(0, 120, n))  # many ties
     pols = rng.choice([1, -1, 0], n, p=[0.3, 0.5, 0.2])
     values = rng.random(n).astype(np.float32)
-    cfg = SamplesConfig(max_history=7, lifelong_length=5, before=before, batch_size=64)
-    rows = all_rows(make_events(3, items, ts, pols, values=values), cfg)
-    ref = brute_force(items.tolist(), ts.tolist(), pols.tolist(), 7, before, 5, values.tolist())
+    genre = {i: 100 + i % 6 for i in range(0, 50, 2)}  # odd items have no genre
+    cfg = SamplesConfig(max_history=7, lifelong_length=5, before=before, batch_size=64,
+                        item_features=["genre"], lifelong_item_features=["genre"])
+    rows = all_rows(make_events(3, items, ts, pols, values=values), cfg,
+                    side=SideTables(items={i: {"genre": g} for i, g in genre.items()}))
+    ref = brute_force(items.tolist(), ts.tolist(), pols.tolist(), 7, before, 5, values.tolist(),
+                      genre)
     assert len(rows) == n
     for got, want in zip(rows, ref, strict=True):
         for k in want:

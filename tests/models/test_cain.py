@@ -241,6 +241,104 @@ def test_peg_reads_the_behavioral_statistics_after_the_profile_embeddings():
     np.testing.assert_allclose(probabilities(again, x), probabilities(model, x), rtol=1e-6)
 
 
+GENRES = 7  # item_genre vocabulary: row 0 padding, 1-6 values
+
+
+def most_interacted_reference(x, n):
+    """The most frequent `life_item_genre` among the real positive events of the last n
+    (Table 5's "most interacted"), by counting row by row; ties to the smallest id, id 0
+    (a missing value) not counted, 0 for a user with none."""
+    out = []
+    for order, polarity, genre in zip(x["life_order"], x["life_polarity"],
+                                      x["life_item_genre"], strict=True):
+        keep = (order[-n:] > 0) & (polarity[-n:] > 0) & (genre[-n:] > 0)
+        counts = {}
+        for g in genre[-n:][keep]:
+            counts[int(g)] = counts.get(int(g), 0) + 1
+        best = max(counts.values(), default=0)
+        out.append(min(g for g, c in counts.items() if c == best) if counts else 0)
+    return np.array(out)
+
+
+def genre_model(profile=("user_age", "most_interacted"), **overrides):
+    return CainModel({**VOCAB, "item_genre": GENRES}, {**SMALL, **overrides},
+                     side_features=[*SIDE, "item_genre"], profile_features=list(profile),
+                     lifelong_item_features=["genre"])
+
+
+def genre_inputs(seed):
+    rng = np.random.default_rng(seed)
+    x = make_inputs(rng)
+    x["item_genre"] = rng.integers(1, GENRES, B)
+    x["life_item_genre"] = np.where(x["life_order"] > 0, rng.integers(0, GENRES, (B, N_S)), 0)
+    return x
+
+
+def test_most_interacted_is_the_modal_side_feature_of_the_positive_events():
+    """PEG's "most_interacted" ids against a count by hand: only positive, real events
+    among the last `lifelong_length` (32 of 40) count; a tie goes to the smaller id; a
+    positive with a missing value (id 0) does not count; no positive gives 0."""
+    model = genre_model()
+    x = genre_inputs(3)
+    n = SMALL["lifelong_length"]
+    # user 0: genre 5 the most frequent positive, but only in the 8 slots the model does
+    # not read (before the last 32), where it would win
+    x["life_polarity"][0] = np.where(x["life_order"][0] > 0, 1, 0)
+    x["life_item_genre"][0] = np.r_[np.full(8, 5), np.repeat([2, 3, 4, 6, 1, 0], [7, 5, 5, 5, 5, 5])]
+    # user 1: a tie between 3 and 6 (two each), negatives of genre 1 everywhere else,
+    # and positives with a missing genre (0) outnumbering both
+    x["life_polarity"][1] = -1
+    x["life_item_genre"][1] = 1
+    x["life_polarity"][1, -7:] = 1
+    x["life_item_genre"][1, -7:] = [6, 0, 3, 0, 6, 0, 3]
+    x["life_polarity"][3] = -1  # user 3 (5 events): no positive
+    got = [to_numpy(ids) for ids in model.most_interacted(x)]
+    assert len(got) == 1 and got[0].shape == (B,)
+    want = most_interacted_reference(x, n)
+    np.testing.assert_array_equal(got[0], want)
+    assert list(got[0][:2]) == [2, 3] and got[0][3] == 0 and got[0][-1] == 0
+
+
+def test_peg_reads_the_most_interacted_values_through_the_item_feature_embedding():
+    """eq. 10's I with "most_interacted" is [age embedding ; item_genre embedding of the
+    modal genre]: the head's own item_genre table (no new one); two users differing only
+    in the genres of their positive lifelong events get different kernels; the model
+    round-trips with it."""
+    keras.utils.set_random_seed(4)
+    model = genre_model()
+    x = genre_inputs(4)
+    for name in ("life_item_id", "life_order", "life_value", "life_polarity", "user_age",
+                 "item_id", "item_genre"):
+        x[name][1] = x[name][0]
+    x["life_polarity"][0:2] = np.where(x["life_order"][0] > 0, 1, 0)
+    x["life_item_genre"][0] = np.where(x["life_order"][0] > 0, 2, 0)
+    x["life_item_genre"][1] = np.where(x["life_order"][0] > 0, 5, 0)
+    model(x)
+    assert sum("item_genre" in w.path for w in model.weights) == 1
+    age = to_numpy(model.side_embeddings["user_age"].embeddings)[x["user_age"]]
+    genre = to_numpy(model.side_embeddings["item_genre"].embeddings)[
+        most_interacted_reference(x, SMALL["lifelong_length"])]
+    np.testing.assert_allclose(to_numpy(model.profile(x)), np.concatenate([age, genre], -1),
+                               rtol=1e-6, atol=1e-6)
+    kernels = to_numpy(model.peg(model.profile(x))[0])
+    assert not np.allclose(kernels[0], kernels[1])
+    again = CainModel.from_config(model.get_config())
+    again(x)
+    again.set_weights(model.get_weights())
+    np.testing.assert_allclose(probabilities(again, x), probabilities(model, x), rtol=1e-6)
+
+
+def test_most_interacted_needs_the_lifelong_item_features():
+    """The model refuses "most_interacted" without `lifelong_item_features`, and a
+    lifelong item feature whose `item_<f>` embedding the head lacks."""
+    with pytest.raises(ValueError, match="needs lifelong_item_features"):
+        CainModel({**VOCAB, "item_genre": GENRES}, SMALL, side_features=[*SIDE, "item_genre"],
+                  profile_features=["most_interacted"])
+    with pytest.raises(ValueError, match="item_genre"):
+        CainModel(VOCAB, SMALL, side_features=SIDE, profile_features=["most_interacted"],
+                  lifelong_item_features=["genre"])
+
+
 def test_peg_input_groups_resolve_from_the_config():
     """`peg_inputs`: "demographic" is every user feature, named once; "behavioral" is the
     statistics; unset is every user feature; a user feature named like a group is
@@ -259,6 +357,23 @@ def test_peg_input_groups_resolve_from_the_config():
     assert resolve(["behavioral", "user_id"]) == ["behavioral", "user_id"]
     with pytest.raises(ConfigError, match="name PEG input groups"):
         resolve(None, features=("age", "behavioral"))
+    with pytest.raises(ConfigError, match="name PEG input groups"):
+        resolve(None, features=("age", "most_interacted"))
+    # "most_interacted" needs the lifelong lists of an item feature
+    with pytest.raises(ConfigError, match="set samples.lifelong_item_features"):
+        resolve(["most_interacted"])
+    raw = {"samples": {"lifelong_length": 256, "user_features": ["age"],
+                       "item_features": ["genre"], "lifelong_item_features": ["genre"]},
+           "model": {"kind": "cain", "peg_inputs": ["demographic", "most_interacted"]}}
+    assert profile_features(config_from_dict(raw, where="c.yaml")) == [
+        "user_age", "most_interacted"]
+    # a lifelong item feature must be an item feature, and needs the lifelong lists
+    for samples, message in [({"item_features": [], "lifelong_item_features": ["genre"]},
+                              "not in item_features"),
+                             ({"lifelong_length": 0, "item_features": ["genre"],
+                               "lifelong_item_features": ["genre"]}, "lifelong_length > 0")]:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({"samples": samples}, where="c.yaml")
 
 
 def test_peg_sum_is_one_convolution_with_the_summed_kernel():
@@ -398,3 +513,24 @@ def test_hash_retrieval_compares_the_item_embeddings_alone_with_the_target(
         want = want[:, tcn.offset(want.shape[1])::tcn.stride]
     assert seen and seen[-1] is not None
     np.testing.assert_allclose(seen[-1], want, rtol=1e-6, atol=1e-6)
+
+
+def check_most_interacted_jit():
+    """`most_interacted` under `jax.jit` (the ids' count is a scatter-add), against the
+    count by hand; run by `test_most_interacted_under_jax` in a JAX process."""
+    import jax
+
+    model = genre_model()
+    x = {k: np.asarray(v) for k, v in genre_inputs(8).items()}
+    model(x)
+    got = jax.jit(lambda inputs: model.most_interacted(inputs)[0])(x)
+    np.testing.assert_array_equal(np.asarray(got),
+                                  most_interacted_reference(x, SMALL["lifelong_length"]))
+
+
+def test_most_interacted_under_jax():
+    from tests.helpers import run_under_jax
+
+    run_under_jax("import keras; assert keras.backend.backend() == 'jax'\n"
+                  "from tests.models import test_cain as t\n"
+                  "t.check_most_interacted_jit()\n")

@@ -199,6 +199,10 @@ class SamplesConfig:
     before: Literal["timestamp", "order"] = "timestamp"
     user_features: list[StrictStr] = field(default_factory=list)
     item_features: list[StrictStr] = field(default_factory=list)
+    # ctr task: item features (a subset of `item_features`) also emitted per lifelong
+    # item, as lists `life_item_<f>` beside `life_item_id` (looked up in `item_<f>`'s
+    # vocabulary); CAIN's PEG reads them for its "most_interacted" input (Table 5)
+    lifelong_item_features: list[StrictStr] = field(default_factory=list)
     # sequential task: keep only users/items with at least this many events (SINE: 10)
     min_core: StrictInt = 0
     # rounds of iterative k-core filtering in the Beam job (the manifest says if more
@@ -265,6 +269,21 @@ class SamplesConfig:
                 f"'random' or 'catalogue' (0 with 'recent'). Received: negative_history_size="
                 f"{self.negative_history_size}, negative_history_seed="
                 f"{self.negative_history_seed}")
+        if self.lifelong_item_features:
+            outside = [f for f in self.lifelong_item_features if f not in self.item_features]
+            if outside:
+                raise ValueError(
+                    f"lifelong_item_features: {outside} are not in item_features "
+                    f"{self.item_features} (a lifelong item's feature comes from the same "
+                    "item table and vocabulary)")
+            if len(set(self.lifelong_item_features)) != len(self.lifelong_item_features):
+                raise ValueError(f"lifelong_item_features: each feature once. Received: "
+                                 f"{self.lifelong_item_features}")
+            if self.task != "ctr" or self.lifelong_length == 0:
+                raise ValueError(
+                    "lifelong_item_features: only for the ctr task with lifelong_length > 0 "
+                    f"(the lists sit beside life_item_id). Received: task={self.task!r}, "
+                    f"lifelong_length={self.lifelong_length}")
         if self.negative_history_size > self.max_history:
             raise ValueError(
                 f"negative_history_size: must be <= max_history ({self.max_history}); 0 "

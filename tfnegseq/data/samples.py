@@ -378,8 +378,9 @@ def _labelled(ev: EventChunk) -> tuple[np.ndarray, np.ndarray]:
 
 def values_per_row(cfg: SamplesConfig) -> int:
     """Upper bound of the values one CTR sample holds: 4 history lists of
-    `max_history`, 4 lifelong lists of `lifelong_length`, scalars and side features."""
-    return (4 * cfg.max_history + 4 * cfg.lifelong_length + 5
+    `max_history`, 4 (+ one per `lifelong_item_features`) lifelong lists of
+    `lifelong_length`, scalars and side features."""
+    return (4 * cfg.max_history + (4 + len(cfg.lifelong_item_features)) * cfg.lifelong_length + 5
             + len(cfg.user_features) + len(cfg.item_features))
 
 
@@ -460,6 +461,9 @@ def build_ctr_samples(
     h, life = cfg.max_history, cfg.lifelong_length
     i64, f32 = pa.int64(), pa.float32()
     step = targets_per_batch(cfg, max_batch_values)
+    # each event's lifelong side features, looked up once per user (not per list slot)
+    life_side = {f: side.item_values(ev.item_id, f, ev, np.arange(n))
+                 for f in cfg.lifelong_item_features} if life > 0 else {}
 
     for start in range(0, len(targets), step):
         chunk = targets[start:start + step]
@@ -488,6 +492,8 @@ def build_ctr_samples(
             cols["life_order"] = _list_array(offsets, order[ev_idx], i64)
             cols["life_polarity"] = _list_array(offsets, polarity[ev_idx].astype(np.int64), i64)
             cols["life_value"] = _list_array(offsets, ev.value[ev_idx].astype(np.float32), f32)
+            for f in cfg.lifelong_item_features:
+                cols[f"life_item_{f}"] = _list_array(offsets, life_side[f][ev_idx], i64)
             del ev_idx
         for f in cfg.user_features:
             cols[f"user_{f}"] = _scalar_array(np.full(m, user_vals[f], np.int64), i64)

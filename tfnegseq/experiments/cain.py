@@ -15,7 +15,7 @@ Studies (`--study`, repeatable; `--list` prints each study's settings):
 | backbone | Tables 2-3 | SIM, ETA, SDIM, TWIN, LAP raw, with one TCN layer, with 4-layer MSIA |
 | layers | Figure 6 | 1-6 TCN layers, every stride 1 (no PEG) |
 | strides | Figure 7 | first-layer stride 1-4; later strides 1-6 (4 layers, no PEG) |
-| peg | Tables 4-6 | PEG on none / first / later / all layers; inputs (the user features, the user id, behavioural statistics, both groups); replace / sum / concat |
+| peg | Tables 4-6 | PEG on none / first / later / all layers; inputs (the user features, the user id, behavioural statistics, the most interacted item feature, groups together); replace / sum / concat |
 | polarity | ours | CAIN with PBE or TAPF on the lifelong tokens |
 
 Every run trains from the config (same data, epochs and optimizer for every setting) and
@@ -35,6 +35,9 @@ from typing import Any
 from tfnegseq.experiments.studies import Studies, run
 
 NO_PEG = ["model.peg_layers=none"]
+# samples whose lifelong lists carry every item feature (PEG's "most_interacted" input)
+LIFE_ITEMS = ["samples.lifelong_item_features={item_features}",
+              "output.dir={output_dir}_life_items"]
 RAW = ["model.context=none", *NO_PEG]  # a lifelong attention on the raw items
 ONE_TCN = ["model.context=tcn", "model.msia_layers=1", *NO_PEG]
 
@@ -102,6 +105,14 @@ STUDIES: dict[str, dict[str, list[str]]] = {
         "PEG all, demographic + behavioral": [
             "model.context=tcn", "model.msia_layers=4", "model.peg_layers=all",
             "model.peg_inputs=[demographic,behavioral]"],
+        # the most frequent item feature among the lifelong positives: its samples carry
+        # `life_item_<f>` lists, built once into their own directory
+        "PEG all, most interacted": [
+            "model.context=tcn", "model.msia_layers=4", "model.peg_layers=all",
+            "model.peg_inputs=[most_interacted]", *LIFE_ITEMS],
+        "PEG all, every group": [
+            "model.context=tcn", "model.msia_layers=4", "model.peg_layers=all",
+            "model.peg_inputs=[demographic,behavioral,most_interacted]", *LIFE_ITEMS],
     },
     "polarity": {
         "CAIN": [],

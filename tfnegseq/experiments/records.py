@@ -85,7 +85,7 @@ RUN_ONLY = ("train.run_dir", "train.seed", "train.export", "output.dir", "source
 # fingerprint (and the record) valid.
 LATER_KEYS = {"model.polarity_labels": "observed", "samples.negative_history": "recent",
               "samples.negative_history_size": 0, "samples.negative_history_seed": 0,
-              "train.deterministic_ops": False}
+              "train.deterministic_ops": False, "samples.lifelong_item_features": []}
 
 
 # Code revisions per model kind: bumped when a code change alters what an unchanged

@@ -75,9 +75,11 @@ class Studies:
 
 def placeholders(base: Any) -> dict[str, Any]:
     """What a setting's override may name in braces, from the sweep's base config:
-    `{output_dir}` (its samples directory, `output.dir`) and `{half_length}`
-    (floor(L / 2), the negative slots of a mixed sequence at r = 0.5)."""
-    return {"output_dir": base.output.dir, "half_length": base.model.sequence_length // 2}
+    `{output_dir}` (its samples directory, `output.dir`), `{half_length}` (floor(L / 2),
+    the negative slots of a mixed sequence at r = 0.5) and `{item_features}` (the
+    `samples.item_features` list, as `[a,b]`)."""
+    return {"output_dir": base.output.dir, "half_length": base.model.sequence_length // 2,
+            "item_features": "[" + ",".join(base.samples.item_features) + "]"}
 
 
 def ensure_samples(cfg: Any, base: Any) -> None:

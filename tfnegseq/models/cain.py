@@ -28,7 +28,7 @@ from keras import ops
 
 from tfnegseq.api_export import register
 from tfnegseq.keras_internals import scale_loss_for_distribution
-from tfnegseq.kinds.cain.config import BEHAVIORAL, CainModelConfig
+from tfnegseq.kinds.cain.config import BEHAVIORAL, MOST_INTERACTED, CainModelConfig
 from tfnegseq.layers.attention import DinAttention
 from tfnegseq.layers.cain import (
     ContextSelfAttention,
@@ -77,14 +77,19 @@ class CainModel(CtrModel):
         model: dict. A `CainModelConfig` as a dict.
         profile_features: list of str. The inputs PEG generates kernels from (eq. 10's
             I): `user_<f>` side features and/or `user_id`, each read through the same
-            embedding the head uses, and/or "behavioral" (`behavioral_statistics`).
+            embedding the head uses, "behavioral" (`behavioral_statistics`) and/or
+            "most_interacted" (`most_interacted`, through the `item_<f>` embeddings).
             Needed when `peg_layers` is not "none".
+        lifelong_item_features: list of str. The `f` of the `life_item_<f>` lists the
+            inputs carry (`samples.lifelong_item_features`); "most_interacted" reads
+            them. Each `item_<f>` must be among `side_features`.
 
     Call arguments:
         inputs: `CtrModel`'s (when `short_term`) plus `life_item_id`, `life_order`,
             `life_value` `[B, N_s]` (N_s >= `lifelong_length`; the last N are read) and
             `life_polarity` when `lifelong_polarity` is not "none" or PEG reads
-            "behavioral".
+            "behavioral" or "most_interacted", and `life_item_<f>` (ids looked up in
+            `item_<f>`'s vocabulary) for "most_interacted".
 
     Returns:
         dict with `probability` [B], `logit` [B] and, for SIM, `auxiliary_logit` [B]
@@ -98,19 +103,28 @@ class CainModel(CtrModel):
     def __init__(self, vocab_sizes: dict[str, int], model: dict[str, Any],
                  side_features: list[str] | None = None,
                  profile_features: list[str] | None = None,
+                 lifelong_item_features: list[str] | None = None,
                  row_sparse_gradients: bool = False, **kwargs: Any):
         super().__init__(vocab_sizes, model, side_features=side_features,
                          row_sparse_gradients=row_sparse_gradients, **kwargs)
         self.profile_features = list(profile_features or [])
+        self.lifelong_item_features = list(lifelong_item_features or [])
         m = self.m
         d = m.embedding_dim
         if m.peg_layers != "none" and not self.profile_features:
             raise ValueError("peg_layers needs profile_features (PEG's input, eq. 10)")
         missing = [f for f in self.profile_features
-                   if f not in ("user_id", BEHAVIORAL) and f not in self.side_features]
+                   if f not in ("user_id", BEHAVIORAL, MOST_INTERACTED)
+                   and f not in self.side_features]
+        missing += [f"item_{f}" for f in self.lifelong_item_features
+                    if f"item_{f}" not in self.side_features]
         if missing:
-            raise ValueError(f"profile_features {missing} are not among side_features "
-                             f"{self.side_features} (PEG reads the head's embeddings)")
+            raise ValueError(f"profile_features / lifelong_item_features {missing} are not "
+                             f"among side_features {self.side_features} (PEG reads the "
+                             "head's embeddings)")
+        if MOST_INTERACTED in self.profile_features and not self.lifelong_item_features:
+            raise ValueError(f"profile_features '{MOST_INTERACTED}' needs "
+                             "lifelong_item_features (the life_item_<f> lists it reads)")
         self.value_boundaries = [float(b) for b in m.lifelong_value_boundaries]
         self.value_embedding = keras.layers.Embedding(
             len(self.value_boundaries) + 1, d, name="value_embedding", dtype="float32",
@@ -227,13 +241,49 @@ class CainModel(CtrModel):
                          / float(len(self.value_boundaries)))
         return ops.cast(ops.stack(stats, axis=-1), self.compute_dtype)
 
+    def most_interacted(self, inputs: dict[str, Any]) -> list[Any]:
+        """PEG's "most_interacted" ids (Table 5's "most interacted authors"; ours: the
+        most frequent side feature), one int32 `[B]` per `lifelong_item_features` f: the
+        `life_item_<f>` id counted most often among the user's positive events
+        (`life_polarity` > 0, real) among the last N lifelong items the model reads (all
+        before the target). Ties go to the smallest id (the value more frequent in the
+        training samples: vocabulary ids are by count). The padding id 0 (a missing
+        value) is not counted; a user with no counted event gets 0, the padding row.
+
+        Counted with one scatter-add into `[B, V]` (V the vocabulary size), so memory
+        is O(B (N + V)), not O(B N V) as a one-hot count would be."""
+        n = self.m.lifelong_length
+        positive = ops.logical_and(ops.greater(inputs["life_order"][:, -n:], 0),
+                                   ops.greater(inputs["life_polarity"][:, -n:], 0))
+        out = []
+        for f in self.lifelong_item_features:
+            ids = ops.cast(inputs[f"life_item_{f}"][:, -n:], "int32")
+            size = int(self.vocab_sizes[f"item_{f}"])
+            batch, length = ops.shape(ids)[0], ops.shape(ids)[1]
+            counted = ops.cast(ops.logical_and(positive, ops.greater(ids, 0)), "int32")
+            rows = ops.repeat(ops.expand_dims(ops.arange(batch, dtype="int32"), 1), length,
+                              axis=1)
+            where = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(ids, (-1,))], axis=-1)
+            counts = ops.scatter(where, ops.reshape(counted, (-1,)), (batch, size))
+            # count * V - id: one maximum per row, at the largest count's smallest id
+            # (the count is <= N, so this stays far inside int32 for any real V)
+            key = counts * size - ops.expand_dims(ops.arange(size, dtype="int32"), 0)
+            out.append(ops.cast(ops.argmax(key, axis=-1), "int32"))
+        return out
+
     def profile(self, inputs: dict[str, Any]):
         """PEG's input I `[B, p]`: the profile features' embeddings (and the behavioural
-        statistics), concatenated in `profile_features` order."""
+        statistics, the most interacted values' embeddings), concatenated in
+        `profile_features` order."""
         parts = []
         for name in self.profile_features:
             if name == BEHAVIORAL:
                 parts.append(self.behavioral_statistics(inputs))
+                continue
+            if name == MOST_INTERACTED:
+                for f, ids in zip(self.lifelong_item_features, self.most_interacted(inputs),
+                                  strict=True):
+                    parts.append(self._lookup(self.side_embeddings[f"item_{f}"], ids))
                 continue
             layer = self.user_embedding if name == "user_id" else self.side_embeddings[name]
             parts.append(self._lookup(layer, inputs[name]))
@@ -310,5 +360,6 @@ class CainModel(CtrModel):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(profile_features=self.profile_features)
+        config.update(profile_features=self.profile_features,
+                      lifelong_item_features=self.lifelong_item_features)
         return config

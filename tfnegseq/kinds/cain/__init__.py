@@ -16,7 +16,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tfnegseq.kinds import register_kind
-from tfnegseq.kinds.cain.config import BEHAVIORAL, DEMOGRAPHIC, CainModelConfig
+from tfnegseq.kinds.cain.config import (
+    BEHAVIORAL,
+    DEMOGRAPHIC,
+    MOST_INTERACTED,
+    CainModelConfig,
+)
 from tfnegseq.kinds.ctr import CtrKind, item_rows_multiple
 
 if TYPE_CHECKING:
@@ -24,8 +29,8 @@ if TYPE_CHECKING:
 
 
 def peg_input_names(cfg: Config) -> list[str]:
-    """PEG's inputs as the config names them (`samples.user_features` entries, `user_id`
-    or `behavioral`): `model.peg_inputs` with "demographic" expanded to every user
+    """PEG's inputs as the config names them (`samples.user_features` entries, `user_id`,
+    `behavioral` or `most_interacted`): `model.peg_inputs` with "demographic" expanded to every user
     feature, or every user feature when it is unset. Each name once, in order."""
     m = cfg.model
     assert isinstance(m, CainModelConfig)
@@ -38,12 +43,16 @@ def peg_input_names(cfg: Config) -> list[str]:
 
 
 def profile_features(cfg: Config) -> list[str]:
-    """PEG's inputs as `CainModel` names them (`user_<f>`, `user_id`, `behavioral`); []
-    without PEG."""
+    """PEG's inputs as `CainModel` names them (`user_<f>`, `user_id`, `behavioral`,
+    `most_interacted`); [] without PEG."""
     assert isinstance(cfg.model, CainModelConfig)
     if cfg.model.peg_layers == "none":
         return []
-    return [n if n in ("user_id", BEHAVIORAL) else f"user_{n}" for n in peg_input_names(cfg)]
+    return [n if n in GROUPS else f"user_{n}" for n in peg_input_names(cfg)]
+
+
+# PEG inputs that are not `user_<f>` features
+GROUPS = ("user_id", BEHAVIORAL, MOST_INTERACTED)
 
 
 class CainKind(CtrKind):
@@ -64,19 +73,25 @@ class CainKind(CtrKind):
                 f"{available} (the lifelong items the samples carry); lower it or raise "
                 "samples.lifelong_length and rebuild the samples")
         if m.peg_layers != "none":
-            reserved = sorted({DEMOGRAPHIC, BEHAVIORAL} & set(cfg.samples.user_features))
+            reserved = sorted({DEMOGRAPHIC, BEHAVIORAL, MOST_INTERACTED}
+                              & set(cfg.samples.user_features))
             if reserved:
                 raise ValueError(
                     f"samples.user_features: {reserved} name PEG input groups "
                     "(model.peg_inputs); rename the user feature")
             names = peg_input_names(cfg)
-            unknown = [n for n in names if n not in ("user_id", BEHAVIORAL)
+            unknown = [n for n in names if n not in GROUPS
                        and n not in cfg.samples.user_features]
             if unknown:
                 raise ValueError(
                     f"model.peg_inputs: {unknown} are not in samples.user_features "
                     f"{cfg.samples.user_features} (or 'user_id', '{DEMOGRAPHIC}', "
-                    f"'{BEHAVIORAL}')")
+                    f"'{BEHAVIORAL}', '{MOST_INTERACTED}')")
+            if MOST_INTERACTED in names and not cfg.samples.lifelong_item_features:
+                raise ValueError(
+                    f"model.peg_inputs: '{MOST_INTERACTED}' reads the lifelong items' side "
+                    "features; set samples.lifelong_item_features (e.g. [category]) and "
+                    "rebuild the samples")
             if not names:
                 raise ValueError(
                     "model.peg_inputs: PEG needs at least one profile input; "
@@ -93,6 +108,7 @@ class CainKind(CtrKind):
             model=dataclasses.asdict(cfg.model),
             side_features=side_feature_names(cfg),
             profile_features=profile_features(cfg),
+            lifelong_item_features=list(cfg.samples.lifelong_item_features),
             row_sparse_gradients=cfg.train.embedding_updates == "row_sparse",
             item_rows_multiple=item_rows_multiple(cfg),
             # padding and OOV rows of every id table start at zero (ZeroLeadingRows)

@@ -32,7 +32,7 @@ from tfnegseq.config import SECTION, at_least
 from tfnegseq.kinds.ctr.config import CtrModelConfig
 
 # PEG input groups (`peg_inputs`, Table 5) that are not user feature names
-DEMOGRAPHIC, BEHAVIORAL = "demographic", "behavioral"
+DEMOGRAPHIC, BEHAVIORAL, MOST_INTERACTED = "demographic", "behavioral", "most_interacted"
 
 
 @dataclass(config=SECTION)
@@ -50,8 +50,10 @@ class CainModelConfig(CtrModelConfig):
     `lifelong_heads`, `lifelong_attention_dim`. `peg_layers`: which TCN layers get
     per-user kernels (Table 4); `peg_inputs`: what they are generated from (Table 5):
     names of `samples.user_features`, "user_id", "demographic" (every user feature, the
-    dataset's profile columns) and "behavioral" (statistics of the lifelong lists the
-    model reads: `CainModel.behavioral_statistics`); None: every user feature.
+    dataset's profile columns), "behavioral" (statistics of the lifelong lists the
+    model reads: `CainModel.behavioral_statistics`) and "most_interacted" (the most
+    frequent value of each `samples.lifelong_item_features` among the user's positive
+    lifelong events: `CainModel.most_interacted`); None: every user feature.
     `peg_units`: eq. 10's width; `peg_aggregation`: Table 6 ("replace" the
     global kernel, the paper's default; "sum" it with the personalised one; "concat"
     both outputs, then a Dense back to the TCN's width). `lifelong_value_boundaries`:

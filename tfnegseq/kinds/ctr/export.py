@@ -59,8 +59,11 @@ LIFELONG = ("life_item_id", "life_order", "life_polarity", "life_value")
 
 
 def lifelong_inputs(cfg: Config) -> tuple[str, ...]:
-    """The lifelong lists, for a model section that reads them (`lifelong_length`)."""
-    return LIFELONG if getattr(cfg.model, "lifelong_length", 0) > 0 else ()
+    """The lifelong lists, for a model section that reads them (`lifelong_length`):
+    `LIFELONG` and `life_item_<f>` for each of `samples.lifelong_item_features`."""
+    if getattr(cfg.model, "lifelong_length", 0) <= 0:
+        return ()
+    return LIFELONG + tuple(f"life_item_{f}" for f in cfg.samples.lifelong_item_features)
 
 
 def histories(cfg: Config) -> tuple[str, ...]:
