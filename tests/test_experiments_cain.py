@@ -71,6 +71,24 @@ def test_cli_refuses_bad_arguments_with_one_line(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_settings_whose_names_hold_commas_can_be_chosen(tmp_path, capsys):
+    """`--settings` splits on commas, but "PEG all, sum" is one setting: the longest
+    known name wins at each point; an unknown name is still refused with one line."""
+    from tfnegseq.experiments.studies import split_names
+
+    known = set(cain.STUDIES["peg"])
+    assert split_names("PEG all, sum,no PEG", known) == ["PEG all, sum", "no PEG"]
+    assert split_names("PEG all, most interacted", known) == ["PEG all, most interacted"]
+    assert split_names("no PEG,,PEG first,", known) == ["no PEG", "PEG first"]
+    assert split_names("PEG all, nothing", known) == ["PEG all", "nothing"]
+    argv = ["--config", str(CONFIG), "--study", "peg", "--settings",
+            "PEG all, sum,PEG all, every group", "--results-dir", str(tmp_path)]
+    assert cain.main([*argv, "--report-only"]) == 0  # accepted: nothing recorded yet
+    with pytest.raises(SystemExit) as e:
+        cain.main([*argv[:-3], "PEG all, nothing", "--results-dir", str(tmp_path)])
+    assert e.value.code == 2 and "unknown setting(s) ['PEG all', 'nothing']" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # two CAIN trainings on simulated samples: about two minutes
 def test_a_tiny_sweep_writes_results_and_resumes(tmp_path, capsys):
     from tfnegseq.data import job

@@ -73,6 +73,25 @@ class Studies:
         return ("study", "backbone", "setting") if self.backbones else ("study", "setting")
 
 
+def split_names(text: str, known: set[str]) -> list[str]:
+    """A comma-separated list of setting names, some of which hold commas themselves
+    ("PEG all, sum"): at each point the longest run of pieces that is a known name is
+    taken; a piece no known name starts with is kept alone (the caller reports it)."""
+    parts, out, i = text.split(","), [], 0
+    while i < len(parts):
+        for j in range(len(parts), i, -1):
+            name = ",".join(parts[i:j]).strip()
+            if name in known:
+                out.append(name)
+                i = j
+                break
+        else:
+            if parts[i].strip():
+                out.append(parts[i].strip())
+            i += 1
+    return out
+
+
 def placeholders(base: Any) -> dict[str, Any]:
     """What a setting's override may name in braces, from the sweep's base config:
     `{output_dir}` (its samples directory, `output.dir`), `{half_length}` (floor(L / 2),
@@ -303,8 +322,8 @@ def run(spec: Studies, argv: list[str] | None = None) -> int:
     unknown = [s for s in studies if s not in spec.studies]
     if unknown:
         ap.error(f"unknown study {unknown}; known: {list(spec.studies)}")
-    wanted = [s for s in args.settings.split(",") if s]
     known = {x for s in studies for x in spec.studies[s]}
+    wanted = split_names(args.settings, known)
     if [s for s in wanted if s not in known]:
         ap.error(f"unknown setting(s) {[s for s in wanted if s not in known]} in studies "
                  f"{studies}; known: {sorted(known)}")
