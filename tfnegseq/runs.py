@@ -66,12 +66,15 @@ def built_differently(cfg: Config, manifest: dict[str, Any]) -> list[tuple[str, 
     each of `LENGTH_KEYS` whose configured length exceeds the built one (the lists hold
     no more than that: the rest would be padding) and each of `FEATURE_KEYS` that
     names a feature the samples lack; keys the manifest does not record are not
-    compared."""
+    compared, except `lifelong_item_features`, which a manifest written before the key
+    existed lacks because its samples hold no such lists (read as [])."""
     built = manifest.get("config", {})
     made, mine = built.get("samples", {}), cfg.to_dict()
     want = mine["samples"]
     out = [(k, made[k], want[k]) for k in SAMPLES_KEYS if k in made and made[k] != want[k]]
     out += [(k, made[k], want[k]) for k in LENGTH_KEYS if k in made and want[k] > made[k]]
+    # a manifest from before `lifelong_item_features` existed: its samples hold none
+    made = {"lifelong_item_features": [], **made} if made else made
     out += [(k, made[k], want[k]) for k in FEATURE_KEYS
             if k in made and not set(want[k]) <= set(made[k])]
     out += [(k, built[k], mine[k]) for k in SECTION_KEYS if k in built and built[k] != mine[k]]

@@ -377,3 +377,26 @@ def test_training_refuses_samples_built_with_another_history_length_or_rules(tmp
                                           r"config but the samples were built with "
                                           r"\['category'\]"):
         samples_dir(cfg(item_features=["genre"]))
+
+
+def test_training_refuses_samples_without_the_lifelong_item_lists_it_reads(tmp_path):
+    """`samples.lifelong_item_features` names lists the samples must hold: samples built
+    before the key existed (a manifest without it) hold none, so a config asking for
+    `life_item_genre` is refused, not trained on empty lists; samples that hold the
+    lists serve a config that leaves them unread too."""
+    old = tmp_path / "old_samples"
+    write_manifest(old, {"max_history": 10, "lifelong_length": 8, "item_features": ["genre"]})
+    with_lists = tmp_path / "new_samples"
+    write_manifest(with_lists, {"max_history": 10, "lifelong_length": 8,
+                                "item_features": ["genre"], "lifelong_item_features": ["genre"]})
+
+    def cfg(data_dir, lists):
+        return train_cfg(data_dir, lifelong_length=8, item_features=["genre"],
+                         lifelong_item_features=lists)
+
+    with pytest.raises(ConfigError, match=r"samples.lifelong_item_features is \['genre'\] in "
+                                          r"the config but the samples were built with \[\]"):
+        samples_dir(cfg(old, ["genre"]))
+    samples_dir(cfg(old, []))
+    samples_dir(cfg(with_lists, ["genre"]))
+    samples_dir(cfg(with_lists, []))
