@@ -28,10 +28,15 @@ if TYPE_CHECKING:
     from tfnegseq.config import Config
 
 
+# PEG inputs that are not `user_<f>` features
+GROUPS = ("user_id", BEHAVIORAL, MOST_INTERACTED)
+
+
 def peg_input_names(cfg: Config) -> list[str]:
     """PEG's inputs as the config names them (`samples.user_features` entries, `user_id`,
-    `behavioral` or `most_interacted`): `model.peg_inputs` with "demographic" expanded to every user
-    feature, or every user feature when it is unset. Each name once, in order."""
+    `behavioral` or `most_interacted`): `model.peg_inputs` with "demographic" expanded
+    to every user feature, or every user feature when it is unset. Each name once, in
+    order."""
     m = cfg.model
     assert isinstance(m, CainModelConfig)
     names: list[str] = []
@@ -50,9 +55,6 @@ def profile_features(cfg: Config) -> list[str]:
         return []
     return [n if n in GROUPS else f"user_{n}" for n in peg_input_names(cfg)]
 
-
-# PEG inputs that are not `user_<f>` features
-GROUPS = ("user_id", BEHAVIORAL, MOST_INTERACTED)
 
 
 class CainKind(CtrKind):
