@@ -36,7 +36,8 @@ weigh every pair about the same. So each grouped batch also carries `loss_scale`
 of pairs with a passive negative (`mask` and `target_negatives`) over its chunk's mean
 count per batch. The model multiplies each batch-mean loss term by its scale, which
 makes it the term's sum over the batch divided by the chunk's mean count: every pair of
-the chunk weighs the same, as in an ungrouped epoch. On MovieLens-100K (median 36 targets, L = 200) this
+the chunk weighs the same, as in an ungrouped epoch (about the same for DIN, which
+scores only `din_train_positions` drawn pairs per user while the scale counts them all). On MovieLens-100K (median 36 targets, L = 200) this
 cuts the padded slots about 2x (benchmarks/bench_sine.py, "length buckets").
 Evaluation splits are grouped the same way (`length_buckets` given, not training):
 users sorted by their number of inputs within chunks of `BUCKET_CHUNK` batches read in

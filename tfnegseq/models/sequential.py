@@ -97,8 +97,10 @@ class SequentialRecommender(keras.Model):
 
     Returns:
         Training: `{"positive", "negative", "feedback"}` `[B, L]` (DIN: no
-        `feedback`; with `din_train_positions` below L, `[B, T]` scores of the drawn
-        target positions plus `positions` and `mask`). Evaluation:
+        `feedback`; with `din_train_positions` set and the batch width below it or
+        unknown when traced (length-grouped batches), `[B, T]` scores of the drawn
+        target positions plus `positions` and `mask`; a batch with at most T real
+        targets per user has them all drawn). Evaluation:
         `{"target_score"}` `[B]`, with `candidate_scores` `[B, C]` when `candidates`
         is given and `rank` `[B]` (float32) when `exclude` is.
 

@@ -3,7 +3,7 @@
 Data: the Beam job's `sequences/` output (`samples.task: sequential`, leave-last-two),
 turned into training windows and evaluation candidates by
 `tfnegseq.data.sequential_input`. Model: `tfnegseq.models.SequentialRecommender`
-(SINE, SASRec, SASRec-N), trained with BPR pairs (eq. 15-16). Evaluation, both
+(SINE, SASRec, SASRec-N, GRU4Rec, DIN), trained with BPR pairs (eq. 15-16). Evaluation, both
 protocols (`tfnegseq.metrics`):
 
 - the paper's: AUC (pooled), GAUC (unweighted mean over users with a skip) and NDCG@2
