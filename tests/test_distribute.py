@@ -76,6 +76,7 @@ def single_device(samples, tmp_path_factory):
     return run, train_run(samples + STEPS + KEEP, run)
 
 
+@pytest.mark.slow  # trains twice on two virtual CPU devices: about 75 s
 def test_mirrored_over_two_cpu_devices_trains_the_one_device_model(samples, single_device,
                                                                    tmp_path):
     run, single = single_device
@@ -272,6 +273,7 @@ def wait_all(procs, timeout: float, log_dir) -> list[int]:
     return codes
 
 
+@pytest.mark.slow  # two worker processes train and export: about 2.5 minutes
 def test_two_processes_train_the_one_process_model_and_export_it(tiny_samples, tmp_path):
     """Two worker processes on localhost (each reading its own file of the two) train
     the model that one process trains on the same global batches (process 0's batch,

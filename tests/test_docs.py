@@ -169,6 +169,7 @@ def read_log(path: str) -> str:
     return pathlib.Path(path).read_text()[-4000:]
 
 
+@pytest.mark.slow  # runs the README's commands on tiny data: about 2 minutes
 def test_documented_commands_run_end_to_end(tmp_path):
     """simulate -> build -> train -> export -> serve -> query, exactly as documented."""
     found = blocks()

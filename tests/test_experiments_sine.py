@@ -54,6 +54,7 @@ def run_sweep(root, path, capsys):
     return capsys.readouterr().out
 
 
+@pytest.mark.slow  # a sweep of every SINE setting on tiny data: about 80 s
 def test_sweep_writes_every_setting_and_resumes(sweep, capsys):
     root, path = sweep
     out = run_sweep(root, path, capsys)
@@ -104,6 +105,7 @@ def test_popularity_counts_training_positives_only(tmp_path):
     assert got == want
 
 
+@pytest.mark.slow  # shares the sweep above: about 35 s more
 def test_an_interrupted_run_resumes_and_an_unmarked_one_starts_afresh(sweep, capsys,
                                                                       monkeypatch):
     """A sweep run killed mid-training (here: after epoch 6 of 10) resumes when the

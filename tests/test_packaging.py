@@ -11,6 +11,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # builds and installs a wheel, then runs the demo: about 3 minutes
 @pytest.mark.timeout(900)
 def test_demo_runs_from_an_installed_wheel(tmp_path):
     """Build the wheel, install it (without dependencies) into a fresh venv that borrows

@@ -142,6 +142,7 @@ def test_a_sweep_run_starts_afresh_over_an_unrecorded_run_directory(tmp_path, mo
     assert seen == [[records.RUN_MARK]] and data["records"][0]["auc"] == 0.7
 
 
+@pytest.mark.slow  # interrupted and resumed sweep trainings: about 35 s
 def test_a_sweep_resumes_only_an_interrupted_run_of_its_own_fingerprint(tmp_path, monkeypatch):
     """A run directory the sweep marked with this run's fingerprint and whose trainer
     left a resume state is kept (the trainer resumes it) and the record says after

@@ -131,6 +131,7 @@ def test_seeds_summary_is_mean_and_std_of_runs(tiny_samples, tmp_path, capsys):
     assert "auc:" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # trains the same run twice: about a minute
 def test_deterministic_input_repeats_a_run_exactly(tiny_samples, tmp_path):
     """With `train.deterministic_input`, two runs of the same seed read the same batches
     in the same order and end with the same weights and metrics, bit for bit."""

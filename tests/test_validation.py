@@ -70,6 +70,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow  # an interrupted run and its resumption: about 70 s
 def test_a_resumed_run_keeps_the_validations_before_the_interruption(tiny_samples, tmp_path):
     """Killed at the start of epoch 3 and rerun: metrics.json's validation covers all 4
     epochs, the 2 before the interruption with the values they had then, and the
@@ -150,6 +151,7 @@ def _killed_then_rerun(cfg, monkeypatch, between=None):
     return train.run_config(cfg, verbose=0, extra_callbacks=[begun]), begun.begun
 
 
+@pytest.mark.slow  # an interrupted run and its resumption: about 70 s
 def test_a_run_killed_during_a_validation_has_that_epoch_validated_when_it_resumes(
         tiny_samples, tmp_path, monkeypatch):
     """Killed inside the validation of epoch 2 (after Keras' backup of epoch 2): the
@@ -174,6 +176,7 @@ def test_a_run_killed_during_a_validation_has_that_epoch_validated_when_it_resum
     assert v["history"][1]["auc"] == pytest.approx(_valid_auc(model, cfg), abs=1e-6)
 
 
+@pytest.mark.slow  # an interrupted run and its resumption: about 40 s
 def test_a_run_killed_after_early_stopping_fired_trains_no_further(tiny_samples, tmp_path,
                                                                    monkeypatch):
     """Stopped early at epoch 3 (patience 2, nothing improves), then killed while the
@@ -191,6 +194,7 @@ def test_a_run_killed_after_early_stopping_fired_trains_no_further(tiny_samples,
     assert not os.path.exists(tmp_path / "run" / "backup")
 
 
+@pytest.mark.slow  # an interrupted run and its resumption: about 40 s
 def test_a_run_killed_while_keras_writes_its_backup_resumes_from_the_epoch_before(
         tiny_samples, tmp_path, monkeypatch):
     """Killed while Keras rewrote `latest.weights.h5` at the end of epoch 3 (the file

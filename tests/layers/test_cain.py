@@ -456,7 +456,11 @@ def test_tcn_under_jax():
         "                          (1, 4, 'end'), (7, 4, 'end')):\n"
         "        t.test_tcn_matches_reference(cl, s, anchor, call)\n"
         "t.test_tcn_per_example_filters_equal_single_example_calls()\n"
-        "t.test_tcn_output_depends_only_on_its_window()\n")
+        "t.test_tcn_output_depends_only_on_its_window()\n"
+        # CainModel's most_interacted count (a scatter-add) under jax.jit, here to
+        # share this process's start-up
+        "from tests.models import test_cain as m\n"
+        "m.check_most_interacted_jit()\n")
 
 
 def test_msia_and_peg_under_mixed_bfloat16():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from tests.helpers import run_under_jax
 
 SCRIPT = textwrap.dedent(
@@ -79,6 +81,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # every layer under JAX, eager and jit, in a subprocess: about 2 minutes
 def test_layers_under_jax_backend():
     result = run_under_jax(SCRIPT)
     assert "JAX_BACKEND_OK" in result.stdout

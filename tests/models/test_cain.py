@@ -517,7 +517,7 @@ def test_hash_retrieval_compares_the_item_embeddings_alone_with_the_target(
 
 def check_most_interacted_jit():
     """`most_interacted` under `jax.jit` (the ids' count is a scatter-add), against the
-    count by hand; run by `test_most_interacted_under_jax` in a JAX process."""
+    count by hand; run in a JAX process by `tests/layers/test_cain.py::test_tcn_under_jax`."""
     import jax
 
     model = genre_model()
@@ -526,11 +526,3 @@ def check_most_interacted_jit():
     got = jax.jit(lambda inputs: model.most_interacted(inputs)[0])(x)
     np.testing.assert_array_equal(np.asarray(got),
                                   most_interacted_reference(x, SMALL["lifelong_length"]))
-
-
-def test_most_interacted_under_jax():
-    from tests.helpers import run_under_jax
-
-    run_under_jax("import keras; assert keras.backend.backend() == 'jax'\n"
-                  "from tests.models import test_cain as t\n"
-                  "t.check_most_interacted_jit()\n")

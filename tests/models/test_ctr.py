@@ -320,6 +320,7 @@ print("JAX_MODELS_OK")
 """
 
 
+@pytest.mark.slow  # three backbones trained under JAX in a subprocess: about 80 s
 def test_unified_backbones_under_jax_match_tensorflow_and_train(tmp_path):
     """The same weights give the same logits under JAX as under TensorFlow (each
     unified backbone, PBE), the shared-user-side path too, and jitted steps train."""

@@ -45,8 +45,6 @@ from tfnegseq.layers.lifelong import (
 from tfnegseq.layers.polarity import PolarityBiasEmbedding, TargetAwarePolarityFusion
 from tfnegseq.models.ctr import CtrModel
 
-LIFELONG_INPUTS = ("life_item_id", "life_order", "life_polarity", "life_value")
-
 
 def major_attention(m: Any, name: str = "major") -> keras.layers.Layer:
     """The lifelong attention `m.major_attention` names, sized by the config."""
