@@ -217,6 +217,17 @@ def test_behavioral_statistics_match_their_definition(edges):
     assert got[0, 0] == pytest.approx(1.0)  # 40 events fill the 32 the model reads
 
 
+def check_users_0_1_get_other_kernels_and_the_model_round_trips(model, x):
+    """PEG's kernels differ between users 0 and 1 (whose profiles differ only in what the
+    test changed), and the model round-trips through its config."""
+    kernels = to_numpy(model.peg(model.profile(x))[0])
+    assert not np.allclose(kernels[0], kernels[1])
+    again = CainModel.from_config(model.get_config())
+    again(x)
+    again.set_weights(model.get_weights())
+    np.testing.assert_allclose(probabilities(again, x), probabilities(model, x), rtol=1e-6)
+
+
 def test_peg_reads_the_behavioral_statistics_after_the_profile_embeddings():
     """`profile_features` with "behavioral": eq. 10's I is [age embedding ; statistics];
     two users with one profile and lifelong items but different polarities get different
@@ -233,12 +244,7 @@ def test_peg_reads_the_behavioral_statistics_after_the_profile_embeddings():
     age = to_numpy(model.side_embeddings["user_age"].embeddings)[x["user_age"]]
     want = np.concatenate([age, behavioral_reference(x, SMALL["lifelong_length"], [2.0, 4.0])], -1)
     np.testing.assert_allclose(to_numpy(model.profile(x)), want, rtol=1e-6, atol=1e-6)
-    kernels = to_numpy(model.peg(model.profile(x))[0])
-    assert not np.allclose(kernels[0], kernels[1])
-    again = CainModel.from_config(model.get_config())
-    again(x)
-    again.set_weights(model.get_weights())
-    np.testing.assert_allclose(probabilities(again, x), probabilities(model, x), rtol=1e-6)
+    check_users_0_1_get_other_kernels_and_the_model_round_trips(model, x)
 
 
 GENRES = 7  # item_genre vocabulary: row 0 padding, 1-6 values
@@ -320,12 +326,7 @@ def test_peg_reads_the_most_interacted_values_through_the_item_feature_embedding
         most_interacted_reference(x, SMALL["lifelong_length"])]
     np.testing.assert_allclose(to_numpy(model.profile(x)), np.concatenate([age, genre], -1),
                                rtol=1e-6, atol=1e-6)
-    kernels = to_numpy(model.peg(model.profile(x))[0])
-    assert not np.allclose(kernels[0], kernels[1])
-    again = CainModel.from_config(model.get_config())
-    again(x)
-    again.set_weights(model.get_weights())
-    np.testing.assert_allclose(probabilities(again, x), probabilities(model, x), rtol=1e-6)
+    check_users_0_1_get_other_kernels_and_the_model_round_trips(model, x)
 
 
 def test_most_interacted_needs_the_lifelong_item_features():
