@@ -28,7 +28,7 @@ from keras import ops
 
 from tfnegseq.api_export import register
 from tfnegseq.keras_internals import scale_loss_for_distribution
-from tfnegseq.kinds.cain.config import BEHAVIORAL, MOST_INTERACTED, CainModelConfig
+from tfnegseq.kinds.cain.config import BEHAVIORAL, GROUPS, MOST_INTERACTED, CainModelConfig
 from tfnegseq.layers.attention import DinAttention
 from tfnegseq.layers.cain import (
     ContextSelfAttention,
@@ -112,8 +112,7 @@ class CainModel(CtrModel):
         if m.peg_layers != "none" and not self.profile_features:
             raise ValueError("peg_layers needs profile_features (PEG's input, eq. 10)")
         missing = [f for f in self.profile_features
-                   if f not in ("user_id", BEHAVIORAL, MOST_INTERACTED)
-                   and f not in self.side_features]
+                   if f not in GROUPS and f not in self.side_features]
         missing += [f"item_{f}" for f in self.lifelong_item_features
                     if f"item_{f}" not in self.side_features]
         if missing:

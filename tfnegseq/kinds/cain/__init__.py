@@ -19,6 +19,7 @@ from tfnegseq.kinds import register_kind
 from tfnegseq.kinds.cain.config import (
     BEHAVIORAL,
     DEMOGRAPHIC,
+    GROUPS,
     MOST_INTERACTED,
     CainModelConfig,
 )
@@ -26,10 +27,6 @@ from tfnegseq.kinds.ctr import CtrKind, item_rows_multiple
 
 if TYPE_CHECKING:
     from tfnegseq.config import Config
-
-
-# PEG inputs that are not `user_<f>` features
-GROUPS = ("user_id", BEHAVIORAL, MOST_INTERACTED)
 
 
 def peg_input_names(cfg: Config) -> list[str]:

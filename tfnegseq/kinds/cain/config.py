@@ -33,6 +33,8 @@ from tfnegseq.kinds.ctr.config import CtrModelConfig
 
 # PEG input groups (`peg_inputs`, Table 5) that are not user feature names
 DEMOGRAPHIC, BEHAVIORAL, MOST_INTERACTED = "demographic", "behavioral", "most_interacted"
+# PEG inputs that are not `user_<f>` features
+GROUPS = ("user_id", BEHAVIORAL, MOST_INTERACTED)
 
 
 @dataclass(config=SECTION)
