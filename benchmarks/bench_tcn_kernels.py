@@ -1,16 +1,20 @@
 """Benchmark (issue 14): the TCN's formulations, one layer's forward + backward pass.
 
 CAIN's `TemporalConvolution` (`tfnegseq.layers.TemporalConvolution`) runs the layer's
-own kernel as one VALID `ops.conv`, and per-example kernels (PEG) as one batched matmul
-of the windows side by side. This times, under XLA (`jit_compile`), float32, the
-gradient of `sum(y ** 2)` with respect to the input and the kernel(s) of:
+own kernel as one VALID `ops.conv`, and per-example kernels (PEG) as one batched
+matmul to every tap's output read back by a skew (`per_example_output_taps`), except
+in float32 at stride 1, where they stay one matmul of the windows side by side (before:
+the windows in float32 at every stride, a per-tap sum in half precision). This times,
+under XLA (`jit_compile`), float32, the gradient of `sum(y ** 2)` with respect to the input and the kernel(s) of:
 
 | variant | what |
 | --- | --- |
 | `shared_conv` | the layer with its own kernel (`ops.conv`) |
-| `per_example_window` | per-example kernels `[B, 2cl+1, d, f]` (PEG's) as one batched matmul of the windows side by side, `[B, N, (2cl+1) d] @ [B, (2cl+1) d, f]`: the layer's path in float32 |
-| `per_example_tap_sum` | the same as the sum over the 2cl+1 taps of one batched matmul of a shifted slice each: the layer's path in bfloat16 / float16 |
-| `per_example_grouped` | (`--mode bf16` only) the same as one grouped convolution: the batch folded into the channels, `[1, N, B d]` with a `[2cl+1, d, B f]` kernel and `feature_group_count = B`, through TensorFlow's own `tf.nn.conv2d` |
+| `per_example_window` | per-example kernels `[B, 2cl+1, d, f]` (PEG's) as one batched matmul of the windows side by side, `[B, n_out, (2cl+1) d] @ [B, (2cl+1) d, f]`: the layer's path in float32 at stride 1 (at every stride before) |
+| `per_example_tap_sum` | the same as the sum over the 2cl+1 taps of one batched matmul of a strided slice each: the layer's bfloat16 / float16 path before |
+| `per_example_output_taps` | the same as a stride-1 convolution over blocks of s inputs side by side (`[B, M, s d]`, kernel taps regrouped to `[B, Q, s d, f]`, Q = ceil((2cl+1) / s)): one batched matmul to every tap's output, `z[b, q] = blocks[b] @ W'_b[q]`, then output j = sum over q of `z[b, q, j + q]`, read by the skew trick (reshapes and one pad, no per-tap slice): the layer's path in half precision and in float32 at stride > 1 |
+| `per_example_output_taps_stacked` | (stride 1 only) the same with the taps' kernels side by side, `[B, N', d] @ [B, d, (2cl+1) f]`, then a transpose to `[B, 2cl+1, N', f]` before the skew |
+| `per_example_grouped` | (`--mode bf16`, stride 1 only) the same as one grouped convolution: the batch folded into the channels, `[1, N, B d]` with a `[2cl+1, d, B f]` kernel and `feature_group_count = B`, through TensorFlow's own `tf.nn.conv2d` |
 
 The per-example variants are written here and checked against the layer's own output.
 `per_example_grouped` is not the layer's path and cannot be from `keras.ops`: on the
@@ -25,13 +29,13 @@ bfloat16, float32 variables) with TensorFlow's XLA auto-clustering instead of
 oneDNN, which uses AMX where the CPU has it.
 
 `--rounds` interleaved rounds (order reversed every other round), medians, the ratios
-of the medians of per-round ratios; peak memory is not measured here (XLA materialises
-each tap's slice for the backward pass either way; `bench_cain.py` measures the
-model's). Default shapes are `bench_cain.py`'s layer 1 at N = 2,000: B = 256, d = f =
-64, cl = 7, stride 1.
+of the medians of per-round ratios; peak memory is not measured here (`bench_cain.py`
+measures the model's). Default shapes are `bench_cain.py`'s layer 1 at N = 2,000:
+B = 256, d = f = 64, cl = 7, stride 1 (`--stride 4`: its layer 2's).
 
     python benchmarks/bench_tcn_kernels.py      # -> benchmarks/results/tcn_kernels.json
     python benchmarks/bench_tcn_kernels.py --mode bf16 --out benchmarks/results/tcn_kernels_bf16.json
+    python benchmarks/bench_tcn_kernels.py --mode bf16 --stride 4 --out ...
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--length", type=int, default=2000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--context-length", type=int, default=7)
+    p.add_argument("--stride", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--mode", choices=("xla", "bf16"), default="xla")
     p.add_argument("--out", default=os.path.join(HERE, "results", "tcn_kernels.json"))
@@ -77,29 +82,67 @@ def main(argv: list[str] | None = None) -> int:
         enable_auto_clustering()
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     compute = "bfloat16" if bf16 else "float32"
-    b, n, d, cl = args.batch, args.length, args.dim, args.context_length
+    b, n, d, cl, stride = (args.batch, args.length, args.dim, args.context_length,
+                           args.stride)
     taps = 2 * cl + 1
     rng = np.random.default_rng(0)
     x = tf.Variable(rng.normal(size=(b, n, d)).astype("float32"))
     per_user = tf.Variable(rng.normal(size=(b, taps, d, d)).astype("float32") * 0.05)
     mask = tf.ones((b, n), bool)
-    shared = TemporalConvolution(d, cl)
+    shared = TemporalConvolution(d, cl, stride)
     shared(x, mask)
-    per = TemporalConvolution(d, cl, use_kernel=False)
+    per = TemporalConvolution(d, cl, stride, use_kernel=False)
     per(x, mask, filters=per_user)
 
-    def tap_sum(seq, kernels):  # [B, N, d], [B, taps, d, f] -> [B, N, f]
-        padded = ops.pad(seq, [[0, 0], [cl, cl], [0, 0]])
+    n_out = -(-n // stride)
+    blocks_q = -(-taps // stride)  # Q: kernel taps per block of `stride` inputs
+    blocks_m = n_out + blocks_q - 1  # M: blocks read
+
+    def padded_input(seq):  # cl zeros before, enough after; output j reads [j*s, j*s + 2cl]
+        return ops.pad(seq, [[0, 0], [cl, blocks_m * stride], [0, 0]])
+
+    def tap_slices(seq):  # tap k's input for every output, [B, n_out, d]
+        padded = padded_input(seq)
+        return [padded[:, k: k + (n_out - 1) * stride + 1: stride] for k in range(taps)]
+
+    def tap_sum(seq, kernels):  # [B, N, d], [B, taps, d, f] -> [B, n_out, f]
         out = None
-        for k in range(taps):
-            term = ops.matmul(padded[:, k: k + n], kernels[:, k])
+        for k, piece in enumerate(tap_slices(seq)):
+            term = ops.matmul(piece, kernels[:, k])
             out = term if out is None else out + term
         return out
 
     def window(seq, kernels):  # the same, one matmul of the windows side by side
-        padded = ops.pad(seq, [[0, 0], [cl, cl], [0, 0]])
-        windows = ops.concatenate([padded[:, k: k + n] for k in range(taps)], axis=-1)
+        windows = ops.concatenate(tap_slices(seq), axis=-1)
         return ops.matmul(windows, ops.reshape(kernels, (-1, taps * d, d)))
+
+    def output_taps(seq, kernels):  # the same, one matmul to every tap's output, then a
+        # shifted sum. The input in blocks of `stride` slots side by side, [B, M, s d],
+        # and the kernel's taps likewise, [B, Q, s d, f] (zero taps past 2cl): output j
+        # = sum_q block[j + q] @ W'[q], a stride-1 convolution. z[q, m] = block[m] @
+        # W'[q]; output j = sum_q z[q, j + q], read by the skew trick (rows of M read as
+        # rows of M + 1: row q then starts q slots later), so no per-tap slice (whose
+        # gradient is a full-size pad)
+        blocks = ops.reshape(padded_input(seq)[:, : blocks_m * stride],
+                             (-1, blocks_m, stride * d))
+        wide = ops.pad(kernels, [[0, 0], [0, blocks_q * stride - taps], [0, 0], [0, 0]])
+        wide = ops.reshape(wide, (-1, blocks_q, stride * d, d))
+        z = ops.matmul(ops.expand_dims(blocks, 1), wide)  # [B, Q, M, f]
+        flat = ops.pad(ops.reshape(z, (-1, blocks_q * blocks_m, d)),
+                       [[0, 0], [0, blocks_q], [0, 0]])
+        skewed = ops.reshape(flat, (-1, blocks_q, blocks_m + 1, d))[:, :, :n_out]
+        return ops.sum(skewed, axis=1)
+
+    def output_taps_stacked(seq, kernels):  # the same, the taps' kernels side by side:
+        # [B, N', d] @ [B, d, taps f], then [B, N', taps, f] -> [B, taps, N', f]
+        padded = ops.pad(seq, [[0, 0], [cl, cl], [0, 0]])
+        stacked = ops.reshape(ops.transpose(kernels, (0, 2, 1, 3)), (-1, d, taps * d))
+        width = n + 2 * cl
+        z = ops.transpose(ops.reshape(ops.matmul(padded, stacked), (-1, width, taps, d)),
+                          (0, 2, 1, 3))
+        flat = ops.pad(ops.reshape(z, (-1, taps * width, d)), [[0, 0], [0, taps], [0, 0]])
+        skewed = ops.reshape(flat, (-1, taps, width + 1, d))[:, :, :n]
+        return ops.sum(skewed, axis=1)
 
     def grouped(seq, kernels):  # the same, the batch as groups of one convolution
         padded = tf.pad(seq, [[0, 0], [cl, cl], [0, 0]])  # [B, N + 2cl, d]
@@ -115,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         "shared_conv": (lambda: shared(cast(x), mask), [x, *shared.trainable_variables]),
         "per_example_window": (lambda: window(cast(x), cast(per_user)), [x, per_user]),
         "per_example_tap_sum": (lambda: tap_sum(cast(x), cast(per_user)), [x, per_user]),
+        "per_example_output_taps": (lambda: output_taps(cast(x), cast(per_user)),
+                                    [x, per_user]),
     }
-    if bf16:
+    if stride == 1:  # written for stride 1 only
+        forward["per_example_output_taps_stacked"] = (
+            lambda: output_taps_stacked(cast(x), cast(per_user)), [x, per_user])
+    if bf16 and stride == 1:
         forward["per_example_grouped"] = (lambda: grouped(cast(x), cast(per_user)),
                                           [x, per_user])
     layer_out = ops.cast(per(cast(x), mask, filters=cast(per_user)) - ops.cast(per.bias, compute),
@@ -159,10 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "tcn_kernels",
         "shapes": {"batch": b, "length": n, "dim": d, "filters": d, "context_length": cl,
-                   "stride": 1},
+                   "stride": stride},
         "mode": ("auto-clustering, mixed_bfloat16" if bf16 else "xla, float32")
                 + ", forward + backward (input and kernel gradients)",
-        "layer_path": "per_example_tap_sum" if bf16 else "per_example_window",
+        "layer_path": ("per_example_window" if not bf16 and stride == 1
+                       else "per_example_output_taps"),
         "rounds": args.rounds,
         "compile_seconds": compile_s,
         "variants": {k: {"ms": round(statistics.median(v) * 1e3, 1),
@@ -172,11 +221,20 @@ def main(argv: list[str] | None = None) -> int:
                    "per_example_tap_sum/shared_conv": ratio("per_example_tap_sum", "shared_conv"),
                    "per_example_window/per_example_tap_sum":
                        ratio("per_example_window", "per_example_tap_sum"),
+                   "per_example_output_taps/shared_conv":
+                       ratio("per_example_output_taps", "shared_conv"),
+                   "per_example_output_taps/per_example_tap_sum":
+                       ratio("per_example_output_taps", "per_example_tap_sum"),
+                   "per_example_output_taps/per_example_window":
+                       ratio("per_example_output_taps", "per_example_window"),
+                   **({"per_example_output_taps_stacked/per_example_output_taps":
+                           ratio("per_example_output_taps_stacked", "per_example_output_taps")}
+                      if stride == 1 else {}),
                    **({"per_example_grouped/shared_conv":
                            ratio("per_example_grouped", "shared_conv"),
                        "per_example_grouped/per_example_tap_sum":
                            ratio("per_example_grouped", "per_example_tap_sum")}
-                      if bf16 else {})},
+                      if bf16 and stride == 1 else {})},
         "machine": machine(),
         "versions": versions(),
         "command": "python benchmarks/bench_tcn_kernels.py " + " ".join(argv or sys.argv[1:]),

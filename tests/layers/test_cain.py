@@ -72,7 +72,8 @@ def test_tcn_matches_reference(context_length, stride, anchor, call):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(layer.output_mask(mask),
                                   mask[:, centres(width, stride, anchor)])
-    # per-example kernels (the batched window matmul) at the same centres
+    # per-example kernels (float32: the window matmul at stride 1, the blocked output
+    # taps otherwise) at the same centres
     per_user = rng.normal(size=(4, *kernel.shape)).astype("float32")
     np.testing.assert_allclose(
         to_numpy(layer(x_noisy, mask, filters=per_user)),
@@ -129,9 +130,10 @@ def test_tcn_output_depends_only_on_its_window():
         assert moved.tolist() == want, t
 
 
-def test_tcn_per_example_filters_equal_single_example_calls():
+@pytest.mark.parametrize("s", [1, 2])
+def test_tcn_per_example_filters_equal_single_example_calls(s):
     rng = np.random.default_rng(4)
-    cl, s, d, f = 2, 2, 5, 3
+    cl, d, f = 2, 5, 3
     x = rng.normal(size=(3, 9, d)).astype("float32")
     mask = left_padded_mask([9, 5, 2], 9)
     filters = rng.normal(size=(3, 2 * cl + 1, d, f)).astype("float32")
@@ -149,6 +151,31 @@ def test_tcn_per_example_filters_equal_single_example_calls():
     np.testing.assert_allclose(xla, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("stride, dtype", [(1, "float32"), (3, "float32"),
+                                           (1, "mixed_bfloat16")])
+def test_tcn_per_example_filters_with_an_unknown_length(stride, dtype):
+    """Traced with the length unknown (a serving signature's [None, None, d]): the
+    blocked path's reshapes (half precision, or stride > 1) and the float32 window
+    matmul take the length at run time."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(8)
+    cl, d, f = 2, 4, 3
+    layer = TemporalConvolution(f, cl, stride, use_kernel=False, dtype=dtype)
+    layer(np.zeros((1, 5, d), "float32"), filters=np.zeros((1, 2 * cl + 1, d, f), "float32"))
+    fn = tf.function(lambda x, m, w: layer(x, m, filters=w), input_signature=[
+        tf.TensorSpec([None, None, d]), tf.TensorSpec([None, None], tf.bool),
+        tf.TensorSpec([None, 2 * cl + 1, d, f])])
+    rtol, atol = (1e-4, 1e-4) if dtype == "float32" else (0.05, 0.1)
+    for width in (1, 6, 9):
+        x = rng.normal(size=(2, width, d)).astype("float32")
+        mask = left_padded_mask([width, max(width - 3, 0)], width)
+        w = (rng.normal(size=(2, 2 * cl + 1, d, f)) * 0.3).astype("float32")
+        np.testing.assert_allclose(
+            tf.cast(fn(x, mask, w), tf.float32).numpy(),
+            tcn_reference(x, mask, w, np.zeros(f), cl, stride), rtol=rtol, atol=atol)
+
+
 def test_tcn_mixed_bfloat16():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, 12, 8)).astype("float32")
@@ -160,11 +187,13 @@ def test_tcn_mixed_bfloat16():
     np.testing.assert_allclose(to_numpy(out).astype("float32"), want, rtol=0.05, atol=0.1)
 
 
+@pytest.mark.parametrize("s", [1, 2])
 @pytest.mark.parametrize("call", [eager_call, xla_call], ids=["eager", "xla"])
-def test_tcn_per_example_filters_mixed_bfloat16(call):
-    # half precision takes the per-tap matmul sum instead of the window matmul
+def test_tcn_per_example_filters_mixed_bfloat16(call, s):
+    # half precision takes the blocked output taps at every stride (float32 keeps the
+    # window matmul at stride 1)
     rng = np.random.default_rng(6)
-    cl, s, d, f = 3, 2, 6, 4
+    cl, d, f = 3, 6, 4
     x = rng.normal(size=(3, 13, d)).astype("float32")
     mask = left_padded_mask([13, 7, 1], 13)
     filters = (rng.normal(size=(3, 2 * cl + 1, d, f)) * 0.3).astype("float32")
@@ -455,7 +484,8 @@ def test_tcn_under_jax():
         "    for cl, s, anchor in ((0, 1, 'start'), (7, 1, 'start'), (1, 4, 'start'),\n"
         "                          (1, 4, 'end'), (7, 4, 'end')):\n"
         "        t.test_tcn_matches_reference(cl, s, anchor, call)\n"
-        "t.test_tcn_per_example_filters_equal_single_example_calls()\n"
+        "t.test_tcn_per_example_filters_equal_single_example_calls(1)\n"
+        "t.test_tcn_per_example_filters_equal_single_example_calls(2)\n"
         "t.test_tcn_output_depends_only_on_its_window()\n"
         # CainModel's most_interacted count (a scatter-add) under jax.jit, here to
         # share this process's start-up

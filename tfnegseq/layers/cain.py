@@ -44,18 +44,18 @@ class TemporalConvolution(keras.layers.Layer):
     The windows are not Keras' `padding="same"`: for `stride > 1` TensorFlow's SAME
     padding centres output j on `j*s + cl - pad_left`, not on `j*s`. The sequence is
     padded explicitly (cl zeros before, enough after); the layer's own kernel is then one
-    VALID `ops.conv`. Per-example kernels are one batched matmul of the windows
-    `[B, n_out, (2cl+1) d]` (the `2cl + 1` strided slices side by side) with the kernels
-    `[B, (2cl+1) d, f]`. The window tensor is 2 GB at B = 256, N = 2000, d = 64, cl = 7;
-    a sum of `2cl + 1` per-tap matmuls builds no such tensor but saves no memory under
-    XLA (each slice is materialised for the backward pass anyway): it took 1.14x as
-    long for one layer (fwd + bwd, XLA on CPU, B = 256, N = 2000, cl = 7;
-    `benchmarks/bench_tcn_kernels.py`), and CAIN's training step with PEG at N = 2000
-    peaked at 8.2 GiB against 6.8 GiB now (`benchmarks/results/cain_peg_window.json`).
-    That is float32. In bfloat16 / float16 the per-tap sum is the path: on a CPU with
-    AMX under `mixed_bfloat16` the window matmul took 2.1x its time, and CAIN's step with
-    PEG peaked at 10.0 GiB with it against 4.2 GiB with the sum
-    (`benchmarks/results/tcn_kernels_bf16.json`, `cain_bf16.json`, `cain_bf16_taps.json`).
+    VALID `ops.conv`. Per-example kernels (PEG) are a stride-1 convolution over blocks
+    of s input slots side by side (`[B, M, s d]`, the kernel's taps regrouped the same
+    way, `[B, Q, s d, f]`, Q = ceil((2cl+1) / s)), computed as one batched matmul to
+    every tap's output `[B, Q, M, f]` whose shifted sum is read by a skew (reshapes and
+    one pad). It replaced a sum of 2cl+1 per-tap matmuls (half precision) and a window
+    matmul (`[B, n_out, (2cl+1) d] @ [B, (2cl+1) d, f]`, float32), whose strided slices
+    each cost a full-size pad in the backward pass. One layer's fwd + bwd, B = 256,
+    N = 2,000, d = f = 64, cl = 7 (`benchmarks/bench_tcn_kernels.py`): under
+    `mixed_bfloat16` on a CPU with AMX 0.63x the tap sum's time at stride 1 and 0.46x
+    at stride 4; float32 XLA at stride 4 0.57x the window matmul's. In float32 at
+    stride 1 the window matmul stays: there the two took about the same time and the
+    blocked form's PEG step peaked 1.3 GiB higher (README, Performance).
 
     Args:
         filters: int. Output channels f (the constructor's `filters`; the call's
@@ -167,24 +167,38 @@ class TemporalConvolution(keras.layers.Layer):
             # benchmarks/bench_tcn_kernels.py).
             out = ops.conv(x, kernel, strides=s, padding="valid")[:, :n_out]
             return self.activation(out + ops.cast(self.bias, out.dtype))
-        # tap k's inputs for every output: [B, n_out, d], output j reading input j*s + k
-        # of the padded sequence
-        slices = [x[:, k: k + (n_out - 1) * s + 1: s] if s > 1 else x[:, k: k + n_out]
-                  for k in range(self.taps)]
-        if keras.backend.standardize_dtype(x.dtype) in ("bfloat16", "float16"):
-            # half precision: a sum of one batched matmul per tap. The window matmul
-            # below takes 2.1x its time in bfloat16 on a CPU with AMX (B = 256, N =
-            # 2,000, cl = 7; benchmarks/results/tcn_kernels_bf16.json)
-            out = ops.matmul(slices[0], kernel[:, 0])
-            for k in range(1, self.taps):
-                out = out + ops.matmul(slices[k], kernel[:, k])
-        else:
-            # float32: window j of example b, inputs [j*s - cl, j*s + cl] side by side,
-            # tap-major as the kernel's rows [B, 2cl+1, d, f] -> [B, (2cl+1) d, f]; one
-            # batched matmul (0.88-1.07x the tap sum's time, AMD and Intel CPUs)
-            windows = slices[0] if self.taps == 1 else ops.concatenate(slices, axis=-1)
+        # Per-example kernels. The padded input in blocks of s slots side by side,
+        # [B, M, s d], and the kernel's taps likewise, W'[q] = [W[qs] ; ... ; W[qs + s-1]]
+        # ([B, Q, s d, f], Q = ceil((2cl+1) / s), zero taps past 2cl): output j reads
+        # padded inputs j*s + k, k = q*s + r, which is block j + q, so y[j] = sum_q
+        # block[j + q] @ W'[q], a stride-1 convolution over M = n_out + Q - 1 blocks.
+        # One batched matmul gives every tap's output, z[q, m] = block[m] @ W'[q]; then
+        # y[j] = sum_q z[q, j + q], read by the skew trick: z's [Q, M] rows flattened and
+        # read as rows of M + 1 put z[q, j + q] at column j of row q. No per-tap slice
+        # (the gradient of each is a pad to the full input) and no window tensor.
+        half = keras.backend.standardize_dtype(x.dtype) in ("bfloat16", "float16")
+        if s == 1 and self.taps > 1 and not half:
+            # float32 at stride 1: one batched matmul of the windows side by side,
+            # [B, n_out, (2cl+1) d] @ [B, (2cl+1) d, f]. The blocked form below took
+            # about the same time here (0.86-1.20x per round) and its training step
+            # with PEG peaked 1.3 GiB higher (B = 256, N = 2,000, cl = 7;
+            # benchmarks/results/tcn_kernels_f32_output_taps.json,
+            # cain_f32_output_taps.json)
+            windows = ops.concatenate([x[:, k: k + n_out] for k in range(self.taps)], axis=-1)
             dim = kernel.shape[2]
             out = ops.matmul(windows, ops.reshape(kernel, (-1, self.taps * dim, self.filters)))
+            out = out + ops.cast(self.bias, out.dtype)
+            return self.activation(out)
+        q_taps = -(-self.taps // s)
+        blocks = n_out + q_taps - 1
+        f = kernel.shape[-1]
+        x = ops.pad(x, [[0, 0], [0, q_taps * s], [0, 0]])[:, : blocks * s]
+        x = ops.reshape(x, (-1, blocks, s * x.shape[-1]))
+        kernel = ops.pad(kernel, [[0, 0], [0, q_taps * s - self.taps], [0, 0], [0, 0]])
+        kernel = ops.reshape(kernel, (-1, q_taps, s * kernel.shape[2], f))
+        z = ops.matmul(ops.expand_dims(x, 1), kernel)  # [B, Q, M, f]
+        flat = ops.pad(ops.reshape(z, (-1, q_taps * blocks, f)), [[0, 0], [0, q_taps], [0, 0]])
+        out = ops.sum(ops.reshape(flat, (-1, q_taps, blocks + 1, f))[:, :, :n_out], axis=1)
         out = out + ops.cast(self.bias, out.dtype)
         return self.activation(out)
 
