@@ -11,6 +11,7 @@ from tfnegseq.layers.lifelong import (
     HashSamplingAttention,
     LifelongAttentionPyramid,
     MultiHeadTargetAttention,
+    PyramidLevel,
     SoftSearchAttention,
 )
 
@@ -116,12 +117,18 @@ def test_eta_retrieves_by_hamming_distance_with_recency_ties():
     bits_x, bits_q = (seq @ r) >= 0, (target @ r) >= 0
     hamming = (bits_x != bits_q[:, None, :]).sum(-1)  # XOR count
     indices, valid = (to_numpy(v) for v in layer.retrieve(seq, target, mask))
+    out = to_numpy(layer(seq, target, mask))
+    esu = {kk.replace("esu_", ""): v for kk, v in weights_of(layer.esu).items()}
     for b in range(3):
         real = np.flatnonzero(mask[b])
         order = real[np.lexsort((-real, hamming[b, real]))]  # nearest, then most recent
         want = order[:k]
         np.testing.assert_array_equal(indices[b, :len(want)], want)
         assert valid[b].sum() == len(want)
+        # the ESU attends over exactly the retrieved items
+        want_out = mhta_reference(seq[b:b + 1, want], target[b:b + 1],
+                                  np.ones((1, len(want)), bool), esu, 1)
+        np.testing.assert_allclose(out[b], want_out[0], rtol=1e-4, atol=1e-4)
     # the case exercises the tie-break: user 0's 40 items share at most 9 distances
     assert len(set(hamming[0].tolist())) < mask[0].sum()
 
@@ -392,3 +399,55 @@ def test_mixed_bfloat16(make):
     assert got.shape == want.shape and np.isfinite(got).all() and not got[2].any()
     if isinstance(full, (MultiHeadTargetAttention, HashSamplingAttention)):
         np.testing.assert_allclose(got, want, rtol=0.05, atol=0.05)
+        return
+    # the retrieval layers: rounding may change a near-tied selection, so the values are
+    # compared for the users whose retrieved items are the float32 layer's
+    def selections(layer):
+        picked = layer.retrieve(seq, target, mask)
+        levels = picked if isinstance(layer, LifelongAttentionPyramid) else [picked]
+        return [(to_numpy(i), to_numpy(v)) for i, v, *_ in levels]
+
+    same = [b for b in range(2) if all(
+        np.array_equal(np.where(vf[b], i_f[b], -1), np.where(vh[b], ih[b], -1))
+        for (i_f, vf), (ih, vh) in zip(selections(full), selections(half), strict=True))]
+    assert same, "no user kept its float32 selection: nothing compared"
+    np.testing.assert_allclose(got[same], want[same], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("make, side", [
+    (lambda: MultiHeadTargetAttention(6, num_heads=3, output_dim=5), False),
+    (lambda: SoftSearchAttention(top_k=3, attention_dim=6, num_heads=3), False),
+    (lambda: HashRetrievalAttention(top_k=3, hash_bits=7, attention_dim=4, num_heads=1,
+                                    seed=3), False),
+    (lambda: ConsistentTopKAttention(top_k=3, attention_dim=4, num_heads=2, output_dim=3),
+     True),
+    (lambda: HashSamplingAttention(num_hashes=5, hash_bits=2, normalize=False, seed=3), False),
+    (lambda: LifelongAttentionPyramid(top_k=(6, 2), attention_dim=4, num_heads=1), False),
+    (lambda: PyramidLevel(attention_dim=6), False),
+], ids=["mhta", "sim", "eta", "twin", "sdim", "lap", "pyramid_level"])
+def test_every_layer_saves_and_loads(make, side, tmp_path):
+    """Each registered lifelong layer, with arguments off their defaults and its
+    trainable weights randomised, in a functional model saved as `.keras`: the loaded
+    layer has the same config and non-trainable weights (the hash projections) and
+    gives the same outputs."""
+    rng = np.random.default_rng(17)
+    n, d = 10, 4
+    inputs = [keras.Input((n, d)), keras.Input((d,)), keras.Input((n,), dtype="bool")]
+    args = [rng.normal(size=(2, n, d)).astype("float32"),
+            rng.normal(size=(2, d)).astype("float32"), left_padded_mask([10, 4], n)]
+    if side:
+        inputs.append(keras.Input((n, 2)))
+        args.append(rng.normal(size=(2, n, 2)).astype("float32"))
+    layer = make()
+    model = keras.Model(inputs, layer(*inputs))
+    for w in layer.trainable_weights:
+        w.assign(rng.normal(size=w.shape).astype("float32"))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    twin = loaded.get_layer(layer.name)
+    assert type(twin) is type(layer) and twin.get_config() == layer.get_config()
+    for a, b in zip(layer.non_trainable_weights, twin.non_trainable_weights, strict=True):
+        np.testing.assert_array_equal(to_numpy(b), to_numpy(a))
+    want = to_numpy(model(args))
+    assert np.abs(want).max() > 0
+    np.testing.assert_array_equal(to_numpy(loaded(args)), want)

@@ -584,10 +584,30 @@ def test_layers_save_and_load(tmp_path):
     assert_save_load_equal(fusion, [interests_k, x[:, :4]], tmp_path, ["float32", "float32"])
 
 
+def test_projection_saves_and_loads_as_itself(tmp_path):
+    # the projection has no weights: its file must still rebuild a SubInterestProjection
+    # (a model that creates it in __init__, as TinySine, never reads its saved config)
+    rng = np.random.default_rng(16)
+    o_in, z_in = keras.Input((D,)), keras.Input(batch_shape=(K, D))
+    model = keras.Model([o_in, z_in], SubInterestProjection(name="projection")(o_in, z_in))
+    o = rng.normal(size=(B, D)).astype("float32")
+    z = rng.normal(size=(K, D)).astype("float32")
+    model.save(tmp_path / "projection.keras")
+    loaded = keras.saving.load_model(tmp_path / "projection.keras")
+    assert type(loaded.get_layer("projection")) is SubInterestProjection
+    got = to_numpy(loaded([o, z]))
+    for k in range(K):  # eq. 11, element-wise
+        np.testing.assert_allclose(got[:, k], o + sigmoid(o * z[k]) * o, atol=1e-6)
+
+
 def test_model_save_and_load(tmp_path):
     rng = np.random.default_rng(15)
     inputs = tiny_inputs(rng)
     model = TinySine()
+    model(inputs)
+    # a learnt beta away from its initial 0 (beta_1 = beta_2 = 0.5 weighs nothing):
+    # a file that lost it would load a model with other outputs
+    model.encoder.beta_logit.assign(1.3)
     expected = to_numpy(model(inputs))
     assert expected.shape == (B, 4) and np.isfinite(expected).all()
     # One Z, owned by the assignment layer, read by the projection.

@@ -378,7 +378,10 @@ def test_peg_input_groups_resolve_from_the_config():
 
 
 def test_peg_sum_is_one_convolution_with_the_summed_kernel():
-    """Table 6 "sum": conv(x, W^PC) + conv(x, W) + b == conv(x, W^PC + W) + b."""
+    """Table 6 "sum": conv(x, W^PC) + conv(x, W) + b == conv(x, W^PC + W) + b, against
+    the numpy convolution of eq. 5 with the summed kernel."""
+    from tests.layers.test_cain import tcn_reference
+
     keras.utils.set_random_seed(4)
     model = make_model(peg_aggregation="sum")
     rng = np.random.default_rng(4)
@@ -388,9 +391,12 @@ def test_peg_sum_is_one_convolution_with_the_summed_kernel():
     tokens, mask, _ = model.lifelong_tokens(x, target)
     peg = [to_numpy(k) for k in model.peg(model.profile(x))]
     tcn = model.msia.tcn[0]
-    both = to_numpy(tcn(tokens, mask, peg[0])) + to_numpy(tcn(tokens, mask)) - to_numpy(tcn.bias)
+    assert tcn.activation(np.array([-1.0], "float32")) == -1.0  # linear: eq. 5 as written
+    summed = peg[0] + to_numpy(tcn.kernel)[None]  # [B, 2cl+1, d, f]
+    want = tcn_reference(to_numpy(tokens), to_numpy(mask), summed, to_numpy(tcn.bias),
+                         tcn.context_length, tcn.stride, tcn.anchor)
     got = to_numpy(model.msia._convolve(0, tokens, mask, peg[0]))
-    np.testing.assert_allclose(got, both, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- loss
