@@ -170,10 +170,57 @@ def din_score_reference(model, keys, valid, e):
     return din_head_reference(model, pooled[0], e)
 
 
+def layer_norm(x, gamma, beta, eps):
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * gamma + beta
+
+
+def hidden_reference(model, batch):
+    """The last block's states `[B, L, d]` of SASRec / SINE (paper beta mode) in numpy:
+    X = E + P (positions counted from the right) zeroed at padding; SINE's sub-interest
+    of each positive by eq. 4 (its nearest passive negative subtracted where it has
+    one); per block the causal attention (eq. 7), the beta re-weighting of eq. 8-9 with
+    the query position's own sub-interest (SINE), eq. 10; then the final LayerNorm.
+    The block equations are the layer tests' numpy references (tests/layers/test_sine.py)."""
+    from tests.layers.test_sine import (
+        attention_weights_reference,
+        block_reference,
+        block_weights,
+        paper_beta_reference,
+    )
+
+    table = n(model.item_embedding.embeddings)
+    ids = batch["inputs"]
+    mask = ids > 0
+    length = ids.shape[1]
+    positions = n(model.position_embedding.embeddings)[np.arange(length) + model.m.max_length
+                                                        - length]
+    x = np.where(mask[..., None], table[ids] + positions, 0.0)
+    interests = None
+    if model.architecture == "sine":
+        assert model.m.beta_mode == "paper"
+        z = n(model.assignment.prototypes)  # [K, d]
+        score = table[ids] @ z.T
+        negatives = batch["input_negatives"]
+        if model.m.assignment_uses_negatives:
+            score = score - np.where((negatives != 0)[..., None], table[negatives] @ z.T, 0.0)
+        interests = score.argmax(-1)
+    for block in model.blocks:
+        w = block_weights(block)
+        alpha = attention_weights_reference(x, mask, w)
+        if interests is not None:
+            beta_1 = (sigmoid(n(block.beta_logit)) if block.beta_logit is not None
+                      else block.beta)
+            alpha = paper_beta_reference(alpha, interests, interests, beta_1)
+        x = block_reference(x, mask, w, alpha)
+    norm = model.final_norm
+    return layer_norm(x, n(norm.gamma), n(norm.beta), norm.epsilon)
+
+
 def state_reference(model, batch):
-    """What each architecture scores with, in numpy where the model has no checked
-    layer for it: encoded states (SASRec), numpy GRU states, eq. 11 over the last
-    block's states (SINE), the embedded inputs (DIN's keys)."""
+    """What each architecture scores with, in numpy: the last block's states (SASRec,
+    `hidden_reference`), the GRU's states, eq. 11 over the last block's states (SINE),
+    the embedded inputs (DIN's keys)."""
     table = n(model.item_embedding.embeddings)
     mask = batch["inputs"] > 0
     if model.architecture == "gru4rec":
@@ -184,9 +231,9 @@ def state_reference(model, batch):
     if model.architecture == "din":
         return np.where(mask[..., None], table[batch["inputs"]], 0.0)
     if model.architecture == "sine":
-        o = n(model.hidden_states(batch, training=True))
-        return projection_reference(o, n(model.assignment.prototypes))
-    return n(model.encode(batch, training=True))
+        return projection_reference(hidden_reference(model, batch),
+                                    n(model.assignment.prototypes))
+    return hidden_reference(model, batch)
 
 
 def train_scores_reference(model, batch, ids):
@@ -266,9 +313,12 @@ def dcor_reference(z):
 # Scores and loss against numpy.
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_training_scores_match_reference(arch):
-    model = make_model(arch)
+@pytest.mark.parametrize("arch, longer", [*((a, 0) for a in ARCHS), ("sasrec", 3),
+                                           ("sine", 3)])
+def test_training_scores_match_reference(arch, longer):
+    # longer > 0: max_length above the batch's width, so the position embeddings are
+    # read from the right (rows max_length - L .. max_length - 1)
+    model = make_model(arch, max_length=L + longer)
     batch = train_batch(np.random.default_rng(1))
     out = to_numpy(model(batch, training=True))
     keys = [("positive", "targets"), ("negative", "random_negatives")]
