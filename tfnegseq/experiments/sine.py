@@ -251,7 +251,7 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
     names = [s for s in GROUPS["table3"] + GROUPS["table4"][1:] if (s,) in summ]
     ks, shared, ksumm = k_sweep_points(data)
     panels = [("paper protocol", ("auc", "gauc", "ndcg@2")), ("full ranking", FULL)]
-    fig, axes = plt.subplots(1, 3 if ks else 2, figsize=(16 if ks else 11, 4.2))
+    fig, axes = plt.subplots(1, 3 if ks else 2, figsize=(16 if ks else 11, 4.9))
     width = 0.8 / max(1, len(names))
     for ax, (title, metrics) in zip(axes, panels, strict=False):
         x = np.arange(len(metrics))
@@ -266,7 +266,10 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
         ax.grid(axis="y", alpha=0.3)
         if title == "paper protocol":
             ax.set_ylim(0.45, 1.0)
-    axes[0].legend(fontsize=7, loc="upper left")
+    # one legend for the bar panels, below them: inside a panel it hid the tallest bars
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8,
+               frameon=False)
     if ks:
         ax = axes[2]
         for m in ("auc", "gauc", "ndcg@2"):
@@ -280,7 +283,8 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
         ax.set_title(f"{dataset}: SINE vs K (paper protocol, {seeds})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    rows = -(-len(labels) // 5)  # legend rows below the panels
+    fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
