@@ -20,6 +20,7 @@ import pytest
 
 from tests.helpers import assert_config_round_trip, run_under_jax, to_numpy, xla_call
 from tests.helpers_attention import din_reference
+from tests.helpers_transformer import layer_norm
 from tfnegseq.config import ConfigError
 from tfnegseq.models import SequentialRecommender
 
@@ -168,11 +169,6 @@ def din_score_reference(model, keys, valid, e):
     """DIN's score of item `e` `[d]` for keys `[L, d]` where `valid` `[L]`."""
     pooled, _ = din_reference(keys[None], e[None], valid[None], din_weights(model), "sigmoid")
     return din_head_reference(model, pooled[0], e)
-
-
-def layer_norm(x, gamma, beta, eps):
-    mean = x.mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * gamma + beta
 
 
 def hidden_reference(model, batch):

@@ -268,8 +268,8 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
             ax.set_ylim(0.45, 1.0)
     # one legend for the bar panels, below them: inside a panel it hid the tallest bars
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8,
-               frameon=False)
+    columns = max(1, min(5, len(labels)))
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     if ks:
         ax = axes[2]
         for m in ("auc", "gauc", "ndcg@2"):
@@ -283,7 +283,7 @@ def plot(dataset: str, data: dict[str, Any], path: str) -> None:
         ax.set_title(f"{dataset}: SINE vs K (paper protocol, {seeds})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    rows = -(-len(labels) // 5)  # legend rows below the panels
+    rows = -(-len(labels) // columns)  # legend rows below the panels
     fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
