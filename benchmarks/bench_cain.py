@@ -12,6 +12,12 @@ At lifelong lengths `--lengths` (500, 1,000, 2,000), batch `--batch` (256) and d
 | msia_4_peg | the same with PEG on every layer (CAIN) |
 | gru | a bidirectional GRU in place of the TCN (Table 1) |
 | self_attention | one Transformer block over all N items in place of the TCN (Table 1) |
+| msia_4_peg_first | (not run by default) msia_4 with PEG on the first TCN layer only |
+| msia_4_peg_later | (not run by default) msia_4 with PEG on the three later layers only |
+
+The last two split PEG's cost between layer 1 (stride 1, N outputs) and the later
+layers (stride 4: N / 4, N / 16, N / 64 outputs); each PEG layer also has its own
+generator (64 x 61,440 weights at d = 64, cl = 7).
 
 LAP's (k1, k2) = (256, 64); PEG reads the user id embedding; Adam 1e-3. `--mode xla`
 (default): float32, XLA (`jit_compile`, the `train:` default). `--mode bf16`:
@@ -69,7 +75,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "msia_4_peg": {"msia_layers": 4, "peg_layers": "all"},
     "gru": {"context": "gru", "msia_layers": 1, "peg_layers": "none"},
     "self_attention": {"context": "self_attention", "msia_layers": 1, "peg_layers": "none"},
+    "msia_4_peg_first": {"msia_layers": 4, "peg_layers": "first"},
+    "msia_4_peg_later": {"msia_layers": 4, "peg_layers": "later"},
 }
+DEFAULT_VARIANTS = ("no_tcn", "tcn_1", "msia_4", "msia_4_peg", "gru", "self_attention")
 ITEMS, USERS = 100_000, 10_000
 HEADS = 2
 
@@ -220,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--memory-steps", type=int, default=2)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results", "cain.json"))
     p.add_argument("--scratch", default="/tmp/bench_cain")
