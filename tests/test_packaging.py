@@ -53,3 +53,27 @@ def test_demo_runs_from_an_installed_wheel(tmp_path):
     assert "Mix Seq + TAPF" in run.stdout
     assert " 1. item " in run.stdout and "10. item " in run.stdout  # step 5's retrieval
     assert (work / "runs" / "demo").is_dir() and not (REPO / "elsewhere").exists()
+
+
+def console_scripts() -> dict[str, str]:
+    import tomllib
+
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["scripts"]
+
+
+@pytest.mark.parametrize("script", sorted(console_scripts()))
+def test_every_console_script_also_runs_as_a_module(script):
+    """Each console script's module runs its `main` under `python -m` too (the
+    ARCHITECTURE page promises both): the module ends in `if __name__ == "__main__":`
+    calling the script's function. Read from the source, no import."""
+    import ast
+
+    module, function = console_scripts()[script].split(":")
+    tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
+    guarded = [node for node in tree.body if isinstance(node, ast.If)
+               and ast.unparse(node.test) in ("__name__ == '__main__'", "'__main__' == __name__")]
+    assert guarded, f"{module} has no `if __name__ == '__main__':` block ({script})"
+    calls = {n.func.id for g in guarded for n in ast.walk(g)
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert function in calls, f"{module}'s __main__ block does not call {function}()"

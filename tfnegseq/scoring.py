@@ -369,3 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(summary, sort_keys=True))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,9 @@ SERVING_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "score_examples"
 EXAMPLES_INPUT = "examples"
 OUTPUT = "probability"
+# the sequential kind's signatures (its export and `tfnegseq.serving.client`)
+SCORE_SIGNATURE = "score"
+RETRIEVE_SIGNATURE = "retrieve"
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "tfnegseq_export.json"
 

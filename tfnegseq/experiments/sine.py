@@ -93,12 +93,13 @@ def training_positive_counts(data_dir: str) -> dict[int, int]:
     sample: the positives before the validation target; `tfnegseq.data.sequential`)."""
     import tensorflow as tf
 
+    from tfnegseq import schema
+    from tfnegseq.config import SamplesConfig
     from tfnegseq.data.input import record_batches
     from tfnegseq.data.sequential_input import SEQUENCES
 
-    spec = {"seq_item_id": tf.io.RaggedFeature(tf.int64),
-            "seq_polarity": tf.io.RaggedFeature(tf.int64),
-            "valid_index": tf.io.FixedLenFeature([], tf.int64)}
+    full = schema.parse_spec(SamplesConfig(task="sequential"))
+    spec = {k: full[k] for k in ("seq_item_id", "seq_polarity", "valid_index")}
     counts: dict[int, int] = {}
     for serialized in record_batches(data_dir, SEQUENCES, 512).as_numpy_iterator():
         p = tf.io.parse_example(serialized, spec)

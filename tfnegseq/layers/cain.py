@@ -289,7 +289,7 @@ class PersonalizedExtractorGeneration(keras.layers.Layer):
         super().__init__(**kwargs)
         if bias_initializer not in ("kernel", "zeros"):
             raise ValueError("`bias_initializer` must be 'kernel' or 'zeros'. "
-                             f"Received: {bias_initializer!r}")
+                             f"Received: bias_initializer={bias_initializer!r}")
         self.bias_initializer = bias_initializer
         shapes = [tuple(s) for s in kernel_shapes]
         if not shapes or any(len(s) != 3 or any(not isinstance(v, int) or v < 1 for v in s)
@@ -374,7 +374,7 @@ class AuxiliaryTargetAttention(keras.layers.Layer):
 
     Args:
         attention_dim: int. d_a.
-        value_dim: int or None. Width of W_V; None: the keys' width.
+        value_dim: int or None. Width of W_V; None: the keys' width. Defaults to None.
         score_normalization: "softmax" or "none". Defaults to "softmax".
 
     Call arguments:
@@ -389,7 +389,7 @@ class AuxiliaryTargetAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         if score_normalization not in ("softmax", "none"):
             raise ValueError("`score_normalization` must be 'softmax' or 'none'. Received: "
-                             f"{score_normalization!r}")
+                             f"score_normalization={score_normalization!r}")
         self.attention_dim = attention_dim
         self.value_dim = value_dim
         self.score_normalization = score_normalization
@@ -496,13 +496,13 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
         super().__init__(**kwargs)
         if peg_aggregation not in ("replace", "sum", "concat"):
             raise ValueError("`peg_aggregation` must be 'replace', 'sum' or 'concat'. "
-                             f"Received: {peg_aggregation!r}")
+                             f"Received: peg_aggregation={peg_aggregation!r}")
         if anchor not in ANCHORS:
             raise ValueError(f"`anchor` must be one of {ANCHORS}. Received: anchor={anchor!r}")
         self.anchor = anchor
         self.peg_aggregation = peg_aggregation
         if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"`num_layers` must be an int >= 1. Received: {num_layers!r}")
+            raise ValueError(f"`num_layers` must be an int >= 1. Received: num_layers={num_layers!r}")
         self.peg_layers = sorted(int(n) for n in (peg_layers or ()))
         if any(not 0 <= n < num_layers for n in self.peg_layers):
             raise ValueError(f"`peg_layers` must be layer indices in [0, {num_layers}). "

@@ -61,7 +61,7 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         attention_dim: int. Width of the query / key / value projections (split over
             the heads). Defaults to 64.
         num_heads: int dividing `attention_dim`. Defaults to 2.
-        output_dim: int or None. Width of W_o; None: the items' width.
+        output_dim: int or None. Width of W_o; None: the items' width. Defaults to None.
 
     Call arguments:
         sequence `[B, n, d_s]`, target `[B, d]`, mask bool `[B, n]` or None.
@@ -278,7 +278,7 @@ class ConsistentTopKAttention(keras.layers.Layer):
 
     Args:
         top_k: int. Defaults to 50. attention_dim, num_heads: defaults 64 and 2.
-        output_dim: int or None (None: the items' width).
+        output_dim: int or None (None: the items' width). Defaults to None.
 
     Call arguments:
         sequence `[B, N, d_s]`, target `[B, d]`, mask bool `[B, N]`, side: optional
@@ -440,7 +440,7 @@ class LifelongAttentionPyramid(keras.layers.Layer):
         super().__init__(**kwargs)
         top_k = tuple(int(k) for k in top_k)
         if len(top_k) != 2 or top_k[1] > top_k[0] or min(top_k) < 1:
-            raise ValueError(f"`top_k` must be (k1, k2) with 1 <= k2 <= k1. Received: {top_k}")
+            raise ValueError(f"`top_k` must be (k1, k2) with 1 <= k2 <= k1. Received: top_k={top_k}")
         self.top_k, self.attention_dim, self.num_heads = top_k, attention_dim, num_heads
 
     def build(self, sequence_shape, target_shape, mask_shape=None):

@@ -464,6 +464,7 @@ class HyFormerEncoder(_UnifiedBlock):
         num_layers, num_heads, ff_dim, dropout, epsilon, kernel_initializer: as
             `OneTransEncoder`.
         num_queries: int >= 1. Global query tokens N; `N + T` must divide the width.
+            Defaults to 2.
 
     Sublayers: `query_inner` / `query_outer` (PerTokenDense over N tokens); per layer
     `i`: `seq_attention_norm_{i}`, `seq_qkv_{i}`, `seq_out_{i}`, `seq_ffn_norm_{i}`,

@@ -75,6 +75,13 @@ class CtrModel(keras.Model):
             `tfnegseq.optimizers.RowSparseAdam` (see `tfnegseq.embeddings.EmbeddingTables`,
             through which every table is read; under JAX `train_step` is its
             row-sparse step). Defaults to False: dense gradients with summed repeats.
+        item_rows_multiple: int. The item table's rows rounded up to a multiple of this
+            (rows past the vocabulary are never looked up), so `model_parallel` splits
+            them evenly over its devices (`tfnegseq.kinds.ctr.item_rows_multiple`).
+            Defaults to 1.
+        unknown_rows: int. Leading rows of every id table that no kept id maps to
+            (padding and the OOV buckets, `1 + vocab.oov_buckets`), zero at
+            initialization (`ZeroLeadingRows`). Defaults to 0.
 
     The model owns its loss: binary cross-entropy on the logit. `compile` takes no
     `loss` (a probability loss such as `"binary_crossentropy"` on the logit would train

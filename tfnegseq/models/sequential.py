@@ -61,7 +61,7 @@ from tfnegseq.layers.sine import (
     SubInterestProjection,
     SubInterestSelfAttention,
 )
-from tfnegseq.losses import bpr_loss, distance_correlation
+from tfnegseq.losses import bpr_loss, distance_correlation, sine_loss
 
 TRAIN_KEYS = (
     "inputs",
@@ -498,18 +498,16 @@ class SequentialRecommender(keras.Model):
         def scale(key):  # length-grouped batches (tfnegseq.data.sequential_input)
             return ops.mean(ops.cast(x[key], "float32")) if key in x else 1.0
 
-        total = m.lambda_1 * scale("loss_scale") * bpr_loss(
+        l1 = scale("loss_scale") * bpr_loss(
             positive, ops.cast(y_pred["negative"], "float32"), mask)
+        l2 = l_dis = 0.0  # the terms an architecture does not have
         if m.architecture in ("sasrec_n", "sine"):
             feedback_mask = mask * ops.cast(ops.not_equal(x["target_negatives"], 0), "float32")
-            total = total + m.lambda_2 * scale("feedback_scale") * bpr_loss(
-                positive, ops.cast(y_pred["feedback"], "float32"), feedback_mask
-            )
+            l2 = scale("feedback_scale") * bpr_loss(
+                positive, ops.cast(y_pred["feedback"], "float32"), feedback_mask)
         if self.sine:
-            total = total + m.lambda_3 * distance_correlation(
-                ops.cast(self.assignment.prototypes, "float32")
-            )
-        losses = [total]
+            l_dis = distance_correlation(ops.cast(self.assignment.prototypes, "float32"))
+        losses = [sine_loss(l1, l2, l_dis, (m.lambda_1, m.lambda_2, m.lambda_3))]  # eq. 16
         if self.losses:  # regularisers
             losses.append(ops.sum(ops.stack([ops.cast(v, "float32") for v in self.losses])))
         # / replicas under a tf.distribute strategy, as Keras' own losses (the replicas'

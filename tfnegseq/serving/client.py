@@ -36,11 +36,7 @@ import requests
 
 from tfnegseq.ids import feature_id, raw_id
 from tfnegseq.schema import PAD_ID
-
-# A sequential export's signatures and tensor names (`tfnegseq.kinds.sequential.export`,
-# which imports TensorFlow; the client does not).
-RETRIEVE_SIGNATURE = "retrieve"
-SCORE_SIGNATURE = "score"
+from tfnegseq.signatures import RETRIEVE_SIGNATURE, SCORE_SIGNATURE
 
 
 class ServingError(Exception):

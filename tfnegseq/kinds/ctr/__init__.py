@@ -1,8 +1,9 @@
 """The `ctr` kind: one impression per example, p(click) from mixed-polarity histories.
 
-Model: `tfnegseq.models.CtrModel` (DIN or Transformer backbone, PBE / TAPF), trained
+Model: `tfnegseq.models.CtrModel` (`model.backbone`: DIN, Transformer, OneTrans,
+HyFormer or MixFormer; PBE / TAPF), trained
 with cross-entropy on the logit. Evaluation: AUC, GAUC grouped by the raw user id (not
-the looked-up row: users hashed into one OOV bucket stay apart), logloss. Export:
+the looked-up row: users mapped to one OOV bucket stay apart), logloss. Export:
 `serving_default` (raw histories + candidates -> p(click)) and `score_examples`
 (`tfnegseq.kinds.ctr.export`).
 

@@ -63,10 +63,8 @@ import tensorflow as tf
 from tfnegseq import schema
 from tfnegseq.config import Config
 from tfnegseq.kinds.sequential.config import SequentialModelConfig
-from tfnegseq.signatures import warmup_record
+from tfnegseq.signatures import RETRIEVE_SIGNATURE, SCORE_SIGNATURE, warmup_record
 
-SCORE_SIGNATURE = "score"
-RETRIEVE_SIGNATURE = "retrieve"
 HISTORY = "pos_item_id"  # the names the local server caps as history (`pos_*`, `neg_*`)
 NEGATIVES = "neg_item_id"
 CANDIDATES = "item_id"  # ... and as candidates
