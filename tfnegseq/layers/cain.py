@@ -282,6 +282,15 @@ class PersonalizedExtractorGeneration(keras.layers.Layer):
 
     Returns:
         A list of `[B, K_n, d_n, f_n]` kernels, in `kernel_shapes` order.
+
+    Example:
+
+    ```python
+    peg = PersonalizedExtractorGeneration([(3, 4, 8)], units=8)
+    kernels = peg(np.ones((2, 5), "float32"))  # a list: [(2, 3, 4, 8)]
+    tcn = TemporalConvolution(8, context_length=1, use_kernel=False)
+    y = tcn(np.ones((2, 6, 4), "float32"), filters=kernels[0])  # (2, 6, 8)
+    ```
     """
 
     def __init__(self, kernel_shapes, units=64, kernel_initializer="glorot_uniform",
@@ -382,7 +391,16 @@ class AuxiliaryTargetAttention(keras.layers.Layer):
         target item); mask: bool `[B, n]` or None.
 
     Returns:
-        `[B, value_dim]`; a user without a real key gets zeros.
+        `[B, value_dim]` (the keys' width when `value_dim` is None); a user without a
+        real key gets zeros.
+
+    Example:
+
+    ```python
+    layer = AuxiliaryTargetAttention(attention_dim=8)
+    out = layer(np.ones((2, 5, 4), "float32"), np.ones((2, 6), "float32"),
+                np.ones((2, 5), bool))  # (2, 4)
+    ```
     """
 
     def __init__(self, attention_dim, value_dim=None, score_normalization="softmax", **kwargs):
@@ -486,7 +504,16 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
         passes the item embeddings alone, in the target's space).
 
     Returns:
-        `[B, D + (num_layers - 1) * value_dim]`, or `(that, (cr^1, mask^1))`.
+        `[B, D + (num_layers - 1) * v]`, v = `value_dim` or, when that is None, the
+        TCN's output width; or `(that, (cr^1, mask^1))`.
+
+    Example:
+
+    ```python
+    layer = MultiScopeInterestAggregator(2, context_length=1, later_stride=2, attention_dim=8)
+    out = layer(np.ones((2, 8, 4), "float32"), np.ones((2, 8), bool),
+                np.ones((2, 4), "float32"))  # (2, 8)
+    ```
     """
 
     def __init__(self, num_layers, context_length=7, strides=None, later_stride=4,
@@ -656,6 +683,13 @@ class ContextSelfAttention(keras.layers.Layer):
 
     Returns:
         `[B, N, d]`.
+
+    Example:
+
+    ```python
+    layer = ContextSelfAttention(num_heads=2)
+    out = layer(np.ones((2, 5, 4), "float32"), np.ones((2, 5), bool))  # (2, 5, 4)
+    ```
     """
 
     def __init__(self, num_heads=2, ff_dim=None, dropout=0.0, positions=True, **kwargs):

@@ -70,6 +70,13 @@ class CounterDropout(keras.layers.Layer):
             seed, `keras.utils.set_random_seed`).
         **kwargs: `keras.layers.Layer` keyword arguments.
 
+    Call arguments:
+        inputs: tensor of any shape.
+        training: bool. Drop only when true. Defaults to False.
+
+    Returns:
+        A tensor of the shape and dtype of `inputs`.
+
     Example:
 
     ```python

@@ -68,6 +68,14 @@ class MultiHeadTargetAttention(keras.layers.Layer):
 
     Returns:
         `[B, output_dim]`; zeros for a user without a real item.
+
+    Example:
+
+    ```python
+    layer = MultiHeadTargetAttention(attention_dim=8, num_heads=2)
+    out = layer(np.ones((2, 5, 4), "float32"), np.ones((2, 4), "float32"),
+                np.ones((2, 5), bool))  # (2, 4)
+    ```
     """
 
     def __init__(self, attention_dim=64, num_heads=2, output_dim=None, **kwargs):
@@ -141,6 +149,23 @@ class SoftSearchAttention(keras.layers.Layer):
     Args:
         top_k: int. Defaults to 50. attention_dim, num_heads: of the GSU projections
         (attention_dim) and the ESU. Defaults 64 and 2.
+
+    Call arguments:
+        sequence: float `[B, N, d_s]` the behaviours.
+        target: float `[B, d]` the target item.
+        mask: bool `[B, N]`, true at real items.
+
+    Returns:
+        `[B, d_s]` (the ESU's output, the items' width); zeros for a user without a
+        real item.
+
+    Example:
+
+    ```python
+    layer = SoftSearchAttention(top_k=3, attention_dim=8, num_heads=2)
+    out = layer(np.ones((2, 5, 4), "float32"), np.ones((2, 4), "float32"),
+                np.ones((2, 5), bool))  # (2, 4)
+    ```
     """
 
     def __init__(self, top_k=50, attention_dim=64, num_heads=2, **kwargs):
@@ -197,16 +222,33 @@ class HashRetrievalAttention(keras.layers.Layer):
     projection (FuxiCTR can redraw it per call; a redraw would make serving
     non-deterministic). The target and the items must share a width (one projection).
 
-    `retrieval_keys` (call argument, `[B, N, d]`, optional): hash these instead of
-    `sequence` and attend over `sequence`. CAIN's backbone substitution passes the raw
-    items while `sequence` holds their TCN outputs: a TCN output and the raw target live
-    in unrelated spaces, and the hash has no gradient that could align them, so hashing
-    the outputs against the target selects items at random (a review measured it: the
-    item equal to the target was no nearer in Hamming distance than any other).
-
     Args:
         top_k: int. Defaults to 50. hash_bits: int, m. Defaults to 32.
         attention_dim, num_heads: of the ESU. seed: of the projection. Defaults to 0.
+
+    Call arguments:
+        sequence: float `[B, N, d]` the behaviours.
+        target: float `[B, d]` the target item (the items' width).
+        mask: bool `[B, N]`, true at real items.
+        retrieval_keys: optional float `[B, N, d]`: hash these instead of `sequence`
+            and attend over `sequence`. CAIN's backbone substitution passes the raw
+            items while `sequence` holds their TCN outputs: a TCN output and the raw
+            target live in unrelated spaces, and the hash has no gradient that could
+            align them, so hashing the outputs against the target selects items at
+            random (a review measured it: the item equal to the target was no nearer in
+            Hamming distance than any other). Defaults to None (`sequence`).
+
+    Returns:
+        `[B, d]` (the ESU's output, the items' width); zeros for a user without a real
+        item.
+
+    Example:
+
+    ```python
+    layer = HashRetrievalAttention(top_k=3, hash_bits=8, attention_dim=8, num_heads=2)
+    out = layer(np.ones((2, 5, 4), "float32"), np.ones((2, 4), "float32"),
+                np.ones((2, 5), bool))  # (2, 4)
+    ```
     """
 
     def __init__(self, top_k=50, hash_bits=32, attention_dim=64, num_heads=2, seed=0,
@@ -283,6 +325,18 @@ class ConsistentTopKAttention(keras.layers.Layer):
     Call arguments:
         sequence `[B, N, d_s]`, target `[B, d]`, mask bool `[B, N]`, side: optional
         float `[B, N, c]` cross features.
+
+    Returns:
+        `[B, output_dim]` (`[B, d_s]` when `output_dim` is None); zeros for a user
+        without a real item.
+
+    Example:
+
+    ```python
+    layer = ConsistentTopKAttention(top_k=3, attention_dim=8, num_heads=2)
+    out = layer(np.ones((2, 5, 4), "float32"), np.ones((2, 4), "float32"),
+                np.ones((2, 5), bool), np.ones((2, 5, 3), "float32"))  # (2, 4)
+    ```
     """
 
     def __init__(self, top_k=50, attention_dim=64, num_heads=2, output_dim=None, **kwargs):
@@ -355,13 +409,30 @@ class HashSamplingAttention(keras.layers.Layer):
     Implemented: the sampling-based aggregation with fixed projections (non-trainable,
     saved). Simplified: no separate short-sequence attention (the model has its own).
     `normalize` defaults to True, the paper's reading (FuxiCTR's default is False).
-    `retrieval_keys` (call argument, optional): bucket these instead of `sequence` and
-    sum `sequence` (as `HashRetrievalAttention`: CAIN passes the raw items beside their
-    TCN outputs).
 
     Args:
         num_hashes: int, m. Defaults to 48. hash_bits: int, tau. Defaults to 3.
         normalize: bool. Defaults to True. seed: of the projections. Defaults to 0.
+
+    Call arguments:
+        sequence: float `[B, N, d]` the behaviours.
+        target: float `[B, d]` the target item (the items' width).
+        mask: bool `[B, N]`, true at real items.
+        retrieval_keys: optional float `[B, N, d]`: bucket these instead of `sequence`
+            and sum `sequence` (as `HashRetrievalAttention`: CAIN passes the raw items
+            beside their TCN outputs). Defaults to None (`sequence`).
+
+    Returns:
+        `[B, d]`: the mean over the `m` functions of the bucket sums; zeros for a user
+        without a real item.
+
+    Example:
+
+    ```python
+    layer = HashSamplingAttention(num_hashes=4, hash_bits=2)
+    out = layer(np.ones((2, 5, 4), "float32"), np.ones((2, 4), "float32"),
+                np.ones((2, 5), bool))  # (2, 4)
+    ```
     """
 
     def __init__(self, num_hashes=48, hash_bits=3, normalize=True, seed=0, **kwargs):
@@ -434,6 +505,23 @@ class LifelongAttentionPyramid(keras.layers.Layer):
     Args:
         top_k: (k1, k2). Defaults to (256, 64). attention_dim: d_a and the value width
             of levels 1-2. Defaults to 64. num_heads: of level 3. Defaults to 2.
+
+    Call arguments:
+        sequence: float `[B, N, d_s]` the behaviours.
+        target: float `[B, d]` the target item.
+        mask: bool `[B, N]`, true at real items.
+
+    Returns:
+        `[B, 3 * attention_dim]`, `[IR_1 ; IR_2 ; IR_3]` (every level's output is
+        `attention_dim` wide); zeros for a user without a real item.
+
+    Example:
+
+    ```python
+    layer = LifelongAttentionPyramid(top_k=(4, 2), attention_dim=8, num_heads=2)
+    out = layer(np.ones((2, 5, 4), "float32"), np.ones((2, 4), "float32"),
+                np.ones((2, 5), bool))  # (2, 24)
+    ```
     """
 
     def __init__(self, top_k=(256, 64), attention_dim=64, num_heads=2, **kwargs):

@@ -128,6 +128,19 @@ class PerTokenDense(keras.layers.Layer):
         kernel_initializer: initializer of the `[T, d_in, units]` kernel (each token's
             slice drawn independently with the variance of a Dense kernel of shape
             `[d_in, units]`). Defaults to `"glorot_uniform"`.
+
+    Call arguments:
+        x: float `[B, T, d_in]` (static T).
+
+    Returns:
+        `[B, T, units]`.
+
+    Example:
+
+    ```python
+    layer = PerTokenDense(4)
+    y = layer(np.ones((2, 3, 8), "float32"))  # (2, 3, 4)
+    ```
     """
 
     def __init__(self, units, activation=None, use_bias=True,
@@ -285,6 +298,14 @@ class OneTransEncoder(_UnifiedBlock):
 
     Returns:
         `[B, T, d]`, or a tuple as above.
+
+    Example:
+
+    ```python
+    layer = OneTransEncoder(num_layers=2, num_heads=2, ff_dim=16)
+    out = layer(np.ones((2, 5, 8), "float32"), np.ones((2, 3, 8), "float32"),
+                np.ones((2, 5), bool))  # (2, 3, 8)
+    ```
     """
 
     def __init__(self, num_layers, num_heads, ff_dim, pyramid=True, **kwargs):
@@ -479,6 +500,14 @@ class HyFormerEncoder(_UnifiedBlock):
 
     Returns:
         `[B, N + T, d]` (queries first), or `(output, weights)`.
+
+    Example:
+
+    ```python
+    layer = HyFormerEncoder(num_layers=1, num_heads=2, ff_dim=16, num_queries=2)
+    out = layer(np.ones((2, 5, 8), "float32"), np.ones((2, 2, 8), "float32"),
+                np.ones((2, 5), bool))  # (2, 4, 8)
+    ```
     """
 
     def __init__(self, num_layers, num_heads, ff_dim, num_queries=2, **kwargs):
@@ -632,6 +661,14 @@ class MixFormerEncoder(_UnifiedBlock):
 
     Returns:
         `[B, T, d]`, or `(output, weights)`.
+
+    Example:
+
+    ```python
+    layer = MixFormerEncoder(num_layers=1, num_heads=2, ff_dim=16)
+    out = layer(np.ones((2, 5, 8), "float32"), np.ones((2, 2, 8), "float32"),
+                np.ones((2, 5), bool))  # (2, 2, 8)
+    ```
     """
 
     def __init__(self, num_layers, num_heads, ff_dim, **kwargs):
