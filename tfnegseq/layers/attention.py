@@ -37,9 +37,9 @@ def token_matmul(x, kernel, chunks=256):
     if rows % chunks or rows // chunks < _MIN_CHUNK_ROWS:
         return ops.matmul(x, kernel)
     k, m = kernel.shape
-    chunked = ops.reshape(x, (chunks, rows // chunks, k))
+    chunked = ops.reshape(x, (chunks, rows // chunks, k))  # [chunks, N / chunks, k]
     out = ops.matmul(chunked, ops.broadcast_to(ops.expand_dims(kernel, 0), (chunks, k, m)))
-    return ops.reshape(out, (*lead, m))
+    return ops.reshape(out, (*lead, m))  # [..., m]
 
 
 @register

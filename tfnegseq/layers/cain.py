@@ -186,6 +186,7 @@ class TemporalConvolution(keras.layers.Layer):
             # cain_f32_output_taps.json)
             windows = ops.concatenate([x[:, k: k + n_out] for k in range(self.taps)], axis=-1)
             dim = kernel.shape[2]
+            # -> kernel [B, (2cl+1) d, f]; out [B, n_out, f]
             out = ops.matmul(windows, ops.reshape(kernel, (-1, self.taps * dim, self.filters)))
             out = out + ops.cast(self.bias, out.dtype)
             return self.activation(out)
@@ -193,11 +194,13 @@ class TemporalConvolution(keras.layers.Layer):
         blocks = n_out + q_taps - 1
         f = kernel.shape[-1]
         x = ops.pad(x, [[0, 0], [0, q_taps * s], [0, 0]])[:, : blocks * s]
-        x = ops.reshape(x, (-1, blocks, s * x.shape[-1]))
+        x = ops.reshape(x, (-1, blocks, s * x.shape[-1]))  # [B, M, s d]
         kernel = ops.pad(kernel, [[0, 0], [0, q_taps * s - self.taps], [0, 0], [0, 0]])
-        kernel = ops.reshape(kernel, (-1, q_taps, s * kernel.shape[2], f))
+        kernel = ops.reshape(kernel, (-1, q_taps, s * kernel.shape[2], f))  # [B, Q, s d, f]
         z = ops.matmul(ops.expand_dims(x, 1), kernel)  # [B, Q, M, f]
+        # -> [B, Q M, f], padded to [B, Q (M + 1), f]
         flat = ops.pad(ops.reshape(z, (-1, q_taps * blocks, f)), [[0, 0], [0, q_taps], [0, 0]])
+        # -> [B, Q, M + 1, f], sliced to [B, Q, n_out, f], summed: [B, n_out, f]
         out = ops.sum(ops.reshape(flat, (-1, q_taps, blocks + 1, f))[:, :, :n_out], axis=1)
         out = out + ops.cast(self.bias, out.dtype)
         return self.activation(out)
@@ -243,7 +246,7 @@ class FlatKernelGlorot(keras.initializers.Initializer):
         if tuple(shape) != (math.prod(self.kernel_shape),):
             raise ValueError(f"FlatKernelGlorot{self.kernel_shape} initializes a "
                              f"{math.prod(self.kernel_shape)}-vector. Received: shape={shape}")
-        return ops.reshape(self._glorot(self.kernel_shape, dtype=dtype), tuple(shape))
+        return ops.reshape(self._glorot(self.kernel_shape, dtype=dtype), tuple(shape))  # [K d f]
 
     def get_config(self):
         return {"kernel_shape": list(self.kernel_shape), "seed": self.seed}
@@ -334,7 +337,7 @@ class PersonalizedExtractorGeneration(keras.layers.Layer):
         out = []
         for (k, d, f), hidden, generate in zip(self.kernel_shapes, self.hidden, self.generate,
                                                strict=True):
-            out.append(ops.reshape(generate(hidden(profile)), (-1, k, d, f)))
+            out.append(ops.reshape(generate(hidden(profile)), (-1, k, d, f)))  # [B, K_n, d_n, f_n]
         return out
 
     def compute_output_shape(self, profile_shape):

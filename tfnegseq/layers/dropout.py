@@ -46,7 +46,7 @@ def keep_mask(shape, key, rate: float):
     `round(rate * 2^24)`. `key`: int32 `[2]`."""
     size = ops.prod(ops.convert_to_tensor(shape, "int32")) if any(
         not isinstance(s, int) for s in shape) else int(np.prod(shape))
-    index = ops.reshape(ops.arange(size, dtype="int32"), shape)
+    index = ops.reshape(ops.arange(size, dtype="int32"), shape)  # [*shape]
     h = fmix32(ops.add(ops.multiply(index, _SPREAD), key[0]))
     h = fmix32(ops.bitwise_xor(h, key[1]))
     threshold = np.int32(round(rate * (1 << _BITS)))

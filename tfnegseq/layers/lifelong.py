@@ -102,6 +102,7 @@ class MultiHeadTargetAttention(keras.layers.Layer):
     def heads(self, x):
         """`[B, n, attention_dim]` -> `[B, heads, n, d_h]`."""
         h, dh = self.num_heads, self.attention_dim // self.num_heads
+        # -> [B, n, h, dh], transposed: [B, h, n, dh]
         return ops.transpose(ops.reshape(x, (-1, ops.shape(x)[1], h, dh)), (0, 2, 1, 3))
 
     def logits(self, sequence, target):
@@ -116,7 +117,7 @@ class MultiHeadTargetAttention(keras.layers.Layer):
         """`W_o` of the per-head weighted sums: weights `[B, h, n]`, values
         `[B, h, n, d_h]` -> `[B, output_dim]`."""
         pooled = ops.matmul(ops.expand_dims(weights, 2), values)[:, :, 0]  # [B, h, dh]
-        return self.out(ops.reshape(pooled, (-1, self.attention_dim)))
+        return self.out(ops.reshape(pooled, (-1, self.attention_dim)))  # [B, attention_dim]
 
     def call(self, sequence, target, mask=None):
         scores = self.logits(sequence, target)  # [B, h, n]
@@ -454,6 +455,7 @@ class HashSamplingAttention(keras.layers.Layer):
         """Bucket `[..., m]` (float32, exact) of each hash function: sum_i bit_i 2^i."""
         bits = ops.matmul(ops.cast(ops.stop_gradient(x), "float32"),
                           ops.cast(self.projection, "float32")) >= 0
+        # -> [..., m, tau]
         bits = ops.reshape(ops.cast(bits, "float32"),
                            (*ops.shape(bits)[:-1], self.num_hashes, self.hash_bits))
         powers = ops.cast(2 ** ops.arange(self.hash_bits), "float32")

@@ -173,10 +173,12 @@ class MixedPolaritySequence(keras.layers.Layer):
         rows = ops.broadcast_to(
             ops.expand_dims(ops.arange(batch, dtype="int32"), 1), ops.shape(target)
         )
+        # -> [B * k, 2]
         indices = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(target, (-1,))], axis=1)
         number = ops.broadcast_to(
             ops.expand_dims(ops.arange(1, width + 1, dtype="int32"), 0), ops.shape(target)
         )
+        # -> number [B * k] scattered into [B, size + 1]
         placed = ops.scatter(indices, ops.reshape(number, (-1,)), (batch, size + 1))
         return placed[:, :size]
 

@@ -534,7 +534,9 @@ class AdaptiveFusion(keras.layers.Layer):
         queries = ops.reshape(interests, (-1, dim))  # [B*K, d]
         if self.importance is not None:
             kernel = ops.cast(self.importance.kernel, interests.dtype)  # [2d, 1]
+            # -> [B*K + 1, d] (the kernel transposed: [1, d])
             queries = ops.concatenate([queries, ops.transpose(kernel[:dim])], axis=0)
+        # -> items [d, N]; products [B*K + 1, N] ([B*K, N] without `importance`)
         products = ops.matmul(queries, ops.transpose(ops.cast(items, interests.dtype)))
         dots = ops.reshape(products[: batch * k], (batch, k, -1))  # [B, K, N]
         if self.importance is None:

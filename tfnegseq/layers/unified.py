@@ -37,9 +37,9 @@ def token_mixing(x, heads: int):
     (and the operation is its own inverse).
     """
     tokens, dim = x.shape[1], x.shape[2]
-    y = ops.reshape(x, (-1, tokens, heads, dim // heads))
+    y = ops.reshape(x, (-1, tokens, heads, dim // heads))  # [B, T, heads, D / heads]
     y = ops.transpose(y, (0, 2, 1, 3))  # [B, heads, T, D / heads]
-    return ops.reshape(y, (-1, heads, tokens * (dim // heads)))
+    return ops.reshape(y, (-1, heads, tokens * (dim // heads)))  # [B, heads, T * D / heads]
 
 
 def pyramid_schedule(length: int, ns_tokens: int, num_layers: int) -> list[int]:
@@ -76,7 +76,7 @@ def attend(query, key, value, allowed, num_heads: int):
     def split(x):  # [B, T, d] -> [B, h, T, dh]
         shape = ops.shape(x)
         return ops.transpose(ops.reshape(x, (shape[0], shape[1], num_heads, head_dim)),
-                             (0, 2, 1, 3))
+                             (0, 2, 1, 3))  # [B, h, T, dh]
 
     q, k, v = split(query), split(key), split(value)
     logits = ops.einsum("bhqc,bhkc->bhqk", ops.cast(q, "float32"), ops.cast(k, "float32"))
@@ -86,7 +86,7 @@ def attend(query, key, value, allowed, num_heads: int):
     weights = ops.softmax(logits, axis=-1) * ops.cast(allowed, "float32")
     context = ops.einsum("bhqk,bhkc->bqhc", ops.cast(weights, v.dtype), v)
     shape = ops.shape(context)
-    return ops.reshape(context, (shape[0], shape[1], dim)), weights
+    return ops.reshape(context, (shape[0], shape[1], dim)), weights  # [B, Tq, d]
 
 
 def attend_per_user(query, key, value, mask, num_heads: int, candidates=1):
@@ -101,14 +101,15 @@ def attend_per_user(query, key, value, mask, num_heads: int, candidates=1):
     tokens, dim = query.shape[1], query.shape[2]
     head_dim = dim // num_heads
     users, length = ops.shape(key)[0], ops.shape(key)[1]
-    q = ops.reshape(query, (users, candidates, tokens, num_heads, head_dim))
-    k = ops.reshape(key, (users, length, num_heads, head_dim))
-    v = ops.reshape(value, (users, length, num_heads, head_dim))
+    q = ops.reshape(query, (users, candidates, tokens, num_heads, head_dim))  # [B, C, Tq, h, dh]
+    k = ops.reshape(key, (users, length, num_heads, head_dim))  # [B, L, h, dh]
+    v = ops.reshape(value, (users, length, num_heads, head_dim))  # [B, L, h, dh]
     logits = ops.einsum("bcthe,blhe->bchtl", ops.cast(q, "float32"), ops.cast(k, "float32"))
-    ok = ops.reshape(ops.cast(mask, "bool"), (users, 1, 1, 1, length))
+    ok = ops.reshape(ops.cast(mask, "bool"), (users, 1, 1, 1, length))  # [B, 1, 1, 1, L]
     logits = ops.where(ok, logits / math.sqrt(head_dim), NEG_INF)
     weights = ops.softmax(logits, axis=-1) * ops.cast(ok, "float32")  # [B, C, h, Tq, L]
     context = ops.einsum("bchtl,blhe->bcthe", ops.cast(weights, v.dtype), v)
+    # -> context [B * C, Tq, d], weights [B * C, h, Tq, L]
     return (ops.reshape(context, (users * candidates, tokens, dim)),
             ops.reshape(weights, (users * candidates, num_heads, tokens, length)))
 
@@ -423,8 +424,8 @@ class OneTransEncoder(_UnifiedBlock):
             logit_s = ops.einsum("bcthe,blhe->bchtl", q32,
                                  ops.cast(per_user(k_s), "float32")) * scale
             logit_n = ops.einsum("bcthe,bcshe->bchts", q32, ops.cast(kn, "float32")) * scale
-            ok_s = ops.reshape(mask, (users, 1, 1, 1, length))
-            ok_n = ops.reshape(causal, (1, 1, 1, tokens, tokens))
+            ok_s = ops.reshape(mask, (users, 1, 1, 1, length))  # [B, 1, 1, 1, L]
+            ok_n = ops.reshape(causal, (1, 1, 1, tokens, tokens))  # [1, 1, 1, T, T]
             logits = ops.concatenate([ops.where(ok_s, logit_s, NEG_INF),
                                       ops.where(ok_n, logit_n, NEG_INF)], axis=-1)
             ok = ops.concatenate([ops.broadcast_to(ok_s, ops.shape(logit_s)),
@@ -434,7 +435,8 @@ class OneTransEncoder(_UnifiedBlock):
             w_n = ops.cast(w[..., length:], vn.dtype)
             context = (ops.einsum("bchtl,blhe->bcthe", w_s, per_user(v_s))
                        + ops.einsum("bchts,bcshe->bcthe", w_n, vn))
-            context = ops.reshape(context, (users * candidates, tokens, dim))
+            context = ops.reshape(context, (users * candidates, tokens, dim))  # [B * C, T, d]
+            # -> [B * C, h, T, L + T]
             weights = ops.reshape(w, (users * candidates, heads, tokens, length + tokens))
             n = n + self._drop(block["ns_out"](context), training)
             n = n + self._drop(block["ns_ffn_outer"](block["ns_ffn_inner"](
@@ -593,6 +595,7 @@ class HyFormerEncoder(_UnifiedBlock):
         tokens = ns.shape[1]
         total = self.num_queries + tokens
         mean = ops.repeat(cache["mean"], candidates, axis=0)  # [B * C, d]
+        # -> ns [B * C, T d]; info [B * C, (T + 1) d]
         info = ops.concatenate([ops.reshape(ns, (-1, tokens * ns.shape[-1])), mean], axis=-1)
         info = ops.repeat(ops.expand_dims(info, 1), self.num_queries, axis=1)
         q = self.query_outer(self.query_inner(info))  # [B * C, N, d]
@@ -747,19 +750,19 @@ class MixFormerEncoder(_UnifiedBlock):
         tokens, dim = ns.shape[1], ns.shape[2]
         mask = cache["mask"]
         users, length = ops.shape(mask)[0], ops.shape(mask)[1]
-        ok = ops.reshape(mask, (users, 1, 1, length))
+        ok = ops.reshape(mask, (users, 1, 1, length))  # [B, 1, 1, L]
         x, weights = ns, None
         for block, (k, v) in zip(self.blocks, cache["layers"], strict=True):
             p = x + token_mixing(block["mix_norm"](x), tokens)
             q = p + self._drop(self._swiglu(block, "mix", block["mix_ffn_norm"](p)), training)
-            qg = ops.reshape(q, (users, candidates, tokens, dim))
+            qg = ops.reshape(q, (users, candidates, tokens, dim))  # [B, C, T, d]
             logits = ops.einsum("bcid,blid->bcil", ops.cast(qg, "float32"),
                                 ops.cast(k, "float32"))
             logits = ops.where(ok, logits / math.sqrt(dim), NEG_INF)
             w = ops.softmax(logits, axis=-1) * ops.cast(ok, "float32")  # [B, C, T, L]
             read = ops.einsum("bcil,blid->bcid", ops.cast(w, v.dtype), v)
-            z = q + ops.reshape(read, (users * candidates, tokens, dim))
+            z = q + ops.reshape(read, (users * candidates, tokens, dim))  # [B * C, T, d]
             x = z + self._drop(self._swiglu(block, "fuse", block["fuse_norm"](z)), training)
-            weights = ops.reshape(w, (users * candidates, tokens, length))
+            weights = ops.reshape(w, (users * candidates, tokens, length))  # [B * C, T, L]
         out = self.final_norm(x)
         return (out, weights) if return_attention_scores else out

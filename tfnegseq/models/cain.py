@@ -182,16 +182,17 @@ class CainModel(CtrModel):
         mask = ops.greater(inputs["life_order"][:, -n:], 0)
         batch, length = ops.shape(items)[0], ops.shape(items)[1]
         rows = self.tables.gather(self, self.tables.table(self.item_embedding),
-                                  ops.reshape(items, (-1,)))
-        tokens = ops.reshape(rows, (batch, length, -1))
+                                  ops.reshape(items, (-1,)))  # items [B*N]; rows [B*N, d]
+        tokens = ops.reshape(rows, (batch, length, -1))  # [B, N, d]
         keep = ops.expand_dims(mask, -1)
         item_rows = (ops.cast(tokens, self.compute_dtype) * ops.cast(keep, self.compute_dtype)
                      if with_items else None)
         if self.value_embedding is not None:
             bucket = self._value_buckets(inputs)
+            # -> bucket [B*N]; value_rows [B*N, d]
             value_rows = self.tables.gather(self, self.tables.table(self.value_embedding),
                                             ops.reshape(bucket, (-1,)))
-            tokens = tokens + ops.reshape(value_rows, (batch, length, -1))
+            tokens = tokens + ops.reshape(value_rows, (batch, length, -1))  # [B, N, d]
         tokens = ops.cast(tokens, self.compute_dtype)
         tokens = tokens * ops.cast(keep, tokens.dtype)
         polarity = None
@@ -260,7 +261,9 @@ class CainModel(CtrModel):
             counted = ops.cast(ops.logical_and(positive, ops.greater(ids, 0)), "int32")
             rows = ops.repeat(ops.expand_dims(ops.arange(batch, dtype="int32"), 1), length,
                               axis=1)
+            # -> [B*N, 2]
             where = ops.stack([ops.reshape(rows, (-1,)), ops.reshape(ids, (-1,))], axis=-1)
+            # -> counted [B*N] scattered into [B, V]
             counts = ops.scatter(where, ops.reshape(counted, (-1,)), (batch, size))
             # count * V - id: one maximum per row, at the largest count's smallest id
             # (the count is <= N, so this stays far inside int32 for any real V)
@@ -343,11 +346,11 @@ class CainModel(CtrModel):
         """Cross-entropy on the logit (eq. 3), plus SIM's auxiliary cross-entropy."""
         loss = super().compute_loss(x, y, y_pred, sample_weight, training)
         if isinstance(y_pred, dict) and "auxiliary_logit" in y_pred and y is not None:
-            labels = ops.cast(ops.reshape(y, (-1, 1)), "float32")
+            labels = ops.cast(ops.reshape(y, (-1, 1)), "float32")  # [B, 1]
             aux = keras.losses.binary_crossentropy(
                 labels, ops.expand_dims(y_pred["auxiliary_logit"], -1), from_logits=True)  # [B]
             if sample_weight is not None:
-                weights = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")
+                weights = ops.cast(ops.reshape(sample_weight, (-1,)), "float32")  # [B]
                 aux = ops.sum(aux * weights) / ops.maximum(ops.sum(weights), 1e-12)
             else:
                 aux = ops.mean(aux)

@@ -54,7 +54,7 @@ def random_polarity(items, users, polarity):
     The hash: h = (a * 40503 + b * 9973) mod 65521 with a, b the ids mod 32749, then
     h * 27893 mod 65521 >= 32761 -> +1 (int32 throughout: no product exceeds 2^31)."""
     a = ops.mod(ops.cast(items, "int32"), 32749)
-    b = ops.mod(ops.cast(ops.reshape(users, (-1, 1)), "int32"), 32749)
+    b = ops.mod(ops.cast(ops.reshape(users, (-1, 1)), "int32"), 32749)  # [B, 1]
     h = ops.mod(a * 40503 + b * 9973, 65521)
     h = ops.mod(h * 27893, 65521)
     coin = ops.where(ops.greater_equal(h, 32761), 1, -1)
@@ -308,7 +308,7 @@ class CtrModel(keras.Model):
         batch, length = ops.shape(items)[0], ops.shape(items)[1]
         ids = ops.concatenate(
             [ops.reshape(items, (-1,)), ops.cast(inputs["item_id"], items.dtype)], axis=0
-        )
+        )  # [B*L] sequence ids, then [B] targets: [B*L+B]
         rows = self.tables.gather(self, self.tables.table(self.item_embedding), ids)  # [B*L+B, d]
         tokens = self._tokens(rows[: batch * length], batch, length, polarity)
         target = ops.cast(rows[batch * length :], self.compute_dtype)  # [B, d]
@@ -325,7 +325,7 @@ class CtrModel(keras.Model):
         items, polarity = self._mixed(inputs)
         batch, length = ops.shape(items)[0], ops.shape(items)[1]
         rows = self.tables.gather(self, self.tables.table(self.item_embedding),
-                                  ops.reshape(items, (-1,)))
+                                  ops.reshape(items, (-1,)))  # items [B*L]; rows [B*L, d]
         state = {"tokens": self._tokens(rows, batch, length, polarity), "polarity": polarity,
                  "mask": ops.not_equal(polarity, 0)}
         if self.unified and self.tapf is None and not self.dual:
@@ -506,7 +506,7 @@ class CtrModel(keras.Model):
         parts = [target, self._lookup(self.user_embedding, inputs["user_id"])]
         parts += [self._lookup(self.side_embeddings[n], inputs[n]) for n in self.side_features]
         flat = self.ns_tokenizer(ops.concatenate(parts, axis=-1))  # [B, T d]
-        return ops.reshape(flat, (-1, self.m.ns_tokens, self.m.embedding_dim))
+        return ops.reshape(flat, (-1, self.m.ns_tokens, self.m.embedding_dim))  # [B, T, d]
 
     def head(self, parts: list[Any], inputs: dict[str, Any], training: bool | None = None):
         """The logit `[B]` (float32): the MLP over `parts` (interests, target), the user
@@ -528,7 +528,8 @@ class CtrModel(keras.Model):
         # unscaled under tf.distribute (each replica's mean summed: twice the gradient
         # on two replicas)
         if y is not None:
-            y = ops.reshape(y, (-1, 1))
+            y = ops.reshape(y, (-1, 1))  # [B, 1]
+        # -> logit [B, 1]
         return super().compute_loss(x, y, ops.reshape(logit, (-1, 1)), sample_weight, training)
 
     def get_config(self) -> dict[str, Any]:

@@ -422,10 +422,10 @@ class SequentialRecommender(keras.Model):
         exclude = ops.cast(exclude, "int32")
         shape = ops.shape(exclude)  # the length is dynamic under length grouping
         users = ops.broadcast_to(ops.expand_dims(ops.arange(shape[0], dtype="int32"), 1), shape)
-        indices = ops.reshape(ops.stack([users, exclude], axis=-1), (-1, 2))
+        indices = ops.reshape(ops.stack([users, exclude], axis=-1), (-1, 2))  # [B*L, 2]
         counts = ops.scatter(
             indices,
-            ops.ones_like(ops.reshape(exclude, (-1,)), dtype="float32"),
+            ops.ones_like(ops.reshape(exclude, (-1,)), dtype="float32"),  # [B*L]
             (shape[0], self.num_items),
         )
         keep = ops.equal(counts, 0.0)  # [B, num_items]
