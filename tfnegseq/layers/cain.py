@@ -467,20 +467,25 @@ class MultiScopeInterestAggregator(keras.layers.Layer):
     attention).
 
     Args:
-        num_layers: int >= 1.
+        num_layers: int >= 1. TCN layers (the first feeds the major attention).
         context_length: int, or a list (one per layer). Defaults to 7 (the paper's).
         strides: list of ints (one per layer) or None: 1 for the first layer (§4.2.1)
-            and `later_stride` for the others.
+            and `later_stride` for the others. Defaults to None.
         later_stride: int. Defaults to 4.
         filters: int or None. Channels of every TCN layer; None: the input's width
-            (the major attention compares the outputs with the target item).
+            (the major attention compares the outputs with the target item). Defaults
+            to None.
         major_attention: a layer called `layer(keys [B, n, f], query [B, d], mask)`
             returning `[B, D]` (any of the lifelong attentions), or its serialized
             config; None: `DinAttention()`. One whose `uses_retrieval_keys` is true
             (ETA, SDIM: hash retrieval) also gets `retrieval_keys=`, the raw input
             items at the first layer's centres, so that it hashes items in the target's
-            space and attends over their TCN outputs.
-        attention_dim, value_dim, score_normalization: of the auxiliary attentions.
+            space and attends over their TCN outputs. Defaults to None.
+        attention_dim: int. `AuxiliaryTargetAttention`'s for the later layers.
+            Defaults to 64.
+        value_dim: int or None. The same; None: the TCN's output width. Defaults to
+            None.
+        score_normalization: "softmax" or "none". The same. Defaults to "softmax".
         activation: between TCN layers. Defaults to "relu".
         peg_aggregation: how a layer's per-user kernel (PEG) meets its global one
             (Table 6): "replace" (eq. 12, the paper's default: `conv(x, W^PC) + b`),
@@ -677,7 +682,9 @@ class ContextSelfAttention(keras.layers.Layer):
     a Transformer encoder does; the TCN and the GRU see the order by construction.
 
     Args:
-        num_heads: int. Defaults to 2. ff_dim: int or None (None: twice the width).
+        num_heads: int. Defaults to 2.
+        ff_dim: int or None. Width of the feed-forward layer; None: twice the input's
+            width. Defaults to None.
         dropout: float. Defaults to 0.
         positions: bool. Add the position embedding. Defaults to True.
 

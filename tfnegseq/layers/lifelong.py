@@ -148,8 +148,10 @@ class SoftSearchAttention(keras.layers.Layer):
     with negative scores).
 
     Args:
-        top_k: int. Defaults to 50. attention_dim, num_heads: of the GSU projections
-        (attention_dim) and the ESU. Defaults 64 and 2.
+        top_k: int. Items the GSU keeps. Defaults to 50.
+        attention_dim: int. Width of the GSU projections and the ESU's attention.
+            Defaults to 64.
+        num_heads: int. Heads of the ESU; must divide `attention_dim`. Defaults to 2.
 
     Call arguments:
         sequence: float `[B, N, d_s]` the behaviours.
@@ -224,8 +226,11 @@ class HashRetrievalAttention(keras.layers.Layer):
     non-deterministic). The target and the items must share a width (one projection).
 
     Args:
-        top_k: int. Defaults to 50. hash_bits: int, m. Defaults to 32.
-        attention_dim, num_heads: of the ESU. seed: of the projection. Defaults to 0.
+        top_k: int. Items the retrieval keeps. Defaults to 50.
+        hash_bits: int. m, the SimHash signature's bits. Defaults to 32.
+        attention_dim: int. Width of the ESU's attention. Defaults to 64.
+        num_heads: int. Heads of the ESU; must divide `attention_dim`. Defaults to 2.
+        seed: int. Seed of the fixed random projection. Defaults to 0.
 
     Call arguments:
         sequence: float `[B, N, d]` the behaviours.
@@ -320,8 +325,11 @@ class ConsistentTopKAttention(keras.layers.Layer):
     serving optimisation of the paper).
 
     Args:
-        top_k: int. Defaults to 50. attention_dim, num_heads: defaults 64 and 2.
-        output_dim: int or None (None: the items' width). Defaults to None.
+        top_k: int. Items the first stage keeps. Defaults to 50.
+        attention_dim: int. Width of the attention shared by both stages. Defaults to 64.
+        num_heads: int. Heads; must divide `attention_dim`. Defaults to 2.
+        output_dim: int or None. Width of the output; None: the items' width. Defaults
+            to None.
 
     Call arguments:
         sequence `[B, N, d_s]`, target `[B, d]`, mask bool `[B, N]`, side: optional
@@ -412,8 +420,11 @@ class HashSamplingAttention(keras.layers.Layer):
     `normalize` defaults to True, the paper's reading (FuxiCTR's default is False).
 
     Args:
-        num_hashes: int, m. Defaults to 48. hash_bits: int, tau. Defaults to 3.
-        normalize: bool. Defaults to True. seed: of the projections. Defaults to 0.
+        num_hashes: int. m, the number of hash functions. Defaults to 48.
+        hash_bits: int. tau, bits per hash function. Defaults to 3.
+        normalize: bool. L2-normalise the sum of the target bucket's behaviours. Defaults
+            to True.
+        seed: int. Seed of the fixed random projections. Defaults to 0.
 
     Call arguments:
         sequence: float `[B, N, d]` the behaviours.
@@ -505,8 +516,10 @@ class LifelongAttentionPyramid(keras.layers.Layer):
     - output `[IR_1 ; IR_2 ; IR_3]`.
 
     Args:
-        top_k: (k1, k2). Defaults to (256, 64). attention_dim: d_a and the value width
-            of levels 1-2. Defaults to 64. num_heads: of level 3. Defaults to 2.
+        top_k: tuple of two ints (k1, k2), 1 <= k2 <= k1. Items levels 1 and 2 keep.
+            Defaults to (256, 64).
+        attention_dim: int. d_a, and the value width of levels 1-2. Defaults to 64.
+        num_heads: int. Heads of level 3. Defaults to 2.
 
     Call arguments:
         sequence: float `[B, N, d_s]` the behaviours.
